@@ -1,0 +1,37 @@
+"""hf_cads: compute-budget-aware data selection and finetuning for the Hugging Face ecosystem.
+
+Example:
+    >>> from hf_cads import BudgetedTrainer, BudgetedTrainingArguments, get_selector, FlopLedger
+"""
+
+__version__ = "0.1.0"
+
+from .flops import BudgetExceededError, FlopLedger, FlopProfile, LoraSpec
+from .selectors import (
+    ScoreOutput,
+    SelectionResult,
+    Selector,
+    SelectorConfig,
+    get_selector,
+    list_selectors,
+    register_selector,
+)
+from .trainer import BudgetedTrainer, BudgetedTrainingArguments, FlopBudgetCallback
+
+__all__ = [
+    "BudgetExceededError",
+    "BudgetedTrainer",
+    "BudgetedTrainingArguments",
+    "FlopBudgetCallback",
+    "FlopLedger",
+    "FlopProfile",
+    "LoraSpec",
+    "ScoreOutput",
+    "SelectionResult",
+    "Selector",
+    "SelectorConfig",
+    "__version__",
+    "get_selector",
+    "list_selectors",
+    "register_selector",
+]

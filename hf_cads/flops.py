@@ -1,0 +1,403 @@
+"""FLOP accounting: analytic cost estimates for transformer models and a budget ledger.
+
+The estimates count the floating point operations of matrix multiplications (2 per multiply-add),
+which is what dominates LLM compute and what :class:`torch.utils.flop_counter.FlopCounterMode`
+measures. Unlike the common ``6 * N * tokens`` rule they include the attention score term
+(``QK^T`` and ``AV``, quadratic in the sequence length) and they know that LoRA leaves the base
+weights frozen, so their backward pass needs input gradients only (no weight-gradient matmuls).
+
+Example:
+    >>> from transformers import LlamaConfig
+    >>> from hf_cads.flops import FlopProfile, FlopLedger
+    >>> profile = FlopProfile.from_config(LlamaConfig(hidden_size=64, intermediate_size=128,
+    ...     num_hidden_layers=2, num_attention_heads=4, vocab_size=1000))
+    >>> ledger = FlopLedger(budget=1e12)
+    >>> ledger.charge("train", profile.train_step_flops(batch_size=8, seq_len=128))
+    >>> ledger.spent <= ledger.budget
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+PHASES = ("selection", "train", "eval")
+"""Ledger phases. ``selection`` and ``train`` count against the budget; ``eval`` is reported only."""
+
+BUDGETED_PHASES = ("selection", "train")
+
+
+class BudgetExceededError(RuntimeError):
+    """Raised when a charge or a plan would take the ledger past its FLOP budget."""
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """Which linear layers carry LoRA adapters, and their rank.
+
+    ``target_modules`` are matched against the last component of a module name, as peft does for
+    a list of names (``"q_proj"`` matches ``model.layers.0.self_attn.q_proj``).
+    """
+
+    rank: int
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    @classmethod
+    def from_peft_config(cls, peft_config: Any) -> "LoraSpec":
+        modules = getattr(peft_config, "target_modules", None)
+        if modules is None or isinstance(modules, str):
+            # peft's own defaults for Llama-style models; a regex string is resolved by peft itself.
+            modules = ("q_proj", "v_proj")
+        return cls(rank=int(peft_config.r), target_modules=tuple(sorted(modules)))
+
+
+@dataclass(frozen=True)
+class LinearLayer:
+    """One matmul weight of a model: ``in_features x out_features`` applied to every token."""
+
+    name: str
+    in_features: int
+    out_features: int
+    trainable: bool = True
+    input_needs_grad: bool = True
+
+    @property
+    def macs_per_token(self) -> int:
+        return self.in_features * self.out_features
+
+
+@dataclass(frozen=True)
+class FlopProfile:
+    """Per-token matmul structure of a transformer, from which every cost estimate is derived.
+
+    Build one with :meth:`from_config` (no weights needed, e.g. for planning) or
+    :meth:`from_model` (reads the actual ``nn.Linear`` modules and their ``requires_grad``).
+    """
+
+    linears: tuple[LinearLayer, ...]
+    num_layers: int
+    attention_dim: int
+    """``num_heads * head_dim``: the width of the ``QK^T`` and ``AV`` products per layer."""
+    name: str = "model"
+
+    # -- structure -----------------------------------------------------------------------------
+    @property
+    def num_params(self) -> int:
+        """Matmul parameters (embedding lookups excluded, an untied LM head included)."""
+        return sum(layer.macs_per_token for layer in self.linears)
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(layer.macs_per_token for layer in self.linears if layer.trainable)
+
+    @property
+    def is_full_finetune(self) -> bool:
+        return all(layer.trainable for layer in self.linears)
+
+    # -- estimates -----------------------------------------------------------------------------
+    def forward_flops(self, batch_size: int, seq_len: int) -> float:
+        """FLOPs of one forward pass over ``batch_size`` sequences padded to ``seq_len``."""
+        tokens = batch_size * seq_len
+        linear = 2.0 * tokens * self.num_params
+        # QK^T and AV: each 2 * s * s * d per sequence and layer. Measured kernels compute the full
+        # square even under a causal mask, so the estimate does too.
+        attention = 4.0 * batch_size * seq_len * seq_len * self.attention_dim * self.num_layers
+        return linear + attention
+
+    def backward_flops(self, batch_size: int, seq_len: int) -> float:
+        """FLOPs of the backward pass: input gradients where needed, weight gradients where trainable."""
+        tokens = batch_size * seq_len
+        linear = 0.0
+        for layer in self.linears:
+            per_token = 0
+            if layer.input_needs_grad:
+                per_token += layer.macs_per_token
+            if layer.trainable:
+                per_token += layer.macs_per_token
+            linear += 2.0 * tokens * per_token
+        attention = 8.0 * batch_size * seq_len * seq_len * self.attention_dim * self.num_layers
+        return linear + attention
+
+    def train_step_flops(self, batch_size: int, seq_len: int, *, gradient_checkpointing: bool = False) -> float:
+        """FLOPs of forward + backward for one micro-batch (the optimizer update is negligible)."""
+        forward = self.forward_flops(batch_size, seq_len)
+        recompute = forward if gradient_checkpointing else 0.0
+        return forward + recompute + self.backward_flops(batch_size, seq_len)
+
+    def forward_flops_for_lengths(self, lengths: Sequence[int]) -> float:
+        """Forward FLOPs for unpadded sequences of the given lengths (one sequence per entry)."""
+        return sum(self.forward_flops(1, int(n)) for n in lengths)
+
+    def train_flops_for_lengths(self, lengths: Sequence[int]) -> float:
+        return sum(self.train_step_flops(1, int(n)) for n in lengths)
+
+    # -- constructors --------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: Any, lora: LoraSpec | None = None) -> "FlopProfile":
+        """Analytic profile of a decoder (Llama/Mistral/Qwen/GPT-2 style) or encoder (BERT style).
+
+        With ``lora`` the base weights are frozen and adapters of rank ``lora.rank`` are added to
+        every linear layer whose name is in ``lora.target_modules``.
+        """
+        c = _normalise_config(config)
+        layers: list[LinearLayer] = []
+        d, hd = c["hidden_size"], c["head_dim"]
+        q_out = c["num_heads"] * hd
+        kv_out = c["num_kv_heads"] * hd
+        block = [("q_proj", d, q_out), ("k_proj", d, kv_out), ("v_proj", d, kv_out), ("o_proj", q_out, d)]
+        if c["gated_mlp"]:
+            block += [("gate_proj", d, c["ffn"]), ("up_proj", d, c["ffn"]), ("down_proj", c["ffn"], d)]
+        else:
+            block += [("up_proj", d, c["ffn"]), ("down_proj", c["ffn"], d)]
+        for index in range(c["num_layers"]):
+            for short, fan_in, fan_out in block:
+                layers.append(LinearLayer(f"layers.{index}.{short}", fan_in, fan_out))
+        if c["lm_head"]:
+            layers.append(LinearLayer("lm_head", d, c["vocab_size"]))
+        if c["pooler"]:
+            layers.append(LinearLayer("pooler.dense", d, d))
+        profile = cls(tuple(layers), c["num_layers"], q_out, name=c["name"])
+        return profile.with_lora(lora) if lora is not None else profile
+
+    @classmethod
+    def from_model(cls, model: Any) -> "FlopProfile":
+        """Profile of an instantiated ``torch.nn.Module``, reading its linear layers and trainability.
+
+        peft LoRA layers are recognised through their parts: the wrapped ``base_layer`` is a frozen
+        ``nn.Linear`` and ``lora_A`` / ``lora_B`` are trainable ones.
+        """
+        import torch
+
+        config = getattr(model, "config", None)
+        if config is None:
+            raise ValueError(
+                f"{type(model).__name__} has no `.config`; FlopProfile.from_model needs a transformers model."
+            )
+        c = _normalise_config(config)
+        layers = [
+            LinearLayer(name, module.in_features, module.out_features, trainable=module.weight.requires_grad)
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear)
+        ]
+        if c["lm_head"] and not any(layer.name.endswith("lm_head") for layer in layers):
+            # A head tied to the embedding is applied as a matmul with the embedding matrix.
+            layers.append(LinearLayer("lm_head", c["hidden_size"], c["vocab_size"], trainable=False))
+        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        embeddings_frozen = embeddings is None or not embeddings.weight.requires_grad
+        profile = cls(tuple(layers), c["num_layers"], c["num_heads"] * c["head_dim"], name=c["name"])
+        return profile._skip_first_block_input_grads() if embeddings_frozen else profile
+
+    def with_lora(self, lora: LoraSpec) -> "FlopProfile":
+        """The same model with frozen base weights and LoRA adapters on ``lora.target_modules``."""
+        if lora.rank <= 0:
+            raise ValueError(f"LoRA rank must be positive, got {lora.rank}.")
+        targets = set(lora.target_modules)
+        layers: list[LinearLayer] = []
+        for layer in self.linears:
+            layers.append(LinearLayer(layer.name, layer.in_features, layer.out_features, trainable=False))
+            if layer.name.rsplit(".", 1)[-1] in targets:
+                layers.append(LinearLayer(f"{layer.name}.lora_A", layer.in_features, lora.rank))
+                layers.append(LinearLayer(f"{layer.name}.lora_B", lora.rank, layer.out_features))
+        if not any(layer.trainable for layer in layers):
+            raise ValueError(
+                f"LoRA target_modules {sorted(targets)} match no linear layer of {self.name}; "
+                f"available names: {sorted({layer.name.rsplit('.', 1)[-1] for layer in self.linears})}."
+            )
+        profile = FlopProfile(tuple(layers), self.num_layers, self.attention_dim, name=self.name)
+        return profile._skip_first_block_input_grads()
+
+    def _skip_first_block_input_grads(self) -> "FlopProfile":
+        """With frozen embeddings the first block's q/k/v (and their LoRA A) read a tensor that
+        needs no gradient, so autograd computes no input gradient for them."""
+        first_inputs = {"q_proj", "k_proj", "v_proj", "query", "key", "value", "c_attn"}
+        updated = []
+        for layer in self.linears:
+            parts = layer.name.split(".")
+            digits = [p for p in parts if p.isdigit()]
+            reads_embeddings = bool(digits) and digits[0] == "0" and bool(first_inputs & set(parts))
+            is_lora_b = "lora_B" in parts
+            updated.append(
+                LinearLayer(
+                    layer.name,
+                    layer.in_features,
+                    layer.out_features,
+                    trainable=layer.trainable,
+                    input_needs_grad=not (reads_embeddings and not is_lora_b),
+                )
+            )
+        return FlopProfile(tuple(updated), self.num_layers, self.attention_dim, name=self.name)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "num_layers": self.num_layers,
+            "matmul_params": self.num_params,
+            "trainable_matmul_params": self.trainable_params,
+            "attention_dim": self.attention_dim,
+        }
+
+
+def _normalise_config(config: Any) -> dict[str, Any]:
+    """Read the shape fields of a transformers config under their different names."""
+
+    def pick(*names: str, default: Any = None) -> Any:
+        for n in names:
+            value = getattr(config, n, None)
+            if value is not None:
+                return value
+        if default is None:
+            raise ValueError(
+                f"Cannot read {names[0]!r} from {type(config).__name__}; FLOP estimates support decoder "
+                "(Llama, Mistral, Qwen, GPT-2) and BERT-style encoder configs."
+            )
+        return default
+
+    hidden = int(pick("hidden_size", "n_embd", "d_model"))
+    heads = int(pick("num_attention_heads", "n_head", "num_heads"))
+    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
+    kv_heads = int(pick("num_key_value_heads", default=heads))
+    ffn = int(pick("intermediate_size", "n_inner", "ffn_dim", default=4 * hidden))
+    model_type = getattr(config, "model_type", "") or ""
+    is_encoder = bool(getattr(config, "is_encoder_decoder", False)) is False and model_type in {
+        "bert",
+        "roberta",
+        "xlm-roberta",
+        "distilbert",
+        "mpnet",
+        "electra",
+    }
+    act = str(getattr(config, "hidden_act", getattr(config, "activation_function", "")))
+    gated = model_type not in {"gpt2", "bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra"} and (
+        "silu" in act or "swiglu" in act or "gelu_pytorch_tanh" in act or model_type in {"llama", "mistral", "qwen2", "gemma"}
+    )
+    return {
+        "name": getattr(config, "_name_or_path", "") or model_type or "model",
+        "hidden_size": hidden,
+        "num_heads": heads,
+        "num_kv_heads": kv_heads,
+        "head_dim": head_dim,
+        "ffn": ffn,
+        "num_layers": int(pick("num_hidden_layers", "n_layer", "num_layers")),
+        "vocab_size": int(pick("vocab_size")),
+        "gated_mlp": gated,
+        "lm_head": not is_encoder,
+        "pooler": False,
+    }
+
+
+@dataclass
+class FlopLedger:
+    """Where the FLOPs of a budgeted finetune went, by phase, with a hard cap.
+
+    ``selection`` and ``train`` count against :attr:`budget`; ``eval`` is recorded for reporting.
+    :meth:`charge` refuses (raises :class:`BudgetExceededError`) any budgeted charge that would go
+    past the cap, and :meth:`can_afford` lets a caller check a planned cost first.
+
+    Example:
+        >>> ledger = FlopLedger(budget=100.0)
+        >>> ledger.charge("selection", 30.0)
+        >>> ledger.can_afford(80.0)
+        False
+        >>> ledger.remaining
+        70.0
+    """
+
+    budget: float | None = None
+    entries: dict[str, float] = field(default_factory=lambda: {phase: 0.0 for phase in PHASES})
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.budget is not None:
+            self.budget = validate_budget(self.budget)
+        for phase in PHASES:
+            self.entries.setdefault(phase, 0.0)
+
+    @property
+    def spent(self) -> float:
+        """FLOPs counted against the budget (selection + train)."""
+        return sum(self.entries[p] for p in BUDGETED_PHASES)
+
+    @property
+    def remaining(self) -> float:
+        return math.inf if self.budget is None else self.budget - self.spent
+
+    def can_afford(self, flops: float) -> bool:
+        return self.budget is None or self.spent + float(flops) <= self.budget * (1 + 1e-12)
+
+    def charge(self, phase: str, flops: float) -> None:
+        """Record ``flops`` under ``phase``; budgeted phases may not exceed the budget."""
+        if phase not in PHASES:
+            raise ValueError(f"Unknown ledger phase {phase!r}; use one of {PHASES}.")
+        flops = float(flops)
+        if not math.isfinite(flops) or flops < 0:
+            raise ValueError(f"Cannot charge {flops!r} FLOPs to {phase!r}: a charge must be finite and >= 0.")
+        if phase in BUDGETED_PHASES and not self.can_afford(flops):
+            raise BudgetExceededError(
+                f"Charging {flops:.4g} FLOPs to {phase!r} would spend {self.spent + flops:.4g} of a "
+                f"{self.budget:.4g} FLOP budget ({self.spent:.4g} already spent). Raise flop_budget or "
+                "select/train on less data."
+            )
+        self.entries[phase] += flops
+
+    def breakdown(self) -> dict[str, float]:
+        """FLOPs per phase plus ``total`` (budgeted phases), ``budget`` and ``fraction_used``."""
+        out = dict(self.entries)
+        out["total"] = self.spent
+        if self.budget is not None:
+            out["budget"] = self.budget
+            out["fraction_used"] = self.spent / self.budget
+        return out
+
+    def format_table(self) -> str:
+        """A small human-readable table of :meth:`breakdown`."""
+        rows = [f"{'phase':<12}{'FLOPs':>14}{'share':>9}"]
+        denom = self.budget or self.spent or 1.0
+        for phase in PHASES:
+            rows.append(f"{phase:<12}{self.entries[phase]:>14.4e}{self.entries[phase] / denom:>9.1%}")
+        rows.append(f"{'total':<12}{self.spent:>14.4e}{self.spent / denom:>9.1%}")
+        if self.budget is not None:
+            rows.append(f"{'budget':<12}{self.budget:>14.4e}{1.0:>9.1%}")
+        return "\n".join(rows)
+
+    # -- persistence (checkpoints) --------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget": self.budget, "entries": dict(self.entries), "notes": dict(self.notes)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "FlopLedger":
+        return cls(budget=data.get("budget"), entries=dict(data["entries"]), notes=dict(data.get("notes", {})))
+
+    def save(self, path: str) -> None:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(self.to_dict(), handle, indent=2)
+
+    @classmethod
+    def load(cls, path: str) -> "FlopLedger":
+        with open(path, encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle))
+
+
+def validate_budget(budget: Any) -> float:
+    """Return ``budget`` as a float, or raise a clear error for non-numbers, NaN, inf and <= 0."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float, str)):
+        raise TypeError(f"flop_budget must be a number such as 3e15, got {type(budget).__name__} {budget!r}.")
+    try:
+        value = float(budget)
+    except ValueError as err:
+        raise ValueError(f"flop_budget must be a number such as 3e15, got {budget!r}.") from err
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"flop_budget must be a finite number > 0, got {budget!r}.")
+    return value
+
+
+def bm25_flops(num_documents: int, query_terms: Iterable[int] | int) -> float:
+    """Arithmetic operations of Okapi BM25 scoring: ~10 per (query term, document) pair.
+
+    Not matmul FLOPs, but the same currency: the term-frequency lookup, the saturation
+    ``tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avglen))`` and the IDF-weighted accumulation.
+    """
+    terms = query_terms if isinstance(query_terms, int) else sum(query_terms)
+    return 10.0 * float(num_documents) * float(terms)

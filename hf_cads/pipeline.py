@@ -1,0 +1,202 @@
+"""The main job: select from the multi-source pool for a BBH (or GSM8K) target and LoRA-finetune under
+a FLOP budget, reporting target loss before/after and the ledger.
+
+A recipe YAML holds the fields of :class:`RunConfig` and :class:`BudgetedTrainingArguments` side by
+side (flat, TRL style); :func:`parse_recipe` reads it and rejects unknown keys.
+
+Example:
+    >>> from hf_cads.pipeline import parse_recipe, run_budgeted_finetune  # doctest: +SKIP
+    >>> run_config, training_args = parse_recipe("recipes/quickstart.yaml")  # doctest: +SKIP
+    >>> report = run_budgeted_finetune(run_config, training_args)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import build_multisource_pool, load_bbh_target, load_gsm8k, POOL_SOURCES
+from .flops import FlopLedger, FlopProfile
+from .selectors.scoring import CausalLMScorer
+from .trainer import BudgetedTrainer, BudgetedTrainingArguments
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunConfig:
+    """What to finetune, on which pool, for which target.
+
+    Args:
+        model_name_or_path: causal LM to finetune (built-in alias, folder or Hub id).
+        target: a BBH task name (validation = its cot-prompt exemplars, test = its examples) or ``gsm8k``.
+        pool_sources: which shared-data sources make up the pool.
+        max_per_source: rows kept per source (seeded), to bound CPU time.
+        max_pool_chars: drop pool rows longer than this many characters.
+        eval_examples: target test rows used for the before/after loss.
+        data_dir: the shared data folder (default: ``$HF_CADS_DATA_DIR`` or ``../shared/data``).
+        lora_r / lora_alpha / lora_dropout / lora_target_modules: the LoRA adapter (``lora_r: 0`` = full finetune).
+        attn_implementation: attention kernel for the model (``eager`` makes FLOPs measurable).
+        run_records: JSON-lines file to append this run's record to (``None``: ``<output_dir>/runs.jsonl``).
+    """
+
+    model_name_or_path: str = "smollm2-135m-instruct"
+    target: str = "boolean_expressions"
+    pool_sources: list[str] = field(default_factory=lambda: list(POOL_SOURCES))
+    max_per_source: int | None = 200
+    max_pool_chars: int | None = 1200
+    eval_examples: int = 32
+    data_dir: str | None = None
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    attn_implementation: str | None = None
+    run_records: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.eval_examples < 1:
+            raise ValueError(f"eval_examples must be >= 1, got {self.eval_examples}.")
+        if self.max_per_source is not None and self.max_per_source < 1:
+            raise ValueError(f"max_per_source must be >= 1 or null, got {self.max_per_source}.")
+        if self.lora_r < 0:
+            raise ValueError(f"lora_r must be >= 0 (0 = full finetune), got {self.lora_r}.")
+
+
+def parse_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[RunConfig, BudgetedTrainingArguments]:
+    """Read a recipe YAML into ``(RunConfig, BudgetedTrainingArguments)``; ``overrides`` are CLI flags."""
+    import yaml
+    from transformers import HfArgumentParser
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Recipe {str(path)!r} does not exist; pass the path to a recipe YAML (see recipes/).")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ValueError(f"Recipe {str(path)!r} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"Recipe {str(path)!r} must be a YAML mapping of option: value, got {type(data).__name__}.")
+    parser = HfArgumentParser((RunConfig, BudgetedTrainingArguments))
+    known = {f for dc in parser.dataclass_types for f in dc.__dataclass_fields__}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"Recipe {str(path)!r} has unknown option(s) {unknown}; see `hf-cads run --help` for valid ones.")
+    args: list[str] = []
+    for key, value in data.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            args += [f"--{key}", *[str(v) for v in value]]
+        elif isinstance(value, dict):
+            args += [f"--{key}", json.dumps(value)]
+        else:
+            args += [f"--{key}", str(value)]
+    run_config, training_args = parser.parse_args_into_dataclasses(args=args + list(overrides or []))
+    return run_config, training_args
+
+
+def load_target(run: RunConfig) -> tuple[Any, Any]:
+    """``(validation, test)`` for the configured target."""
+    if run.target == "gsm8k":
+        test = load_gsm8k("test", run.data_dir)
+        return test.select(range(8)), test.select(range(8, len(test)))
+    return load_bbh_target(run.target, run.data_dir)
+
+
+def target_loss(model: Any, tokenizer: Any, texts: list[str], ledger: FlopLedger, batch_size: int, max_length: int) -> float:
+    """Mean per-example loss on the target test texts, charged to the ledger's ``eval`` phase."""
+    losses, flops = CausalLMScorer(model, tokenizer, batch_size, max_length, show_progress=False).losses(texts, desc="target loss")
+    ledger.charge("eval", flops)
+    return float(losses.mean())
+
+
+def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments) -> dict[str, Any]:
+    """Select, train under ``args.flop_budget``, evaluate; returns (and writes) the report."""
+    from .models import load_causal_lm
+
+    started = time.time()
+    pool_sources = run.pool_sources
+    target_task = None if run.target == "gsm8k" else run.target
+    validation, test = load_target(run)
+    pool = build_multisource_pool(
+        target_task, run.data_dir, sources=pool_sources, max_per_source=run.max_per_source,
+        max_chars=run.max_pool_chars, seed=args.seed,
+    )
+    if run.target == "gsm8k" and "gsm8k" in pool_sources:
+        logger.warning("GSM8K train is in the pool for a GSM8K target: it is in-distribution data, not leakage of test rows.")
+    test = test.select(range(min(run.eval_examples, len(test))))
+    options = {"attn_implementation": run.attn_implementation} if run.attn_implementation else {}
+    model, tokenizer = load_causal_lm(run.model_name_or_path, **options)
+    peft_config = None
+    if run.lora_r > 0:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=run.lora_r, lora_alpha=run.lora_alpha, lora_dropout=run.lora_dropout,
+            target_modules=list(run.lora_target_modules), task_type="CAUSAL_LM",
+        )
+    test_texts = list(test["text"])
+    eval_ledger = FlopLedger()
+    loss_before = target_loss(model, tokenizer, test_texts, eval_ledger, args.per_device_eval_batch_size, args.max_seq_length)
+    trainer = BudgetedTrainer(
+        model=model, args=args, train_dataset=pool, processing_class=tokenizer,
+        selection_target=validation, peft_config=peft_config,
+    )
+    train_output = trainer.train()
+    loss_after = target_loss(trainer.model, tokenizer, test_texts, eval_ledger, args.per_device_eval_batch_size, args.max_seq_length)
+    ledger = trainer.flop_ledger
+    ledger.charge("eval", eval_ledger.entries["eval"])
+    selection = trainer.selection_result
+    report = {
+        "model": run.model_name_or_path,
+        "model_params": FlopProfile.from_model(model).num_params,
+        "target": run.target,
+        "pool_size": len(pool),
+        "pool_sources": pool_sources,
+        "selector": args.selector,
+        "selector_config": selection.config if selection else None,
+        "k": len(selection) if selection else len(pool),
+        "selected_sources": _count(selection.dataset["source"]) if selection else _count(pool["source"]),
+        "train_steps": trainer.state.global_step,
+        "train_loss": float(train_output.training_loss),
+        "target_loss_before": loss_before,
+        "target_loss_after": loss_after,
+        "ledger": ledger.breakdown(),
+        "seed": args.seed,
+        "seconds": round(time.time() - started, 1),
+    }
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "report.json"), "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=2)
+    return report
+
+
+def _count(values: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def format_report(report: dict[str, Any]) -> str:
+    ledger = FlopLedger(budget=report["ledger"].get("budget"))
+    for phase in ("selection", "train", "eval"):
+        ledger.entries[phase] = report["ledger"][phase]
+    lines = [
+        f"target: {report['target']}   model: {report['model']}   selector: {report['selector']}",
+        f"pool: {report['pool_size']} rows -> selected {report['k']}  {report['selected_sources']}",
+        f"train steps: {report['train_steps']}   train loss: {report['train_loss']:.4f}",
+        f"target loss before: {report['target_loss_before']:.4f}   after: {report['target_loss_after']:.4f}   "
+        f"(ppl {math.exp(report['target_loss_before']):.2f} -> {math.exp(report['target_loss_after']):.2f})",
+        "FLOP ledger:",
+        ledger.format_table(),
+        f"wall time: {report['seconds']} s",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,34 @@
+"""Data selectors on ``datasets.Dataset``, by name: ``get_selector("bm25")``.
+
+Importing this package registers the built-in selectors.
+"""
+
+from .base import INDEX_COLUMN, SCORE_COLUMN, ScoreOutput, SelectionResult, Selector, SelectorConfig, resolve_k, top_k_indices
+from .bm25 import BM25Selector, BM25SelectorConfig
+from .embedding import EmbeddingSelector, EmbeddingSelectorConfig
+from .perplexity import PerplexitySelector, PerplexitySelectorConfig
+from .random import RandomSelector, RandomSelectorConfig
+from .registry import get_selector, get_selector_class, list_selectors, register_selector
+
+__all__ = [
+    "INDEX_COLUMN",
+    "SCORE_COLUMN",
+    "BM25Selector",
+    "BM25SelectorConfig",
+    "EmbeddingSelector",
+    "EmbeddingSelectorConfig",
+    "PerplexitySelector",
+    "PerplexitySelectorConfig",
+    "RandomSelector",
+    "RandomSelectorConfig",
+    "ScoreOutput",
+    "SelectionResult",
+    "Selector",
+    "SelectorConfig",
+    "get_selector",
+    "get_selector_class",
+    "list_selectors",
+    "register_selector",
+    "resolve_k",
+    "top_k_indices",
+]

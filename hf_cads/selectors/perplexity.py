@@ -1,0 +1,84 @@
+"""Perplexity selection: score each pool row by the causal-LM loss of a (small) selection model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..data import get_texts
+from .base import ScoreOutput, Selector, SelectorConfig
+from .registry import register_selector
+from .scoring import CausalLMScorer
+
+
+@dataclass
+class PerplexitySelectorConfig(SelectorConfig):
+    """Options of :class:`PerplexitySelector`.
+
+    Args:
+        model_name_or_path: the selection model (alias, folder or Hub id); ignored when a model
+            object is passed to the selector.
+        prefer: ``low`` keeps the rows the model finds most likely (clean, in-distribution);
+            ``high`` keeps the most surprising ones.
+    """
+
+    model_name_or_path: str = "smollm2-135m-instruct"
+    prefer: Literal["low", "high"] = "low"
+
+    def __post_init__(self) -> None:
+        if self.prefer not in ("low", "high"):
+            raise ValueError(f"prefer must be 'low' or 'high', got {self.prefer!r}.")
+
+
+class CausalLMSelectorMixin:
+    """Lazy loading of the selection model, shared by the LM-based selectors."""
+
+    config: Any
+    model: Any
+    tokenizer: Any
+
+    def _load_model(self) -> tuple[Any, Any]:
+        if self.model is None:
+            from ..models import load_causal_lm, load_tokenizer
+
+            self.model, loaded_tokenizer = load_causal_lm(self.config.model_name_or_path)
+            self.tokenizer = self.tokenizer or loaded_tokenizer
+        if self.tokenizer is None:
+            from ..models import load_tokenizer
+
+            self.tokenizer = load_tokenizer(self.config.model_name_or_path)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        return self.model, self.tokenizer
+
+    def _scorer(self) -> CausalLMScorer:
+        model, tokenizer = self._load_model()
+        return CausalLMScorer(model, tokenizer, self.config.batch_size, self.config.max_length, self.config.show_progress)
+
+
+@register_selector("perplexity")
+class PerplexitySelector(CausalLMSelectorMixin, Selector):
+    """Keeps the rows with the lowest (or highest) per-token LM loss. The target is not used.
+
+    Example:
+        >>> from hf_cads import get_selector
+        >>> selector = get_selector("perplexity", model=model, tokenizer=tokenizer)  # doctest: +SKIP
+        >>> result = selector.select(pool, fraction=0.1)  # doctest: +SKIP
+    """
+
+    config_class = PerplexitySelectorConfig
+    requires_target = False
+    uses_model = True
+    reuses_training_model = True
+
+    def _texts(self, pool: Any) -> list[str]:
+        _, tokenizer = self._load_model()
+        return get_texts(pool, self.config.text_column, tokenizer, role="pool")
+
+    def score(self, pool: Any, target: Any | None) -> ScoreOutput:
+        losses, flops = self._scorer().losses(self._texts(pool), desc="perplexity scoring")
+        scores = -losses if self.config.prefer == "low" else losses
+        return ScoreOutput(scores, flops, {"loss": losses})
+
+    def estimate_flops(self, pool: Any, target: Any | None) -> float:
+        return self._scorer().estimate_flops(self._texts(pool))

@@ -1,0 +1,38 @@
+"""Uniform random selection: the baseline every other selector must beat at equal FLOPs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .base import ScoreOutput, Selector, SelectorConfig
+from .registry import register_selector
+
+
+@dataclass
+class RandomSelectorConfig(SelectorConfig):
+    """Random selection needs only a seed."""
+
+
+@register_selector("random")
+class RandomSelector(Selector):
+    """Keeps a seeded uniform sample; costs no FLOPs and ignores the target.
+
+    Example:
+        >>> from datasets import Dataset
+        >>> from hf_cads import get_selector
+        >>> pool = Dataset.from_dict({"text": [str(i) for i in range(10)]})
+        >>> len(get_selector("random", seed=1).select(pool, k=3))
+        3
+    """
+
+    config_class = RandomSelectorConfig
+    requires_target = False
+
+    def score(self, pool: Any, target: Any | None) -> ScoreOutput:
+        return ScoreOutput(np.random.default_rng(self.config.seed).random(len(pool)), 0.0)
+
+    def estimate_flops(self, pool: Any, target: Any | None) -> float:
+        return 0.0
