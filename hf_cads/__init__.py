@@ -16,13 +16,12 @@ from .selectors import (
     list_selectors,
     register_selector,
 )
-from .trainer import BudgetedTrainer, BudgetedTrainingArguments, FlopBudgetCallback
+from .trainer import BudgetedTrainer, BudgetedTrainingArguments
 
 __all__ = [
     "BudgetExceededError",
     "BudgetedTrainer",
     "BudgetedTrainingArguments",
-    "FlopBudgetCallback",
     "FlopLedger",
     "FlopProfile",
     "LoraSpec",

@@ -77,8 +77,9 @@ def _check_exists(name_or_path: str) -> str:
 def _wrap_load_error(name_or_path: str, err: Exception) -> Exception:
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     hint = " The Hugging Face Hub is offline here (HF_HUB_OFFLINE=1)." if offline else ""
+    detail = " ".join(str(err).split()).rstrip(".")
     return OSError(
-        f"Could not load model {name_or_path!r}: {err}.{hint} Pass a local folder or one of the built-in "
+        f"Could not load model {name_or_path!r}: {detail}.{hint} Pass a local folder or one of the built-in "
         f"offline models: {DEFAULT_CAUSAL_LM!r} (causal LM), {DEFAULT_ENCODER!r} (encoder)."
     )
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from .data import get_texts
 from .flops import FlopLedger, FlopProfile, validate_budget
@@ -117,20 +117,6 @@ def tokenize_for_causal_lm(dataset: Any, tokenizer: Any, max_length: int, text_c
     return Dataset.from_dict({"input_ids": ids})
 
 
-class FlopBudgetCallback(TrainerCallback):
-    """Adds the ledger to the Trainer's logs at every logging step."""
-
-    def __init__(self, ledger: FlopLedger) -> None:
-        self.ledger = ledger
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
-        if logs is not None:
-            logs["flops_selection"] = self.ledger.entries["selection"]
-            logs["flops_train"] = self.ledger.entries["train"]
-            if self.ledger.budget is not None:
-                logs["flops_budget_used"] = self.ledger.spent / self.ledger.budget
-
-
 class BudgetedTrainer(Trainer):
     """``transformers.Trainer`` with FLOP-budgeted data selection and training.
 
@@ -199,7 +185,6 @@ class BudgetedTrainer(Trainer):
         if data_collator is None and processing_class is not None:
             pad = processing_class.pad_token_id if processing_class.pad_token_id is not None else processing_class.eos_token_id
             data_collator = CausalLMCollator(pad_token_id=int(pad))
-        callbacks = list(kwargs.pop("callbacks", None) or []) + [FlopBudgetCallback(self.flop_ledger)]
         super().__init__(
             model=model,
             args=args,
@@ -207,7 +192,6 @@ class BudgetedTrainer(Trainer):
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
-            callbacks=callbacks,
             **kwargs,
         )
         if train_dataset is not None and self.flop_ledger.budget is not None:
@@ -316,6 +300,14 @@ class BudgetedTrainer(Trainer):
         charge = self._pending_charges.pop(0) if self._pending_charges else self._global_sum([self._micro_batch_flops(inputs["input_ids"])])[0]
         self.flop_ledger.charge("train", charge)
         return loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Adds the ledger (selection/train FLOPs, share of budget used) to every log entry."""
+        logs["flops_selection"] = self.flop_ledger.entries["selection"]
+        logs["flops_train"] = self.flop_ledger.entries["train"]
+        if self.flop_ledger.budget is not None:
+            logs["flops_budget_used"] = self.flop_ledger.spent / self.flop_ledger.budget
+        super().log(logs, *args, **kwargs)
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
         return int(self._micro_batch_flops(inputs["input_ids"]))

@@ -73,7 +73,7 @@ class EmbeddingSelector(Selector):
 
         encoder, batcher, profile = self._encoder(), self._batcher(), self._profile()
         token_ids = batcher.tokenize(texts)
-        out = np.zeros((len(texts), encoder.get_sentence_embedding_dimension()), dtype=np.float32)
+        out = np.zeros((len(texts), encoder.get_embedding_dimension()), dtype=np.float32)
         flops = 0.0
         batches = list(batcher.batches(token_ids))
         device = encoder.device

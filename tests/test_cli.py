@@ -1,0 +1,109 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hf_cads.cli import main
+from hf_cads.pipeline import parse_recipe
+from hf_cads.testing import tiny_causal_lm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tokenizer):
+    path = tmp_path / "tiny-model"
+    tiny_causal_lm(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def write_recipe(tmp_path, **options):
+    recipe = yaml.safe_load((ROOT / "recipes" / "quickstart.yaml").read_text())
+    recipe.update(options)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_run_recipe_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, capsys):
+    recipe = write_recipe(
+        tmp_path, model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path / "out"), flop_budget=3e10,
+        max_per_source=30, eval_examples=8, max_seq_length=96, logging_steps=2,
+    )
+    assert main(["run", str(recipe)]) == 0
+    printed = capsys.readouterr().out
+    assert "target loss before" in printed and "FLOP ledger" in printed
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["selector"] == "bm25" and report["k"] == round(0.1 * report["pool_size"])
+    assert 0.95 * 3e10 <= report["ledger"]["total"] <= 3e10
+    assert report["ledger"]["eval"] > 0 and report["train_steps"] > 0
+    assert set(report["selected_sources"]) <= {"gsm8k", "code_alpaca", "alpaca_seed", "bbh"}
+
+
+def test_cli_overrides_and_selector_listing(tmp_path, capsys):
+    run_config, args = parse_recipe(ROOT / "recipes" / "quickstart.yaml", ["--flop_budget", "5e12", "--selector", "embedding"])
+    assert args.flop_budget == 5e12 and args.selector == "embedding" and run_config.target == "boolean_expressions"
+    assert args.selector_kwargs == {"aggregate": "max"}
+    assert main(["selectors"]) == 0
+    assert "bm25" in capsys.readouterr().out
+
+
+def test_quickstart_recipe_parses():
+    run_config, args = parse_recipe(ROOT / "recipes" / "quickstart.yaml")
+    assert run_config.model_name_or_path == "smollm2-135m-instruct"
+    assert args.flop_budget > 0 and args.selector == "bm25"
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("flop_budget: 1e12\nnot_an_option: 3\n", "unknown option"),
+        ("flop_budget: [1, 2\n", "not valid YAML"),
+        ("- a\n- b\n", "must be a YAML mapping"),
+    ],
+)
+def test_bad_recipes(tmp_path, content, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        parse_recipe(path)
+
+
+def test_cli_reports_errors_without_traceback(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Traceback" not in err
+
+
+def test_missing_shared_data_is_a_clear_error(tmp_path, tiny_model_dir):
+    recipe = write_recipe(tmp_path, model_name_or_path=str(tiny_model_dir), data_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="no bbh/ subfolder"):
+        from hf_cads.pipeline import run_budgeted_finetune
+
+        run_budgeted_finetune(*parse_recipe(recipe))
+
+
+def test_unknown_bbh_target(tmp_path):
+    from hf_cads.data import load_bbh_target
+
+    with pytest.raises(ValueError, match="Unknown BBH task 'nope'; available tasks"):
+        load_bbh_target("nope")
+
+
+@pytest.mark.slow
+def test_quickstart_runs_offline_with_the_default_models(tmp_path):
+    """The real main job: SmolLM2-135M from its PyPI package, BM25 selection, LoRA, budget cap."""
+    out = tmp_path / "qs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "hf_cads.cli", "run", str(ROOT / "recipes" / "quickstart.yaml"), "--output_dir", str(out)],
+        capture_output=True, text=True, timeout=900, cwd=ROOT, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    budget = report["ledger"]["budget"]
+    assert 0.95 * budget <= report["ledger"]["total"] <= budget
+    assert report["target_loss_after"] < report["target_loss_before"]
