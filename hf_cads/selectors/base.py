@@ -209,6 +209,12 @@ class Selector(ABC):
         scores = np.asarray(output.scores, dtype=np.float64)
         if scores.shape != (len(pool),):
             raise RuntimeError(f"{type(self).__name__}.score returned {scores.shape} scores for {len(pool)} rows.")
+        if np.isnan(scores).any():
+            bad = np.flatnonzero(np.isnan(scores))[:5].tolist()
+            raise ValueError(
+                f"The {self.name!r} selector produced NaN scores for pool rows {bad}; check those rows "
+                "(empty or non-text content) or the selection model (a NaN loss means broken weights)."
+            )
         indices = np.asarray(self.choose(scores, size, pool, output.extras), dtype=np.int64)
         return build_result(self, pool, indices, scores, output)
 
