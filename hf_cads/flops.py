@@ -401,3 +401,9 @@ def bm25_flops(num_documents: int, query_terms: Iterable[int] | int) -> float:
     """
     terms = query_terms if isinstance(query_terms, int) else sum(query_terms)
     return 10.0 * float(num_documents) * float(terms)
+
+
+def matmul_flops(rows: int, inner: int, cols: int) -> float:
+    """FLOPs of a dense ``rows x inner`` by ``inner x cols`` product, e.g. a random projection of
+    ``rows`` vectors or a similarity matrix: ``2 * rows * inner * cols``."""
+    return 2.0 * float(rows) * float(inner) * float(cols)

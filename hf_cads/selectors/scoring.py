@@ -60,24 +60,39 @@ class TokenBatcher:
         return [(len(rows), max(len(token_ids[r]) for r in rows)) for rows in self.plan(token_ids)]
 
     def batches(self, token_ids: Sequence[Sequence[int]]) -> Iterator[TokenBatch]:
+        for rows in self.plan(token_ids):
+            yield self.pad(token_ids, rows)
+
+    def pad(self, token_ids: Sequence[Sequence[int]], rows: Sequence[int]) -> TokenBatch:
+        """One right-padded batch of the given rows, in the given order (e.g. a shuffled training batch)."""
         import torch
 
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None:
             pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
-        for rows in self.plan(token_ids):
-            width = max(len(token_ids[r]) for r in rows)
-            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, r in enumerate(rows):
-                ids = token_ids[r]
-                input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-                mask[i, : len(ids)] = 1
-            yield TokenBatch(rows=rows, input_ids=input_ids, attention_mask=mask)
+        rows = np.asarray(rows)
+        width = max(len(token_ids[r]) for r in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids = token_ids[r]
+            input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[i, : len(ids)] = 1
+        return TokenBatch(rows=rows, input_ids=input_ids, attention_mask=mask)
 
 
 def forward_flops_of_plan(profile: FlopProfile, shapes: Sequence[tuple[int, int]]) -> float:
     return float(sum(profile.forward_flops(b, s) for b, s in shapes))
+
+
+def check_next_token_targets(token_ids: Sequence[Sequence[int]], role: str = "pool") -> None:
+    """Every row needs >= 2 tokens to have a next-token loss; name the rows that do not."""
+    short = [i for i, ids in enumerate(token_ids) if len(ids) < 2]
+    if short:
+        raise ValueError(
+            f"Rows {short[:5]} of the {role} tokenise to fewer than 2 tokens, so they have no next-token loss; "
+            "drop empty texts first."
+        )
 
 
 def masked_token_losses(logits: Any, input_ids: Any, attention_mask: Any) -> Any:
@@ -115,11 +130,7 @@ class CausalLMScorer:
         from tqdm.auto import tqdm
 
         token_ids = self.batcher.tokenize(texts)
-        if any(len(ids) < 2 for ids in token_ids):
-            short = [i for i, ids in enumerate(token_ids) if len(ids) < 2][:5]
-            raise ValueError(
-                f"Rows {short} tokenise to fewer than 2 tokens, so they have no next-token loss; drop empty texts first."
-            )
+        check_next_token_targets(token_ids)
         out = np.zeros(len(token_ids), dtype=np.float64)
         flops = 0.0
         device = next(self.model.parameters()).device
