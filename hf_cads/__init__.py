@@ -8,6 +8,8 @@ __version__ = "0.1.0"
 
 from .flops import BudgetExceededError, FlopLedger, FlopProfile, LoraSpec
 from .selectors import (
+    LESSSelector,
+    LESSSelectorConfig,
     ScoreOutput,
     SelectionResult,
     Selector,
@@ -24,6 +26,8 @@ __all__ = [
     "BudgetedTrainingArguments",
     "FlopLedger",
     "FlopProfile",
+    "LESSSelector",
+    "LESSSelectorConfig",
     "LoraSpec",
     "ScoreOutput",
     "SelectionResult",

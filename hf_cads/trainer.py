@@ -232,6 +232,9 @@ class BudgetedTrainer(Trainer):
         self.flop_ledger.notes["selector"] = result.selector
         self.flop_ledger.notes["k"] = len(result)
         self.flop_ledger.notes["pool_size"] = result.pool_size
+        if isinstance(result.extras.get("flops_breakdown"), dict):
+            # Selectors with stages (LESS: warmup, gradient features, projection) report them here.
+            self.flop_ledger.notes["selection_flops"] = {k: float(v) for k, v in result.extras["flops_breakdown"].items()}
         self.selection_result = result
         return result.dataset
 

@@ -6,6 +6,7 @@ Importing this package registers the built-in selectors.
 from .base import INDEX_COLUMN, SCORE_COLUMN, ScoreOutput, SelectionResult, Selector, SelectorConfig, resolve_k, top_k_indices
 from .bm25 import BM25Selector, BM25SelectorConfig
 from .embedding import EmbeddingSelector, EmbeddingSelectorConfig
+from .less import LESSSelector, LESSSelectorConfig
 from .perplexity import PerplexitySelector, PerplexitySelectorConfig
 from .random import RandomSelector, RandomSelectorConfig
 from .registry import get_selector, get_selector_class, list_selectors, register_selector
@@ -17,6 +18,8 @@ __all__ = [
     "BM25SelectorConfig",
     "EmbeddingSelector",
     "EmbeddingSelectorConfig",
+    "LESSSelector",
+    "LESSSelectorConfig",
     "PerplexitySelector",
     "PerplexitySelectorConfig",
     "RandomSelector",

@@ -1,0 +1,717 @@
+"""LESS: targeted data selection by the similarity of optimizer-aware gradient features.
+
+Implements LESS (Xia, Malladi, Gururangan, Arora & Chen, "LESS: Selecting Influential Data for
+Targeted Instruction Tuning", ICML 2024, arXiv:2402.04333):
+
+1. **Warmup.** LoRA-train the selection model on a random ``warmup_fraction`` of the pool for
+   ``warmup_epochs`` epochs (AdamW, linear schedule with warmup), keeping a checkpoint at the end of
+   every epoch: LoRA weights, Adam moments and the epoch's mean learning rate.
+2. **Gradient features** at every checkpoint, LoRA parameters only. A pool example is represented by
+   the direction Adam would move the weights if its next step saw that example alone,
+   ``m' / (sqrt(v') + eps)`` with the checkpoint's moments; a target example by its plain gradient.
+   Both are projected to ``projection_dim`` dimensions with a seeded Rademacher (or Gaussian)
+   Johnson-Lindenstrauss matrix and L2-normalised.
+3. **Score.** Per checkpoint, the cosine similarity of a pool feature with each target feature of a
+   sub-task, averaged over that sub-task's examples; checkpoints are weighted by their learning
+   rate and summed; with several sub-tasks (``subtask_column``) a row's score is its best sub-task.
+   The top-k rows are kept.
+
+LESS is by far the most expensive selector here (a forward and backward pass per pool row and
+checkpoint, plus the warmup): under a compute budget it only pays off when the trained model is
+much (~10x) larger than the selection model (Yin & Rush, "Compute-Constrained Data Selection",
+2024). Every FLOP is charged: warmup training, one forward + backward per example and checkpoint,
+the random projection and the similarity products, and :meth:`LESSSelector.estimate_flops`
+predicts that total before any work.
+
+Features are written to ``feature_dir`` in shards (float16 by default), so a large pool never has
+to fit in memory and an interrupted run resumes from its last finished shard (and its last
+finished warmup epoch).
+
+Example:
+    >>> from hf_cads import get_selector
+    >>> selector = get_selector("less", model=model, tokenizer=tokenizer, subtask_column="task")  # doctest: +SKIP
+    >>> result = selector.select(pool, target=validation, fraction=0.05)  # doctest: +SKIP
+    >>> result.extras["flops_breakdown"]  # doctest: +SKIP
+    {'warmup': ..., 'pool_gradients': ..., 'target_gradients': ..., 'projection': ..., 'similarity': ...}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence
+
+import numpy as np
+
+from ..data import get_texts
+from ..flops import FlopProfile, matmul_flops
+from .base import ScoreOutput, Selector, SelectorConfig
+from .gradients import PerExampleGradients, RandomProjection, adam_update_direction, chunk_seed, trainable_parameters
+from .perplexity import CausalLMSelectorMixin
+from .registry import register_selector
+from .scoring import TokenBatcher, check_next_token_targets, masked_token_losses
+
+STORE_FORMAT = 1
+# Options that change neither the features nor the scores; a resumed run may change them.
+_NOT_FINGERPRINTED = ("show_progress", "feature_dir", "gradient_buffer_mb")
+
+
+@dataclass
+class LESSSelectorConfig(SelectorConfig):
+    """Options of :class:`LESSSelector`. Defaults follow the paper where the model size allows.
+
+    Args:
+        model_name_or_path: the selection model (alias, folder or Hub id); ignored when a model
+            object is passed (BudgetedTrainer passes the model it trains).
+        warmup_fraction: share of the pool the warmup trains on (paper: 5%).
+        warmup_epochs: warmup epochs = number of checkpoints whose features are summed (paper: 4).
+        warmup_batch_size: sequences per warmup optimizer step (default: ``batch_size``).
+        learning_rate: peak warmup learning rate (paper: 2e-5).
+        lr_warmup_ratio: share of warmup steps with a linearly rising learning rate (paper: 0.03).
+        lora_r / lora_alpha / lora_dropout / lora_target_modules: the LoRA adapters trained in the
+            warmup; their parameters are the ones gradients are taken of (paper: rank 128 with
+            alpha 512 on q/k/v/o for 7B models; rank 8 keeps the same alpha/r ratio for small ones).
+        projection_dim: dimension of the gradient features (paper: 8192).
+        projection_type: ``rademacher`` (+-1 entries, as in the paper) or ``gaussian``.
+        subtask_column: target column naming each row's sub-task (e.g. ``task`` for several BBH
+            tasks); a pool row scores its best sub-task. ``None`` treats the target as one task.
+        feature_dir: folder for warmup checkpoints and feature shards. Given, a rerun with the
+            same inputs resumes from what is there; ``None`` uses a temporary folder.
+        shard_size: pool rows per feature file.
+        feature_dtype: ``float16`` (half the disk) or ``float32``.
+        gradient_buffer_mb: memory for per-example gradients waiting to be projected; the random
+            matrix is regenerated once per buffer, so a larger buffer amortises its generation.
+    """
+
+    model_name_or_path: str = "smollm2-135m-instruct"
+    warmup_fraction: float = 0.05
+    warmup_epochs: int = 4
+    warmup_batch_size: int | None = None
+    learning_rate: float = 2e-5
+    lr_warmup_ratio: float = 0.03
+    lora_r: int = 8
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.1
+    lora_target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    projection_dim: int = 8192
+    projection_type: Literal["rademacher", "gaussian"] = "rademacher"
+    subtask_column: str | None = None
+    feature_dir: str | None = None
+    shard_size: int = 1024
+    feature_dtype: Literal["float16", "float32"] = "float16"
+    gradient_buffer_mb: float = 256.0
+
+    def __post_init__(self) -> None:
+        def positive_int(name: str, value: Any, hint: str) -> None:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer ({hint}), got {value!r}.")
+
+        positive_int("projection_dim", self.projection_dim, "the gradient feature size, e.g. 8192")
+        positive_int("warmup_epochs", self.warmup_epochs, "one checkpoint per epoch, e.g. 4")
+        positive_int("lora_r", self.lora_r, "the LoRA rank, e.g. 8")
+        positive_int("shard_size", self.shard_size, "pool rows per feature file, e.g. 1024")
+        if self.warmup_batch_size is not None:
+            positive_int("warmup_batch_size", self.warmup_batch_size, "sequences per warmup step")
+        if not (isinstance(self.warmup_fraction, (int, float)) and 0 < self.warmup_fraction <= 1):
+            raise ValueError(f"warmup_fraction must be in (0, 1], e.g. 0.05, got {self.warmup_fraction!r}.")
+        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate!r}.")
+        if not 0 <= self.lr_warmup_ratio < 1:
+            raise ValueError(f"lr_warmup_ratio must be in [0, 1), got {self.lr_warmup_ratio!r}.")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}.")
+        if self.projection_type not in ("rademacher", "gaussian"):
+            raise ValueError(f"projection_type must be 'rademacher' or 'gaussian', got {self.projection_type!r}.")
+        if self.feature_dtype not in ("float16", "float32"):
+            raise ValueError(f"feature_dtype must be 'float16' or 'float32', got {self.feature_dtype!r}.")
+        if not self.gradient_buffer_mb > 0:
+            raise ValueError(f"gradient_buffer_mb must be > 0, got {self.gradient_buffer_mb!r}.")
+        if isinstance(self.lora_target_modules, str):
+            self.lora_target_modules = (self.lora_target_modules,)
+        self.lora_target_modules = tuple(self.lora_target_modules)
+        if not self.lora_target_modules:
+            raise ValueError("lora_target_modules is empty; name the linear layers to adapt, e.g. ('q_proj', 'v_proj').")
+
+
+@dataclass
+class WarmupCheckpoint:
+    """The state LESS keeps after a warmup epoch: LoRA weights, Adam moments and learning rate.
+
+    ``learning_rate`` is the epoch's mean learning rate, the checkpoint's weight in the score;
+    ``step`` counts the optimizer steps taken so far (for Adam's bias correction).
+    """
+
+    epoch: int
+    step: int
+    learning_rate: float
+    lora_weights: dict[str, Any]
+    exp_avg: dict[str, Any]
+    exp_avg_sq: dict[str, Any]
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def flat_moments(self, names: Sequence[str], device: Any) -> tuple[Any, Any]:
+        """Adam's first and second moments as flat float32 vectors in the order of ``names``."""
+        import torch
+
+        def flat(state: dict[str, Any]) -> Any:
+            return torch.cat([state[name].reshape(-1).float() for name in names]).to(device)
+
+        return flat(self.exp_avg), flat(self.exp_avg_sq)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "learning_rate": self.learning_rate,
+            "lora_weights": self.lora_weights,
+            "exp_avg": self.exp_avg,
+            "exp_avg_sq": self.exp_avg_sq,
+            "betas": list(self.betas),
+            "eps": self.eps,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "WarmupCheckpoint":
+        return cls(**{**data, "betas": tuple(data["betas"])})
+
+
+class FeatureStore:
+    """A folder of warmup checkpoints and feature files, each written atomically.
+
+    ``manifest.json`` records a fingerprint of everything the features depend on (model, LoRA and
+    projection options, tokenised pool and target); a folder holding another run's features is
+    refused rather than silently mixed in.
+    """
+
+    def __init__(self, root: str | os.PathLike, fingerprint: str, description: dict[str, Any]) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        manifest = self.root / "manifest.json"
+        if manifest.exists():
+            stored = json.loads(manifest.read_text(encoding="utf-8"))
+            if stored.get("fingerprint") != fingerprint:
+                raise ValueError(
+                    f"feature_dir {str(self.root)!r} holds LESS features of a different run (other model, options, "
+                    "pool or target), which cannot be resumed. Pass a new folder, or delete this one to start afresh."
+                )
+        else:
+            if any(self.root.iterdir()):
+                raise ValueError(
+                    f"feature_dir {str(self.root)!r} is not empty and was not written by LESS; pass an empty or new folder."
+                )
+            _atomic_write(manifest, lambda handle: handle.write(json.dumps(
+                {"format": STORE_FORMAT, "fingerprint": fingerprint, **description}, indent=2, default=str
+            ).encode("utf-8")))
+
+    def checkpoint_path(self, epoch: int) -> Path:
+        return self.root / "warmup" / f"epoch-{epoch}.pt"
+
+    def load_checkpoint(self, epoch: int) -> WarmupCheckpoint | None:
+        import torch
+
+        path = self.checkpoint_path(epoch)
+        if not path.exists():
+            return None
+        return WarmupCheckpoint.from_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    def save_checkpoint(self, checkpoint: WarmupCheckpoint) -> None:
+        import torch
+
+        _atomic_write(self.checkpoint_path(checkpoint.epoch), lambda handle: torch.save(checkpoint.to_dict(), handle))
+
+    def features_path(self, checkpoint: int, name: str) -> Path:
+        return self.root / "features" / f"checkpoint-{checkpoint}" / f"{name}.npy"
+
+    def has_features(self, checkpoint: int, name: str) -> bool:
+        return self.features_path(checkpoint, name).exists()
+
+    def save_features(self, checkpoint: int, name: str, features: np.ndarray) -> None:
+        _atomic_write(self.features_path(checkpoint, name), lambda handle: np.save(handle, features))
+
+    def load_features(self, checkpoint: int, name: str) -> np.ndarray:
+        return np.load(self.features_path(checkpoint, name), mmap_mode="r")
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write through a temporary file and rename, so a killed run never leaves a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".partial")
+    with open(temporary, "wb") as handle:
+        write(handle)
+    os.replace(temporary, path)
+
+
+def linear_schedule(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Learning-rate multiplier at ``step``: linear rise over ``warmup_steps``, then linear decay to 0."""
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def influence_scores(
+    pool_features: Any, target_means: Any, learning_rate: float
+) -> Any:
+    """One checkpoint's LESS term: ``learning_rate * cos(pool row, target row)`` averaged per sub-task.
+
+    Features are unit-norm, so the mean cosine over a sub-task's examples equals the dot product
+    with their mean feature: ``pool_features`` (rows x d) times ``target_means`` (sub-tasks x d)
+    transposed.
+    """
+    return (pool_features @ target_means.T) * learning_rate
+
+
+@dataclass
+class LESSInputs:
+    """Tokenised pool and target plus each target row's sub-task."""
+
+    pool_ids: list[list[int]]
+    target_ids: list[list[int]]
+    subtask_index: np.ndarray
+    subtasks: list[str]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@register_selector("less")
+class LESSSelector(CausalLMSelectorMixin, Selector):
+    """LESS (Xia et al., 2024): keep the pool rows whose Adam update direction best aligns with the
+    target's gradients. See the module docstring for the method and its cost.
+
+    The selection model is never modified: a model passed in (plain or already LoRA-wrapped, as
+    BudgetedTrainer passes it) is deep-copied, any adapters are merged, and fresh seeded LoRA
+    adapters are trained on the copy.
+
+    The per-example step, :meth:`gradient_features`, works on any subset of rows, so feature
+    extraction can be split across processes: run :meth:`warmup` once (it is deterministic) and
+    give each process its own rows.
+
+    Example:
+        >>> from hf_cads import get_selector
+        >>> less = get_selector("less", model=model, tokenizer=tokenizer, projection_dim=8192,
+        ...                     subtask_column="task", feature_dir="less_features")  # doctest: +SKIP
+        >>> less.estimate_flops(pool, validation)  # doctest: +SKIP
+        >>> result = less.select(pool, target=validation, fraction=0.05)  # doctest: +SKIP
+    """
+
+    config_class = LESSSelectorConfig
+    uses_model = True
+    reuses_training_model = True
+
+    def __init__(self, config: LESSSelectorConfig | None = None, *, model: Any = None, tokenizer: Any = None, **kwargs: Any) -> None:
+        super().__init__(config, model=model, tokenizer=tokenizer, **kwargs)
+        self._caller_owns_model = model is not None
+        self._lora_model: Any = None
+        self._initial_lora: dict[str, Any] = {}
+        self._model_fingerprint = ""
+
+    # -- model ----------------------------------------------------------------------------------
+    def selection_model(self) -> Any:
+        """The LoRA-wrapped selection model (built once, from a copy of a model passed in)."""
+        if self._lora_model is None:
+            base, _ = self._load_model()
+            self._lora_model = self._with_fresh_lora(base)
+            self._initial_lora = {n: p.detach().clone() for n, p in trainable_parameters(self._lora_model).items()}
+            self._model_fingerprint = _model_fingerprint(self._lora_model)
+        return self._lora_model
+
+    def _with_fresh_lora(self, model: Any) -> Any:
+        import torch
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if not isinstance(model, torch.nn.Module) or getattr(model, "config", None) is None:
+            raise TypeError(
+                f"LESS needs a transformers causal LM (a torch module with .config), got {type(model).__name__}."
+            )
+        if self._caller_owns_model:
+            model = copy.deepcopy(model)
+        if isinstance(model, PeftModel):
+            if not hasattr(model.base_model, "merge_and_unload"):
+                raise TypeError(
+                    f"The model carries {type(model.base_model).__name__} adapters, which cannot be merged; pass the "
+                    "base model (LESS adds its own LoRA adapters)."
+                )
+            model = model.merge_and_unload()
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        config = self.config
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=list(config.lora_target_modules),
+            bias="none",
+        )
+        linear_names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        try:
+            with _seeded(config.seed, _device_of(model)):
+                wrapped = get_peft_model(model, lora)
+        except ValueError as err:
+            raise ValueError(
+                f"LESS trains LoRA adapters on lora_target_modules={list(config.lora_target_modules)}, but "
+                f"{type(model).__name__} has no LoRA-compatible (linear) layers of those names; its linear layers "
+                f"are {linear_names or 'none'}. Set lora_target_modules to some of them. ({err})"
+            ) from err
+        if not trainable_parameters(wrapped):
+            raise ValueError(f"No LoRA parameters were created for {type(model).__name__}; check lora_target_modules.")
+        wrapped.eval()
+        return wrapped
+
+    def _profile(self) -> FlopProfile:
+        return FlopProfile.from_model(self.selection_model())
+
+    def _batcher(self, batch_size: int | None = None) -> TokenBatcher:
+        _, tokenizer = self._load_model()
+        # EOS appended as BudgetedTrainer does, so warmup and gradients see the training format.
+        return TokenBatcher(tokenizer, batch_size or self.config.batch_size, self.config.max_length, add_eos=True)
+
+    def num_lora_params(self) -> int:
+        return int(sum(p.numel() for p in trainable_parameters(self.selection_model()).values()))
+
+    def projection(self) -> RandomProjection:
+        """The seeded projection of LoRA gradients to ``projection_dim`` (same on every process)."""
+        return RandomProjection(self.num_lora_params(), self.config.projection_dim, self.config.seed, self.config.projection_type)
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def encode(self, dataset: Any, role: str = "pool") -> list[list[int]]:
+        """Token ids of every row (text from ``text_column`` / ``target_text_column``)."""
+        _, tokenizer = self._load_model()
+        column = self.config.text_column if role == "pool" else (self.config.target_text_column or self.config.text_column)
+        token_ids = self._batcher().tokenize(get_texts(dataset, column, tokenizer, role=role))
+        check_next_token_targets(token_ids, role)
+        return token_ids
+
+    def subtasks(self, target: Any) -> tuple[np.ndarray, list[str]]:
+        """Each target row's sub-task index and the sub-task names (one sub-task without a column)."""
+        column = self.config.subtask_column
+        if column is None:
+            return np.zeros(len(target), dtype=np.int64), ["target"]
+        if column not in target.column_names:
+            raise ValueError(
+                f"subtask_column={column!r} is not a column of the target dataset (columns: {target.column_names}). "
+                "Name the column holding each row's sub-task (e.g. 'task'), or set subtask_column=None to treat "
+                "the target as one task."
+            )
+        labels = [str(value) for value in target[column]]
+        names = sorted(set(labels))
+        return np.array([names.index(label) for label in labels], dtype=np.int64), names
+
+    def _inputs(self, pool: Any, target: Any) -> LESSInputs:
+        index, names = self.subtasks(target)
+        return LESSInputs(self.encode(pool, "pool"), self.encode(target, "target"), index, names)
+
+    # -- 1. warmup ------------------------------------------------------------------------------
+    def warmup_plan(self, pool_size: int) -> list[list[np.ndarray]]:
+        """Row groups of every warmup step, by epoch: a seeded sample of the pool, reshuffled each epoch."""
+        config = self.config
+        size = max(1, int(round(config.warmup_fraction * pool_size)))
+        sample = np.sort(np.random.default_rng([config.seed, 0]).choice(pool_size, size=size, replace=False))
+        batch = config.warmup_batch_size or config.batch_size
+        plan = []
+        for epoch in range(config.warmup_epochs):
+            order = np.random.default_rng([config.seed, 1, epoch]).permutation(sample)
+            plan.append([order[i : i + batch] for i in range(0, len(order), batch)])
+        return plan
+
+    def _warmup_epoch_flops(self, profile: FlopProfile, pool_ids: Sequence[Sequence[int]], batches: list[np.ndarray]) -> float:
+        return float(sum(profile.train_step_flops(len(rows), max(len(pool_ids[r]) for r in rows)) for rows in batches))
+
+    def warmup(self, pool_ids: Sequence[Sequence[int]], store: FeatureStore | None = None) -> tuple[list[WarmupCheckpoint], float]:
+        """LoRA-train on the warmup sample; return one checkpoint per epoch and the FLOPs it costs.
+
+        With a ``store``, finished epochs are loaded instead of retrained (their FLOPs are still
+        reported: they were spent, if by an earlier, interrupted run).
+        """
+        import torch
+        from tqdm.auto import tqdm
+
+        model = self.selection_model()
+        params = trainable_parameters(model)
+        with torch.no_grad():
+            for name, value in self._initial_lora.items():
+                params[name].copy_(value)
+        config = self.config
+        optimizer = torch.optim.AdamW(params.values(), lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+        plan = self.warmup_plan(len(pool_ids))
+        total_steps = sum(len(batches) for batches in plan)
+        ramp_steps = math.ceil(config.lr_warmup_ratio * total_steps)
+        profile = self._profile()
+        batcher = self._batcher()
+        device = _device_of(model)
+        checkpoints: list[WarmupCheckpoint] = []
+        flops, step = 0.0, 0
+        progress = tqdm(total=total_steps, desc="LESS warmup", disable=not config.show_progress)
+        try:
+            for epoch, batches in enumerate(plan):
+                flops += self._warmup_epoch_flops(profile, pool_ids, batches)
+                stored = store.load_checkpoint(epoch) if store is not None else None
+                if stored is not None:
+                    self._load_weights(stored)
+                    _set_adam_state(optimizer, params, stored)
+                    step = stored.step
+                    checkpoints.append(stored)
+                    progress.update(len(batches))
+                    continue
+                learning_rates = []
+                model.train()
+                # Dropout draws from an RNG seeded per epoch, so a resumed run retrains identically.
+                with _seeded(chunk_seed(config.seed, 1000 + epoch), device):
+                    for rows in batches:
+                        learning_rate = config.learning_rate * linear_schedule(step, total_steps, ramp_steps)
+                        for group in optimizer.param_groups:
+                            group["lr"] = learning_rate
+                        batch = batcher.pad(pool_ids, rows)
+                        input_ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+                        logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+                        masked_token_losses(logits, input_ids, mask).mean().backward()
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        learning_rates.append(learning_rate)
+                        step += 1
+                        progress.update(1)
+                model.eval()
+                checkpoint = _capture_checkpoint(optimizer, params, epoch, step, float(np.mean(learning_rates)))
+                if store is not None:
+                    store.save_checkpoint(checkpoint)
+                checkpoints.append(checkpoint)
+        finally:
+            progress.close()
+            model.eval()
+        return checkpoints, flops
+
+    def _load_weights(self, checkpoint: WarmupCheckpoint) -> None:
+        import torch
+
+        params = trainable_parameters(self.selection_model())
+        with torch.no_grad():
+            for name, value in checkpoint.lora_weights.items():
+                params[name].copy_(value)
+
+    # -- 2. gradient features (per row, separable) ----------------------------------------------
+    def gradient_features(
+        self,
+        token_ids: Sequence[Sequence[int]],
+        checkpoint: WarmupCheckpoint,
+        *,
+        optimizer_aware: bool,
+        progress: Any = None,
+    ) -> tuple[np.ndarray, float]:
+        """Unit-norm projected gradient features of the given rows at ``checkpoint``.
+
+        ``optimizer_aware=True`` (pool rows) turns each gradient into Adam's update direction with
+        the checkpoint's moments; ``False`` (target rows) keeps the plain gradient. Each row's
+        feature depends on that row alone, so any subset of rows can be computed anywhere.
+        Returns ``rows x projection_dim`` float32 features and the FLOPs spent.
+        """
+        import torch
+
+        model = self.selection_model()
+        self._load_weights(checkpoint)
+        device = _device_of(model)
+        gradients = PerExampleGradients(model)
+        projection = self.projection()
+        profile = self._profile()
+        moments = checkpoint.flat_moments(gradients.names, device) if optimizer_aware else None
+        capacity = max(self.config.batch_size, int(self.config.gradient_buffer_mb * 2**20 // (4 * gradients.num_params)))
+        features = np.zeros((len(token_ids), self.config.projection_dim), dtype=np.float32)
+        pending: list[Any] = []
+        pending_rows: list[np.ndarray] = []
+        flops = 0.0
+
+        def project_pending() -> None:
+            if pending:
+                with torch.no_grad():
+                    projected = torch.nn.functional.normalize(projection(torch.cat(pending)), dim=-1)
+                features[np.concatenate(pending_rows)] = projected.cpu().numpy()
+                pending.clear()
+                pending_rows.clear()
+
+        for batch in self._batcher().batches(token_ids):
+            grads = gradients(batch.input_ids.to(device), batch.attention_mask.to(device)).float()
+            if moments is not None:
+                grads = adam_update_direction(grads, *moments, step=checkpoint.step, betas=checkpoint.betas, eps=checkpoint.eps)
+            pending.append(grads)
+            pending_rows.append(batch.rows)
+            flops += profile.train_step_flops(*batch.shape)
+            if sum(len(rows) for rows in pending_rows) >= capacity:
+                project_pending()
+            if progress is not None:
+                progress.update(len(batch.rows))
+        project_pending()
+        return features, flops + projection.flops(len(token_ids))
+
+    def feature_flops(self, token_ids: Sequence[Sequence[int]]) -> float:
+        """FLOPs :meth:`gradient_features` spends on these rows (per checkpoint), without running it."""
+        profile = self._profile()
+        shapes = self._batcher().padded_shapes(token_ids)
+        return float(sum(profile.train_step_flops(b, s) for b, s in shapes)) + self.projection().flops(len(token_ids))
+
+    # -- 3. scores ------------------------------------------------------------------------------
+    def _shards(self, pool_size: int) -> list[range]:
+        size = self.config.shard_size
+        return [range(start, min(pool_size, start + size)) for start in range(0, pool_size, size)]
+
+    def flops_breakdown(self, inputs: LESSInputs) -> dict[str, float]:
+        """Every FLOP of :meth:`score`, by stage, computed without doing the work."""
+        profile = self._profile()
+        epochs = self.config.warmup_epochs
+        warmup = sum(self._warmup_epoch_flops(profile, inputs.pool_ids, batches) for batches in self.warmup_plan(len(inputs.pool_ids)))
+        shapes = [s for shard in self._shards(len(inputs.pool_ids)) for s in self._batcher().padded_shapes([inputs.pool_ids[i] for i in shard])]
+        pool_gradients = epochs * sum(profile.train_step_flops(b, s) for b, s in shapes)
+        target_gradients = epochs * sum(profile.train_step_flops(b, s) for b, s in self._batcher().padded_shapes(inputs.target_ids))
+        rows = len(inputs.pool_ids) + len(inputs.target_ids)
+        return {
+            "warmup": float(warmup),
+            "pool_gradients": float(pool_gradients),
+            "target_gradients": float(target_gradients),
+            "projection": epochs * self.projection().flops(rows),
+            "similarity": epochs * matmul_flops(len(inputs.pool_ids), self.config.projection_dim, len(inputs.subtasks)),
+        }
+
+    def estimate_flops(self, pool: Any, target: Any | None) -> float:
+        return float(sum(self.flops_breakdown(self._inputs(pool, target)).values()))
+
+    def score(self, pool: Any, target: Any | None) -> ScoreOutput:
+        import torch
+        from tqdm.auto import tqdm
+
+        inputs = self._inputs(pool, target)
+        self.selection_model()
+        config = self.config
+        breakdown = dict.fromkeys(("warmup", "pool_gradients", "target_gradients", "projection", "similarity"), 0.0)
+        subtask_scores = np.zeros((len(inputs.pool_ids), len(inputs.subtasks)), dtype=np.float64)
+        resumed_files = 0
+        with self._store(inputs) as store:
+            checkpoints, breakdown["warmup"] = self.warmup(inputs.pool_ids, store)
+            total_rows = len(checkpoints) * (len(inputs.pool_ids) + len(inputs.target_ids))
+            progress = tqdm(total=total_rows, desc="LESS gradient features", disable=not config.show_progress)
+            try:
+                for index, checkpoint in enumerate(checkpoints):
+                    jobs = [("target", inputs.target_ids, False)] + [
+                        (f"pool-{number:05d}", [inputs.pool_ids[i] for i in shard], True)
+                        for number, shard in enumerate(self._shards(len(inputs.pool_ids)))
+                    ]
+                    for name, token_ids, optimizer_aware in jobs:
+                        projection_flops = self.projection().flops(len(token_ids))
+                        if store.has_features(index, name):
+                            # Spent by the run that wrote the file; charged so a resumed run costs the same.
+                            feature_flops = self.feature_flops(token_ids)
+                            resumed_files += 1
+                            progress.update(len(token_ids))
+                        else:
+                            features, feature_flops = self.gradient_features(
+                                token_ids, checkpoint, optimizer_aware=optimizer_aware, progress=progress
+                            )
+                            store.save_features(index, name, features.astype(config.feature_dtype))
+                        breakdown["pool_gradients" if optimizer_aware else "target_gradients"] += feature_flops - projection_flops
+                        breakdown["projection"] += projection_flops
+                    target_features = torch.from_numpy(np.asarray(store.load_features(index, "target"), dtype=np.float32))
+                    target_means = torch.stack(
+                        [target_features[torch.from_numpy(inputs.subtask_index == s)].mean(dim=0) for s in range(len(inputs.subtasks))]
+                    )
+                    for number, shard in enumerate(self._shards(len(inputs.pool_ids))):
+                        pool_features = torch.from_numpy(np.asarray(store.load_features(index, f"pool-{number:05d}"), dtype=np.float32))
+                        with torch.no_grad():
+                            subtask_scores[shard.start : shard.stop] += influence_scores(
+                                pool_features, target_means, checkpoint.learning_rate
+                            ).double().numpy()
+                    breakdown["similarity"] += matmul_flops(len(inputs.pool_ids), config.projection_dim, len(inputs.subtasks))
+            finally:
+                progress.close()
+        extras = {
+            "flops_breakdown": breakdown,
+            "subtasks": inputs.subtasks,
+            "subtask_scores": subtask_scores,
+            "checkpoint_learning_rates": [c.learning_rate for c in checkpoints],
+            "num_lora_params": self.num_lora_params(),
+            "resumed_feature_files": resumed_files,
+            "feature_dir": config.feature_dir,
+        }
+        return ScoreOutput(subtask_scores.max(axis=1), float(sum(breakdown.values())), extras)
+
+    # -- storage --------------------------------------------------------------------------------
+    def fingerprint(self, inputs: LESSInputs) -> str:
+        """A hash of everything the features depend on: model, options, tokenised pool and target."""
+        self.selection_model()
+        digest = hashlib.sha256()
+        options = {k: v for k, v in self.config.to_dict().items() if k not in _NOT_FINGERPRINTED}
+        digest.update(json.dumps(options, sort_keys=True, default=str).encode("utf-8"))
+        digest.update(self._model_fingerprint.encode("utf-8"))
+        for part in (inputs.pool_ids, inputs.target_ids):
+            for ids in part:
+                digest.update(np.asarray(ids, dtype=np.int64).tobytes() + b"|")
+            digest.update(b"#")
+        digest.update(inputs.subtask_index.tobytes() + json.dumps(inputs.subtasks).encode("utf-8"))
+        return digest.hexdigest()
+
+    @contextlib.contextmanager
+    def _store(self, inputs: LESSInputs) -> Iterator[FeatureStore]:
+        description = {"pool_rows": len(inputs.pool_ids), "target_rows": len(inputs.target_ids), "config": self.config.to_dict()}
+        if self.config.feature_dir is not None:
+            yield FeatureStore(self.config.feature_dir, self.fingerprint(inputs), description)
+            return
+        with tempfile.TemporaryDirectory(prefix="hf_cads_less_") as folder:
+            yield FeatureStore(folder, self.fingerprint(inputs), description)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _device_of(model: Any) -> Any:
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: Any) -> Iterator[None]:
+    """Seed torch's RNG inside the block only; the caller's RNG state is restored afterwards."""
+    import torch
+
+    devices = [device] if getattr(device, "type", "cpu") == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _capture_checkpoint(optimizer: Any, params: dict[str, Any], epoch: int, step: int, learning_rate: float) -> WarmupCheckpoint:
+    group = optimizer.param_groups[0]
+    state = {name: optimizer.state[p] for name, p in params.items()}
+    return WarmupCheckpoint(
+        epoch=epoch,
+        step=step,
+        learning_rate=learning_rate,
+        lora_weights={name: p.detach().cpu().clone() for name, p in params.items()},
+        exp_avg={name: s["exp_avg"].detach().cpu().clone() for name, s in state.items()},
+        exp_avg_sq={name: s["exp_avg_sq"].detach().cpu().clone() for name, s in state.items()},
+        betas=tuple(group["betas"]),
+        eps=float(group["eps"]),
+    )
+
+
+def _set_adam_state(optimizer: Any, params: dict[str, Any], checkpoint: WarmupCheckpoint) -> None:
+    """Give a fresh AdamW the moments and step count of a stored checkpoint (to resume the warmup)."""
+    import torch
+
+    for name, parameter in params.items():
+        optimizer.state[parameter] = {
+            "step": torch.tensor(float(checkpoint.step)),
+            "exp_avg": checkpoint.exp_avg[name].to(parameter.device, parameter.dtype).clone(),
+            "exp_avg_sq": checkpoint.exp_avg_sq[name].to(parameter.device, parameter.dtype).clone(),
+        }
+
+
+def _model_fingerprint(model: Any) -> str:
+    """A cheap content hash of a model: names, shapes, and per-tensor sums and samples."""
+    import torch
+
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 64)].double().cpu().numpy()
+            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}{float(flat.double().sum())}".encode("utf-8"))
+            digest.update(sample.tobytes())
+    return digest.hexdigest()
