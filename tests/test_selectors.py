@@ -171,3 +171,15 @@ def test_unreachable_hub_model_is_a_clear_error():
 
     with pytest.raises(OSError, match="Could not load model 'no-such-org/no-such-model'.*offline"):
         load_causal_lm("no-such-org/no-such-model")
+
+
+def test_vectorised_bm25_equals_rank_bm25(small_pool, bbh_target):
+    from rank_bm25 import BM25Okapi
+
+    from hf_cads.selectors.bm25 import bm25_tokenize, okapi_bm25_scores
+
+    documents = [bm25_tokenize(t) for t in small_pool["text"]]
+    queries = [bm25_tokenize(t) for t in bbh_target[0]["text"]] + [["the", "the", "answer", "zzzunknown"]]
+    reference = BM25Okapi(documents, k1=1.2, b=0.6)
+    expected = np.stack([reference.get_scores(q) for q in queries])
+    assert np.allclose(okapi_bm25_scores(documents, queries, k1=1.2, b=0.6), expected)

@@ -20,6 +20,46 @@ def bm25_tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
+def okapi_bm25_scores(documents: list[list[str]], queries: list[list[str]], k1: float, b: float, epsilon: float = 0.25) -> np.ndarray:
+    """Okapi BM25 of every document against every query, as one sparse matrix product.
+
+    Same scoring as rank-bm25's ``BM25Okapi`` (Robertson IDF, negative IDFs floored at
+    ``epsilon * mean IDF``, repeated query terms counted each time), but the per-(document, term)
+    weights are computed once and all queries are scored together: ``W @ Q^T``.
+    Returns an array of shape ``(len(queries), len(documents))``.
+    """
+    from scipy import sparse
+
+    vocabulary: dict[str, int] = {}
+    rows, cols, counts = [], [], []
+    for row, document in enumerate(documents):
+        term_counts: dict[int, int] = {}
+        for token in document:
+            column = vocabulary.setdefault(token, len(vocabulary))
+            term_counts[column] = term_counts.get(column, 0) + 1
+        rows += [row] * len(term_counts)
+        cols += list(term_counts)
+        counts += list(term_counts.values())
+    tf = sparse.csr_matrix((np.asarray(counts, float), (rows, cols)), shape=(len(documents), len(vocabulary)))
+    num_docs = len(documents)
+    lengths = np.array([len(d) for d in documents], dtype=float)
+    doc_freq = np.bincount(tf.indices, minlength=len(vocabulary)).astype(float)
+    idf = np.log(num_docs - doc_freq + 0.5) - np.log(doc_freq + 0.5)
+    idf = np.where(idf < 0, epsilon * idf.mean(), idf)
+    norm = k1 * (1 - b + b * lengths / lengths.mean())
+    weights = tf.tocoo()
+    values = idf[weights.col] * weights.data * (k1 + 1) / (weights.data + norm[weights.row])
+    weight_matrix = sparse.csr_matrix((values, (weights.row, weights.col)), shape=tf.shape)
+    q_rows, q_cols = [], []
+    for row, query in enumerate(queries):
+        for token in query:
+            if token in vocabulary:
+                q_rows.append(row)
+                q_cols.append(vocabulary[token])
+    query_matrix = sparse.csr_matrix((np.ones(len(q_rows)), (q_rows, q_cols)), shape=(len(queries), len(vocabulary)))
+    return np.asarray((query_matrix @ weight_matrix.T).todense())
+
+
 @dataclass
 class BM25SelectorConfig(SelectorConfig):
     """Options of :class:`BM25Selector`.
@@ -43,7 +83,7 @@ class BM25SelectorConfig(SelectorConfig):
 
 @register_selector("bm25")
 class BM25Selector(Selector):
-    """Okapi BM25 (rank-bm25's ``BM25Okapi``) over the pool, one query per target text.
+    """Okapi BM25 over the pool, one query per target text (rank-bm25's scoring, vectorised).
 
     Example:
         >>> from datasets import Dataset
@@ -64,14 +104,11 @@ class BM25Selector(Selector):
         return queries
 
     def score(self, pool: Any, target: Any | None) -> ScoreOutput:
-        from rank_bm25 import BM25Okapi
-
         documents = [bm25_tokenize(t) for t in get_texts(pool, self.config.text_column, role="pool")]
         if not any(documents):
             raise ValueError("No pool row contains a word token; BM25 cannot score it.")
-        index = BM25Okapi([d if d else [""] for d in documents], k1=self.config.k1, b=self.config.b)
         queries = self._queries(target)
-        per_query = np.stack([index.get_scores(q) for q in queries])
+        per_query = okapi_bm25_scores(documents, queries, self.config.k1, self.config.b)
         scores = per_query.max(axis=0) if self.config.aggregate == "max" else per_query.mean(axis=0)
         return ScoreOutput(scores, bm25_flops(len(documents), [len(q) for q in queries]))
 

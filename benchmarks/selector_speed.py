@@ -1,0 +1,180 @@
+"""Examples/s and peak memory of every selector's scoring on the same pool, beside the peers a user
+would reach for: rank-bm25 and bm25s for BM25 (identical top-k required), sentence-transformers'
+own ``encode`` for embeddings, a plain per-example backward loop for LESS gradient features.
+
+Each case runs in a fresh process so its peak resident memory (ru_maxrss) is its own.
+
+    python benchmarks/selector_speed.py [--pool-size 2000] [--cases bm25,bm25-rank,...]
+
+Writes benchmarks/results/selector_speed.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TOP_K_FRACTION = 0.1
+
+
+def load_inputs(pool_size: int):
+    from hf_cads.data import build_multisource_pool, load_bbh_target
+
+    per_source = max(1, pool_size // 4)
+    pool = build_multisource_pool("boolean_expressions", max_per_source=per_source, max_chars=1200, seed=0)
+    pool = pool.select(range(min(pool_size, len(pool))))
+    validation, _ = load_bbh_target("boolean_expressions")
+    return pool, validation
+
+
+def top_k(scores, k):
+    import numpy as np
+
+    from hf_cads.selectors import top_k_indices
+
+    return top_k_indices(np.asarray(scores, dtype=float), k).tolist()
+
+
+# -- cases: each returns (examples scored, seconds, top-k indices or None) -----------------------
+def case_selector(name: str, **options):
+    def run(pool, target, k):
+        from hf_cads import get_selector
+
+        selector = get_selector(name, show_progress=False, **options)
+        if name in ("embedding",):
+            selector._encoder()  # load outside the timed region
+        if name in ("perplexity", "less"):
+            selector._load_model()
+        start = time.perf_counter()
+        result = selector.select(pool, target=target, k=k)
+        return len(pool), time.perf_counter() - start, result.indices.tolist()
+
+    return run
+
+
+def case_rank_bm25(pool, target, k):
+    import numpy as np
+    from rank_bm25 import BM25Okapi
+
+    from hf_cads.selectors.bm25 import bm25_tokenize
+
+    start = time.perf_counter()
+    documents = [bm25_tokenize(t) for t in pool["text"]]
+    index = BM25Okapi(documents)
+    scores = np.mean([index.get_scores(bm25_tokenize(q)) for q in target["text"]], axis=0)
+    return len(pool), time.perf_counter() - start, top_k(scores, k)
+
+
+def case_bm25s(pool, target, k):
+    import bm25s
+    import numpy as np
+
+    from hf_cads.selectors.bm25 import bm25_tokenize
+
+    start = time.perf_counter()
+    documents = [bm25_tokenize(t) for t in pool["text"]]
+    vocabulary: dict[str, int] = {}
+    ids = [[vocabulary.setdefault(w, len(vocabulary)) for w in d] for d in documents]
+    retriever = bm25s.BM25(method="robertson", k1=1.5, b=0.75)
+    retriever.index(bm25s.tokenization.Tokenized(ids=ids, vocab=vocabulary), show_progress=False)
+    scores = np.mean([retriever.get_scores([w for w in bm25_tokenize(q) if w in vocabulary]) for q in target["text"]], axis=0)
+    return len(pool), time.perf_counter() - start, top_k(scores, k)
+
+
+def case_st_encode(pool, target, k):
+    import numpy as np
+
+    from hf_cads.models import load_sentence_encoder
+
+    encoder = load_sentence_encoder("all-minilm-l6-v2")
+    start = time.perf_counter()
+    pool_emb = encoder.encode(list(pool["text"]), batch_size=32, normalize_embeddings=True)
+    target_emb = encoder.encode(list(target["text"]), batch_size=32, normalize_embeddings=True)
+    centroid = target_emb.mean(axis=0)
+    centroid /= np.linalg.norm(centroid)
+    return len(pool), time.perf_counter() - start, top_k(pool_emb @ centroid, k)
+
+
+CASES = {
+    "random": case_selector("random"),
+    "bm25 (hf_cads sparse)": case_selector("bm25"),
+    "bm25 (rank-bm25)": case_rank_bm25,
+    "bm25 (bm25s robertson)": case_bm25s,
+    "embedding (hf_cads)": case_selector("embedding"),
+    "embedding (sentence-transformers encode)": case_st_encode,
+    "perplexity (SmolLM2-135M)": case_selector("perplexity", batch_size=8, max_length=256),
+}
+
+
+def _child(name: str, pool_size: int, queue) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    pool, target = load_inputs(pool_size)
+    limit = int(os.environ.get("HF_CADS_BENCH_LM_ROWS", "256"))
+    if "perplexity" in name or "less" in name:
+        pool = pool.select(range(min(limit, len(pool))))
+    k = max(1, int(TOP_K_FRACTION * len(pool)))
+    examples, seconds, indices = CASES[name](pool, target, k)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put({"case": name, "examples": examples, "seconds": seconds, "examples_per_s": examples / seconds,
+               "peak_rss_mb": peak_mb, "top_k": indices})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pool-size", type=int, default=2000)
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
+    options = parser.parse_args()
+    context = mp.get_context("spawn")
+    rows = []
+    for name in [c.strip() for c in options.cases.split(",") if c.strip()]:
+        if name not in CASES:
+            raise SystemExit(f"Unknown case {name!r}; choose from {list(CASES)}")
+        queue = context.Queue()
+        process = context.Process(target=_child, args=(name, options.pool_size, queue))
+        process.start()
+        row = queue.get()
+        process.join()
+        rows.append(row)
+        print(f"{name:<42} {row['examples']:>6} ex  {row['examples_per_s']:>10.1f} ex/s  peak {row['peak_rss_mb']:.0f} MB", flush=True)
+    reference = next((r["top_k"] for r in rows if r["case"] == "bm25 (rank-bm25)"), None)
+    for r in rows:
+        if r["case"].startswith("bm25") and reference is not None:
+            r["identical_top_k_to_rank_bm25"] = r["top_k"] == reference
+            r["top_k_overlap_with_rank_bm25"] = len(set(r["top_k"]) & set(reference)) / len(reference)
+    emb = {r["case"]: r["top_k"] for r in rows if r["case"].startswith("embedding")}
+    if len(emb) == 2:
+        a, b = emb.values()
+        for r in rows:
+            if r["case"].startswith("embedding"):
+                r["top_k_overlap_between_embedding_paths"] = len(set(a) & set(b)) / len(a)
+    machine = {"cpu": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "selector_speed.json").write_text(json.dumps({"machine": machine, "pool_size": options.pool_size,
+                                                            "rows": [{k: v for k, v in r.items() if k != "top_k"} for r in rows]}, indent=2))
+    lines = ["| case | examples | examples/s | peak RSS (MB) | top-k check |", "|---|---|---|---|---|"]
+    for r in rows:
+        check = ""
+        if "identical_top_k_to_rank_bm25" in r:
+            check = f"identical to rank-bm25: {r['identical_top_k_to_rank_bm25']} (overlap {r['top_k_overlap_with_rank_bm25']:.0%})"
+        elif "top_k_overlap_between_embedding_paths" in r:
+            check = f"overlap between the two paths {r['top_k_overlap_between_embedding_paths']:.0%}"
+        lines.append(f"| {r['case']} | {r['examples']} | {r['examples_per_s']:.1f} | {r['peak_rss_mb']:.0f} | {check} |")
+    lines.append(f"\nMachine: {machine}; top-k = {TOP_K_FRACTION:.0%} of the pool.")
+    (RESULTS / "selector_speed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
