@@ -2,6 +2,8 @@
 
     hf-cads run [RECIPE.yaml] [--option value ...]   # default: recipes/quickstart.yaml
     hf-cads selectors                               # list registered selectors
+    hf-cads plan RUNS.jsonl --budget 3e15           # selector + subset size for a budget, plot
+    hf-cads sweep [SWEEP.yaml]                      # selectors x fractions x seeds -> run records
 
 Also runnable as ``python -m hf_cads.cli`` (e.g. under ``accelerate launch``).
 """
@@ -42,7 +44,7 @@ def _selectors(argv: Sequence[str]) -> int:
     from .selectors import get_selector_class, list_selectors
 
     for name in list_selectors():
-        doc = (get_selector_class(name).__doc__ or "").strip().splitlines()[0]
+        doc = next(iter((get_selector_class(name).__doc__ or "").strip().splitlines()), "")
         print(f"{name:<12} {doc}")
     return 0
 
@@ -52,6 +54,8 @@ def _selectors(argv: Sequence[str]) -> int:
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("hf_cads.cli:_run", "select + budgeted finetune from a recipe (default recipes/quickstart.yaml)"),
     "selectors": ("hf_cads.cli:_selectors", "list the registered selectors"),
+    "plan": ("hf_cads.planner:plan_command", "which selector and how much data for a FLOP budget (from run records)"),
+    "sweep": ("hf_cads.sweep:sweep_command", "run selectors x fractions x seeds from a sweep YAML, record and plot"),
 }
 
 

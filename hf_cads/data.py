@@ -155,11 +155,6 @@ def format_qa(question: str, answer: str) -> str:
     return f"Q: {question.strip()}\nA: {answer.strip()}"
 
 
-def _instruction_text(instruction: str, context: str, output: str) -> str:
-    prompt = instruction.strip() if not context.strip() else f"{instruction.strip()}\n\n{context.strip()}"
-    return format_qa(prompt, output)
-
-
 def build_multisource_pool(
     target_task: str | None = None,
     data_dir: str | os.PathLike | None = None,
@@ -220,6 +215,11 @@ def build_multisource_pool(
     )
     if max_chars is not None:
         pool = pool.filter(lambda row: len(row["text"]) <= max_chars, desc="dropping overlong rows")
+    first_rows: dict[str, int] = {}
+    for row, text in enumerate(pool["text"]):
+        first_rows.setdefault(text, row)
+    if len(first_rows) < len(pool):
+        pool = pool.select(sorted(first_rows.values()))  # exact repeats (a few BBH items) would be trained on twice
     return pool
 
 

@@ -5,7 +5,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch.utils.flop_counter import FlopCounterMode
 
-from hf_cads.flops import BudgetExceededError, FlopLedger, FlopProfile, LoraSpec, validate_budget
+from hf_cads.flops import BudgetExceededError, FlopLedger, FlopProfile, LoraSpec
 from hf_cads.testing import tiny_causal_lm, tiny_llama_config
 
 
@@ -72,12 +72,6 @@ def test_ledger_caps_and_reports():
     assert breakdown["fraction_used"] == pytest.approx(0.9)
     with pytest.raises(ValueError, match="Unknown ledger phase"):
         ledger.charge("warmup", 1)
-
-
-@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "lots", None, True])
-def test_bad_budgets_are_rejected(bad):
-    with pytest.raises((ValueError, TypeError), match="flop_budget"):
-        validate_budget(bad)
 
 
 def test_ledger_roundtrip(tmp_path):

@@ -56,39 +56,3 @@ def test_full_finetune_without_selector(tmp_path, small_pool, tokenizer, tiny_lm
     trainer.train()
     assert 0.95 * 4e10 <= trainer.flop_ledger.spent <= 4e10
     assert trainer.flop_ledger.entries["selection"] == 0
-
-
-def test_budget_below_selection_cost_fails_before_any_work(tmp_path, small_pool, bbh_target, tokenizer, tiny_lm):
-    args = make_args(tmp_path, flop_budget=1e6, selector="perplexity", selection_fraction=0.1)
-    with pytest.raises(ValueError, match="smaller than the cost of the 'perplexity' selector"):
-        BudgetedTrainer(model=tiny_lm, args=args, train_dataset=small_pool, processing_class=tokenizer, selection_target=bbh_target[0])
-
-
-def test_budget_with_no_room_for_a_step(tmp_path, small_pool, tokenizer, tiny_lm):
-    args = make_args(tmp_path, flop_budget=1e6)
-    with pytest.raises(ValueError, match="less than one training step"):
-        BudgetedTrainer(model=tiny_lm, args=args, train_dataset=small_pool, processing_class=tokenizer)
-
-
-@pytest.mark.parametrize("budget", [0, -5, float("nan"), float("inf")])
-def test_bad_budget_in_arguments(tmp_path, budget):
-    with pytest.raises(ValueError, match="flop_budget"):
-        make_args(tmp_path, flop_budget=budget)
-
-
-def test_unknown_selector_in_arguments(tmp_path):
-    with pytest.raises(ValueError, match="registered selectors"):
-        make_args(tmp_path, selector="nope", selection_fraction=0.1)
-
-
-def test_selector_needs_a_size(tmp_path):
-    with pytest.raises(ValueError, match="selection_fraction or selection_k"):
-        make_args(tmp_path, selector="bm25")
-
-
-def test_mismatched_tokenizer(tmp_path, small_pool, tokenizer):
-    from hf_cads.testing import tiny_causal_lm
-
-    small_model = tiny_causal_lm(vocab_size=100)
-    with pytest.raises(ValueError, match="does not belong to this model"):
-        BudgetedTrainer(model=small_model, args=make_args(tmp_path), train_dataset=small_pool, processing_class=tokenizer)

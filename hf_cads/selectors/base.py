@@ -33,6 +33,8 @@ class SelectorConfig:
         batch_size: examples per forward pass for model-based selectors.
         max_length: token limit per example for model-based selectors.
         show_progress: show a tqdm bar while scoring.
+        allow_duplicates: accept a pool with repeated rows (by default an error: a duplicate
+            would be scored, chosen and trained on twice).
     """
 
     text_column: str | None = None
@@ -41,6 +43,7 @@ class SelectorConfig:
     batch_size: int = 8
     max_length: int = 512
     show_progress: bool = True
+    allow_duplicates: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -133,6 +136,27 @@ def validate_dataset(dataset: Any, role: str) -> None:
         raise ValueError(f"The {role} dataset is empty (0 rows); pass a dataset with at least one row.")
 
 
+def check_no_duplicates(pool: Any, text_column: str | None) -> None:
+    """Refuse a pool whose text column repeats rows, naming the first repeats and the fix."""
+    column = text_column or next((c for c in ("text", "messages") if c in pool.column_names), None)
+    if column is None or column not in pool.column_names:
+        return  # the selector's own text extraction reports the missing column
+    seen: dict[str, int] = {}
+    repeats: list[tuple[int, int]] = []
+    for row, value in enumerate(pool[column]):
+        key = value if isinstance(value, str) else repr(value)
+        if key in seen:
+            repeats.append((seen[key], row))
+        else:
+            seen[key] = row
+    if repeats:
+        raise ValueError(
+            f"The pool has {len(repeats)} duplicated row(s) in column {column!r} (first pairs: {repeats[:3]}); "
+            "each copy would be scored, selected and trained on. Deduplicate the pool first "
+            "(e.g. keep the first of each text) or pass allow_duplicates=True."
+        )
+
+
 class Selector(ABC):
     """Base class of all selectors. See the module docstring for the contract.
 
@@ -188,6 +212,8 @@ class Selector(ABC):
 
     def validate_inputs(self, pool: Any, target: Any | None) -> None:
         validate_dataset(pool, "pool")
+        if not self.config.allow_duplicates:
+            check_no_duplicates(pool, self.config.text_column)
         if self.requires_target:
             if target is None:
                 raise ValueError(
