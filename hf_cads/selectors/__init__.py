@@ -3,8 +3,10 @@
 Importing this package registers the built-in selectors.
 """
 
-from .base import INDEX_COLUMN, SCORE_COLUMN, ScoreOutput, SelectionResult, Selector, SelectorConfig, resolve_k, top_k_indices
+from .base import INDEX_COLUMN, SCORE_COLUMN, PreparedScoring, ScoreOutput, SelectionResult, Selector, SelectorConfig, resolve_k, top_k_indices
 from .bm25 import BM25Selector, BM25SelectorConfig
+from .cads import CADSSelector, CADSSelectorConfig
+from .cads_backends import CausalLMBackend, TensorBackend
 from .embedding import EmbeddingSelector, EmbeddingSelectorConfig
 from .less import LESSSelector, LESSSelectorConfig
 from .perplexity import PerplexitySelector, PerplexitySelectorConfig
@@ -16,12 +18,17 @@ __all__ = [
     "SCORE_COLUMN",
     "BM25Selector",
     "BM25SelectorConfig",
+    "CADSSelector",
+    "CADSSelectorConfig",
+    "CausalLMBackend",
+    "TensorBackend",
     "EmbeddingSelector",
     "EmbeddingSelectorConfig",
     "LESSSelector",
     "LESSSelectorConfig",
     "PerplexitySelector",
     "PerplexitySelectorConfig",
+    "PreparedScoring",
     "RandomSelector",
     "RandomSelectorConfig",
     "ScoreOutput",

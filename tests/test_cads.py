@@ -1,0 +1,153 @@
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+
+from hf_cads import get_selector
+from hf_cads.selectors.cads import CADSSelector, allocate_by_mixture
+from hf_cads.selectors.cads_backends import TensorBackend
+from hf_cads.selectors.cads_core import TruncatedGaussianPolicy, annealed_sigma
+from hf_cads.selectors.cads_predictor import LossPredictor
+from hf_cads.testing import tiny_causal_lm
+
+
+# -- loss predictor ----------------------------------------------------------------------------
+def test_loss_predictor_interpolates_falls_back_and_reports_loo():
+    sizes = np.array([50, 100, 200, 400, 800])
+    losses = 0.1 + 0.05 * np.log(sizes) + np.array([0.0, 0.01, -0.01, 0.005, 0.0])
+    predictor = LossPredictor.fit(sizes, losses)
+    assert np.allclose(predictor(sizes), losses)  # the spline passes through the pilot measurements
+    assert predictor.method_at(300) == "spline" and predictor.method_at(1600) == "log-linear" == predictor.method_at(10)
+    slope, intercept = np.polyfit(np.log(sizes), losses, 1)
+    assert predictor(1600) == pytest.approx(intercept + slope * np.log(1600))
+    assert predictor(10) == pytest.approx(intercept + slope * np.log(10))
+    # leave-one-out by hand: refit on 4 points, predict the fifth
+    errors = [(LossPredictor.fit(np.delete(sizes, i), np.delete(losses, i))(sizes[i]) - losses[i]) ** 2 for i in range(5)]
+    assert predictor.loo_mse() == pytest.approx(np.mean(errors))
+    assert predictor.to_dict()["loo_mse"] > 0
+
+
+def test_loss_predictor_bad_input():
+    with pytest.raises(ValueError, match=">= 2 different subset sizes"):
+        LossPredictor.fit([100, 100], [0.3, 0.4])
+    with pytest.raises(ValueError, match="finite"):
+        LossPredictor.fit([100, 200], [0.3, float("nan")])
+    assert np.isnan(LossPredictor.fit([100, 200], [0.3, 0.4]).loo_mse())
+
+
+def test_truncated_gaussian_score_is_the_log_density_gradient():
+    from scipy.stats import truncnorm
+
+    policy = TruncatedGaussianPolicy(3)
+    policy.means = np.array([0.05, 0.5, 0.9])
+    ratios, sigma, eps = np.array([0.2, 0.4, 0.99]), 0.25, 1e-6
+
+    def log_density(means):
+        return truncnorm.logpdf(ratios, (0 - means) / sigma, (1 - means) / sigma, loc=means, scale=sigma)
+
+    numeric = (log_density(policy.means + eps) - log_density(policy.means - eps)) / (2 * eps)
+    assert np.allclose(policy.log_prob_grad(ratios, sigma), numeric, rtol=1e-4)
+    samples = np.stack([policy.sample(np.random.default_rng(i), sigma) for i in range(200)])
+    assert samples.min() >= 0 and samples.max() <= 1
+    assert annealed_sigma(0, 10, 0.3, 0.05) == pytest.approx(0.3) and annealed_sigma(9, 10, 0.3, 0.05) == pytest.approx(0.05)
+
+
+def test_allocate_by_mixture_respects_capacity():
+    counts = allocate_by_mixture(30, np.array([0.7, 0.2, 0.1]), np.array([10, 50, 50]))
+    assert counts.sum() == 30 and counts[0] == 10 and counts[1] > counts[2]
+
+
+# -- CADS-S on the real pool with a tiny LM ----------------------------------------------------
+def test_cads_s_on_the_real_pool_returns_a_mixture_and_charges_its_flops(small_pool, bbh_target, tokenizer, tiny_lm):
+    before = {name: value.clone() for name, value in tiny_lm.state_dict().items()}
+    selector = get_selector(
+        "cads-s", model=tiny_lm, tokenizer=tokenizer, train_budget=2e10, max_length=96, outer_steps=4,
+        show_progress=False, seed=0,
+    )
+    estimate = selector.estimate_flops(small_pool, bbh_target[0])
+    result = selector.select(small_pool, target=bbh_target[0])
+    mixture = result.extras["mixture"]
+    assert sorted(mixture) == ["alpaca_seed", "bbh", "code_alpaca", "gsm8k"]
+    assert sum(mixture.values()) == pytest.approx(1.0) and min(mixture.values()) > 0
+    assert len(result) == result.extras["favoured_size"]
+    chosen = np.asarray(result.dataset["source"])
+    pool_sources = np.asarray(small_pool["source"])
+    for source, ratio in result.extras["source_ratios"].items():  # each source contributes its learned share
+        assert (chosen == source).sum() == round(ratio * (pool_sources == source).sum())
+    assert result.flops == pytest.approx(result.extras["overhead_flops"])
+    assert result.flops == pytest.approx(estimate, rel=0.15)
+    assert result.extras["overhead_multiple_of_budget"] == pytest.approx(result.flops / 2e10)
+    predictor = result.extras["loss_predictor"]
+    assert len(predictor["sizes"]) == 5 and np.isfinite(result.extras["loss_predictor_loo_mse"])
+    # the model handed in (as BudgetedTrainer does) is never modified
+    assert all(torch.equal(before[name], value) for name, value in tiny_lm.state_dict().items())
+    # an explicit size is honoured and split by the learned mixture
+    sized = selector.choose(result.all_scores, 40, small_pool, result.extras)
+    assert len(sized) == 40
+    shares = {s: np.mean(pool_sources[sized] == s) for s in mixture}
+    assert all(abs(shares[s] - mixture[s]) < 0.05 for s in mixture)
+
+
+def test_budgeted_trainer_runs_cads_and_charges_it(tmp_path, small_pool, bbh_target, tokenizer, tiny_lm):
+    from peft import LoraConfig
+
+    from hf_cads import BudgetedTrainer, BudgetedTrainingArguments
+
+    args = BudgetedTrainingArguments(
+        output_dir=str(tmp_path / "out"), flop_budget=9e10, selector="cads-s", per_device_train_batch_size=4,
+        selector_kwargs={"train_budget": 2e10, "outer_steps": 3, "max_length": 96, "show_progress": False},
+        max_seq_length=96, report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0,
+    )
+    trainer = BudgetedTrainer(
+        model=tiny_lm, args=args, train_dataset=small_pool, processing_class=tokenizer,
+        selection_target=bbh_target[0], peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    assert trainer.selection_result.flops > 0
+    assert trainer.flop_ledger.entries["selection"] == pytest.approx(trainer.selection_result.flops)
+    assert "mixture" in trainer.selection_result.extras
+    trainer.train()
+    assert trainer.flop_ledger.spent <= 9e10
+
+
+# -- bad input ---------------------------------------------------------------------------------
+def test_train_budget_is_required():
+    with pytest.raises(ValueError, match="CADS needs train_budget="):
+        get_selector("cads-e")
+
+
+def test_cads_s_needs_a_source_column_with_several_sources(small_pool, bbh_target, tokenizer, tiny_lm):
+    selector = get_selector("cads-s", model=tiny_lm, tokenizer=tokenizer, train_budget=1e10, show_progress=False)
+    with pytest.raises(ValueError, match="no 'source' column.*CADS-E"):
+        selector.select(small_pool.remove_columns("source"), target=bbh_target[0])
+    one_source = small_pool.filter(lambda row: row["source"] == "gsm8k")
+    with pytest.raises(ValueError, match="one source only.*CADS-E"):
+        selector.select(one_source, target=bbh_target[0])
+
+
+def test_budget_too_small_for_the_pilot_runs(small_pool, bbh_target, tokenizer, tiny_lm):
+    selector = get_selector("cads-e", model=tiny_lm, tokenizer=tokenizer, train_budget=1e8, show_progress=False)
+    with pytest.raises(ValueError, match="too small for the pilot runs.*Raise train_budget"):
+        selector.estimate_flops(small_pool, bbh_target[0])
+    with pytest.raises(ValueError, match="too small for the pilot runs"):
+        selector.select(small_pool, target=bbh_target[0])
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"granularity": "token"}, "granularity must be 'example'"),
+        ({"num_sampling_points": 1}, "num_sampling_points must be >= 2"),
+        ({"samples_per_step": 1}, "samples_per_step must be >= 2"),
+        ({"alpha": 0}, "alpha must be a finite number > 0"),
+        ({"train_budget": -5}, "flop_budget must be a finite number > 0"),
+    ],
+)
+def test_bad_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        get_selector("cads", **{"train_budget": 1e12, **options})
+
+
+def test_registry_aliases():
+    assert get_selector("cads-e", train_budget=1e12).config.granularity == "example"
+    assert get_selector("CADS_S", train_budget=1e12).config.granularity == "source"
+    assert isinstance(get_selector("cads", train_budget=1e12), CADSSelector)
