@@ -18,6 +18,8 @@ from .selectors import (
     list_selectors,
     register_selector,
 )
+from .planner import PerformanceFit, Recommendation, fit_performance_curve, make_plan, pareto_frontier, plot_plan, recommend
+from .records import RunRecord, append_record, read_records, record_from_trainer
 from .trainer import BudgetedTrainer, BudgetedTrainingArguments
 
 __all__ = [
@@ -29,12 +31,23 @@ __all__ = [
     "LESSSelector",
     "LESSSelectorConfig",
     "LoraSpec",
+    "PerformanceFit",
+    "Recommendation",
+    "RunRecord",
     "ScoreOutput",
     "SelectionResult",
     "Selector",
     "SelectorConfig",
     "__version__",
+    "append_record",
+    "fit_performance_curve",
     "get_selector",
     "list_selectors",
+    "make_plan",
+    "pareto_frontier",
+    "plot_plan",
+    "read_records",
+    "recommend",
+    "record_from_trainer",
     "register_selector",
 ]

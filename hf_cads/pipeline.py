@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ from typing import Any
 
 from .data import build_multisource_pool, load_bbh_target, load_gsm8k, POOL_SOURCES
 from .flops import FlopLedger, FlopProfile
+from .records import RECORDS_FILE, append_record, record_from_trainer, run_key, selector_config_dict
 from .selectors.scoring import CausalLMScorer
 from .trainer import BudgetedTrainer, BudgetedTrainingArguments
 
@@ -72,7 +74,6 @@ class RunConfig:
 def parse_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[RunConfig, BudgetedTrainingArguments]:
     """Read a recipe YAML into ``(RunConfig, BudgetedTrainingArguments)``; ``overrides`` are CLI flags."""
     import yaml
-    from transformers import HfArgumentParser
 
     path = Path(path)
     if not path.is_file():
@@ -83,11 +84,20 @@ def parse_recipe(path: str | os.PathLike, overrides: list[str] | None = None) ->
         raise ValueError(f"Recipe {str(path)!r} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ValueError(f"Recipe {str(path)!r} must be a YAML mapping of option: value, got {type(data).__name__}.")
+    return recipe_from_dict(data, overrides, source=str(path))
+
+
+def recipe_from_dict(
+    data: dict[str, Any], overrides: list[str] | None = None, source: str = "<dict>"
+) -> tuple[RunConfig, BudgetedTrainingArguments]:
+    """:func:`parse_recipe` for a mapping already read (``source`` names it in errors)."""
+    from transformers import HfArgumentParser
+
     parser = HfArgumentParser((RunConfig, BudgetedTrainingArguments))
     known = {f for dc in parser.dataclass_types for f in dc.__dataclass_fields__}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"Recipe {str(path)!r} has unknown option(s) {unknown}; see `hf-cads run --help` for valid ones.")
+        raise ValueError(f"Recipe {source!r} has unknown option(s) {unknown}; see `hf-cads run --help` for valid ones.")
     args: list[str] = []
     for key, value in data.items():
         if value is None:
@@ -117,11 +127,26 @@ def target_loss(model: Any, tokenizer: Any, texts: list[str], ledger: FlopLedger
     return float(losses.mean())
 
 
-def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments) -> dict[str, Any]:
-    """Select, train under ``args.flop_budget``, evaluate; returns (and writes) the report."""
+@dataclass
+class RunInputs:
+    """What a run loads before it trains: the target splits, the pool and the model.
+
+    :func:`run_budgeted_finetune` loads them itself; a caller running many configurations (the
+    sweep) loads them once with :func:`load_run_inputs` and passes them in; each run then trains
+    a copy of ``model``.
+    """
+
+    validation: Any
+    test: Any
+    pool: Any
+    model: Any
+    tokenizer: Any
+
+
+def load_run_inputs(run: RunConfig, args: BudgetedTrainingArguments, model_and_tokenizer: tuple[Any, Any] | None = None) -> RunInputs:
+    """Load the target, the pool (seeded by ``args.seed``) and, unless given, the model."""
     from .models import load_causal_lm
 
-    started = time.time()
     pool_sources = run.pool_sources
     target_task = None if run.target == "gsm8k" else run.target
     validation, test = load_target(run)
@@ -132,8 +157,55 @@ def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments) -> di
     if run.target == "gsm8k" and "gsm8k" in pool_sources:
         logger.warning("GSM8K train is in the pool for a GSM8K target: it is in-distribution data, not leakage of test rows.")
     test = test.select(range(min(run.eval_examples, len(test))))
-    options = {"attn_implementation": run.attn_implementation} if run.attn_implementation else {}
-    model, tokenizer = load_causal_lm(run.model_name_or_path, **options)
+    if model_and_tokenizer is None:
+        options = {"attn_implementation": run.attn_implementation} if run.attn_implementation else {}
+        model_and_tokenizer = load_causal_lm(run.model_name_or_path, **options)
+    return RunInputs(validation, test, pool, *model_and_tokenizer)
+
+
+def run_setup(run: RunConfig, args: BudgetedTrainingArguments) -> dict[str, Any]:
+    """The settings besides selector, size, seed, model and target that make two runs different
+    experiments (part of a run record's key)."""
+    return {
+        "flop_budget": args.flop_budget,
+        "pool_sources": list(run.pool_sources),
+        "max_per_source": run.max_per_source,
+        "max_pool_chars": run.max_pool_chars,
+        "eval_examples": run.eval_examples,
+        "lora_r": run.lora_r,
+        "num_train_epochs": args.num_train_epochs,
+        "max_seq_length": args.max_seq_length,
+        "learning_rate": args.learning_rate,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+    }
+
+
+def expected_run_key(run: RunConfig, args: BudgetedTrainingArguments) -> str:
+    """The key the record of this run will carry, computed without running it."""
+    config = selector_config_dict(args.selector, args.selector_kwargs, args.seed)
+    return run_key(
+        args.selector, config, args.selection_fraction, args.selection_k, args.seed,
+        run.model_name_or_path, run.target, run_setup(run, args),
+    )
+
+
+def run_records_path(run: RunConfig, args: BudgetedTrainingArguments) -> str:
+    """Where this run's record goes: ``run.run_records`` or ``<output_dir>/runs.jsonl``."""
+    return run.run_records or os.path.join(args.output_dir, RECORDS_FILE)
+
+
+def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments, inputs: RunInputs | None = None) -> dict[str, Any]:
+    """Select, train under ``args.flop_budget``, evaluate; returns (and writes) the report and
+    appends a run record to :func:`run_records_path`. ``inputs`` reuses loaded data and model."""
+    started = time.time()
+    pool_sources = run.pool_sources
+    if inputs is None:
+        inputs = load_run_inputs(run, args)
+        model = inputs.model
+    else:
+        model = copy.deepcopy(inputs.model)  # training changes the weights (and peft injects adapters)
+    validation, test, pool, tokenizer = inputs.validation, inputs.test, inputs.pool, inputs.tokenizer
     peft_config = None
     if run.lora_r > 0:
         from peft import LoraConfig
@@ -172,9 +244,16 @@ def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments) -> di
         "seed": args.seed,
         "seconds": round(time.time() - started, 1),
     }
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "report.json"), "w", encoding="utf-8") as handle:
-        json.dump(report, handle, indent=2)
+    if trainer.is_world_process_zero():
+        os.makedirs(args.output_dir, exist_ok=True)
+        with open(os.path.join(args.output_dir, "report.json"), "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=2)
+        record = record_from_trainer(
+            trainer, {"target_loss": loss_after}, model=run.model_name_or_path, target=run.target,
+            baseline_metrics={"target_loss": loss_before}, setup=run_setup(run, args),
+            seconds=report["seconds"], key=expected_run_key(run, args),
+        )
+        append_record(run_records_path(run, args), record)
     return report
 
 

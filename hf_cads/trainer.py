@@ -30,6 +30,7 @@ from transformers import Trainer, TrainingArguments
 
 from .data import get_texts
 from .flops import FlopLedger, FlopProfile, validate_budget
+from .records import append_record, record_from_trainer, selection_model_params, trainer_metrics
 from .selectors import SelectionResult, get_selector, get_selector_class
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,8 @@ class BudgetedTrainer(Trainer):
         peft_config: a ``peft`` config (e.g. ``LoraConfig``); the model is wrapped with it.
         selector_model: a model object for the selector (default: model-based LM selectors reuse
             the trained model unless ``selector_kwargs`` names ``model_name_or_path``).
+        run_records: a JSON-lines file; after ``train()`` the main process appends a
+            :class:`~hf_cads.records.RunRecord` (train loss, latest ``eval_*`` metrics) to it.
 
     ``model`` may also be a name or path (see :func:`hf_cads.models.load_causal_lm`).
     After construction, ``trainer.selection_result`` holds the selection and
@@ -145,6 +148,7 @@ class BudgetedTrainer(Trainer):
         selection_target: Any = None,
         peft_config: Any = None,
         selector_model: Any = None,
+        run_records: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> None:
         if args is None:
@@ -170,6 +174,7 @@ class BudgetedTrainer(Trainer):
         self.flop_ledger = FlopLedger(budget=args.flop_budget)
         self.selection_result: SelectionResult | None = None
         self._pending_charges: list[float] = []
+        self.run_records = run_records
         profile = FlopProfile.from_model(model)
         self.flop_profile = profile
         self._check_vocabulary(model, processing_class)
@@ -232,6 +237,7 @@ class BudgetedTrainer(Trainer):
         self.flop_ledger.notes["selector"] = result.selector
         self.flop_ledger.notes["k"] = len(result)
         self.flop_ledger.notes["pool_size"] = result.pool_size
+        self.flop_ledger.notes["selection_model_params"] = selection_model_params(selector)
         if isinstance(result.extras.get("flops_breakdown"), dict):
             # Selectors with stages (LESS: warmup, gradient features, projection) report them here.
             self.flop_ledger.notes["selection_flops"] = {k: float(v) for k, v in result.extras["flops_breakdown"].items()}
@@ -286,7 +292,8 @@ class BudgetedTrainer(Trainer):
 
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
         batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
-        costs = self._global_sum([self._micro_batch_flops(b["input_ids"]) for b in batch_samples])
+        tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in batch_samples)
+        *costs, tokens = self._global_sum([self._micro_batch_flops(b["input_ids"]) for b in batch_samples] + [float(tokens)])
         if not self.flop_ledger.can_afford(sum(costs)):
             logger.info(
                 "Stopping: the next step (%.4g FLOPs) would exceed the budget (%.4g of %.4g spent).",
@@ -296,6 +303,7 @@ class BudgetedTrainer(Trainer):
             self.flop_ledger.notes["stopped_by_budget"] = True
             return [], None
         self._pending_charges = list(costs)
+        self.flop_ledger.notes["tokens_trained"] = self.flop_ledger.notes.get("tokens_trained", 0) + int(tokens)
         return batch_samples, num_items
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
@@ -351,4 +359,7 @@ class BudgetedTrainer(Trainer):
                 )
             self.flop_ledger.entries.update(restored.entries)
             self.flop_ledger.notes.update(restored.notes)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, *args, **kwargs)
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, *args, **kwargs)
+        if self.run_records is not None and self.is_world_process_zero():
+            append_record(self.run_records, record_from_trainer(self, trainer_metrics(self, output), seconds=output.metrics.get("train_runtime")))
+        return output

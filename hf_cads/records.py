@@ -1,0 +1,332 @@
+"""Run records: one JSON line per budgeted run, the planner's input.
+
+Every budgeted run (a :class:`~hf_cads.BudgetedTrainer` given ``run_records=``, ``hf-cads run``,
+``hf-cads sweep``) appends one :class:`RunRecord` to a JSON-lines file: which selector with which
+configuration, the model and selection-model sizes, pool size, ``k``, tokens trained, the FLOPs by
+phase, the target metric(s), the seed and the time. :mod:`hf_cads.planner` fits performance curves
+to these records; :mod:`hf_cads.sweep` uses each record's :attr:`RunRecord.key` to skip runs that
+are already recorded.
+
+Parameter counts are *matmul* parameters (:attr:`hf_cads.flops.FlopProfile.num_params`, LoRA
+adapters excluded): what FLOPs scale with, so the planner can rescale costs to other model sizes.
+
+Example:
+    >>> import tempfile, os
+    >>> from hf_cads.records import RunRecord, append_record, read_records
+    >>> record = RunRecord(selector="bm25", selector_config={"aggregate": "max"}, model="tiny",
+    ...     model_params=1000, selection_model_params=0, pool_size=100, k=10, tokens_trained=640,
+    ...     selection_flops=2e6, train_flops=3e9, metrics={"target_loss": 2.5}, seed=0)
+    >>> path = os.path.join(tempfile.mkdtemp(), "runs.jsonl")
+    >>> append_record(path, record)
+    >>> read_records(path)[0].total_flops
+    3002000000.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .flops import FlopProfile
+
+logger = logging.getLogger(__name__)
+
+RECORDS_FILE = "runs.jsonl"
+SCHEMA_VERSION = 1
+NO_SELECTION = "full"
+"""Label of runs that train on the whole pool (no selector)."""
+
+# Options that change how a selector runs but not what it selects.
+_NON_SEMANTIC_OPTIONS = frozenset({"show_progress"})
+
+
+@dataclass
+class RunRecord:
+    """One budgeted run. ``total_flops`` (selection + training) is what the planner puts on the x axis.
+
+    Args:
+        selector: registry name as the user gave it (``None``: trained on the whole pool).
+        selector_config: the selector's full configuration (``SelectorConfig.to_dict()``).
+        model / model_params: the finetuned model (name or path) and its matmul parameter count.
+        selection_model_params: matmul parameters of the model the selector scored with (0: none).
+        pool_size / k: candidate rows and rows trained on.
+        tokens_trained: non-padding tokens in the optimizer steps taken (all processes).
+        selection_flops / train_flops / eval_flops: the ledger's phases.
+        metrics: the target metric(s) after training, e.g. ``{"target_loss": 1.93}``.
+        baseline_metrics: the same metrics before training (zero FLOPs), when measured.
+        seed: the run's seed.
+        target: the target task.
+        label: how plots and tables name this configuration (default: selector plus the options
+            the user set, e.g. ``bm25[aggregate=max]``).
+        selection_fraction / selection_k: the requested subset size.
+        flop_budget: the cap the run trained under (``None``: fixed epochs, no cap).
+        setup: further settings that make two runs different experiments (pool, epochs, ...).
+        key: identifies the experiment for skip detection (default: a hash of the fields above).
+    """
+
+    selector: str | None
+    selector_config: dict[str, Any]
+    model: str
+    model_params: int
+    selection_model_params: int
+    pool_size: int
+    k: int
+    tokens_trained: int
+    selection_flops: float
+    train_flops: float
+    metrics: dict[str, float]
+    seed: int
+    target: str | None = None
+    label: str | None = None
+    selection_fraction: float | None = None
+    selection_k: int | None = None
+    flop_budget: float | None = None
+    train_steps: int = 0
+    eval_flops: float = 0.0
+    total_flops: float | None = None
+    baseline_metrics: dict[str, float] = field(default_factory=dict)
+    setup: dict[str, Any] = field(default_factory=dict)
+    seconds: float | None = None
+    time: str = ""
+    key: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        for name in ("selection_flops", "train_flops", "eval_flops"):
+            value = float(getattr(self, name))
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"RunRecord.{name} must be a finite number >= 0, got {value!r}.")
+            setattr(self, name, value)
+        if self.total_flops is None:
+            self.total_flops = self.selection_flops + self.train_flops
+        if self.k < 0 or self.pool_size < 0 or (self.pool_size and self.k > self.pool_size):
+            raise ValueError(f"RunRecord needs 0 <= k <= pool_size, got k={self.k}, pool_size={self.pool_size}.")
+        self.metrics = {str(name): float(value) for name, value in self.metrics.items()}
+        self.baseline_metrics = {str(name): float(value) for name, value in self.baseline_metrics.items()}
+        if self.label is None:
+            self.label = run_label(self.selector, self.selector_config_overrides())
+        if not self.time:
+            self.time = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        if not self.key:
+            self.key = run_key(
+                self.selector, self.selector_config, self.selection_fraction, self.selection_k, self.seed,
+                self.model, self.target, {"flop_budget": self.flop_budget, "pool_size": self.pool_size, **self.setup},
+            )
+
+    def selector_config_overrides(self) -> dict[str, Any]:
+        """The options recorded in ``setup['selector_kwargs']`` (what the user set), if any."""
+        return dict(self.setup.get("selector_kwargs") or {})
+
+    @property
+    def fraction(self) -> float:
+        """Share of the pool trained on."""
+        return self.k / self.pool_size if self.pool_size else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RunRecord":
+        known = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                         and f.default_factory is dataclasses.MISSING and f.name not in data)
+        if missing:
+            raise ValueError(f"run record lacks field(s) {missing}")
+        # Records written by newer versions may carry extra fields; keep what this version knows.
+        return cls(**{name: value for name, value in data.items() if name in known})
+
+
+# -- identity ----------------------------------------------------------------------------------
+def canonical_json(value: Any) -> str:
+    """Key-sorted, compact JSON (tuples as lists, paths and other objects as strings)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def run_key(
+    selector: str | None,
+    selector_config: Mapping[str, Any] | None,
+    selection_fraction: float | None,
+    selection_k: int | None,
+    seed: int,
+    model: str,
+    target: str | None,
+    setup: Mapping[str, Any] | None = None,
+) -> str:
+    """A short hash naming one experiment: selector + canonical config + fraction/k + seed + model +
+    target + setup (budget, pool, epochs, ...). Two runs with the same key are repeats."""
+    config = {k: v for k, v in (selector_config or {}).items() if k not in _NON_SEMANTIC_OPTIONS}
+    identity = {
+        "selector": selector,
+        "config": config,
+        "fraction": None if selection_fraction is None else float(selection_fraction),
+        "k": selection_k,
+        "seed": int(seed),
+        "model": model,
+        "target": target,
+        "setup": dict(setup or {}),
+    }
+    return hashlib.sha1(canonical_json(identity).encode("utf-8")).hexdigest()[:16]
+
+
+def run_label(selector: str | None, selector_kwargs: Mapping[str, Any] | None = None) -> str:
+    """``bm25`` or, with options the user set, ``bm25[aggregate=max]`` (seed and display options left out)."""
+    if selector is None:
+        return NO_SELECTION
+    options = {k: v for k, v in (selector_kwargs or {}).items() if k not in _NON_SEMANTIC_OPTIONS | {"seed"}}
+    if not options:
+        return selector
+    return f"{selector}[{','.join(f'{k}={v}' for k, v in sorted(options.items()))}]"
+
+
+def selector_config_dict(selector: str | None, selector_kwargs: Mapping[str, Any] | None, seed: int) -> dict[str, Any]:
+    """The configuration :class:`~hf_cads.BudgetedTrainer` builds for ``selector`` (no model is loaded)."""
+    if selector is None:
+        return {}
+    from .selectors import get_selector
+
+    options = dict(selector_kwargs or {})
+    options.setdefault("seed", seed)
+    return get_selector(selector, **options).config.to_dict()
+
+
+# -- sizes -------------------------------------------------------------------------------------
+def matmul_params(model: Any) -> int:
+    """Matmul parameters of a transformers model (also inside a peft or sentence-transformers
+    wrapper), LoRA adapters excluded; 0 for ``None``."""
+    if model is None:
+        return 0
+    from transformers import PreTrainedModel
+
+    inner = model if getattr(model, "config", None) is not None else None
+    if inner is None and hasattr(model, "modules"):
+        inner = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
+    if inner is None:
+        raise TypeError(f"Cannot count the parameters of {type(model).__name__}: it holds no transformers model.")
+    profile = FlopProfile.from_model(inner)
+    return sum(layer.macs_per_token for layer in profile.linears if "lora_" not in layer.name)
+
+
+def selection_model_params(selector: Any) -> int:
+    """Matmul parameters of the model a selector scored with (0 for model-free selectors)."""
+    model = getattr(selector, "model", None)
+    if model is None or not getattr(selector, "uses_model", False):
+        return 0
+    return matmul_params(model)
+
+
+# -- building records --------------------------------------------------------------------------
+def record_from_trainer(
+    trainer: Any,
+    metrics: Mapping[str, float],
+    *,
+    model: str | None = None,
+    target: str | None = None,
+    baseline_metrics: Mapping[str, float] | None = None,
+    setup: Mapping[str, Any] | None = None,
+    seconds: float | None = None,
+    key: str = "",
+) -> RunRecord:
+    """A :class:`RunRecord` for a :class:`~hf_cads.BudgetedTrainer` after ``train()``.
+
+    Example:
+        >>> trainer.train()  # doctest: +SKIP
+        >>> accuracy = my_eval(trainer.model)  # doctest: +SKIP
+        >>> append_record("runs.jsonl", record_from_trainer(trainer, {"accuracy": accuracy}))  # doctest: +SKIP
+    """
+    args, ledger, selection = trainer.args, trainer.flop_ledger, trainer.selection_result
+    pool_size = selection.pool_size if selection is not None else len(trainer.train_dataset)
+    k = len(selection) if selection is not None else pool_size
+    model_name = model or getattr(getattr(trainer.model, "config", None), "_name_or_path", "") or "model"
+    return RunRecord(
+        selector=args.selector,
+        selector_config=selection.config if selection is not None else {},
+        model=model_name,
+        model_params=matmul_params(trainer.model),
+        selection_model_params=int(ledger.notes.get("selection_model_params", 0)),
+        pool_size=pool_size,
+        k=k,
+        tokens_trained=int(ledger.notes.get("tokens_trained", 0)),
+        selection_flops=ledger.entries["selection"],
+        train_flops=ledger.entries["train"],
+        eval_flops=ledger.entries["eval"],
+        metrics=dict(metrics),
+        baseline_metrics=dict(baseline_metrics or {}),
+        seed=int(args.seed),
+        target=target,
+        selection_fraction=args.selection_fraction,
+        selection_k=args.selection_k,
+        flop_budget=ledger.budget,
+        train_steps=int(trainer.state.global_step),
+        setup={"selector_kwargs": dict(args.selector_kwargs or {}), **dict(setup or {})},
+        seconds=seconds,
+        key=key,
+    )
+
+
+def trainer_metrics(trainer: Any, train_output: Any) -> dict[str, float]:
+    """What a trainer knows of its own quality: the training loss and the latest ``eval_*`` metrics."""
+    metrics = {"train_loss": float(train_output.training_loss)}
+    for entry in reversed(trainer.state.log_history):
+        evaluated = {k: float(v) for k, v in entry.items() if k.startswith("eval_") and isinstance(v, (int, float))}
+        if evaluated:
+            metrics.update(evaluated)
+            break
+    return metrics
+
+
+# -- the file ----------------------------------------------------------------------------------
+def append_record(path: str | os.PathLike, record: RunRecord) -> None:
+    """Append ``record`` as one JSON line: a single ``write`` on an ``O_APPEND`` descriptor, then
+    ``fsync``, so concurrent writers and crashes leave whole lines (at worst a truncated last one,
+    which :func:`read_records` skips with a warning)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record.to_dict(), sort_keys=True, default=str) + "\n").encode("utf-8")
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(descriptor, line)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def read_records(path: str | os.PathLike) -> list[RunRecord]:
+    """All records in a JSON-lines file, in file order.
+
+    A malformed *last* line (a run killed mid-write) is skipped with a warning; a malformed line
+    elsewhere is an error naming the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Run-record file {str(path)!r} does not exist; run `hf-cads run` or `hf-cads sweep` first "
+            "(they write <output_dir>/runs.jsonl) or pass the right path."
+        )
+    lines = path.read_text(encoding="utf-8").splitlines()
+    numbered = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    records: list[RunRecord] = []
+    for position, (number, line) in enumerate(numbered):
+        try:
+            data = json.loads(line)
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+            records.append(RunRecord.from_dict(data))
+        except (ValueError, TypeError) as err:
+            if position == len(numbered) - 1:
+                logger.warning("Skipping the malformed last line %d of %s (an interrupted write?): %s", number, path, err)
+                continue
+            raise ValueError(f"{path}:{number} is not a valid run record ({err}); fix or delete that line.") from err
+    return records
+
+
+def recorded_keys(path: str | os.PathLike) -> set[str]:
+    """Keys of the records in ``path`` (empty when the file does not exist yet)."""
+    return {record.key for record in read_records(path)} if Path(path).is_file() else set()

@@ -1,0 +1,244 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from hf_cads.cli import main
+from hf_cads.planner import (
+    PerformanceFit,
+    _value_at_scale,
+    break_even_ratios,
+    fit_performance_curve,
+    fit_selectors,
+    make_plan,
+    pareto_frontier,
+    recommend,
+)
+from hf_cads.records import RunRecord, append_record, read_records, recorded_keys, run_key
+
+C_FULL = 1e15
+
+
+def curve(flops, p0, p_max, lam, c_full=C_FULL):
+    return (p_max - p0) * (1 - np.exp(-lam * np.asarray(flops) / c_full)) + p0
+
+
+@pytest.mark.parametrize(
+    "p0,p_max,lam,higher",
+    [(0.25, 0.72, 4.0, True), (2.6, 1.4, 2.5, False), (0.05, 0.9, 12.0, True)],
+    ids=["accuracy", "loss", "fast-saturating"],
+)
+def test_fit_recovers_known_parameters_from_noisy_points(p0, p_max, lam, higher):
+    rng = np.random.default_rng(0)
+    flops = np.geomspace(0.01, 1.5, 40) * C_FULL
+    noise = 0.01 * abs(p_max - p0)
+    observed = curve(flops, p0, p_max, lam) + rng.normal(0, noise, len(flops))
+    fit = fit_performance_curve(flops, observed, C_FULL, higher_is_better=higher)
+    errors = fit.parameter_errors
+    for name, truth in (("p0", p0), ("p_max", p_max), ("lam", lam)):
+        estimate = getattr(fit, name)
+        assert abs(estimate - truth) < 4 * errors[name] + 1e-9, (name, estimate, truth, errors[name])
+        assert abs(estimate - truth) < 0.1 * abs(truth), (name, estimate, truth)
+        assert 0 < errors[name] < 0.2 * abs(truth)
+    assert fit.rmse == pytest.approx(noise, rel=0.35)
+    assert (fit.p0 <= fit.p_max) == higher
+
+
+def test_fit_respects_bounds_and_rejects_too_few_points():
+    flops = np.array([0.1, 0.2, 0.4, 0.8, 1.0]) * C_FULL
+    # Data that go the wrong way for "higher is better" must not give P_max < P0 or lambda < 0.
+    fit = fit_performance_curve(flops, [0.5, 0.45, 0.4, 0.38, 0.35], C_FULL, higher_is_better=True)
+    assert 0 <= fit.p0 <= fit.p_max and fit.lam >= 0
+    with pytest.raises(ValueError, match="at least 4 runs"):
+        fit_performance_curve(flops[:3], [0.1, 0.2, 0.3], C_FULL)
+    with pytest.raises(ValueError, match="c_full"):
+        fit_performance_curve(flops, [0.1, 0.2, 0.3, 0.4, 0.5], 0.0)
+
+
+def test_delta_method_interval_matches_parameter_sampling():
+    rng = np.random.default_rng(1)
+    flops = np.geomspace(0.02, 1.0, 12) * C_FULL
+    fit = fit_performance_curve(flops, curve(flops, 0.3, 0.7, 3.0) + rng.normal(0, 0.02, 12), C_FULL)
+    at = np.array([0.05, 0.3, 1.0]) * C_FULL
+    samples = rng.multivariate_normal([fit.p0, fit.p_max, fit.lam], fit.covariance, size=20000)
+    sampled = np.array([curve(at, *s) for s in samples])
+    low, high = fit.interval(at, confidence=0.9)
+    q_low, q_high = np.quantile(sampled, [0.05, 0.95], axis=0)
+    np.testing.assert_allclose(high - low, q_high - q_low, rtol=0.1)
+
+
+def test_pareto_frontier_on_a_hand_made_set():
+    flops = [1, 2, 2, 3, 4, 5, 6, 0.5]
+    accuracy = [0.1, 0.3, 0.2, 0.25, 0.5, 0.5, 0.7, 0.05]
+    # 0.5 FLOPs/0.05 starts it; at 2 FLOPs only the better run counts; (3, 0.25) and (5, 0.5) are
+    # dominated by cheaper runs at least as good.
+    assert pareto_frontier(flops, accuracy, higher_is_better=True).tolist() == [7, 0, 1, 4, 6]
+    losses = [-a for a in accuracy]
+    assert pareto_frontier(flops, losses, higher_is_better=False).tolist() == [7, 0, 1, 4, 6]
+    assert pareto_frontier([3, 2, 1], [1.0, 1.0, 1.0]).tolist() == [2]
+
+
+def make_fit(label, p0, p_max, lam, cost, selection, pool, selector=None, higher=True, model_params=0, selection_params=0):
+    return PerformanceFit(
+        label=label, p0=p0, p_max=p_max, lam=lam, covariance=np.diag([1e-4, 1e-4, 1e-2]), c_full=cost * pool,
+        higher_is_better=higher, cost_per_example=cost, selection_flops=selection, pool_size=pool,
+        selector=selector or label, model_params=model_params, selection_model_params=selection_params,
+    )
+
+
+FITS = {
+    "random": make_fit("random", 0.20, 0.55, 2.0, 1.0e12, 0.0, 400),
+    "bm25": make_fit("bm25", 0.20, 0.62, 3.0, 1.1e12, 4.0e9, 400),
+    # Expensive: its curve starts late (C >= C_select) and rises slowly, but to a higher plateau.
+    "perplexity": make_fit("perplexity", 0.20, 0.80, 1.2, 0.9e12, 1.5e14, 400, model_params=10**8, selection_params=10**8),
+}
+
+
+def brute_force(budget, fits, targets, costs=None):
+    best = None
+    for label, fit in fits.items():
+        selection = (costs or {}).get(label, fit.selection_flops) / targets
+        for k in range(1, fit.pool_size + 1):
+            if fit.cost_per_example * k + selection > budget:
+                break
+            value = float(fit.predict(fit.cost_per_example * k + fit.selection_flops))
+            score = value if fit.higher_is_better else -value
+            if best is None or score > best[0]:
+                best = (score, label, k, value)
+    return best
+
+
+@pytest.mark.parametrize("budget", [2e13, 8e13, 1.6e14, 2.2e14, 3e14, 6e14])
+@pytest.mark.parametrize("targets", [1, 3, 20])
+def test_recommendation_equals_brute_force_over_the_fitted_curves(budget, targets):
+    expected = brute_force(budget, FITS, targets)
+    selector, k, predicted, (low, high) = recommend(budget, FITS, targets=targets)
+    assert (selector, k) == (expected[1], expected[2])
+    assert predicted == pytest.approx(expected[3], rel=1e-12)
+    assert low < predicted < high
+
+
+def test_recommendation_for_a_loss_and_with_overridden_selection_costs():
+    loss_fits = {
+        label: make_fit(label, 2.5, 2.5 - (f.p_max - f.p0) * 2, f.lam, f.cost_per_example, f.selection_flops, 400,
+                        higher=False)
+        for label, f in FITS.items()
+    }
+    costs = {"perplexity": 3e14}
+    for budget in (1e14, 3.2e14, 5e14):
+        expected = brute_force(budget, loss_fits, 1, costs)
+        rec = recommend(budget, loss_fits, costs)
+        assert (rec.selector, rec.k) == expected[1:3]
+        assert rec.chosen.selection_flops == (3e14 if rec.selector == "perplexity" else loss_fits[rec.selector].selection_flops)
+    with pytest.raises(ValueError, match="affords no selector"):
+        recommend(5e11, FITS)
+    with pytest.raises(ValueError, match="without a fit"):
+        recommend(1e14, FITS, {"less": 1.0})
+
+
+def test_amortising_selection_over_targets_favours_the_expensive_selector():
+    budget = 1.9e14
+    assert recommend(budget, FITS, targets=1).selector != "perplexity"
+    assert recommend(budget, FITS, targets=50).selector == "perplexity"
+
+
+def test_break_even_ratio_is_monotone_in_selection_cost():
+    budget = 2e14
+    costs = np.geomspace(1e12, 5e14, 12)
+    ratios = [break_even_ratios(FITS, budget, {"perplexity": c})[0] for c in costs]
+    scales = np.array([r.scale for r in ratios])
+    finite = scales[np.isfinite(scales) & (scales > 0)]
+    assert len(finite) >= 8
+    assert np.all(np.diff(scales) >= 0), scales
+    assert np.all(np.diff(finite) > 0)
+    # At the break-even size the expensive selector ties with the best cheap one.
+    example = ratios[6]
+    fits_value = _value_at_scale(FITS["perplexity"], budget, costs[6], 1, example.scale)
+    cheap_value = max(_value_at_scale(FITS[c], budget, FITS[c].selection_flops, 1, example.scale) for c in ("random", "bm25"))
+    assert fits_value == pytest.approx(cheap_value, abs=1e-6)
+    assert example.ratio == pytest.approx(example.scale * 1.0) and example.versus in {"random", "bm25"}
+    # A free expensive selector with the better curve is always ahead; a worse curve never gets ahead.
+    assert break_even_ratios(FITS, budget, {"perplexity": 0.0})[0].scale == 0.0
+    worse = dict(FITS, perplexity=make_fit("perplexity", 0.2, 0.5, 1.0, 0.9e12, 1e13, 400))
+    assert all(r.selection_share == pytest.approx(c / budget) for r, c in zip(ratios, costs))
+    assert math.isinf(break_even_ratios(worse, budget)[0].scale)
+
+
+def synthetic_records(rng):
+    """Runs of three selectors whose metric follows known curves, as the pipeline would record them."""
+    truths = {"random": (0.2, 0.55, 2.0, 0.0, 0), "bm25": (0.2, 0.62, 3.0, 4e9, 0), "perplexity": (0.2, 0.7, 5.0, 1.5e14, 10**8)}
+    records = []
+    for label, (p0, p_max, lam, selection, selection_params) in truths.items():
+        for seed in (0, 1):
+            for fraction in (0.05, 0.1, 0.2, 0.4, 0.8):
+                k = int(400 * fraction)
+                train = 1e12 * k
+                value = curve(train + selection, p0, p_max, lam, c_full=4e14) + rng.normal(0, 0.005)
+                records.append(RunRecord(
+                    selector=label, selector_config={"seed": seed}, model="tiny", model_params=10**8,
+                    selection_model_params=selection_params, pool_size=400, k=k, tokens_trained=100 * k,
+                    selection_flops=selection, train_flops=train, metrics={"accuracy": float(value)},
+                    baseline_metrics={"accuracy": p0}, seed=seed, target="boolean_expressions", selection_fraction=fraction,
+                ))
+    return records
+
+
+def test_fit_selectors_from_records_recovers_each_curve():
+    fits, skipped = fit_selectors(synthetic_records(np.random.default_rng(2)), "accuracy")
+    assert not skipped and set(fits) == {"random", "bm25", "perplexity"}
+    assert fits["perplexity"].lam == pytest.approx(5.0, rel=0.15)
+    assert fits["bm25"].p_max == pytest.approx(0.62, abs=0.02)
+    assert fits["perplexity"].selection_flops == 1.5e14 and fits["random"].cost_per_example == 1e12
+    assert fits["perplexity"].c_full == 4e14
+
+
+def test_records_file_round_trip_keys_and_damaged_lines(tmp_path, caplog):
+    path = tmp_path / "runs.jsonl"
+    records = synthetic_records(np.random.default_rng(3))[:3]
+    for record in records:
+        append_record(path, record)
+    loaded = read_records(path)
+    assert [r.to_dict() for r in loaded] == [r.to_dict() for r in records]
+    assert recorded_keys(path) == {r.key for r in records} and len(recorded_keys(path)) == 3
+    key = run_key("bm25", {"aggregate": "max", "show_progress": True}, 0.1, None, 0, "m", "t")
+    assert key == run_key("bm25", {"show_progress": False, "aggregate": "max"}, 0.1, None, 0, "m", "t")
+    assert key != run_key("bm25", {"aggregate": "max"}, 0.1, None, 1, "m", "t")
+    with open(path, "a") as handle:
+        handle.write('{"selector": "bm25", "k": ')  # a run killed mid-write
+    assert len(read_records(path)) == 3 and "malformed last line" in caplog.text
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "not json", *lines[1:3]]) + "\n")
+    with pytest.raises(ValueError, match=r"runs.jsonl:2"):
+        read_records(path)
+    with pytest.raises(FileNotFoundError, match="hf-cads sweep"):
+        read_records(tmp_path / "missing.jsonl")
+
+
+def test_plan_command_prints_table_and_writes_plot(tmp_path, capsys):
+    path = tmp_path / "runs.jsonl"
+    records = synthetic_records(np.random.default_rng(4))
+    for record in records:
+        append_record(path, record)
+    plot = tmp_path / "plan.png"
+    assert main(["plan", str(path), "--budget", "1.9e14", "--metric", "accuracy", "--targets", "2", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    plan = make_plan(records, metric="accuracy", budget=1.9e14, targets=2)
+    rec = plan.recommendation
+    assert f"recommendation: {rec.selector} with k={rec.k}" in out
+    assert "Pareto frontier" in out and "break-even" in out and "perplexity" in out
+    assert plan.break_even[0].selector == "perplexity" and 0 < plan.break_even[0].scale < math.inf
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 20_000
+    # A single-point plan can still be printed, without curves.
+    assert main(["plan", str(path), "--metric", "nope"]) == 2
+    assert "recorded metrics: ['accuracy']" in capsys.readouterr().err
+    assert main(["plan", str(path), "--budget", "1e14", "--metric", "accuracy", "--selection-cost", "oops"]) == 2
+
+
+def test_plan_refuses_mixed_models(tmp_path):
+    records = synthetic_records(np.random.default_rng(5))
+    other = RunRecord(**{**records[0].to_dict(), "model": "other", "key": ""})
+    with pytest.raises(ValueError, match="mix"):
+        make_plan(records + [other], metric="accuracy")
+    assert len(make_plan(records + [other], metric="accuracy", model="tiny").records) == len(records)
+    json.dumps(other.to_dict())
