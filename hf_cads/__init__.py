@@ -10,6 +10,7 @@ from .flops import BudgetExceededError, FlopLedger, FlopProfile, LoraSpec
 from .selectors import (
     LESSSelector,
     LESSSelectorConfig,
+    PreparedScoring,
     ScoreOutput,
     SelectionResult,
     Selector,
@@ -32,6 +33,7 @@ __all__ = [
     "LESSSelectorConfig",
     "LoraSpec",
     "PerformanceFit",
+    "PreparedScoring",
     "Recommendation",
     "RunRecord",
     "ScoreOutput",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -371,8 +372,11 @@ class FlopLedger:
         return cls(budget=data.get("budget"), entries=dict(data["entries"]), notes=dict(data.get("notes", {})))
 
     def save(self, path: str) -> None:
-        with open(path, "w", encoding="utf-8") as handle:
+        """Write the ledger as JSON, atomically (a temporary file moved into place)."""
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
             json.dump(self.to_dict(), handle, indent=2)
+        os.replace(temporary, path)
 
     @classmethod
     def load(cls, path: str) -> "FlopLedger":

@@ -166,7 +166,11 @@ class BudgetedTrainer(Trainer):
             processing_class.pad_token = processing_class.eos_token
         if peft_config is not None:
             from peft import get_peft_model
+            from transformers import set_seed
 
+            # Trainer seeds only later; seeding here makes the adapter initialisation (and so a
+            # selector cache keyed by these weights) the same on every run with this seed.
+            set_seed(args.seed)
             try:
                 model = get_peft_model(model, peft_config)
             except ValueError as err:
@@ -238,6 +242,9 @@ class BudgetedTrainer(Trainer):
         self.flop_ledger.notes["k"] = len(result)
         self.flop_ledger.notes["pool_size"] = result.pool_size
         self.flop_ledger.notes["selection_model_params"] = selection_model_params(selector)
+        if "cache" in result.extras:
+            # A cache hit is charged 0 FLOPs here; the note keeps what the cached scoring cost.
+            self.flop_ledger.notes["selection_cache"] = dict(result.extras["cache"])
         if isinstance(result.extras.get("flops_breakdown"), dict):
             # Selectors with stages (LESS: warmup, gradient features, projection) report them here.
             self.flop_ledger.notes["selection_flops"] = {k: float(v) for k, v in result.extras["flops_breakdown"].items()}
@@ -331,12 +338,15 @@ class BudgetedTrainer(Trainer):
 
     # -- checkpoints carry the ledger -----------------------------------------------------------
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        super()._save_checkpoint(model, trial)
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+        # The ledger goes in before Trainer writes trainer_state.json, so a process killed while
+        # saving never leaves a checkpoint that looks complete but has no ledger.
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if self.args.should_save and os.path.isdir(folder):
+        if self.args.should_save:
+            os.makedirs(folder, exist_ok=True)
             self.flop_ledger.save(os.path.join(folder, LEDGER_FILE))
+        super()._save_checkpoint(model, trial)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         checkpoint = resume_from_checkpoint
@@ -359,6 +369,10 @@ class BudgetedTrainer(Trainer):
                 )
             self.flop_ledger.entries.update(restored.entries)
             self.flop_ledger.notes.update(restored.notes)
+            if "planned_steps" in restored.notes:
+                # Sized from this run's selection charge, max_steps may differ (e.g. 0 FLOPs for a cached
+                # selection); the checkpoint's plan keeps the learning-rate schedule of the original run.
+                self.args.max_steps = int(restored.notes["planned_steps"])
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, *args, **kwargs)
         if self.run_records is not None and self.is_world_process_zero():
             append_record(self.run_records, record_from_trainer(self, trainer_metrics(self, output), seconds=output.metrics.get("train_runtime")))

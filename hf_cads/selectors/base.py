@@ -5,17 +5,30 @@ examples of the task one finetunes for) into a :class:`SelectionResult`: the cho
 scores and the FLOPs actually spent scoring. Subclasses implement :meth:`Selector.score` (one
 number per pool row, higher = keep) and :meth:`Selector.estimate_flops` (the cost before any work,
 so a budget can be checked up front); the top-k choice and all input validation live here.
+
+Selectors whose rows are scored independently (BM25, embedding, perplexity, random) set
+``shardable = True`` and implement :meth:`Selector.prepare` (pool- and target-wide state, computed
+once) and :meth:`Selector.score_rows` (the scores of a contiguous range of rows) instead of
+``score``. :meth:`Selector.select` then scores the pool in shards of ``shard_size`` rows, spreads
+them over the processes of a distributed launch (the chosen subset is the same as with one
+process), and with ``cache_dir`` stores every shard so reruns reuse and killed runs resume them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+
+from ..cache import ScoreCache, model_identity, resolve_cache_dir
+from ..distributed import Processes, current_processes
+
+logger = logging.getLogger(__name__)
 
 INDEX_COLUMN = "pool_index"
 SCORE_COLUMN = "score"
@@ -35,7 +48,16 @@ class SelectorConfig:
         show_progress: show a tqdm bar while scoring.
         allow_duplicates: accept a pool with repeated rows (by default an error: a duplicate
             would be scored, chosen and trained on twice).
+        shard_size: rows per shard for selectors that score rows independently: the unit of work
+            spread over processes, and of caching and resuming. The shards, and so the scores,
+            do not depend on the number of processes.
+        cache_dir: folder to cache scores in (default ``$HF_CADS_CACHE``, else no cache). A rerun
+            on the same pool, target, options and model reuses them and charges no FLOPs; an
+            interrupted run resumes from its last finished shard.
     """
+
+    cache_ignored_fields: ClassVar[frozenset[str]] = frozenset({"show_progress", "cache_dir"})
+    """Options that do not change the scores, so a cache written with other values still applies."""
 
     text_column: str | None = None
     target_text_column: str | None = None
@@ -44,6 +66,8 @@ class SelectorConfig:
     max_length: int = 512
     show_progress: bool = True
     allow_duplicates: bool = False
+    shard_size: int = 1024
+    cache_dir: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -56,6 +80,16 @@ class ScoreOutput:
     scores: np.ndarray
     flops: float
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PreparedScoring:
+    """What :meth:`Selector.prepare` computes once for the whole pool and target (e.g. BM25's IDF,
+    the target embedding), and the FLOPs that cost. It is sent to every process, so keep it
+    picklable and small (no model objects)."""
+
+    state: Any = None
+    flops: float = 0.0
 
 
 @dataclass
@@ -180,6 +214,12 @@ class Selector(ABC):
     """``True`` when BudgetedTrainer may hand the model it trains to the selector as its scorer."""
     uses_model: ClassVar[bool] = False
     """``True`` for selectors that score with a model and accept ``model=`` / ``tokenizer=`` objects."""
+    shardable: ClassVar[bool] = False
+    """``True`` when a row's score depends only on that row and on :meth:`prepare`'s result. Such a
+    selector implements :meth:`prepare` and :meth:`score_rows` instead of :meth:`score`, and
+    :meth:`select` shards, distributes, caches and resumes its scoring. A selector that leaves it
+    ``False`` implements :meth:`score`; with several processes the main process runs it and sends
+    the result to the others, and with ``cache_dir`` the whole result is cached."""
 
     def __init__(
         self, config: SelectorConfig | None = None, *, model: Any = None, tokenizer: Any = None, **kwargs: Any
@@ -190,16 +230,77 @@ class Selector(ABC):
             raise TypeError(f"The {self.name!r} selector uses no model; drop model=/tokenizer=.")
         self.model = model
         self.tokenizer = tokenizer
+        # A model object from the caller is identified by its weights in cache keys; one the
+        # selector loads itself by its name (see model_identity).
+        self._caller_model = model is not None
+        self._caller_tokenizer = tokenizer is not None
         self.config = config if config is not None else build_config(self.config_class, kwargs, self.name)
         if not isinstance(self.config, self.config_class):
             raise TypeError(
                 f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(self.config).__name__}."
             )
+        shard_size = self.config.shard_size
+        if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
+            raise ValueError(f"shard_size must be a whole number of rows >= 1, got {shard_size!r}.")
 
     # -- to implement ---------------------------------------------------------------------------
-    @abstractmethod
     def score(self, pool: Any, target: Any | None) -> ScoreOutput:
-        """Score every pool row (higher = more useful) and report the FLOPs spent."""
+        """Score every pool row (higher = more useful) and report the FLOPs spent.
+
+        Non-shardable selectors implement this. Shardable ones inherit it: :meth:`prepare`, then
+        :meth:`score_rows` shard by shard, in this process and without a cache.
+        """
+        if not self.shardable:
+            raise NotImplementedError(
+                f"{type(self).__name__} must implement score(pool, target), or set shardable = True and "
+                "implement score_rows(pool, target, rows, prepared)."
+            )
+        return self._score_in_shards(pool, target, Processes(), None)
+
+    def prepare(self, pool: Any, target: Any | None) -> PreparedScoring:
+        """Shardable selectors: the pool- and target-wide state row scores need, computed once.
+
+        Runs on the main process only; the result is sent to the others. Anything that makes a
+        row's score depend on other rows (IDF over the whole pool, a target centroid) goes here,
+        so that sharded scores equal single-process ones.
+        """
+        return PreparedScoring()
+
+    def score_rows(self, pool: Any, target: Any | None, rows: range, prepared: PreparedScoring, progress: Any = None) -> ScoreOutput:
+        """Shardable selectors: the scores of pool rows ``rows`` (a contiguous range) and their FLOPs.
+
+        ``extras`` may only hold per-row arrays (first dimension ``len(rows)``); they are
+        concatenated over shards. ``progress``, when given, is a tqdm bar to advance by rows scored.
+        """
+        raise NotImplementedError(f"{type(self).__name__} sets shardable = True but does not implement score_rows().")
+
+    def shard_ranges(self, num_rows: int) -> list[range]:
+        """The contiguous row ranges shardable scoring works in (estimates should plan the same)."""
+        size = int(self.config.shard_size)
+        return [range(start, min(start + size, num_rows)) for start in range(0, num_rows, size)]
+
+    def model_identity(self) -> dict[str, Any]:
+        """What identifies the scoring model in cache keys (see :func:`hf_cads.cache.model_identity`);
+        override when the selector scores with something the config and ``model=`` do not show."""
+        return model_identity(
+            self.model, self.tokenizer, self.config,
+            model_given=getattr(self, "_caller_model", self.model is not None),
+            tokenizer_given=getattr(self, "_caller_tokenizer", self.tokenizer is not None),
+        )
+
+    def cache_description(self, pool: Any, target: Any | None) -> dict[str, Any]:
+        """Everything the scores depend on; its hash is the cache key."""
+        from .. import __version__
+
+        ignored = set(self.config.cache_ignored_fields)
+        return {
+            "hf_cads": __version__,
+            "selector": self.name or type(self).__qualname__,
+            "config": {name: value for name, value in self.config.to_dict().items() if name not in ignored},
+            "pool": {"fingerprint": getattr(pool, "_fingerprint", None), "rows": len(pool)},
+            "target": None if target is None else {"fingerprint": getattr(target, "_fingerprint", None), "rows": len(target)},
+            "model": self.model_identity(),
+        }
 
     @abstractmethod
     def estimate_flops(self, pool: Any, target: Any | None) -> float:
@@ -231,7 +332,7 @@ class Selector(ABC):
         """Score ``pool`` against ``target`` and keep ``k`` rows (or ``fraction`` of the pool)."""
         self.validate_inputs(pool, target)
         size = None if (k is None and fraction is None and self.chooses_own_size) else resolve_k(len(pool), k, fraction)
-        output = self.score(pool, target)
+        output = self.score_pool(pool, target)
         scores = np.asarray(output.scores, dtype=np.float64)
         if scores.shape != (len(pool),):
             raise RuntimeError(f"{type(self).__name__}.score returned {scores.shape} scores for {len(pool)} rows.")
@@ -244,8 +345,102 @@ class Selector(ABC):
         indices = np.asarray(self.choose(scores, size, pool, output.extras), dtype=np.int64)
         return build_result(self, pool, indices, scores, output)
 
+    def score_pool(self, pool: Any, target: Any | None) -> ScoreOutput:
+        """:meth:`score` as :meth:`select` runs it: from the cache when it holds these scores,
+        sharded over the launched processes, and stored shard by shard while it runs."""
+        processes = current_processes()
+        cache = processes.on_main(lambda: self._open_cache(pool, target))
+        if cache is not None:
+            stored = processes.on_main(cache.load_result)
+            if stored is not None:
+                logger.info("Reusing cached %s scores from %s (%.4g FLOPs when computed).", self.name, cache.folder, stored.flops)
+                info = {"hit": True, "dir": str(cache.folder), "original_flops": stored.flops}
+                return ScoreOutput(stored.scores, 0.0, {**stored.extras, "cache": info})
+        if self.shardable:
+            return self._score_in_shards(pool, target, processes, cache)
+        output = processes.on_main(lambda: self.score(pool, target))
+        if cache is not None:
+            scores = np.asarray(output.scores, dtype=np.float64)
+            saved = processes.on_main(lambda: cache.save_result(scores, float(output.flops), output.extras))
+            if saved:
+                output.extras["cache"] = {"hit": False, "dir": str(cache.folder), "resumed_shards": 0, "resumed_flops": 0.0}
+        return output
+
+    def _open_cache(self, pool: Any, target: Any | None) -> ScoreCache | None:
+        root = resolve_cache_dir(self.config.cache_dir)
+        if root is None:
+            return None
+        return ScoreCache.for_selection(root, self.name or type(self).__name__, self.cache_description(pool, target))
+
+    def _score_in_shards(self, pool: Any, target: Any | None, processes: Processes, cache: ScoreCache | None) -> ScoreOutput:
+        from tqdm.auto import tqdm
+
+        shards = self.shard_ranges(len(pool))
+        if cache is not None:
+            processes.on_main(lambda: cache.begin(len(pool), shards))
+        prepared = processes.on_main(lambda: self.prepare(pool, target))
+        owned = processes.share(len(shards))
+
+        def score_owned() -> dict[int, tuple[ScoreOutput, bool]]:
+            done: dict[int, tuple[ScoreOutput, bool]] = {}
+            total = sum(len(shards[index]) for index in owned)
+            show = self.config.show_progress and processes.is_main
+            with tqdm(total=total, desc=f"{self.name or 'selector'} scoring", unit="row", disable=not show) as progress:
+                for index in owned:
+                    rows = shards[index]
+                    stored = cache.load_shard(index, rows) if cache is not None else None
+                    if stored is not None:
+                        done[index] = (ScoreOutput(stored.scores, stored.flops, stored.extras), True)
+                        progress.update(len(rows))
+                        continue
+                    before = progress.n
+                    output = check_shard_output(self, self.score_rows(pool, target, rows, prepared, progress), rows)
+                    progress.update(max(0, len(rows) - (progress.n - before)))
+                    if cache is not None:
+                        cache.save_shard(index, rows, output.scores, output.flops, output.extras)
+                    done[index] = (output, False)
+            return done
+
+        by_shard = {index: item for part in processes.gather(score_owned) for index, item in part.items()}
+        outputs = [by_shard[index][0] for index in range(len(shards))]
+        resumed = [index for index in range(len(shards)) if by_shard[index][1]]
+        names = set(outputs[0].extras)
+        if any(set(output.extras) != names for output in outputs):
+            raise RuntimeError(f"{type(self).__name__}.score_rows returned different extras for different shards.")
+        extras: dict[str, Any] = {name: np.concatenate([output.extras[name] for output in outputs]) for name in names}
+        flops = float(prepared.flops) + sum(output.flops for output in outputs)
+        extras["sharding"] = {
+            "shards": len(shards),
+            "shard_size": int(self.config.shard_size),
+            "processes": processes.world_size,
+        }
+        if cache is not None:
+            processes.on_main(lambda: cache.finish(flops, float(prepared.flops)))
+            resumed_flops = sum(outputs[index].flops for index in resumed)
+            if resumed:
+                logger.info("Resumed %d of %d %s score shards from %s.", len(resumed), len(shards), self.name, cache.folder)
+            extras["cache"] = {"hit": False, "dir": str(cache.folder), "resumed_shards": len(resumed), "resumed_flops": resumed_flops}
+        return ScoreOutput(np.concatenate([output.scores for output in outputs]), flops, extras)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
+
+
+def check_shard_output(selector: Selector, output: ScoreOutput, rows: range) -> ScoreOutput:
+    """A shard's scores as float64, with clear errors for wrong lengths and non-per-row extras."""
+    scores = np.asarray(output.scores, dtype=np.float64)
+    if scores.shape != (len(rows),):
+        raise RuntimeError(f"{type(selector).__name__}.score_rows returned {scores.shape} scores for {len(rows)} rows {rows}.")
+    extras = {}
+    for name, value in output.extras.items():
+        value = np.asarray(value) if isinstance(value, np.ndarray) else value
+        if not isinstance(value, np.ndarray) or value.ndim == 0 or len(value) != len(rows):
+            raise TypeError(
+                f"{type(selector).__name__}.score_rows put {name!r} in extras, which is not a per-row array of "
+                f"length {len(rows)}; shardable selectors may only return per-row extras (put pool-wide values in prepare())."
+            )
+        extras[name] = value
+    return ScoreOutput(scores, float(output.flops), extras)
 
 
 def build_result(selector: Selector, pool: Any, indices: np.ndarray, scores: np.ndarray, output: ScoreOutput) -> SelectionResult:

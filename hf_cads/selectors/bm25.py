@@ -10,7 +10,7 @@ import numpy as np
 
 from ..data import get_texts
 from ..flops import bm25_flops
-from .base import ScoreOutput, Selector, SelectorConfig
+from .base import PreparedScoring, ScoreOutput, Selector, SelectorConfig
 from .registry import register_selector
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
@@ -18,6 +18,68 @@ _TOKEN = re.compile(r"\w+", re.UNICODE)
 
 def bm25_tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
+
+
+@dataclass
+class BM25Statistics:
+    """The pool-wide part of Okapi BM25: vocabulary, each term's IDF and the mean document length.
+
+    Fitted once on the whole pool, they make a document's score independent of which other
+    documents are scored with it, so the pool can be scored in shards (and on several processes)
+    with exactly the single-pass result.
+    """
+
+    vocabulary: dict[str, int]
+    idf: np.ndarray
+    mean_length: float
+
+    @classmethod
+    def fit(cls, documents: list[list[str]], epsilon: float = 0.25) -> "BM25Statistics":
+        """Robertson IDF with negative IDFs floored at ``epsilon * mean IDF``, as rank-bm25 does."""
+        vocabulary: dict[str, int] = {}
+        doc_freq: list[int] = []
+        for document in documents:
+            for token in dict.fromkeys(document):  # first-occurrence order keeps columns deterministic
+                column = vocabulary.setdefault(token, len(vocabulary))
+                if column == len(doc_freq):
+                    doc_freq.append(0)
+                doc_freq[column] += 1
+        frequency = np.asarray(doc_freq, dtype=float)
+        idf = np.log(len(documents) - frequency + 0.5) - np.log(frequency + 0.5)
+        idf = np.where(idf < 0, epsilon * idf.mean(), idf)
+        mean_length = float(np.array([len(d) for d in documents], dtype=float).mean())
+        return cls(vocabulary, idf, mean_length)
+
+    def scores(self, documents: list[list[str]], queries: list[list[str]], k1: float, b: float) -> np.ndarray:
+        """BM25 of ``documents`` (rows of the fitted pool) against every query, as one sparse
+        product ``Q @ W^T``; shape ``(len(queries), len(documents))``."""
+        from scipy import sparse
+
+        rows, cols, counts = [], [], []
+        for row, document in enumerate(documents):
+            term_counts: dict[int, int] = {}
+            for token in document:
+                column = self.vocabulary.get(token)
+                if column is not None:
+                    term_counts[column] = term_counts.get(column, 0) + 1
+            rows += [row] * len(term_counts)
+            cols += list(term_counts)
+            counts += list(term_counts.values())
+        shape = (len(documents), len(self.vocabulary))
+        tf = sparse.csr_matrix((np.asarray(counts, float), (rows, cols)), shape=shape)
+        lengths = np.array([len(d) for d in documents], dtype=float)
+        norm = k1 * (1 - b + b * lengths / self.mean_length)
+        weights = tf.tocoo()
+        values = self.idf[weights.col] * weights.data * (k1 + 1) / (weights.data + norm[weights.row])
+        weight_matrix = sparse.csr_matrix((values, (weights.row, weights.col)), shape=shape)
+        q_rows, q_cols = [], []
+        for row, query in enumerate(queries):
+            for token in query:
+                if token in self.vocabulary:
+                    q_rows.append(row)
+                    q_cols.append(self.vocabulary[token])
+        query_matrix = sparse.csr_matrix((np.ones(len(q_rows)), (q_rows, q_cols)), shape=(len(queries), len(self.vocabulary)))
+        return np.asarray((query_matrix @ weight_matrix.T).todense())
 
 
 def okapi_bm25_scores(documents: list[list[str]], queries: list[list[str]], k1: float, b: float, epsilon: float = 0.25) -> np.ndarray:
@@ -28,36 +90,7 @@ def okapi_bm25_scores(documents: list[list[str]], queries: list[list[str]], k1: 
     weights are computed once and all queries are scored together: ``W @ Q^T``.
     Returns an array of shape ``(len(queries), len(documents))``.
     """
-    from scipy import sparse
-
-    vocabulary: dict[str, int] = {}
-    rows, cols, counts = [], [], []
-    for row, document in enumerate(documents):
-        term_counts: dict[int, int] = {}
-        for token in document:
-            column = vocabulary.setdefault(token, len(vocabulary))
-            term_counts[column] = term_counts.get(column, 0) + 1
-        rows += [row] * len(term_counts)
-        cols += list(term_counts)
-        counts += list(term_counts.values())
-    tf = sparse.csr_matrix((np.asarray(counts, float), (rows, cols)), shape=(len(documents), len(vocabulary)))
-    num_docs = len(documents)
-    lengths = np.array([len(d) for d in documents], dtype=float)
-    doc_freq = np.bincount(tf.indices, minlength=len(vocabulary)).astype(float)
-    idf = np.log(num_docs - doc_freq + 0.5) - np.log(doc_freq + 0.5)
-    idf = np.where(idf < 0, epsilon * idf.mean(), idf)
-    norm = k1 * (1 - b + b * lengths / lengths.mean())
-    weights = tf.tocoo()
-    values = idf[weights.col] * weights.data * (k1 + 1) / (weights.data + norm[weights.row])
-    weight_matrix = sparse.csr_matrix((values, (weights.row, weights.col)), shape=tf.shape)
-    q_rows, q_cols = [], []
-    for row, query in enumerate(queries):
-        for token in query:
-            if token in vocabulary:
-                q_rows.append(row)
-                q_cols.append(vocabulary[token])
-    query_matrix = sparse.csr_matrix((np.ones(len(q_rows)), (q_rows, q_cols)), shape=(len(queries), len(vocabulary)))
-    return np.asarray((query_matrix @ weight_matrix.T).todense())
+    return BM25Statistics.fit(documents, epsilon).scores(documents, queries, k1, b)
 
 
 @dataclass
@@ -95,6 +128,7 @@ class BM25Selector(Selector):
     """
 
     config_class = BM25SelectorConfig
+    shardable = True
 
     def _queries(self, target: Any) -> list[list[str]]:
         column = self.config.target_text_column or self.config.text_column
@@ -103,12 +137,19 @@ class BM25Selector(Selector):
             raise ValueError("The target texts contain no word tokens; BM25 needs target texts with words.")
         return queries
 
-    def score(self, pool: Any, target: Any | None) -> ScoreOutput:
-        documents = [bm25_tokenize(t) for t in get_texts(pool, self.config.text_column, role="pool")]
+    def _documents(self, pool: Any) -> list[list[str]]:
+        return [bm25_tokenize(t) for t in get_texts(pool, self.config.text_column, role="pool")]
+
+    def prepare(self, pool: Any, target: Any | None) -> PreparedScoring:
+        documents = self._documents(pool)
         if not any(documents):
             raise ValueError("No pool row contains a word token; BM25 cannot score it.")
-        queries = self._queries(target)
-        per_query = okapi_bm25_scores(documents, queries, self.config.k1, self.config.b)
+        return PreparedScoring(state=(BM25Statistics.fit(documents), self._queries(target)))
+
+    def score_rows(self, pool: Any, target: Any | None, rows: range, prepared: PreparedScoring, progress: Any = None) -> ScoreOutput:
+        statistics, queries = prepared.state
+        documents = self._documents(pool.select(rows))
+        per_query = statistics.scores(documents, queries, self.config.k1, self.config.b)
         scores = per_query.max(axis=0) if self.config.aggregate == "max" else per_query.mean(axis=0)
         return ScoreOutput(scores, bm25_flops(len(documents), [len(q) for q in queries]))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from ..data import get_texts
 from ..flops import FlopProfile
-from .base import ScoreOutput, Selector, SelectorConfig
+from .base import PreparedScoring, ScoreOutput, Selector, SelectorConfig
 from .registry import register_selector
 from .scoring import TokenBatcher, forward_flops_of_plan
 
@@ -47,6 +48,7 @@ class EmbeddingSelector(Selector):
 
     config_class = EmbeddingSelectorConfig
     uses_model = True
+    shardable = True
 
     def _encoder(self) -> Any:
         if self.model is None:
@@ -67,7 +69,7 @@ class EmbeddingSelector(Selector):
         column = self.config.target_text_column or self.config.text_column
         return get_texts(pool, self.config.text_column, role="pool"), get_texts(target, column, role="target")
 
-    def _embed(self, texts: list[str], desc: str) -> tuple[np.ndarray, float]:
+    def _embed(self, texts: list[str], desc: str, progress: Any = None) -> tuple[np.ndarray, float]:
         import torch
         from tqdm.auto import tqdm
 
@@ -77,8 +79,10 @@ class EmbeddingSelector(Selector):
         flops = 0.0
         batches = list(batcher.batches(token_ids))
         device = encoder.device
-        with torch.no_grad():
-            for batch in tqdm(batches, desc=desc, disable=not self.config.show_progress):
+        bar = progress if progress is not None else tqdm(total=len(texts), desc=desc, unit="row", disable=not self.config.show_progress)
+        # A caller's bar (spanning several shards) is advanced but left open.
+        with torch.no_grad(), bar if progress is None else contextlib.nullcontext(bar):
+            for batch in batches:
                 features = {"input_ids": batch.input_ids.to(device), "attention_mask": batch.attention_mask.to(device)}
                 if "token_type_ids" in getattr(encoder.tokenizer, "model_input_names", []):
                     features["token_type_ids"] = torch.zeros_like(features["input_ids"])
@@ -86,23 +90,27 @@ class EmbeddingSelector(Selector):
                 embedded = torch.nn.functional.normalize(embedded.float(), dim=-1)
                 out[batch.rows] = embedded.cpu().numpy()
                 flops += profile.forward_flops(*batch.shape)
+                bar.update(len(batch.rows))
         return out, flops
 
-    def score(self, pool: Any, target: Any | None) -> ScoreOutput:
-        pool_texts, target_texts = self._texts(pool, target)
-        pool_emb, pool_flops = self._embed(pool_texts, "embedding pool")
-        target_emb, target_flops = self._embed(target_texts, "embedding target")
+    def prepare(self, pool: Any, target: Any | None) -> PreparedScoring:
+        """The target side, embedded once: the normalised centroid, or every target row for ``max``."""
+        column = self.config.target_text_column or self.config.text_column
+        target_emb, flops = self._embed(get_texts(target, column, role="target"), "embedding target")
         if self.config.aggregate == "centroid":
             centroid = target_emb.mean(axis=0)
-            centroid /= max(np.linalg.norm(centroid), 1e-12)
-            scores = pool_emb @ centroid
-        else:
-            scores = (pool_emb @ target_emb.T).max(axis=1)
-        return ScoreOutput(scores.astype(np.float64), pool_flops + target_flops)
+            target_emb = (centroid / max(np.linalg.norm(centroid), 1e-12))[None, :]
+        return PreparedScoring(state=target_emb, flops=flops)
+
+    def score_rows(self, pool: Any, target: Any | None, rows: range, prepared: PreparedScoring, progress: Any = None) -> ScoreOutput:
+        texts = get_texts(pool.select(rows), self.config.text_column, role="pool")
+        pool_emb, flops = self._embed(texts, "embedding pool", progress)
+        scores = (pool_emb @ prepared.state.T).max(axis=1)
+        return ScoreOutput(scores.astype(np.float64), flops)
 
     def estimate_flops(self, pool: Any, target: Any | None) -> float:
         batcher, profile = self._batcher(), self._profile()
-        return sum(
-            forward_flops_of_plan(profile, batcher.padded_shapes(batcher.tokenize(texts)))
-            for texts in self._texts(pool, target)
-        )
+        pool_texts, target_texts = self._texts(pool, target)
+        shards = [pool_texts[rows.start : rows.stop] for rows in self.shard_ranges(len(pool))]
+        return sum(forward_flops_of_plan(profile, batcher.padded_shapes(batcher.tokenize(texts))) for texts in [target_texts, *shards])
+

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..data import get_texts
-from .base import ScoreOutput, Selector, SelectorConfig
+from .base import PreparedScoring, ScoreOutput, Selector, SelectorConfig
 from .registry import register_selector
 from .scoring import CausalLMScorer
 
@@ -70,15 +70,17 @@ class PerplexitySelector(CausalLMSelectorMixin, Selector):
     requires_target = False
     uses_model = True
     reuses_training_model = True
+    shardable = True
 
     def _texts(self, pool: Any) -> list[str]:
         _, tokenizer = self._load_model()
         return get_texts(pool, self.config.text_column, tokenizer, role="pool")
 
-    def score(self, pool: Any, target: Any | None) -> ScoreOutput:
-        losses, flops = self._scorer().losses(self._texts(pool), desc="perplexity scoring")
+    def score_rows(self, pool: Any, target: Any | None, rows: range, prepared: PreparedScoring, progress: Any = None) -> ScoreOutput:
+        losses, flops = self._scorer().losses(self._texts(pool.select(rows)), desc="perplexity scoring", progress=progress)
         scores = -losses if self.config.prefer == "low" else losses
         return ScoreOutput(scores, flops, {"loss": losses})
 
     def estimate_flops(self, pool: Any, target: Any | None) -> float:
-        return self._scorer().estimate_flops(self._texts(pool))
+        scorer, texts = self._scorer(), self._texts(pool)
+        return sum(scorer.estimate_flops(texts[rows.start : rows.stop]) for rows in self.shard_ranges(len(pool)))

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import ScoreOutput, Selector, SelectorConfig
+from .base import PreparedScoring, ScoreOutput, Selector, SelectorConfig
 from .registry import register_selector
 
 
@@ -30,9 +30,14 @@ class RandomSelector(Selector):
 
     config_class = RandomSelectorConfig
     requires_target = False
+    shardable = True
 
-    def score(self, pool: Any, target: Any | None) -> ScoreOutput:
-        return ScoreOutput(np.random.default_rng(self.config.seed).random(len(pool)), 0.0)
+    def score_rows(self, pool: Any, target: Any | None, rows: range, prepared: PreparedScoring, progress: Any = None) -> ScoreOutput:
+        # Row i gets the i-th draw of the seeded stream (as default_rng(seed).random(len(pool))
+        # would give it), whichever shard or process scores it: each double takes one 64-bit step.
+        generator = np.random.PCG64(self.config.seed)
+        generator.advance(rows.start)
+        return ScoreOutput(np.random.Generator(generator).random(len(rows)), 0.0)
 
     def estimate_flops(self, pool: Any, target: Any | None) -> float:
         return 0.0

@@ -125,7 +125,9 @@ class CausalLMScorer:
     def estimate_flops(self, texts: Sequence[str]) -> float:
         return forward_flops_of_plan(self.profile, self.batcher.padded_shapes(self.batcher.tokenize(texts)))
 
-    def losses(self, texts: Sequence[str], desc: str = "scoring") -> tuple[np.ndarray, float]:
+    def losses(self, texts: Sequence[str], desc: str = "scoring", progress: Any = None) -> tuple[np.ndarray, float]:
+        """Per-text mean token loss and the forward FLOPs spent. ``progress``: a tqdm bar (e.g. the
+        selection flow's, spanning several shards) to advance by rows instead of a bar of its own."""
         import torch
         from tqdm.auto import tqdm
 
@@ -137,14 +139,19 @@ class CausalLMScorer:
         was_training = self.model.training
         self.model.eval()
         batches = list(self.batcher.batches(token_ids))
+        own_bar = progress is None
+        bar = tqdm(total=len(token_ids), desc=desc, unit="row", disable=not self.show_progress) if own_bar else progress
         try:
             with torch.no_grad():
-                for batch in tqdm(batches, desc=desc, disable=not self.show_progress):
+                for batch in batches:
                     logits = self.model(
                         input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)
                     ).logits
                     out[batch.rows] = masked_token_losses(logits, batch.input_ids.to(device), batch.attention_mask.to(device)).cpu().numpy()
                     flops += self.profile.forward_flops(*batch.shape)
+                    bar.update(len(batch.rows))
         finally:
             self.model.train(was_training)
+            if own_bar:
+                bar.close()
         return out, flops
