@@ -151,3 +151,60 @@ def test_registry_aliases():
     assert get_selector("cads-e", train_budget=1e12).config.granularity == "example"
     assert get_selector("CADS_S", train_budget=1e12).config.granularity == "source"
     assert isinstance(get_selector("cads", train_budget=1e12), CADSSelector)
+
+
+# -- the algorithm finds real signal on small tensor tasks -------------------------------------
+def _digits_with_label_noise(rows=600, noise=0.3):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    features, labels = (digits.data / 16).astype(np.float32), digits.target
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(labels))
+    pool_idx, val_idx = order[:rows], order[rows : rows + 100]
+    pool_labels = labels[pool_idx].copy()
+    noisy = rng.random(rows) < noise
+    pool_labels[noisy] = (pool_labels[noisy] + rng.integers(1, 10, noisy.sum())) % 10  # always wrong
+    pool = Dataset.from_dict({"x": features[pool_idx].tolist(), "y": pool_labels.tolist()})
+    target = Dataset.from_dict({"x": features[val_idx].tolist(), "y": labels[val_idx].tolist()})
+    return pool, target, noisy
+
+
+def test_cads_e_keeps_clean_over_mislabelled_examples():
+    pool, target, noisy = _digits_with_label_noise()
+    backend = TensorBackend(lambda: torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)), loss="cross_entropy")
+    selector = get_selector(
+        "cads-e", backend=backend, train_budget=5e7, seed=0, batch_size=32, learning_rate=3e-3, block_size=64,
+        target_batch_size=100, outer_steps=400, lr_s=0.5, show_progress=False,
+    )
+    estimate = selector.estimate_flops(pool, target)
+    result = selector.select(pool, target=target)
+    probabilities = result.all_scores
+    assert probabilities[~noisy].mean() > probabilities[noisy].mean() + 0.15
+    assert noisy[result.indices].mean() < 0.25 < noisy.mean()
+    assert len(result) == result.extras["favoured_size"] == round(probabilities.sum())
+    assert result.flops == pytest.approx(estimate, rel=0.1)
+
+
+def test_cads_s_moves_the_mixture_toward_the_useful_source():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, 400)
+    y = np.concatenate([np.sin(np.pi * x[:200]), rng.normal(0, 1, 200)])  # second source: labels are noise
+    pool = Dataset.from_dict({"x": x.tolist(), "y": y.tolist(), "source": ["signal"] * 200 + ["junk"] * 200})
+    x_val = rng.uniform(-1, 1, 100)
+    target = Dataset.from_dict({"x": x_val.tolist(), "y": np.sin(np.pi * x_val).tolist()})
+    backend = TensorBackend(lambda: torch.nn.Sequential(torch.nn.Linear(1, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)))
+    result = get_selector(
+        "cads-s", backend=backend, train_budget=3e7, seed=0, batch_size=32, learning_rate=1e-2, block_size=64,
+        target_batch_size=100, outer_steps=200, show_progress=False,
+    ).select(pool, target=target)
+    assert result.extras["mixture"]["signal"] > 0.65
+    history = result.extras["history"]
+    assert history[0]["mixture"] == pytest.approx([0.5, 0.5], abs=0.01) and history[-1]["sigma"] == pytest.approx(0.05)
+
+
+def test_tensor_backend_bad_columns():
+    pool = Dataset.from_dict({"features": [[0.0], [1.0]], "y": [0.0, 1.0]})
+    backend = TensorBackend(lambda: torch.nn.Linear(1, 1))
+    with pytest.raises(ValueError, match="no 'x' column.*feature_column"):
+        get_selector("cads-e", backend=backend, train_budget=1e6).select(pool, target=pool)

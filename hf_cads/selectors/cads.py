@@ -41,6 +41,12 @@ class CADSSelectorConfig(SelectorConfig):
         train_budget: ``C``, the training FLOPs the selected subset will get downstream. Required.
         alpha: weight of the penalty ``(L_tr(theta, m) - l(|m|))^2`` tying ``theta`` to what a budget-``C``
             run on ``m`` would reach.
+        penalty: ``one_sided`` (default) penalises a training loss above the budget-``C`` level,
+            ``max(0, L_tr - l(|m|))^2`` (the value-function constraint form: ``theta`` may not fit ``m``
+            worse than a budget-``C`` run would). ``squared`` is the formula as usually written,
+            ``(L_tr - l(|m|))^2``; it also penalises fitting ``m`` better than the budget allows, and so at
+            small budgets (high ``l``) it rewards data the model fits badly, e.g. mislabelled rows
+            (see benchmarks/cads_digits.py).
         num_sampling_points: pilot runs (subset sizes) the loss predictor is fitted from.
         min_sampling_fraction: smallest pilot subset, as a share of the pool (sizes are log-spaced up to the pool).
         A: pilot down-scaling: a pilot emulating ``|m|`` rows trains on ``|m| / A`` rows for ``C / A``
@@ -70,6 +76,7 @@ class CADSSelectorConfig(SelectorConfig):
     granularity: Literal["example", "source"] = "example"
     train_budget: float | None = None
     alpha: float = 1.0
+    penalty: Literal["squared", "one_sided"] = "one_sided"
     num_sampling_points: int = 5
     min_sampling_fraction: float = 0.05
     A: float = 10.0
@@ -94,6 +101,8 @@ class CADSSelectorConfig(SelectorConfig):
     def __post_init__(self) -> None:
         if self.granularity not in ("example", "source"):
             raise ValueError(f"granularity must be 'example' (CADS-E) or 'source' (CADS-S), got {self.granularity!r}.")
+        if self.penalty not in ("squared", "one_sided"):
+            raise ValueError(f"penalty must be 'squared' or 'one_sided', got {self.penalty!r}.")
         if self.train_budget is None:
             raise ValueError(
                 "CADS needs train_budget= (the FLOPs C the downstream training will get): the best subset depends "
@@ -196,6 +205,10 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
                 )
             self._prepared = (key, backend.prepare(pool, target, self.config))
         return self._prepared[1]
+
+    def model_identity(self) -> dict[str, Any]:
+        # A custom backend is not described by the config; its repr keeps score caches apart.
+        return super().model_identity() if self.backend is None else {"backend": repr(self.backend)}
 
     def plan(self, pool: Any, target: Any) -> CADSPlan:
         """The pilot runs and outer-loop length CADS will use, and their estimated FLOPs."""

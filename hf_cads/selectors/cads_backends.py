@@ -23,9 +23,9 @@ from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
-from ..flops import FlopProfile, LinearLayer, LoraSpec
+from ..flops import FlopProfile, LinearLayer
 from .cads_core import POOL
-from .scoring import TokenBatcher, masked_token_losses
+from .scoring import TokenBatcher, check_next_token_targets, masked_token_losses
 
 
 # -- small torch models on numeric columns -----------------------------------------------------
@@ -71,9 +71,11 @@ class TensorBackend:
     def prepare(self, pool: Any, target: Any, config: Any) -> "TensorTask":
         import torch
 
-        torch.manual_seed(config.seed)
+        with torch.random.fork_rng():
+            torch.manual_seed(config.seed)
+            model = self.model_factory()
         return TensorTask(
-            self.model_factory(),
+            model,
             self._tensors(pool, "pool"),
             self._tensors(target, "target"),
             self.loss,
@@ -170,11 +172,12 @@ class CausalLMBackend:
         if self.lora_r > 0:
             from peft import LoraConfig, get_peft_model
 
-            torch.manual_seed(seed)
             lora = LoraConfig(r=self.lora_r, lora_alpha=2 * self.lora_r, lora_dropout=0.0,
                               target_modules=list(self.lora_target_modules), task_type="CAUSAL_LM")
             try:
-                return get_peft_model(working, lora)
+                with torch.random.fork_rng():
+                    torch.manual_seed(seed)
+                    return get_peft_model(working, lora)
             except ValueError as err:
                 raise ValueError(
                     f"CADS could not add LoRA adapters on {list(self.lora_target_modules)}: {err}. Set "
@@ -183,13 +186,6 @@ class CausalLMBackend:
         for p in working.parameters():
             p.requires_grad_(True)
         return working
-
-    @staticmethod
-    def planned_profile(model: Any, lora_r: int, target_modules: Sequence[str]) -> FlopProfile:
-        profile = FlopProfile.from_model(model)
-        if hasattr(model, "peft_config") or lora_r <= 0:
-            return profile
-        return profile.with_lora(LoraSpec(lora_r, tuple(sorted(target_modules))))
 
 
 class CausalLMTask:
@@ -205,9 +201,7 @@ class CausalLMTask:
         self.batcher = TokenBatcher(tokenizer, batch_size=batch_size, max_length=max_length, add_eos=True)
         self.token_ids = {POOL: self.batcher.tokenize(pool_texts), "target": self.batcher.tokenize(target_texts)}
         for split, ids in self.token_ids.items():
-            short = [i for i, row in enumerate(ids) if len(row) < 2][:5]
-            if short:
-                raise ValueError(f"{split} rows {short} tokenise to fewer than 2 tokens; drop empty texts first.")
+            check_next_token_targets(ids, role=split)
         self.profile = FlopProfile.from_model(model)
         self.num_rows = len(self.token_ids[POOL])
         self.num_target_rows = len(self.token_ids["target"])

@@ -10,6 +10,8 @@ reaches on ``|m|`` rows), giving one objective over the model ``theta`` and the 
 
     L_CADS(theta, s) = E_{m ~ p(m|s)} [ L_val(theta) + alpha * (L_tr(theta, m) - l(|m|))^2 ]
 
+(by default with the one-sided gap ``max(0, L_tr - l)``, see ``CADSSelectorConfig.penalty``).
+
 Each outer step samples a few masks ``m_k``; for each, ``theta`` takes the gradient step of the objective
 for ``m_k`` (a training step on ``m_k`` scaled by how far its loss is above the budget-``C`` level,
 plus the validation gradient), and ``f(m_k)`` is the objective after that step. Evaluating after the
@@ -528,7 +530,6 @@ def run_cads(
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(config.seed)
-    torch.manual_seed(config.seed)
     params = task.parameters()
     initial = _snapshot(params)
     pilots, pilot_flops = run_pilots(task, plan, config, rng, initial)
@@ -543,6 +544,7 @@ def run_cads(
         masks = SourceMasks(np.asarray(source_codes), len(source_names), config)
     theta = AdamTheta(params, config.learning_rate)
     alpha, samples = float(config.alpha), config.samples_per_step
+    two_sided = config.penalty == "squared"
     warmup_steps = int(config.warmup_fraction * plan.outer_steps)
     target_rows = min(config.target_batch_size, task.num_target_rows)
     baseline: float | None = None
@@ -564,13 +566,15 @@ def run_cads(
             train_loss, train_grads, flops = task.loss(rows, POOL, True)
             # Gradient of L_val + alpha * (L_tr - l)^2: a training step on the mask, scaled by how far its
             # loss is above (or below) what a budget-C run would reach.
-            grads = [gv + 2.0 * alpha * (train_loss - predicted) * gt for gv, gt in zip(val_grads, train_grads)]
+            gap = train_loss - predicted if two_sided else max(train_loss - predicted, 0.0)
+            grads = [gv + 2.0 * alpha * gap * gt for gv, gt in zip(val_grads, train_grads)]
             update = theta.apply_lookahead(grads)
             new_val, _, flops_val = task.loss(val_rows, TARGET, False)
             new_train, _, flops_train = task.loss(rows, POOL, False)
             theta.undo(update)
             outer_flops += flops + flops_val + flops_train
-            penalties.append((new_train - predicted) ** 2)
+            new_gap = new_train - predicted if two_sided else max(new_train - predicted, 0.0)
+            penalties.append(new_gap**2)
             objectives.append(new_val + alpha * penalties[-1])
             scores.append(score)
             for acc, g in zip(mean_grads, grads):
