@@ -401,7 +401,8 @@ class Selector(ABC):
                     done[index] = (output, False)
             return done
 
-        by_shard = {index: item for part in processes.gather(score_owned) for index, item in part.items()}
+        parts = processes.gather(score_owned)
+        by_shard = {index: item for part in parts for index, item in part.items()}
         outputs = [by_shard[index][0] for index in range(len(shards))]
         resumed = [index for index in range(len(shards)) if by_shard[index][1]]
         names = set(outputs[0].extras)
@@ -413,10 +414,11 @@ class Selector(ABC):
             "shards": len(shards),
             "shard_size": int(self.config.shard_size),
             "processes": processes.world_size,
+            "rows_scored_per_process": [sum(len(shards[i]) for i, (_, reused) in part.items() if not reused) for part in parts],
         }
         if cache is not None:
             processes.on_main(lambda: cache.finish(flops, float(prepared.flops)))
-            resumed_flops = sum(outputs[index].flops for index in resumed)
+            resumed_flops = float(sum(outputs[index].flops for index in resumed))
             if resumed:
                 logger.info("Resumed %d of %d %s score shards from %s.", len(resumed), len(shards), self.name, cache.folder)
             extras["cache"] = {"hit": False, "dir": str(cache.folder), "resumed_shards": len(resumed), "resumed_flops": resumed_flops}
