@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import build_multisource_pool, load_bbh_target, load_gsm8k, POOL_SOURCES
+from .evaluation import answers_fit, exact_match, question_answer_pairs
 from .flops import FlopLedger, FlopProfile
 from .records import RECORDS_FILE, append_record, record_from_trainer, run_key, selector_config_dict
 from .selectors.scoring import CausalLMScorer
@@ -41,7 +42,10 @@ class RunConfig:
         pool_sources: which shared-data sources make up the pool.
         max_per_source: rows kept per source (seeded), to bound CPU time.
         max_pool_chars: drop pool rows longer than this many characters.
-        eval_examples: target test rows used for the before/after loss.
+        eval_examples: target test rows used for the before/after loss (and exact match).
+        exact_match_max_new_tokens: greedy tokens generated per test row for the exact-match
+            accuracy, measured when every evaluated answer is shorter than this (BBH answers such
+            as ``True`` or ``(B)``; not GSM8K's worked solutions); ``0`` turns it off.
         data_dir: the shared data folder (default: ``$HF_CADS_DATA_DIR`` or ``../shared/data``).
         lora_r / lora_alpha / lora_dropout / lora_target_modules: the LoRA adapter (``lora_r: 0`` = full finetune).
         attn_implementation: attention kernel for the model (``eager`` makes FLOPs measurable).
@@ -54,6 +58,7 @@ class RunConfig:
     max_per_source: int | None = 200
     max_pool_chars: int | None = 1200
     eval_examples: int = 32
+    exact_match_max_new_tokens: int = 8
     data_dir: str | None = None
     lora_r: int = 8
     lora_alpha: int = 16
@@ -65,6 +70,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.eval_examples < 1:
             raise ValueError(f"eval_examples must be >= 1, got {self.eval_examples}.")
+        if self.exact_match_max_new_tokens < 0:
+            raise ValueError(f"exact_match_max_new_tokens must be >= 0 (0 = no exact match), got {self.exact_match_max_new_tokens}.")
         if self.max_per_source is not None and self.max_per_source < 1:
             raise ValueError(f"max_per_source must be >= 1 or null, got {self.max_per_source}.")
         if self.lora_r < 0:
@@ -127,6 +134,32 @@ def target_loss(model: Any, tokenizer: Any, texts: list[str], ledger: FlopLedger
     return float(losses.mean())
 
 
+def exact_match_applies(run: RunConfig, tokenizer: Any, test: Any) -> bool:
+    """Whether the target's answers are short enough for exact match (see ``exact_match_max_new_tokens``)."""
+    if run.exact_match_max_new_tokens == 0:
+        return False
+    try:
+        _, answers = question_answer_pairs(test)
+    except ValueError:
+        return False
+    return answers_fit(tokenizer, answers, run.exact_match_max_new_tokens)
+
+
+def evaluate_target(model: Any, tokenizer: Any, test: Any, run: RunConfig, args: BudgetedTrainingArguments) -> tuple[dict[str, float], float]:
+    """``{"target_loss": ..., "exact_match": ...}`` on the test rows (exact match only where
+    :func:`exact_match_applies`) and the FLOPs that cost."""
+    ledger = FlopLedger()
+    metrics = {"target_loss": target_loss(model, tokenizer, list(test["text"]), ledger, args.per_device_eval_batch_size, args.max_seq_length)}
+    if exact_match_applies(run, tokenizer, test):
+        result = exact_match(
+            model, tokenizer, test, max_new_tokens=run.exact_match_max_new_tokens,
+            batch_size=args.per_device_eval_batch_size, max_length=args.max_seq_length,
+        )
+        ledger.charge("eval", result.flops)
+        metrics["exact_match"] = result.accuracy
+    return metrics, ledger.entries["eval"]
+
+
 @dataclass
 class RunInputs:
     """What a run loads before it trains: the target splits, the pool and the model.
@@ -141,6 +174,8 @@ class RunInputs:
     pool: Any
     model: Any
     tokenizer: Any
+    baselines: dict[tuple[Any, ...], tuple[dict[str, float], float]] = field(default_factory=dict)
+    """Target metrics of the untrained ``model`` and their FLOPs, by evaluation settings (measured once)."""
 
 
 def load_run_inputs(run: RunConfig, args: BudgetedTrainingArguments, model_and_tokenizer: tuple[Any, Any] | None = None) -> RunInputs:
@@ -172,6 +207,7 @@ def run_setup(run: RunConfig, args: BudgetedTrainingArguments) -> dict[str, Any]
         "max_per_source": run.max_per_source,
         "max_pool_chars": run.max_pool_chars,
         "eval_examples": run.eval_examples,
+        "exact_match_max_new_tokens": run.exact_match_max_new_tokens,
         "lora_r": run.lora_r,
         "num_train_epochs": args.num_train_epochs,
         "max_seq_length": args.max_seq_length,
@@ -198,7 +234,7 @@ def run_records_path(run: RunConfig, args: BudgetedTrainingArguments) -> str:
 def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments, inputs: RunInputs | None = None) -> dict[str, Any]:
     """Select, train under ``args.flop_budget``, evaluate; returns (and writes) the report and
     appends a run record to :func:`run_records_path`. ``inputs`` reuses loaded data and model."""
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     pool_sources = run.pool_sources
     if inputs is None:
         inputs = load_run_inputs(run, args)
@@ -214,17 +250,19 @@ def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments, input
             r=run.lora_r, lora_alpha=run.lora_alpha, lora_dropout=run.lora_dropout,
             target_modules=list(run.lora_target_modules), task_type="CAUSAL_LM",
         )
-    test_texts = list(test["text"])
-    eval_ledger = FlopLedger()
-    loss_before = target_loss(model, tokenizer, test_texts, eval_ledger, args.per_device_eval_batch_size, args.max_seq_length)
+    baseline_key = (args.per_device_eval_batch_size, args.max_seq_length, run.exact_match_max_new_tokens)
+    if baseline_key not in inputs.baselines:
+        # The untrained model scores the same in every run that shares these inputs: measure it once.
+        inputs.baselines[baseline_key] = evaluate_target(model, tokenizer, test, run, args)
+    before, before_flops = inputs.baselines[baseline_key]
     trainer = BudgetedTrainer(
         model=model, args=args, train_dataset=pool, processing_class=tokenizer,
         selection_target=validation, peft_config=peft_config,
     )
     train_output = trainer.train()
-    loss_after = target_loss(trainer.model, tokenizer, test_texts, eval_ledger, args.per_device_eval_batch_size, args.max_seq_length)
+    after, after_flops = evaluate_target(trainer.model, tokenizer, test, run, args)
     ledger = trainer.flop_ledger
-    ledger.charge("eval", eval_ledger.entries["eval"])
+    ledger.charge("eval", before_flops + after_flops)
     selection = trainer.selection_result
     report = {
         "model": run.model_name_or_path,
@@ -238,19 +276,22 @@ def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments, input
         "selected_sources": _count(selection.dataset["source"]) if selection else _count(pool["source"]),
         "train_steps": trainer.state.global_step,
         "train_loss": float(train_output.training_loss),
-        "target_loss_before": loss_before,
-        "target_loss_after": loss_after,
+        "target_loss_before": before["target_loss"],
+        "target_loss_after": after["target_loss"],
+        **({"exact_match_before": before["exact_match"], "exact_match_after": after["exact_match"]} if "exact_match" in after else {}),
         "ledger": ledger.breakdown(),
         "seed": args.seed,
         "seconds": round(time.time() - started, 1),
+        "cpu_seconds": round(time.process_time() - cpu_started, 1),
+        "run_records": run_records_path(run, args),
     }
     if trainer.is_world_process_zero():
         os.makedirs(args.output_dir, exist_ok=True)
         with open(os.path.join(args.output_dir, "report.json"), "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=2)
         record = record_from_trainer(
-            trainer, {"target_loss": loss_after}, model=run.model_name_or_path, target=run.target,
-            baseline_metrics={"target_loss": loss_before}, setup=run_setup(run, args),
+            trainer, after, model=run.model_name_or_path, target=run.target,
+            baseline_metrics=before, setup=run_setup(run, args),
             seconds=report["seconds"], key=expected_run_key(run, args),
         )
         append_record(run_records_path(run, args), record)
@@ -274,8 +315,11 @@ def format_report(report: dict[str, Any]) -> str:
         f"train steps: {report['train_steps']}   train loss: {report['train_loss']:.4f}",
         f"target loss before: {report['target_loss_before']:.4f}   after: {report['target_loss_after']:.4f}   "
         f"(ppl {math.exp(report['target_loss_before']):.2f} -> {math.exp(report['target_loss_after']):.2f})",
+        f"exact match before: {report['exact_match_before']:.3f}   after: {report['exact_match_after']:.3f}"
+        if "exact_match_after" in report else "",
         "FLOP ledger:",
         ledger.format_table(),
         f"wall time: {report['seconds']} s",
+        f"run record appended to {report['run_records']} (hf-cads plan reads it)" if "run_records" in report else "",
     ]
-    return "\n".join(lines)
+    return "\n".join(line for line in lines if line)

@@ -229,10 +229,11 @@ def test_plan_command_prints_table_and_writes_plot(tmp_path, capsys):
     assert "Pareto frontier" in out and "break-even" in out and "perplexity" in out
     assert plan.break_even[0].selector == "perplexity" and 0 < plan.break_even[0].scale < math.inf
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 20_000
-    # A single-point plan can still be printed, without curves.
+    # Bad input: an unrecorded metric and a malformed --selection-cost are errors that say what to pass.
     assert main(["plan", str(path), "--metric", "nope"]) == 2
     assert "recorded metrics: ['accuracy']" in capsys.readouterr().err
     assert main(["plan", str(path), "--budget", "1e14", "--metric", "accuracy", "--selection-cost", "oops"]) == 2
+    assert "LABEL=FLOPS" in capsys.readouterr().err
 
 
 def test_plan_refuses_mixed_models(tmp_path):
