@@ -8,6 +8,8 @@ __version__ = "0.1.0"
 
 from .flops import BudgetExceededError, FlopLedger, FlopProfile, LoraSpec
 from .selectors import (
+    CADSSelector,
+    CADSSelectorConfig,
     LESSSelector,
     LESSSelectorConfig,
     PreparedScoring,
@@ -27,6 +29,8 @@ __all__ = [
     "BudgetExceededError",
     "BudgetedTrainer",
     "BudgetedTrainingArguments",
+    "CADSSelector",
+    "CADSSelectorConfig",
     "FlopLedger",
     "FlopProfile",
     "LESSSelector",
