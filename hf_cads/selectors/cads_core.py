@@ -16,9 +16,13 @@ Each outer step samples a few masks ``m_k``; for each, ``theta`` takes the gradi
 for ``m_k`` (a training step on ``m_k`` scaled by how far its loss is above the budget-``C`` level,
 plus the validation gradient), and ``f(m_k)`` is the objective after that step. Evaluating after the
 step is what lets ``L_val`` tell masks apart (at a fixed ``theta`` it is the same for every mask and
-would cancel against the baseline). ``theta`` then takes the mean step, and ``s`` the Hessian-free
-score-function step ``E[(f(m) - b) grad_s log p(m|s)]`` with a moving-average baseline ``b``, projected
-back to the feasible box.
+would cancel against the baseline). ``theta`` then takes the mean step (Adam, at the downstream learning
+rate), and ``s`` the Hessian-free score-function step ``E[(f(m) - b) grad_s log p(m|s)]`` with a
+moving-average baseline ``b``, projected back to the feasible box. Three choices of this implementation
+keep that estimator usable: the first ``warmup_fraction`` of the steps move only ``theta`` (until it
+reaches the budget-``C`` loss level the penalty is about), the step on ``s`` is preconditioned by the
+inverse Fisher information (a natural-gradient step that does not blow up as ``sigma`` is annealed or
+``s_i`` nears 0 or 1), and advantages are divided by their running RMS (``lr_s`` is scale-free).
 
 Two parameterisations of ``p(m|s)``:
 
@@ -270,7 +274,7 @@ def _mean_cost(task: CADSTask, split: str, size: int, with_grad: bool, rng: np.r
     return float(np.mean([task.cost(rng.choice(total, size, replace=False), split, with_grad) for _ in range(draws)]))
 
 
-def plan_cads(task: CADSTask, config: Any, source_sizes: np.ndarray | None = None) -> CADSPlan:
+def plan_cads(task: CADSTask, config: Any) -> CADSPlan:
     """Fix the pilot runs and the outer-loop length for ``config`` and check that the budget allows them.
 
     Raises a ``ValueError`` that names the fix when ``train_budget`` cannot pay for one training step
