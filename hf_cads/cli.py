@@ -4,6 +4,8 @@
     hf-cads selectors                               # list registered selectors
     hf-cads plan RUNS.jsonl --budget 3e15           # selector + subset size for a budget, plot
     hf-cads sweep [SWEEP.yaml]                      # selectors x fractions x seeds -> run records
+    hf-cads select [RECIPE.yaml] --local-dir DIR    # selection only -> parquet shards + dataset card
+    hf-cads push DIR REPO_ID                        # upload a selection folder to a Hub dataset repo
 
 Also runnable as ``python -m hf_cads.cli`` (e.g. under ``accelerate launch``).
 """
@@ -56,6 +58,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "selectors": ("hf_cads.cli:_selectors", "list the registered selectors"),
     "plan": ("hf_cads.planner:plan_command", "which selector and how much data for a FLOP budget (from run records)"),
     "sweep": ("hf_cads.sweep:sweep_command", "run selectors x fractions x seeds from a sweep YAML, record and plot"),
+    "select": ("hf_cads.hub:select_command", "run a recipe's selector only; write the subset + dataset card to --local-dir"),
+    "push": ("hf_cads.hub:push_command", "upload a selection folder (from `hf-cads select`) to a Hub dataset repo"),
 }
 
 
@@ -82,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return int(_resolve(COMMANDS[command][0])(rest) or 0)
-    except (ValueError, TypeError, FileNotFoundError, OSError) as err:
+    except (ValueError, TypeError, FileNotFoundError, OSError, ImportError) as err:
         print(f"hf-cads {command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -32,6 +32,9 @@ from .trainer import BudgetedTrainer, BudgetedTrainingArguments
 logger = logging.getLogger(__name__)
 
 
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
+
+
 @dataclass
 class RunConfig:
     """What to finetune, on which pool, for which target.
@@ -49,6 +52,14 @@ class RunConfig:
         data_dir: the shared data folder (default: ``$HF_CADS_DATA_DIR`` or ``../shared/data``).
         lora_r / lora_alpha / lora_dropout / lora_target_modules: the LoRA adapter (``lora_r: 0`` = full finetune).
         attn_implementation: attention kernel for the model (``eager`` makes FLOPs measurable).
+        dtype: weight dtype of the loaded model (``float32``, ``bfloat16``, ``float16`` or ``auto``;
+            ``None``: what the model loader picks).
+        load_in_4bit: QLoRA: load the base model with 4-bit weights (bitsandbytes) and train LoRA
+            adapters on it (needs ``lora_r > 0``, a CUDA GPU and ``pip install 'hf_cads[qlora]'``).
+        bnb_4bit_quant_type / bnb_4bit_compute_dtype / bnb_4bit_use_double_quant: the 4-bit format
+            (``nf4`` or ``fp4``), the dtype matmuls run in, and nested quantisation of the scales.
+        bnb_4bit_quant_storage: dtype the packed 4-bit weights are stored in; ``bfloat16`` lets FSDP
+            and DeepSpeed ZeRO-3 shard them (``None``: ``uint8``, for one GPU or DDP).
         run_records: JSON-lines file to append this run's record to (``None``: ``<output_dir>/runs.jsonl``).
     """
 
@@ -66,6 +77,12 @@ class RunConfig:
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     attn_implementation: str | None = None
     run_records: str | None = None
+    dtype: str | None = None
+    load_in_4bit: bool = False
+    bnb_4bit_quant_type: str = "nf4"
+    bnb_4bit_compute_dtype: str = "bfloat16"
+    bnb_4bit_use_double_quant: bool = True
+    bnb_4bit_quant_storage: str | None = None
 
     def __post_init__(self) -> None:
         if self.eval_examples < 1:
@@ -76,6 +93,12 @@ class RunConfig:
             raise ValueError(f"max_per_source must be >= 1 or null, got {self.max_per_source}.")
         if self.lora_r < 0:
             raise ValueError(f"lora_r must be >= 0 (0 = full finetune), got {self.lora_r}.")
+        for name, allowed in (("dtype", (None, *MODEL_DTYPES, "auto")), ("bnb_4bit_compute_dtype", MODEL_DTYPES),
+                              ("bnb_4bit_quant_storage", (None, "uint8", *MODEL_DTYPES)), ("bnb_4bit_quant_type", ("nf4", "fp4"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {[a for a in allowed if a]}, got {getattr(self, name)!r}.")
+        if self.load_in_4bit and self.lora_r == 0:
+            raise ValueError("load_in_4bit (QLoRA) trains LoRA adapters on frozen 4-bit weights; set lora_r > 0.")
 
 
 def parse_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[RunConfig, BudgetedTrainingArguments]:
@@ -178,23 +201,72 @@ class RunInputs:
     """Target metrics of the untrained ``model`` and their FLOPs, by evaluation settings (measured once)."""
 
 
-def load_run_inputs(run: RunConfig, args: BudgetedTrainingArguments, model_and_tokenizer: tuple[Any, Any] | None = None) -> RunInputs:
-    """Load the target, the pool (seeded by ``args.seed``) and, unless given, the model."""
-    from .models import load_causal_lm
-
+def load_run_data(run: RunConfig, seed: int) -> tuple[Any, Any, Any]:
+    """``(validation, test, pool)`` of a run: the target splits (test cut to ``eval_examples``) and
+    the pool (seeded by ``seed``)."""
     pool_sources = run.pool_sources
     target_task = None if run.target == "gsm8k" else run.target
     validation, test = load_target(run)
     pool = build_multisource_pool(
         target_task, run.data_dir, sources=pool_sources, max_per_source=run.max_per_source,
-        max_chars=run.max_pool_chars, seed=args.seed,
+        max_chars=run.max_pool_chars, seed=seed,
     )
     if run.target == "gsm8k" and "gsm8k" in pool_sources:
         logger.warning("GSM8K train is in the pool for a GSM8K target: it is in-distribution data, not leakage of test rows.")
-    test = test.select(range(min(run.eval_examples, len(test))))
+    return validation, test.select(range(min(run.eval_examples, len(test)))), pool
+
+
+def model_load_options(run: RunConfig) -> dict[str, Any]:
+    """``from_pretrained`` options for the run's attention kernel, dtype and 4-bit (QLoRA) loading.
+
+    4-bit loading needs bitsandbytes and a CUDA GPU; without them this raises an error saying so
+    (rather than failing inside ``from_pretrained``).
+    """
+    import importlib.util
+
+    import torch
+
+    options: dict[str, Any] = {}
+    if run.attn_implementation:
+        options["attn_implementation"] = run.attn_implementation
+    if run.dtype:
+        options["dtype"] = run.dtype if run.dtype == "auto" else getattr(torch, run.dtype)
+    if run.load_in_4bit:
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ImportError("load_in_4bit (QLoRA) needs bitsandbytes: pip install 'hf_cads[qlora]' (on a machine with a CUDA GPU).")
+        if not torch.cuda.is_available():
+            raise ValueError(
+                "load_in_4bit (QLoRA) needs a CUDA GPU: bitsandbytes' 4-bit kernels do not run on this machine. "
+                "Set load_in_4bit: false to LoRA-finetune the unquantised model, or run the recipe on a GPU."
+            )
+        from transformers import BitsAndBytesConfig
+
+        options["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=run.bnb_4bit_quant_type,
+            bnb_4bit_compute_dtype=getattr(torch, run.bnb_4bit_compute_dtype),
+            bnb_4bit_use_double_quant=run.bnb_4bit_use_double_quant,
+            bnb_4bit_quant_storage=getattr(torch, run.bnb_4bit_quant_storage or "uint8"),
+        )
+        sharded = any(os.environ.get(flag, "").lower() == "true" for flag in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
+        if not sharded:
+            # Every process holds a whole 4-bit copy on its own GPU; FSDP and ZeRO-3 place shards themselves.
+            options["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    return options
+
+
+def load_run_inputs(run: RunConfig, args: BudgetedTrainingArguments, model_and_tokenizer: tuple[Any, Any] | None = None) -> RunInputs:
+    """Load the target, the pool (seeded by ``args.seed``) and, unless given, the model."""
+    from .models import load_causal_lm
+
+    validation, test, pool = load_run_data(run, args.seed)
     if model_and_tokenizer is None:
-        options = {"attn_implementation": run.attn_implementation} if run.attn_implementation else {}
-        model_and_tokenizer = load_causal_lm(run.model_name_or_path, **options)
+        model, tokenizer = load_causal_lm(run.model_name_or_path, **model_load_options(run))
+        if run.load_in_4bit:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(args.gradient_checkpointing))
+        model_and_tokenizer = (model, tokenizer)
     return RunInputs(validation, test, pool, *model_and_tokenizer)
 
 
@@ -214,6 +286,9 @@ def run_setup(run: RunConfig, args: BudgetedTrainingArguments) -> dict[str, Any]
         "learning_rate": args.learning_rate,
         "per_device_train_batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        # Only when set, so the keys of runs recorded before these options existed stay the same.
+        **({"dtype": run.dtype} if run.dtype else {}),
+        **({"load_in_4bit": run.bnb_4bit_quant_type} if run.load_in_4bit else {}),
     }
 
 

@@ -327,6 +327,15 @@ class BudgetedTrainer(Trainer):
             logs["flops_budget_used"] = self.flop_ledger.spent / self.flop_ledger.budget
         super().log(logs, *args, **kwargs)
 
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """``Trainer``'s model card plus the compute-budget section: ledger by phase, selector and a
+        link to the selected subset once it was pushed (see :func:`hf_cads.hub.add_budget_section`)."""
+        super().create_model_card(*args, **kwargs)
+        if self.is_world_process_zero():
+            from .hub import add_budget_section
+
+            add_budget_section(self, os.path.join(self.args.output_dir, "README.md"))
+
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
         return int(self._micro_batch_flops(inputs["input_ids"]))
 

@@ -131,6 +131,18 @@ class SelectionResult:
             "score_mean": float(np.mean(self.scores)) if len(self.scores) else float("nan"),
         }
 
+    def push_to_hub(self, repo_id: str, *, parent: Any, local_dir: str | None = None, **options: Any) -> Any:
+        """Upload the chosen rows (with ``score`` and ``pool_index``) and a dataset card to ``repo_id``;
+        with ``local_dir``, only write there exactly what would be uploaded. ``parent`` is the pool
+        selected from (or its Hub id); see :func:`hf_cads.hub.push_selection` for the options.
+
+        Example:
+            >>> result.push_to_hub("me/bbh-bm25", parent=pool, target=validation, local_dir="subset")  # doctest: +SKIP
+        """
+        from ..hub import push_selection
+
+        return push_selection(self, repo_id, parent=parent, local_dir=local_dir, **options)
+
 
 def resolve_k(pool_size: int, k: int | None, fraction: float | None) -> int:
     """Turn ``k`` or ``fraction`` into a row count, with errors that say what to pass instead."""
