@@ -166,22 +166,24 @@ def format_histogram(histogram: Mapping[str, Sequence[float]], width: int = 40) 
 
     Example:
         >>> print(format_histogram({"edges": [0.0, 1.0, 2.0], "all": [2, 2], "kept": [0, 2]}, width=4))
-        score bin            kept / all
-        [  0.000,   1.000)      0 /    2  ░░░░
-        [  1.000,   2.000]      2 /    2  ████
+        score bin               kept / all
+        [   0.000,    1.000)       0 / 2       ░░░░
+        [   1.000,    2.000]       2 / 2       ████
     """
     edges, counts, kept = histogram["edges"], histogram["all"], histogram["kept"]
     if not counts:
         return "(no finite scores)"
     largest = max(max(counts), 1)
-    lines = [f"{'score bin':<21}{'kept / all':>10}"]
-    for index, (total, chosen) in enumerate(zip(counts, kept)):
-        closing = "]" if index == len(counts) - 1 else ")"
+    labels = [
+        f"[{_number(edges[i])}, {_number(edges[i + 1])}{']' if i == len(counts) - 1 else ')'}" for i in range(len(counts))
+    ]
+    column = max(len(label) for label in labels) + 2
+    lines = [f"{'score bin':<{column}}{'kept':>6} / all"]
+    for label, total, chosen in zip(labels, counts, kept):
         bar_total = int(round(width * total / largest))
         bar_kept = min(bar_total, int(round(width * chosen / largest)))
         bar = "█" * bar_kept + "░" * (bar_total - bar_kept)
-        label = f"[{_number(edges[index])}, {_number(edges[index + 1])}{closing}"
-        lines.append(f"{label:<21}{chosen:>6} / {total:>4}  {bar}".rstrip())
+        lines.append(f"{label:<{column}}{chosen:>6} / {total:<6}  {bar}".rstrip())
     return "\n".join(lines)
 
 
@@ -359,17 +361,22 @@ def merge_card_metadata(existing: Mapping[str, Any], incoming: Mapping[str, Any]
     infos.to_dataset_card_data(card_data)
     merged = card_data.to_dict()
     merged["tags"] = sorted(set(existing.get("tags") or []) | set(incoming.get("tags") or []))
-    merged["size_categories"] = incoming.get("size_categories") or existing.get("size_categories")
+    rows = [sum(split.num_examples for split in (info.splits or {}).values()) for info in infos.values()]
+    merged["size_categories"] = [_size_category(max(rows, default=0))]
     new_provenance = {entry["config_name"]: entry for entry in incoming.get(METADATA_KEY) or []}
     merged[METADATA_KEY] = [entry for name, entry in old_provenance.items() if name not in new_provenance] + list(new_provenance.values())
     return merged
 
 
 def _size_category(rows: int) -> str:
-    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
-        if rows < limit:
-            return label
-    return "1M<n<10M" if rows < 10_000_000 else "n>10M"
+    """The Hub's ``size_categories`` value for a dataset of ``rows`` rows."""
+    labels = ("1K", "10K", "100K", "1M", "10M", "100M", "1B", "10B", "100B", "1T")
+    if rows < 1_000:
+        return "n<1K"
+    for power, (low, high) in enumerate(zip(labels, labels[1:]), start=3):
+        if rows < 10 ** (power + 1):
+            return f"{low}<n<{high}"
+    return "n>1T"
 
 
 # -- writing and pushing --------------------------------------------------------------------------
@@ -410,7 +417,7 @@ def save_selection(
     )
     dataset = result.dataset
     card_data = DatasetCardData(
-        tags=list(SUBSET_TAGS), size_categories=[_size_category(len(dataset))],
+        tags=list(SUBSET_TAGS),
         configs=[{"config_name": config_name, "data_files": [{"split": split, "path": f"{data_dir}/{split}-*"}]}],
     )
     size = int(dataset.data.nbytes * len(dataset) / max(1, dataset.data.num_rows))

@@ -82,7 +82,7 @@ def test_local_dir_reloads_rows_and_card(bm25_selection, small_pool, bbh_target,
     assert rows.column_names == small_pool.column_names + ["score", "pool_index"]
 
     card = DatasetCard.load(folder / "README.md")
-    assert {"hf-cads", "data-selection"} <= set(card.data.tags)
+    assert {"hf-cads", "data-selection"} <= set(card.data.tags) and card.data.size_categories == ["n<1K"]
     (entry,) = card.data.hf_cads
     assert entry["selector"] == "bm25" and entry["selector_config"] == result.config and entry["seed"] == 42
     assert entry["parent"] == {"name": "in-memory dataset", "revision": None, "fingerprint": small_pool._fingerprint, "num_rows": len(small_pool)}
