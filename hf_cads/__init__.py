@@ -21,6 +21,7 @@ from .selectors import (
     list_selectors,
     register_selector,
 )
+from .hub import DatasetReference
 from .planner import PerformanceFit, Recommendation, fit_performance_curve, make_plan, pareto_frontier, plot_plan, recommend
 from .records import RunRecord, append_record, read_records, record_from_trainer
 from .trainer import BudgetedTrainer, BudgetedTrainingArguments
@@ -31,6 +32,7 @@ __all__ = [
     "BudgetedTrainingArguments",
     "CADSSelector",
     "CADSSelectorConfig",
+    "DatasetReference",
     "FlopLedger",
     "FlopProfile",
     "LESSSelector",

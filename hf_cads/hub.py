@@ -29,7 +29,7 @@ import math
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -212,7 +212,7 @@ def selection_provenance(
             "pass the dataset you selected from as parent= (its pool_index values index into it)."
         )
     if parent_ref.num_rows is None:
-        parent_ref.num_rows = result.pool_size
+        parent_ref = replace(parent_ref, num_rows=result.pool_size)
     target_ref = describe_dataset(target, "target") if target is not None else None
     config = dict(result.config)
     if flop_budget is None and ledger is not None:
