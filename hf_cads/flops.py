@@ -128,6 +128,18 @@ class FlopProfile:
         recompute = forward if gradient_checkpointing else 0.0
         return forward + recompute + self.backward_flops(batch_size, seq_len)
 
+    def generation_flops(self, batch_size: int, prompt_len: int, new_tokens: int) -> float:
+        """FLOPs of greedy generation with a KV cache, as ``model.generate`` runs it: one forward over
+        the (padded) prompts whose LM head is applied to the last position only, then
+        ``new_tokens - 1`` one-token steps, each attending over everything generated so far (the
+        last generated token needs no forward of its own)."""
+        head = sum(layer.macs_per_token for layer in self.linears if layer.name.endswith("lm_head"))
+        total = self.forward_flops(batch_size, prompt_len) - 2.0 * batch_size * (prompt_len - 1) * head
+        for step in range(1, max(int(new_tokens), 1)):
+            context = prompt_len + step
+            total += 2.0 * batch_size * self.num_params + 4.0 * batch_size * context * self.attention_dim * self.num_layers
+        return total
+
     def forward_flops_for_lengths(self, lengths: Sequence[int]) -> float:
         """Forward FLOPs for unpadded sequences of the given lengths (one sequence per entry)."""
         return sum(self.forward_flops(1, int(n)) for n in lengths)
