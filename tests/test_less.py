@@ -54,19 +54,35 @@ def lora_model(tokenizer, seed=0):
 
 
 # -- building blocks ---------------------------------------------------------------------------
-def test_vectorised_per_example_gradients_equal_a_backward_loop(tokenizer, small_pool):
+@pytest.mark.parametrize("method", ["linear", "vmap"])
+def test_vectorised_per_example_gradients_equal_a_backward_loop(tokenizer, small_pool, method):
     model = lora_model(tokenizer)
     batcher = TokenBatcher(tokenizer, batch_size=6, max_length=48)
     texts = ["Q: 2 + 2?\nA: 4", "not ( True ) and False is", *small_pool["text"][:4]]
     batch = batcher.pad(batcher.tokenize(texts), range(6))
     assert (batch.attention_mask == 0).any(), "the batch must contain padding"
-    vectorised = PerExampleGradients(model)(batch.input_ids, batch.attention_mask)
+    assert PerExampleGradients(model).method == "linear"  # LoRA only: the batched linear path by default
+    vectorised = PerExampleGradients(model, method=method)(batch.input_ids, batch.attention_mask)
     loop = PerExampleGradients(model, method="loop")(batch.input_ids, batch.attention_mask)
     assert vectorised.shape == (6, sum(p.numel() for p in model.parameters() if p.requires_grad))
     assert torch.allclose(vectorised, loop, rtol=1e-4, atol=1e-7)
     assert loop.abs().max() > 1e-3
     # rows differ: these really are per-example gradients, not one batch gradient repeated
     assert not torch.allclose(vectorised[0], vectorised[1])
+
+
+def test_trainable_parameters_outside_linear_layers_fall_back_to_vmap(tokenizer):
+    model = lora_model(tokenizer)
+    norm = next(p for name, p in model.named_parameters() if name.endswith("layers.0.input_layernorm.weight"))
+    norm.requires_grad_(True)
+    batcher = TokenBatcher(tokenizer, batch_size=3, max_length=24)
+    batch = batcher.pad(batcher.tokenize(["a b c d e f", "true and false", "x"]), range(3))
+    auto = PerExampleGradients(model)
+    assert auto.method == "vmap"
+    assert torch.allclose(auto(batch.input_ids, batch.attention_mask),
+                          PerExampleGradients(model, method="loop")(batch.input_ids, batch.attention_mask), rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="input_layernorm.*method='vmap'"):
+        PerExampleGradients(model, method="linear")
 
 
 def test_random_projection_is_seeded_chunked_and_norm_preserving():

@@ -19,7 +19,8 @@ Targeted Instruction Tuning", ICML 2024, arXiv:2402.04333):
 LESS is by far the most expensive selector here (a forward and backward pass per pool row and
 checkpoint, plus the warmup): under a compute budget it only pays off when the trained model is
 much (~10x) larger than the selection model (Yin & Rush, "Compute-Constrained Data Selection",
-2024). Every FLOP is charged: warmup training, one forward + backward per example and checkpoint,
+2024). Per-example gradients come from one batched backward per batch (see
+:class:`~hf_cads.selectors.gradients.PerExampleGradients`). Every FLOP is charged: warmup training, one forward + backward per example and checkpoint,
 the random projection and the similarity products, and :meth:`LESSSelector.estimate_flops`
 predicts that total before any work.
 
@@ -46,7 +47,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, ClassVar, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -60,7 +61,7 @@ from .scoring import TokenBatcher, check_next_token_targets, masked_token_losses
 
 STORE_FORMAT = 1
 # Options that change neither the features nor the scores; a resumed run may change them.
-_NOT_FINGERPRINTED = ("show_progress", "feature_dir", "gradient_buffer_mb")
+_NOT_FINGERPRINTED = ("show_progress", "feature_dir", "gradient_buffer_mb", "gradient_method")
 
 
 @dataclass
@@ -88,6 +89,9 @@ class LESSSelectorConfig(SelectorConfig):
         feature_dtype: ``float16`` (half the disk) or ``float32``.
         gradient_buffer_mb: memory for per-example gradients waiting to be projected; the random
             matrix is regenerated once per buffer, so a larger buffer amortises its generation.
+        gradient_method: how per-example gradients are computed (same values, different speed):
+            ``auto`` (one batched backward when every trainable parameter is in a linear layer, as
+            with LoRA; else ``vmap``), ``linear``, ``vmap`` or ``loop`` (one backward per row).
     """
 
     model_name_or_path: str = "smollm2-135m-instruct"
@@ -107,6 +111,11 @@ class LESSSelectorConfig(SelectorConfig):
     shard_size: int = 1024
     feature_dtype: Literal["float16", "float32"] = "float16"
     gradient_buffer_mb: float = 256.0
+    gradient_method: Literal["auto", "linear", "vmap", "loop"] = "auto"
+
+    cache_ignored_fields: ClassVar[frozenset[str]] = SelectorConfig.cache_ignored_fields | frozenset(
+        {"gradient_method", "gradient_buffer_mb"}
+    )
 
     def __post_init__(self) -> None:
         def positive_int(name: str, value: Any, hint: str) -> None:
@@ -131,6 +140,8 @@ class LESSSelectorConfig(SelectorConfig):
             raise ValueError(f"projection_type must be 'rademacher' or 'gaussian', got {self.projection_type!r}.")
         if self.feature_dtype not in ("float16", "float32"):
             raise ValueError(f"feature_dtype must be 'float16' or 'float32', got {self.feature_dtype!r}.")
+        if self.gradient_method not in ("auto", "linear", "vmap", "loop"):
+            raise ValueError(f"gradient_method must be 'auto', 'linear', 'vmap' or 'loop', got {self.gradient_method!r}.")
         if not self.gradient_buffer_mb > 0:
             raise ValueError(f"gradient_buffer_mb must be > 0, got {self.gradient_buffer_mb!r}.")
         if isinstance(self.lora_target_modules, str):
@@ -514,7 +525,7 @@ class LESSSelector(CausalLMSelectorMixin, Selector):
         model = self.selection_model()
         self._load_weights(checkpoint)
         device = _device_of(model)
-        gradients = PerExampleGradients(model)
+        gradients = PerExampleGradients(model, self.config.gradient_method)
         projection = self.projection()
         profile = self._profile()
         moments = checkpoint.flat_moments(gradients.names, device) if optimizer_aware else None
