@@ -45,7 +45,7 @@ NO_SELECTION = "full"
 """Label of runs that train on the whole pool (no selector)."""
 
 # Options that change how a selector runs but not what it selects.
-_NON_SEMANTIC_OPTIONS = frozenset({"show_progress"})
+_NON_SEMANTIC_OPTIONS = frozenset({"show_progress", "gradient_method", "gradient_buffer_mb"})
 
 
 @dataclass
@@ -59,7 +59,9 @@ class RunRecord:
         selection_model_params: matmul parameters of the model the selector scored with (0: none).
         pool_size / k: candidate rows and rows trained on.
         tokens_trained: non-padding tokens in the optimizer steps taken (all processes).
-        selection_flops / train_flops / eval_flops: the ledger's phases.
+        selection_flops / train_flops / eval_flops: the ledger's phases, except that a selection
+            served from the score cache (which the ledger charges 0) records what computing those
+            scores cost: the planner compares what each selection costs, not what a rerun paid.
         metrics: the target metric(s) after training, e.g. ``{"target_loss": 1.93}``.
         baseline_metrics: the same metrics before training (zero FLOPs), when measured.
         seed: the run's seed.
@@ -254,7 +256,7 @@ def record_from_trainer(
         pool_size=pool_size,
         k=k,
         tokens_trained=int(ledger.notes.get("tokens_trained", 0)),
-        selection_flops=ledger.entries["selection"],
+        selection_flops=selection_cost(ledger),
         train_flops=ledger.entries["train"],
         eval_flops=ledger.entries["eval"],
         metrics=dict(metrics),
@@ -269,6 +271,15 @@ def record_from_trainer(
         seconds=seconds,
         key=key,
     )
+
+
+def selection_cost(ledger: Any) -> float:
+    """FLOPs of the run's selection: the ledger's ``selection`` phase or, when the scores came whole
+    from the cache (charged 0), the FLOPs computing them cost."""
+    cache = ledger.notes.get("selection_cache") or {}
+    if cache.get("hit"):
+        return ledger.entries["selection"] + float(cache.get("original_flops", 0.0))
+    return ledger.entries["selection"]
 
 
 def trainer_metrics(trainer: Any, train_output: Any) -> dict[str, float]:

@@ -142,7 +142,7 @@ def load_sweep(path: str | os.PathLike, overrides: Sequence[str] | None = None) 
     """Read a sweep file into its runs (in order: seed, selector, size), the spec and the records path."""
     import yaml
 
-    from .pipeline import expected_run_key, recipe_from_dict, run_records_path
+    from .pipeline import recipe_from_dict, run_records_path
 
     path = Path(path)
     if not path.is_file():
@@ -162,20 +162,37 @@ def load_sweep(path: str | os.PathLike, overrides: Sequence[str] | None = None) 
     base_run, base_args = recipe_from_dict({**base, "output_dir": str(output_dir)}, list(overrides or []), str(path))
     records = Path(run_records_path(base_run, base_args))
     base["run_records"] = str(records)
-    runs: list[SweepRun] = []
-    for seed in spec.seeds:
-        for selector in spec.selectors:
-            for size in spec.sizes():
-                name, value = size
-                label = f"{selector.name}-{'_'.join(f'{k}-{v}' for k, v in sorted(selector.kwargs.items()))}"
-                folder = _safe_name(f"{label.rstrip('-')}-{'f' if name == 'selection_fraction' else 'k'}{value:g}-seed{seed}")
-                options = {
-                    **base, "selector": selector.name, "selector_kwargs": selector.kwargs or None, name: value,
-                    "seed": seed, "output_dir": str(output_dir / folder),
-                }
-                run, args = recipe_from_dict(options, list(overrides or []), str(path))
-                runs.append(SweepRun(selector, size, seed, run, args, expected_run_key(run, args)))
+    runs = [
+        sweep_run(base, selector, size, seed, output_dir, overrides, str(path))
+        for seed in spec.seeds for selector in spec.selectors for size in spec.sizes()
+    ]
     return runs, spec, records
+
+
+def sweep_run(
+    base: dict[str, Any],
+    selector: SelectorSpec,
+    size: tuple[str, float | int],
+    seed: int,
+    output_dir: str | os.PathLike,
+    overrides: Sequence[str] | None = None,
+    source: str = "<dict>",
+) -> SweepRun:
+    """One point of a grid: the recipe options ``base`` (which should name ``run_records``) with this
+    selector, subset size (``("selection_fraction", 0.1)`` or ``("selection_k", 50)``) and seed, writing
+    to ``<output_dir>/<label>-<size>-seed<seed>/``. Build your own grids (e.g. options that depend on
+    the size) from these and run them with :func:`run_sweep_runs`."""
+    from .pipeline import expected_run_key, recipe_from_dict
+
+    name, value = size
+    label = f"{selector.name}-{'_'.join(f'{k}-{v}' for k, v in sorted(selector.kwargs.items()))}"
+    folder = _safe_name(f"{label.rstrip('-')}-{'f' if name == 'selection_fraction' else 'k'}{value:g}-seed{seed}")
+    options = {
+        **base, "selector": selector.name, "selector_kwargs": selector.kwargs or None, name: value,
+        "seed": seed, "output_dir": str(Path(output_dir) / folder),
+    }
+    run, args = recipe_from_dict(options, list(overrides or []), source)
+    return SweepRun(selector, size, seed, run, args, expected_run_key(run, args))
 
 
 def _safe_name(text: str) -> str:
@@ -189,34 +206,57 @@ def run_sweep(path: str | os.PathLike, overrides: Sequence[str] | None = None, *
     """
     from accelerate import PartialState
 
+    runs, spec, records_path = load_sweep(path, overrides)
+    logger.info("Sweep %s", path)
+    summary = run_sweep_runs(runs, records_path)
+    if PartialState().is_main_process and records_path.is_file():
+        summary.plot_path, summary.report = _plan_and_plot(records_path, spec, runs, budget)
+    return summary
+
+
+def run_sweep_runs(
+    runs: Sequence[SweepRun],
+    records_path: str | os.PathLike,
+    *,
+    models: dict[tuple[str, str | None], tuple[Any, Any]] | None = None,
+) -> SweepSummary:
+    """Run each of ``runs`` whose key is not yet in ``records_path`` (their records go there), loading
+    the data once per seed and target and the model once; a failed run is reported, not raised.
+
+    ``models`` maps ``(model_name_or_path, attn_implementation)`` to a loaded ``(model, tokenizer)``:
+    pass a dict to reuse models loaded earlier (it is filled with the ones loaded here)."""
+    from accelerate import PartialState
+
     from .pipeline import load_run_inputs, run_budgeted_finetune
     from .records import recorded_keys
 
-    runs, spec, records_path = load_sweep(path, overrides)
+    records_path = Path(records_path)
     state = PartialState()
     done = recorded_keys(records_path)
     todo = [r for r in runs if r.key not in done]
     # Every process must agree on the list before the main one starts appending to the file.
     state.wait_for_everyone()
-    logger.info("Sweep %s: %d runs, %d already recorded in %s", path, len(runs), len(runs) - len(todo), records_path)
+    logger.info("%d runs, %d already recorded in %s", len(runs), len(runs) - len(todo), records_path)
     failed: dict[str, str] = {}
-    models: dict[tuple[str, str | None], tuple[Any, Any]] = {}
-    inputs_seed: int | None = None
+    models = {} if models is None else models
+    inputs_key: tuple[Any, ...] | None = None
     inputs = None
     for position, item in enumerate(todo, start=1):
         if state.is_main_process:
             print(f"[sweep {position}/{len(todo)}] {item.description}", flush=True)
         model_key = (item.run.model_name_or_path, item.run.attn_implementation)
+        data_key = (item.seed, item.run.target, tuple(item.run.pool_sources), item.run.max_per_source,
+                    item.run.max_pool_chars, item.run.eval_examples, item.run.data_dir, model_key)
         try:
-            if inputs is None or inputs_seed != item.seed:
-                inputs = None  # release the previous seed's pool before loading the next
+            if inputs is None or inputs_key != data_key:
+                inputs = None  # release the previous pool before loading the next
                 if model_key not in models:
                     loaded = load_run_inputs(item.run, item.args)
                     models[model_key] = (loaded.model, loaded.tokenizer)
                     inputs = loaded
                 else:
                     inputs = load_run_inputs(item.run, item.args, models[model_key])
-                inputs_seed = item.seed
+                inputs_key = data_key
             report = run_budgeted_finetune(item.run, item.args, inputs)
         except (ValueError, TypeError, RuntimeError, OSError) as err:
             failed[item.description] = str(err)
@@ -226,10 +266,7 @@ def run_sweep(path: str | os.PathLike, overrides: Sequence[str] | None = None, *
             print(f"    k={report['k']}  total FLOPs {report['ledger']['total']:.4g}  target loss "
                   f"{report['target_loss_before']:.4f} -> {report['target_loss_after']:.4f}", flush=True)
     state.wait_for_everyone()
-    summary = SweepSummary(records_path, len(todo) - len(failed), len(runs) - len(todo), failed, None)
-    if state.is_main_process and records_path.is_file():
-        summary.plot_path, summary.report = _plan_and_plot(records_path, spec, runs, budget)
-    return summary
+    return SweepSummary(records_path, len(todo) - len(failed), len(runs) - len(todo), failed, None)
 
 
 def _plan_and_plot(records_path: Path, spec: SweepSpec, runs: list[SweepRun], budget: float | None) -> tuple[Path | None, str]:

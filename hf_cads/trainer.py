@@ -118,6 +118,39 @@ def tokenize_for_causal_lm(dataset: Any, tokenizer: Any, max_length: int, text_c
     return Dataset.from_dict({"input_ids": ids})
 
 
+def mean_step_flops(
+    profile: FlopProfile,
+    lengths: Any,
+    micro_batch: int,
+    accumulation: int = 1,
+    *,
+    seed: int = 0,
+    epochs: int = 3,
+    gradient_checkpointing: bool = False,
+) -> float:
+    """Mean FLOPs of one optimizer step when rows of these token ``lengths`` are shuffled into
+    right-padded micro-batches (``epochs`` simulated epochs): what a step costs before training.
+
+    Example:
+        >>> from transformers import LlamaConfig
+        >>> profile = FlopProfile.from_config(LlamaConfig(hidden_size=64, intermediate_size=128,
+        ...     num_hidden_layers=2, num_attention_heads=4, vocab_size=100))
+        >>> mean_step_flops(profile, [10, 10, 10, 10], micro_batch=2) == profile.train_step_flops(2, 10)
+        True
+    """
+    lengths = np.asarray(lengths)
+    rng = np.random.default_rng(seed)
+    step_costs = []
+    for _ in range(epochs):
+        order = rng.permutation(len(lengths))
+        costs = [
+            profile.train_step_flops(len(chunk), int(lengths[chunk].max()), gradient_checkpointing=gradient_checkpointing)
+            for chunk in (order[i : i + micro_batch] for i in range(0, len(order), micro_batch))
+        ]
+        step_costs += [sum(costs[i : i + accumulation]) for i in range(0, len(costs), accumulation)]
+    return float(np.mean(step_costs))
+
+
 class BudgetedTrainer(Trainer):
     """``transformers.Trainer`` with FLOP-budgeted data selection and training.
 
@@ -258,19 +291,11 @@ class BudgetedTrainer(Trainer):
 
     def expected_step_flops(self, epochs: int = 3) -> float:
         """Mean FLOPs of one optimizer step over simulated shuffled epochs (lengths from the data)."""
-        lengths = np.array([len(ids) for ids in self.train_dataset["input_ids"]])
-        micro = self.args.per_device_train_batch_size * max(1, self.args.world_size)
-        rng = np.random.default_rng(self.args.seed)
-        step_costs = []
-        for _ in range(epochs):
-            order = rng.permutation(len(lengths))
-            costs = [
-                self.flop_profile.train_step_flops(len(chunk), int(lengths[chunk].max()), gradient_checkpointing=bool(self.args.gradient_checkpointing))
-                for chunk in (order[i : i + micro] for i in range(0, len(order), micro))
-            ]
-            accumulation = self.args.gradient_accumulation_steps
-            step_costs += [sum(costs[i : i + accumulation]) for i in range(0, len(costs), accumulation)]
-        return float(np.mean(step_costs))
+        return mean_step_flops(
+            self.flop_profile, [len(ids) for ids in self.train_dataset["input_ids"]],
+            self.args.per_device_train_batch_size * max(1, self.args.world_size), self.args.gradient_accumulation_steps,
+            seed=self.args.seed, epochs=epochs, gradient_checkpointing=bool(self.args.gradient_checkpointing),
+        )
 
     def _size_training(self) -> None:
         remaining = self.flop_ledger.remaining

@@ -1,0 +1,517 @@
+"""Compute-optimal data selection at CPU scale: for a FLOP budget, which selector and how much data?
+
+The central experiment of the compute-constrained data-selection analysis, on real data. For each
+target (a BBH task: validation = its cot-prompt exemplars, test = its examples; GSM8K), each
+selector (random, bm25, embedding, perplexity, less, cads-e, cads-s), each subset fraction and
+each seed, SmolLM2-135M-Instruct gets a LoRA finetune of one epoch on the selected share of the
+shared multi-source pool. There is no FLOP cap, so a run's compute is ``C = c * k + C_select``, the
+quantity the planner's curves are a function of. Every run goes through
+:func:`hf_cads.sweep.run_sweep_runs` (-> :func:`hf_cads.pipeline.run_budgeted_finetune`) and appends a
+run record: FLOPs by phase, target test loss and, where the answers are short, exact-match
+accuracy. The planner (:mod:`hf_cads.planner`) then fits ``P(C)`` per selector, draws the frontier
+and says which selector is compute-optimal at a grid of budgets.
+
+    python benchmarks/compute_optimal.py --quick        # < 15 min on 2 CPU cores, all 7 selectors
+    python benchmarks/compute_optimal.py                # the full grid: hours to days on a CPU
+    python benchmarks/compute_optimal.py --selectors less,cads-e --fractions 0.05,0.1 --seeds 0
+    python benchmarks/compute_optimal.py --report-only  # refit and redraw what is recorded
+
+Resumable and runnable in parts: runs already in the records file are skipped, and scores that do
+not depend on the subset size (bm25, embedding, perplexity, LESS) are computed once per pool and
+reused from the score cache (``$HF_CADS_CACHE``, default ``outputs/<name>/score_cache``); the
+record of a run that reused them still carries their full cost. CADS is run per subset size, with
+``train_budget`` = the training FLOPs of that size (it optimises the subset for that budget).
+
+Writes ``benchmarks/results/<name>.{json,md,png}`` (``name`` = ``compute_optimal`` or
+``compute_optimal_quick``), a PNG per further (target, metric), and the run records
+``benchmarks/results/<name>_runs.jsonl``; per-run folders go to ``outputs/<name>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SELECTORS = ("random", "bm25", "embedding", "perplexity", "less", "cads-e", "cads-s")
+QUICK_GOAL_SECONDS = 15 * 60
+METRIC_NAMES = {"target_loss": "target test loss", "exact_match": "exact-match accuracy"}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One configuration of the experiment (the grid, the pool, the training and the selector options).
+
+    ``selector_options`` holds the options of each selector (``selector_kwargs``); CADS additionally
+    gets ``train_budget`` = the training FLOPs of the subset size it selects for.
+    """
+
+    name: str
+    targets: tuple[str, ...]
+    fractions: tuple[float, ...]
+    seeds: tuple[int, ...]
+    max_per_source: int
+    max_seq_length: int
+    eval_examples: int
+    selectors: tuple[str, ...] = SELECTORS
+    model: str = "smollm2-135m-instruct"
+    max_pool_chars: int = 1200
+    train_batch_size: int = 4
+    eval_batch_size: int = 16
+    learning_rate: float = 1e-3
+    lora_r: int = 8
+    exact_match_max_new_tokens: int = 8
+    selector_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    results_dir: Path = RESULTS
+    output_dir: Path = ROOT / "outputs"
+
+    @property
+    def records_path(self) -> Path:
+        return self.results_dir / f"{self.name}_runs.jsonl"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.update(results_dir=str(self.results_dir), output_dir=str(self.output_dir))
+        return out
+
+
+def default_selector_options(max_seq_length: int, *, cheap: bool) -> dict[str, dict[str, Any]]:
+    """Selector options sized for a CPU. ``cheap`` (the quick mode) shortens LESS and CADS further.
+
+    LESS: one warmup epoch (one checkpoint) instead of the paper's 4, random projection to 1024
+    (quick) / 2048 dimensions instead of 8192. CADS: few pilot points and outer steps with small mask
+    blocks; pilots down-scaled ``A`` times with pilot batches of ``batch_size`` rows, where
+    ``A * batch_size`` must stay below the smallest subset (a pilot needs one step's FLOPs): the
+    quick mode's smallest subset has 6 rows, so ``A = 4`` with single-row steps; the full mode's has
+    ~80, so the paper's ``A = 10`` with batches of 4.
+    """
+    scoring = {"max_length": max_seq_length, "show_progress": False}
+    return {
+        "random": {},
+        "bm25": {"aggregate": "max"},
+        "embedding": {"aggregate": "max", "show_progress": False},
+        "perplexity": {**scoring, "batch_size": 8},
+        "less": {
+            **scoring, "batch_size": 4, "warmup_epochs": 1, "warmup_fraction": 0.05,
+            "projection_dim": 1024 if cheap else 2048,
+        },
+        "cads": {
+            **scoring, "batch_size": 1 if cheap else 4, "A": 4.0 if cheap else 10.0, "num_sampling_points": 3 if cheap else 4,
+            "min_sampling_fraction": 0.02, "outer_steps": 2 if cheap else 8, "samples_per_step": 2 if cheap else 4,
+            "block_size": 4 if cheap else 16, "target_batch_size": 3, "learning_rate": 1e-3,
+        },
+    }
+
+
+QUICK = Setup(
+    name="compute_optimal_quick", targets=("boolean_expressions",), fractions=(0.05, 0.1, 0.2), seeds=(0,),
+    max_per_source=30, max_seq_length=128, eval_examples=24,
+    selector_options=default_selector_options(128, cheap=True),
+)
+FULL = Setup(
+    name="compute_optimal", targets=("boolean_expressions", "gsm8k"), fractions=(0.025, 0.05, 0.1, 0.25, 0.5),
+    seeds=(0, 1), max_per_source=1000, max_seq_length=256, eval_examples=64,
+    selector_options=default_selector_options(256, cheap=False),
+)
+
+
+# -- building the grid ---------------------------------------------------------------------------
+def base_recipe(setup: Setup, target: str) -> dict[str, Any]:
+    """The flat recipe (RunConfig + BudgetedTrainingArguments) every run of ``target`` shares."""
+    return {
+        "model_name_or_path": setup.model, "target": target, "max_per_source": setup.max_per_source,
+        "max_pool_chars": setup.max_pool_chars, "eval_examples": setup.eval_examples,
+        "exact_match_max_new_tokens": setup.exact_match_max_new_tokens, "lora_r": setup.lora_r,
+        "lora_alpha": 2 * setup.lora_r, "flop_budget": None, "num_train_epochs": 1,
+        "max_seq_length": setup.max_seq_length, "per_device_train_batch_size": setup.train_batch_size,
+        "per_device_eval_batch_size": setup.eval_batch_size, "learning_rate": setup.learning_rate,
+        "lr_scheduler_type": "constant", "logging_steps": 50, "save_strategy": "no", "report_to": "none",
+        "use_cpu": True, "disable_tqdm": True, "run_records": str(setup.records_path),
+    }
+
+
+def selector_options(setup: Setup, name: str) -> dict[str, Any]:
+    key = "cads" if name.startswith("cads") else name
+    return dict(setup.selector_options.get(key, {}))
+
+
+def training_flops_per_row(setup: Setup, target: str, seed: int, model_and_tokenizer: tuple[Any, Any]) -> tuple[float, int]:
+    """``(FLOPs of training one pool row for one epoch, pool size)`` for this target and seed: the
+    expected cost of shuffled, padded batches of the pool (LoRA-aware), per row."""
+    from hf_cads.flops import FlopProfile, LoraSpec
+    from hf_cads.pipeline import load_run_inputs, recipe_from_dict
+    from hf_cads.trainer import mean_step_flops, tokenize_for_causal_lm
+
+    run, args = recipe_from_dict({**base_recipe(setup, target), "seed": seed, "output_dir": str(setup.run_dir)})
+    inputs = load_run_inputs(run, args, model_and_tokenizer)
+    model, tokenizer = model_and_tokenizer
+    lengths = [len(ids) for ids in tokenize_for_causal_lm(inputs.pool, tokenizer, setup.max_seq_length)["input_ids"]]
+    profile = FlopProfile.from_config(model.config, lora=LoraSpec(setup.lora_r, tuple(run.lora_target_modules)))
+    steps = math.ceil(len(lengths) / setup.train_batch_size)
+    per_row = mean_step_flops(profile, lengths, setup.train_batch_size, seed=seed) * steps / len(lengths)
+    return per_row, len(lengths)
+
+
+def build_runs(
+    setup: Setup,
+    models: dict[tuple[str, str | None], tuple[Any, Any]],
+    *,
+    targets: Sequence[str] | None = None,
+    selectors: Sequence[str] | None = None,
+    fractions: Sequence[float] | None = None,
+    seeds: Sequence[int] | None = None,
+) -> tuple[list[Any], dict[str, Any]]:
+    """The grid's :class:`~hf_cads.sweep.SweepRun` s (order: target, seed, selector, fraction) and the
+    CADS training budgets used, ``{"<target>/seed<s>/f<fraction>": FLOPs}``. ``models`` caches the
+    loaded ``(model, tokenizer)`` (filled here if empty) and is shared with the runs."""
+    from hf_cads.records import selector_config_dict
+    from hf_cads.selectors import resolve_k
+    from hf_cads.sweep import SelectorSpec, sweep_run
+
+    unknown = sorted(set(selectors or ()) - set(SELECTORS))
+    if unknown:
+        raise ValueError(f"Unknown selector(s) {unknown}; this benchmark runs {list(SELECTORS)}.")
+    model_key = (setup.model, None)
+    if model_key not in models:
+        from hf_cads.models import load_causal_lm
+
+        models[model_key] = load_causal_lm(setup.model)
+    runs, cads_budgets = [], {}
+    for target in targets or setup.targets:
+        base = base_recipe(setup, target)
+        for seed in seeds or setup.seeds:
+            per_row, pool_size = None, None
+            for name in selectors or setup.selectors:
+                for fraction in fractions or setup.fractions:
+                    kwargs = selector_options(setup, name)
+                    if name.startswith("cads"):
+                        if per_row is None:
+                            per_row, pool_size = training_flops_per_row(setup, target, seed, models[model_key])
+                        budget = float(f"{per_row * resolve_k(pool_size, None, fraction):.4g}")
+                        kwargs["train_budget"] = budget
+                        cads_budgets[f"{target}/seed{seed}/f{fraction:g}"] = budget
+                    selector_config_dict(name, kwargs, seed)  # bad options fail here, before any run
+                    runs.append(sweep_run(base, SelectorSpec(name, kwargs), ("selection_fraction", fraction), seed,
+                                          setup.run_dir / target, source=setup.name))
+    return runs, cads_budgets
+
+
+# -- running -------------------------------------------------------------------------------------
+def cpu_seconds() -> float:
+    """CPU time of this process and its children, all threads (user + system)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def run_benchmark(
+    setup: Setup,
+    *,
+    targets: Sequence[str] | None = None,
+    selectors: Sequence[str] | None = None,
+    fractions: Sequence[float] | None = None,
+    seeds: Sequence[int] | None = None,
+    run: bool = True,
+    started: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    """Run the (selected part of the) grid, then summarise every record of ``setup`` and write the
+    results. ``started`` = ``(wall, CPU)`` clock readings of the process start (default: now)."""
+    from hf_cads.sweep import run_sweep_runs
+
+    wall0, cpu0 = started or (time.time(), cpu_seconds())
+    load_before = os.getloadavg()
+    summary_run: dict[str, Any] = {"ran": 0, "skipped": 0, "failed": {}}
+    cads_budgets: dict[str, Any] = {}
+    runs: list[Any] = []
+    if run:
+        models: dict[tuple[str, str | None], tuple[Any, Any]] = {}
+        runs, cads_budgets = build_runs(setup, models, targets=targets, selectors=selectors, fractions=fractions, seeds=seeds)
+        print(f"[{setup.name}] {len(runs)} runs in the grid; records: {setup.records_path}", flush=True)
+        outcome = run_sweep_runs(runs, setup.records_path, models=models)
+        summary_run = {"ran": outcome.ran, "skipped": outcome.skipped, "failed": outcome.failed}
+    timing = {
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "grid_runs": len(runs) if run else 0,
+        "wall_seconds": round(time.time() - wall0, 1),
+        "cpu_seconds": round(cpu_seconds() - cpu0, 1),
+        "cores": os.cpu_count(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        **summary_run,
+    }
+    timing["cpu_seconds_per_core"] = round(timing["cpu_seconds"] / max(1, os.cpu_count() or 1), 1)
+    summary = summarise(setup, timing, cads_budgets)
+    write_results(setup, summary)
+    return summary
+
+
+# -- analysis ------------------------------------------------------------------------------------
+def labelled_records(setup: Setup) -> list[Any]:
+    """This setup's run records, each labelled by its selector name: a selector's runs at all
+    fractions form one curve (CADS's ``train_budget`` option differs per fraction by design)."""
+    from hf_cads.records import read_records
+
+    if not setup.records_path.is_file():
+        return []
+    return [dataclasses.replace(r, label=r.selector) for r in read_records(setup.records_path) if r.model == setup.model]
+
+
+def run_costs(setup: Setup) -> list[dict[str, Any]]:
+    """Wall and CPU seconds of every run, from the reports in the run folders."""
+    costs = []
+    for report_path in sorted(setup.run_dir.glob("*/*/report.json")):
+        report = json.loads(report_path.read_text())
+        costs.append({key: report.get(key) for key in ("target", "selector", "k", "seed", "seconds", "cpu_seconds")})
+    return costs
+
+
+def budget_grid(records: Sequence[Any], points: int = 8) -> list[float]:
+    """Log-spaced budgets from the cheapest to the most expensive recorded run."""
+    flops = np.array([r.total_flops for r in records if r.total_flops > 0])
+    return np.geomspace(flops.min(), flops.max(), points).tolist()
+
+
+def analyse(setup: Setup, records: Sequence[Any], target: str, metric: str) -> dict[str, Any]:
+    """Fits, frontier and the compute-optimal selector at a grid of budgets for one (target, metric)."""
+    from hf_cads.planner import make_plan, plot_plan
+
+    chosen = [r for r in records if r.target == target and metric in r.metrics]
+    plan = make_plan(chosen, metric=metric, target=target, model=setup.model)
+    suffix = "" if (target, metric) == (setup.targets[0], "target_loss") else f"_{target}_{metric}"
+    png = setup.results_dir / f"{setup.name}{suffix}.png"
+    seeds = len({r.seed for r in chosen})
+    plot_plan(plan, png, title=f"{target}: {METRIC_NAMES.get(metric, metric)}, {Path(setup.model).name} + LoRA "
+                               f"({len(chosen)} runs, {seeds} seed{'s' if seeds > 1 else ''})")
+    table = []
+    for budget in budget_grid(chosen):
+        at = make_plan(chosen, metric=metric, target=target, model=setup.model, budget=budget)
+        rec = at.recommendation
+        affordable = [r for r in at.frontier if r.total_flops <= budget]
+        best = affordable[-1] if affordable else None
+        table.append({
+            "budget": budget,
+            "planner_selector": rec.selector if rec else None,
+            "planner_k": rec.k if rec else None,
+            "planner_predicted": rec.predicted if rec else None,
+            "planner_interval": list(rec.interval) if rec else None,
+            "planner_note": at.recommendation_error,
+            "frontier_selector": best.label if best else None,
+            "frontier_k": best.k if best else None,
+            "frontier_fraction": best.fraction if best else None,
+            "frontier_value": best.metrics[metric] if best else None,
+            "frontier_flops": best.total_flops if best else None,
+        })
+    fits = {
+        label: {"p0": fit.p0, "p_max": fit.p_max, "lambda": fit.lam, "rmse": fit.rmse, "points": fit.num_points,
+                "cost_per_example": fit.cost_per_example, "selection_flops": fit.selection_flops, "c_full": fit.c_full,
+                "errors": fit.parameter_errors}
+        for label, fit in plan.fits.items()
+    }
+    return {
+        "target": target, "metric": metric, "higher_is_better": plan.higher_is_better, "png": str(png.relative_to(ROOT))
+        if png.is_relative_to(ROOT) else str(png), "runs": len(chosen), "fits": fits, "no_fit": plan.skipped,
+        "frontier": [{"selector": r.label, "k": r.k, "fraction": r.fraction, "seed": r.seed, "total_flops": r.total_flops,
+                      "value": r.metrics[metric]} for r in plan.frontier],
+        "compute_optimal": table, "plan_text": plan.format(),
+    }
+
+
+def summarise(setup: Setup, timing: dict[str, Any], cads_budgets: dict[str, Any]) -> dict[str, Any]:
+    records = labelled_records(setup)
+    rows = []
+    for r in records:
+        rows.append({
+            "target": r.target, "selector": r.label, "fraction": r.selection_fraction, "k": r.k, "pool_size": r.pool_size,
+            "seed": r.seed, "selection_flops": r.selection_flops, "train_flops": r.train_flops, "total_flops": r.total_flops,
+            "eval_flops": r.eval_flops, "train_steps": r.train_steps, "tokens_trained": r.tokens_trained,
+            "metrics": r.metrics, "baseline_metrics": r.baseline_metrics, "seconds": r.seconds,
+            "selector_config": {k: v for k, v in r.selector_config.items() if k != "show_progress"},
+        })
+    by_selector: dict[str, dict[str, float]] = {}
+    for cost in run_costs(setup):
+        entry = by_selector.setdefault(cost["selector"], {"runs": 0, "seconds": 0.0, "cpu_seconds": 0.0})
+        entry["runs"] += 1
+        entry["seconds"] += cost["seconds"] or 0.0
+        entry["cpu_seconds"] += cost["cpu_seconds"] or 0.0
+    analyses = []
+    for target in sorted({r.target for r in records}, key=lambda t: (t not in setup.targets, t)):
+        for metric in ("target_loss", "exact_match"):
+            if any(r.target == target and metric in r.metrics for r in records):
+                try:
+                    analyses.append(analyse(setup, records, target, metric))
+                except ValueError as err:
+                    analyses.append({"target": target, "metric": metric, "error": str(err)})
+    invocations = previous_invocations(setup) + ([timing] if timing["ran"] or timing["failed"] else [])
+    return {
+        "setup": setup.to_dict(), "machine": machine(), "timing": timing, "invocations": invocations,
+        "per_selector_cost": by_selector, "cads_train_budgets": cads_budgets, "runs": rows, "analyses": analyses,
+    }
+
+
+def previous_invocations(setup: Setup) -> list[dict[str, Any]]:
+    """Timings of the earlier invocations that ran something (kept in the results JSON, so a grid run
+    in parts keeps the cost of every part)."""
+    path = setup.results_dir / f"{setup.name}.json"
+    if not path.is_file():
+        return []
+    return list(json.loads(path.read_text()).get("invocations", []))
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(), "gpu": torch.cuda.is_available()}
+
+
+# -- writing -------------------------------------------------------------------------------------
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def markdown(setup: Setup, summary: dict[str, Any]) -> str:
+    t, m = summary["timing"], summary["machine"]
+    quick = setup.name.endswith("quick")
+    lines = [f"# Compute-optimal data selection — `{setup.name}`", ""]
+    lines += [
+        f"Model {setup.model} with LoRA r={setup.lora_r} (q/k/v/o), one epoch on the selected rows, batch "
+        f"{setup.train_batch_size}, lr {setup.learning_rate} constant, sequences <= {setup.max_seq_length} tokens. "
+        f"Pool: the shared multi-source set (gsm8k, code_alpaca, alpaca_seed, BBH minus the target), "
+        f"<= {setup.max_per_source} rows per source, <= {setup.max_pool_chars} characters. Targets {list(setup.targets)}; "
+        f"fractions {list(setup.fractions)}; seeds {list(setup.seeds)}; test rows {setup.eval_examples} "
+        f"(exact match where every answer is < {setup.exact_match_max_new_tokens} tokens).",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), GPU: {m['gpu']}. "
+        "Other engineers shared the machine (load averages below).",
+    ]
+    lines += ["", "## Time", "", "| finished | grid runs | ran | already recorded | failed | wall s | CPU s | CPU s per core | "
+              "load average before -> after |", "|---|---|---|---|---|---|---|---|---|"]
+    for inv in summary["invocations"]:
+        lines.append(f"| {inv['finished']} | {inv['grid_runs']} | {inv['ran']} | {inv['skipped']} | {len(inv['failed'])} | "
+                     f"{inv['wall_seconds']:.0f} | {inv['cpu_seconds']:.0f} | {inv['cpu_seconds_per_core']:.0f} | "
+                     f"{inv['load_average_before'][0]} -> {inv['load_average_after'][0]} |")
+    lines += ["", "Wall time includes loading the model, the data and the encoder. CPU seconds count every thread "
+              "of the process; CPU seconds per core approximate the wall time on an idle machine with this many cores."]
+    fresh = [inv for inv in summary["invocations"] if inv["skipped"] == 0 and inv["ran"] == inv["grid_runs"] > 0]
+    if quick and fresh:
+        inv = fresh[-1]
+        met = inv["wall_seconds"] < QUICK_GOAL_SECONDS
+        idle = inv["cpu_seconds_per_core"] < QUICK_GOAL_SECONDS
+        lines.append(f"Goal (quick mode < 15 min, whole grid in one invocation): wall {'met' if met else 'NOT met'} "
+                     f"({inv['wall_seconds'] / 60:.1f} min on the shared machine); CPU per core "
+                     f"{'met' if idle else 'NOT met'} ({inv['cpu_seconds_per_core'] / 60:.1f} min).")
+    for description, error in t["failed"].items():
+        lines.append(f"- FAILED {description}: {error}")
+    lines += ["", "## Cost of each selector's runs (this machine)", "",
+              "| selector | runs | wall s | CPU s |", "|---|---|---|---|"]
+    for name, cost in sorted(summary["per_selector_cost"].items()):
+        lines.append(f"| {name} | {cost['runs']} | {cost['seconds']:.0f} | {cost['cpu_seconds']:.0f} |")
+    lines += ["", "## Runs", "", "| target | selector | fraction | k | seed | selection FLOPs | train FLOPs | total FLOPs | "
+              "target loss (before) | exact match (before) | wall s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(summary["runs"], key=lambda r: (r["target"], r["selector"], r["fraction"] or 0, r["seed"])):
+        em = r["metrics"].get("exact_match")
+        lines.append(
+            f"| {r['target']} | {r['selector']} | {_fmt(r['fraction'])} | {r['k']} | {r['seed']} | {r['selection_flops']:.3g} | "
+            f"{r['train_flops']:.3g} | {r['total_flops']:.3g} | {r['metrics']['target_loss']:.4f} "
+            f"({r['baseline_metrics'].get('target_loss', float('nan')):.4f}) | "
+            + (f"{em:.3f} ({r['baseline_metrics'].get('exact_match', float('nan')):.3f})" if em is not None else "-")
+            + f" | {_fmt(r['seconds'], 3)} |"
+        )
+    for analysis in summary["analyses"]:
+        metric = METRIC_NAMES.get(analysis["metric"], analysis["metric"])
+        lines += ["", f"## {analysis['target']}: {metric}", ""]
+        if "error" in analysis:
+            lines.append(f"No analysis: {analysis['error']}")
+            continue
+        weak = [label for label, fit in analysis["fits"].items() if fit["points"] <= 4]
+        if weak:
+            lines += [f"Curves of {', '.join(weak)} have 4 points (the untrained model at 0 FLOPs plus 3 runs) for 3 "
+                      "parameters: read their fits (and the planner's picks beyond the measured FLOPs) with the "
+                      "standard errors below in mind.", ""]
+        lines += [f"![{analysis['target']} {metric}]({Path(analysis['png']).name})", "",
+                  "Which selector is compute-optimal at which budget: the planner's recommendation (fitted curves, "
+                  "the selector and k with the best predicted value) and the best recorded run within the budget "
+                  "(the empirical frontier).", "",
+                  "| budget (FLOPs) | planner: selector | k | predicted | frontier: selector | k | measured | at FLOPs |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row in analysis["compute_optimal"]:
+            planner = (f"{row['planner_selector']} | {row['planner_k']} | {row['planner_predicted']:.4g}" if row["planner_selector"]
+                       else f"({row['planner_note'] or 'no fit'}) | - | -")
+            lines.append(f"| {row['budget']:.3g} | {planner} | {_fmt(row['frontier_selector'])} | {_fmt(row['frontier_k'])} | "
+                         f"{_fmt(row['frontier_value'])} | {_fmt(row['frontier_flops'], 3)} |")
+        lines += ["", "Planner output (fits, frontier):", "", "```", analysis["plan_text"], "```"]
+    lines += ["", "## Settings", "", "Selector options (CADS also gets `train_budget` = the training FLOPs of the subset "
+              "size it selects for):", "", "```json", json.dumps(setup.selector_options, indent=1), "```"]
+    if summary["cads_train_budgets"]:
+        lines += ["", "CADS training budgets: " + ", ".join(f"{k}: {v:.3g}" for k, v in summary["cads_train_budgets"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(setup: Setup, summary: dict[str, Any]) -> None:
+    setup.results_dir.mkdir(parents=True, exist_ok=True)
+    (setup.results_dir / f"{setup.name}.json").write_text(json.dumps(summary, indent=1, default=str))
+    text = markdown(setup, summary)
+    (setup.results_dir / f"{setup.name}.md").write_text(text)
+    print(text)
+
+
+# -- command line --------------------------------------------------------------------------------
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    started = (time.time(), cpu_seconds())
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the < 15 min CPU mode (its own records and results)")
+    parser.add_argument("--selectors", type=_names, help=f"run only these (comma-separated, of {','.join(SELECTORS)})")
+    parser.add_argument("--fractions", type=_floats, help="run only these subset fractions, e.g. 0.05,0.1")
+    parser.add_argument("--seeds", type=lambda s: [int(x) for x in _names(s)], help="run only these seeds, e.g. 0,1")
+    parser.add_argument("--targets", type=_names, help="run only these targets, e.g. boolean_expressions,gsm8k")
+    parser.add_argument("--report-only", action="store_true", help="run nothing; refit and redraw from the records")
+    options = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    setup = QUICK if options.quick else FULL
+    from hf_cads.cache import CACHE_ENV
+
+    os.environ.setdefault(CACHE_ENV, str(setup.run_dir / "score_cache"))
+    run_benchmark(setup, targets=options.targets, selectors=options.selectors, fractions=options.fractions,
+                  seeds=options.seeds, run=not options.report_only, started=started)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
