@@ -39,3 +39,12 @@ def tokenizer(small_pool, bbh_target):
 @pytest.fixture
 def tiny_lm(tokenizer):
     return tiny_causal_lm(tokenizer)
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tokenizer):
+    """A tiny causal LM and its tokenizer saved as a model folder (what a recipe names)."""
+    path = tmp_path / "tiny-model"
+    tiny_causal_lm(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -8,17 +8,8 @@ import yaml
 
 from hf_cads.cli import main
 from hf_cads.pipeline import parse_recipe
-from hf_cads.testing import tiny_causal_lm
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def tiny_model_dir(tmp_path, tokenizer):
-    path = tmp_path / "tiny-model"
-    tiny_causal_lm(tokenizer).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def write_recipe(tmp_path, **options):

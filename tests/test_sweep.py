@@ -9,17 +9,8 @@ from hf_cads import BudgetedTrainer, BudgetedTrainingArguments
 from hf_cads.cli import main
 from hf_cads.records import read_records
 from hf_cads.sweep import load_sweep, run_sweep
-from hf_cads.testing import tiny_causal_lm
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def tiny_model_dir(tmp_path, tokenizer):
-    path = tmp_path / "tiny-model"
-    tiny_causal_lm(tokenizer).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def write_sweep(tmp_path, model_dir, **sweep):
