@@ -1,8 +1,10 @@
 """Estimated vs measured FLOPs: hf_cads.flops against torch's FlopCounterMode.
 
 For 3 model shapes x 3 sequence lengths it compares the analytic estimate with the measured count
-for a forward pass, a LoRA training step, a full training step, perplexity scoring (the selector's
-real code path) and embedding scoring (MiniLM-shaped encoder). Goal: within 3%.
+for a forward pass, a LoRA training step, a full training step, perplexity scoring and LESS
+selection (the selectors' real code paths; LESS on the two smaller shapes) and embedding scoring
+(MiniLM-shaped encoder). BM25's charge is an operation count, not matmuls, and CADS's is built from
+the training-step and forward estimates measured here. Goal: within 3%.
 
     python benchmarks/flop_accuracy.py [--quick]
 
@@ -62,6 +64,17 @@ def row(kind: str, shape: str, seq: int, estimate: float, measured: float) -> di
             "rel_error": error, "within_goal": abs(error) <= GOAL}
 
 
+def less_row(model, shape: str, seq: int, vocab: int) -> dict:
+    """LESS on 6 rows (2 warmup rows, 1 epoch, 2 target rows, projection to 256): charged vs counted."""
+    tokenizer = FixedLengthTokenizer(seq, vocab)
+    pool = Dataset.from_dict({"text": [f"row {i}" for i in range(6)]})
+    target = Dataset.from_dict({"text": ["target 0", "target 1"]})
+    selector = get_selector("less", model=model, tokenizer=tokenizer, batch_size=2, max_length=seq, warmup_epochs=1,
+                            warmup_fraction=2 / 6, projection_dim=256, show_progress=False)
+    estimate = selector.estimate_flops(pool, target)
+    return row("less selector (LoRA r=8)", shape, seq, estimate, measure(lambda: selector.select(pool, target=target, k=2)))
+
+
 def run(quick: bool) -> list[dict]:
     torch.manual_seed(0)
     rows: list[dict] = []
@@ -86,6 +99,8 @@ def run(quick: bool) -> list[dict]:
             selector = get_selector("perplexity", model=model, tokenizer=tokenizer, batch_size=2, max_length=seq, show_progress=False)
             estimate = selector.estimate_flops(pool, None)
             rows.append(row("perplexity selector", name, seq, estimate, measure(lambda: selector.select(pool, k=1))))
+            if name != "smollm2-135m":  # LESS's whole selection: warmup, per-example gradients, projection
+                rows.append(less_row(model, name, seq, vocab))
         peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=list(lora_spec.target_modules)))
         lora_profile = profile.with_lora(lora_spec)
         for seq in seqs:

@@ -45,6 +45,11 @@ def top_k(scores, k):
     return top_k_indices(np.asarray(scores, dtype=float), k).tolist()
 
 
+LESS_OPTIONS = {"batch_size": 8, "max_length": 128, "warmup_epochs": 1, "projection_dim": 8192}
+CADS_OPTIONS = {"batch_size": 1, "max_length": 128, "train_budget": 6e11, "A": 4.0, "num_sampling_points": 3,
+                "outer_steps": 4, "samples_per_step": 2, "block_size": 4, "target_batch_size": 3}
+
+
 # -- cases: each returns (examples scored, seconds, top-k indices or None) -----------------------
 def case_selector(name: str, **options):
     def run(pool, target, k):
@@ -55,6 +60,22 @@ def case_selector(name: str, **options):
             selector._encoder()  # load outside the timed region
         if name in ("perplexity", "less"):
             selector._load_model()
+        start = time.perf_counter()
+        result = selector.select(pool, target=target, k=k)
+        return len(pool), time.perf_counter() - start, result.indices.tolist()
+
+    return run
+
+
+def case_lm_selector(name: str, **options):
+    """A selector that scores with SmolLM2-135M, loaded (outside the timed region) and passed in."""
+
+    def run(pool, target, k):
+        from hf_cads import get_selector
+        from hf_cads.models import load_causal_lm
+
+        model, tokenizer = load_causal_lm("smollm2-135m-instruct")
+        selector = get_selector(name, model=model, tokenizer=tokenizer, show_progress=False, **options)
         start = time.perf_counter()
         result = selector.select(pool, target=target, k=k)
         return len(pool), time.perf_counter() - start, result.indices.tolist()
@@ -113,17 +134,36 @@ CASES = {
     "embedding (hf_cads)": case_selector("embedding"),
     "embedding (sentence-transformers encode)": case_st_encode,
     "perplexity (SmolLM2-135M)": case_selector("perplexity", batch_size=8, max_length=256),
+    # LESS: one warmup epoch on 5% of the rows, projection to 8192; the two cases differ only in how
+    # per-example gradients are taken (identical features), so their top-k must agree.
+    "less (SmolLM2-135M; batched gradients)": case_lm_selector("less", **LESS_OPTIONS),
+    "less (SmolLM2-135M; per-example backward loop)": case_lm_selector("less", gradient_method="loop", **LESS_OPTIONS),
+    # CADS optimises a subset for a training budget, so its cost follows the budget, not the pool:
+    # here about one epoch over 10% of the rows (see benchmarks/cads_*.py for its overhead vs C).
+    "cads-e (SmolLM2-135M)": case_lm_selector("cads-e", **CADS_OPTIONS),
+    "cads-s (SmolLM2-135M)": case_lm_selector("cads-s", **CADS_OPTIONS),
 }
 
 
 def _child(name: str, pool_size: int, queue) -> None:
+    try:
+        _measure(name, pool_size, queue)
+    except Exception as err:  # reported as the case's row, so the parent never waits on a dead child
+        queue.put({"case": name, "error": f"{type(err).__name__}: {err}"})
+        raise
+
+
+def _measure(name: str, pool_size: int, queue) -> None:
     import torch
 
     torch.manual_seed(0)
     pool, target = load_inputs(pool_size)
     limit = int(os.environ.get("HF_CADS_BENCH_LM_ROWS", "256"))
-    if "perplexity" in name or "less" in name:
-        pool = pool.select(range(min(limit, len(pool))))
+    if "SmolLM2" in name:
+        # The gradient-based selectors cost ~3x a forward per row: a quarter of the rows keeps them in minutes.
+        rows = limit if "perplexity" in name else max(16, limit // 4)
+        # The pool is ordered by source: a shuffled subset keeps every source (CADS-S needs several).
+        pool = pool.shuffle(seed=0).select(range(min(rows, len(pool)))).flatten_indices()
     k = max(1, int(TOP_K_FRACTION * len(pool)))
     examples, seconds, indices = CASES[name](pool, target, k)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -135,17 +175,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pool-size", type=int, default=2000)
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
+    parser.add_argument("--merge", action="store_true", help="keep the other cases' rows of the last results file")
     options = parser.parse_args()
     context = mp.get_context("spawn")
     rows = []
-    for name in [c.strip() for c in options.cases.split(",") if c.strip()]:
-        if name not in CASES:
-            raise SystemExit(f"Unknown case {name!r}; choose from {list(CASES)}")
+    names = [c.strip() for c in options.cases.split(",") if c.strip()]
+    unknown = [name for name in names if name not in CASES]
+    if unknown:
+        raise SystemExit(f"Unknown case(s) {unknown}; choose from {list(CASES)}")
+    failed: list[dict] = []
+    for name in names:
         queue = context.Queue()
         process = context.Process(target=_child, args=(name, options.pool_size, queue))
         process.start()
         row = queue.get()
         process.join()
+        if "error" in row:
+            print(f"{name:<42} FAILED: {row['error']}", flush=True)
+            failed.append(row)
+            continue
         rows.append(row)
         print(f"{name:<42} {row['examples']:>6} ex  {row['examples_per_s']:>10.1f} ex/s  peak {row['peak_rss_mb']:.0f} MB", flush=True)
     reference = next((r["top_k"] for r in rows if r["case"] == "bm25 (rank-bm25)"), None)
@@ -153,24 +201,40 @@ def main() -> None:
         if r["case"].startswith("bm25") and reference is not None:
             r["identical_top_k_to_rank_bm25"] = r["top_k"] == reference
             r["top_k_overlap_with_rank_bm25"] = len(set(r["top_k"]) & set(reference)) / len(reference)
+    less = {r["case"]: r["top_k"] for r in rows if r["case"].startswith("less")}
+    if len(less) == 2:
+        a, b = less.values()
+        for r in rows:
+            if r["case"].startswith("less"):
+                r["identical_top_k_between_less_paths"] = a == b
     emb = {r["case"]: r["top_k"] for r in rows if r["case"].startswith("embedding")}
     if len(emb) == 2:
         a, b = emb.values()
         for r in rows:
             if r["case"].startswith("embedding"):
                 r["top_k_overlap_between_embedding_paths"] = len(set(a) & set(b)) / len(a)
-    machine = {"cpu": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()}
+    machine = {"cpu": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
+               "load_average_after": os.getloadavg()[0]}
+    rows = [{k: v for k, v in r.items() if k != "top_k"} for r in rows]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "selector_speed.json").write_text(json.dumps({"machine": machine, "pool_size": options.pool_size,
-                                                            "rows": [{k: v for k, v in r.items() if k != "top_k"} for r in rows]}, indent=2))
+    previous = RESULTS / "selector_speed.json"
+    if options.merge and previous.is_file():
+        # Keep the other cases' rows (and their checks) from the last run; replace the ones rerun here.
+        ran = {r["case"] for r in rows}
+        kept = [r for r in json.loads(previous.read_text())["rows"] if r["case"] not in ran]
+        rows = sorted(kept + rows, key=lambda r: list(CASES).index(r["case"]) if r["case"] in CASES else len(CASES))
+    previous.write_text(json.dumps({"machine": machine, "pool_size": options.pool_size, "rows": rows}, indent=2))
     lines = ["| case | examples | examples/s | peak RSS (MB) | top-k check |", "|---|---|---|---|---|"]
     for r in rows:
         check = ""
         if "identical_top_k_to_rank_bm25" in r:
             check = f"identical to rank-bm25: {r['identical_top_k_to_rank_bm25']} (overlap {r['top_k_overlap_with_rank_bm25']:.0%})"
+        elif "identical_top_k_between_less_paths" in r:
+            check = f"identical top-k on both gradient paths: {r['identical_top_k_between_less_paths']}"
         elif "top_k_overlap_between_embedding_paths" in r:
             check = f"overlap between the two paths {r['top_k_overlap_between_embedding_paths']:.0%}"
         lines.append(f"| {r['case']} | {r['examples']} | {r['examples_per_s']:.1f} | {r['peak_rss_mb']:.0f} | {check} |")
+    lines += [f"| {r['case']} | - | FAILED | - | {r['error']} |" for r in failed]
     lines.append(f"\nMachine: {machine}; top-k = {TOP_K_FRACTION:.0%} of the pool.")
     (RESULTS / "selector_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
