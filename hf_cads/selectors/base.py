@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..data import column_values
 from ..cache import ScoreCache, model_identity, resolve_cache_dir
 from ..distributed import Processes, current_processes
 
@@ -189,7 +190,7 @@ def check_no_duplicates(pool: Any, text_column: str | None) -> None:
         return  # the selector's own text extraction reports the missing column
     seen: dict[str, int] = {}
     repeats: list[tuple[int, int]] = []
-    for row, value in enumerate(pool[column]):
+    for row, value in enumerate(column_values(pool, column)):
         key = value if isinstance(value, str) else repr(value)
         if key in seen:
             repeats.append((seen[key], row))
