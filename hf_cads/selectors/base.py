@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..data import column_values
 from ..cache import ScoreCache, model_identity, resolve_cache_dir
+from ..data import column_values
 from ..distributed import Processes, current_processes
 
 logger = logging.getLogger(__name__)
