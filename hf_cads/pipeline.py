@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import build_multisource_pool, load_bbh_target, load_gsm8k, POOL_SOURCES
+from .data import build_multisource_pool, column_values, load_bbh_target, load_gsm8k, POOL_SOURCES
 from .evaluation import answers_fit, exact_match, question_answer_pairs
 from .flops import FlopLedger, FlopProfile
 from .records import RECORDS_FILE, append_record, record_from_trainer, run_key, selector_config_dict
@@ -348,7 +348,7 @@ def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments, input
         "selector": args.selector,
         "selector_config": selection.config if selection else None,
         "k": len(selection) if selection else len(pool),
-        "selected_sources": _count(selection.dataset["source"]) if selection else _count(pool["source"]),
+        "selected_sources": _count(column_values(selection.dataset, "source")) if selection else _count(column_values(pool, "source")),
         "train_steps": trainer.state.global_step,
         "train_loss": float(train_output.training_loss),
         "target_loss_before": before["target_loss"],

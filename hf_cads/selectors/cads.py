@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..data import column_values
 from ..flops import validate_budget
 from .base import ScoreOutput, Selector, SelectorConfig, top_k_indices
 from .cads_backends import CausalLMBackend
@@ -185,7 +186,7 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
                 f"CADS-S selects by source, but the pool has no {column!r} column (columns: {pool.column_names}). "
                 "Add a column naming each row's source, set source_column=, or use CADS-E (granularity='example')."
             )
-        names, codes = np.unique(np.asarray([str(v) for v in pool[column]]), return_inverse=True)
+        names, codes = np.unique(np.asarray([str(v) for v in column_values(pool, column)]), return_inverse=True)
         if len(names) < 2:
             raise ValueError(
                 f"CADS-S learns a mixture over sources, but column {column!r} holds one source only ({names[0]!r}). "

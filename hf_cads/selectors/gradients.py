@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from ..flops import matmul_flops
 from .scoring import masked_token_losses
 
 GradientMethod = Literal["auto", "linear", "vmap", "loop"]
+GRADIENT_METHODS: tuple[str, ...] = get_args(GradientMethod)
 ProjectionType = Literal["rademacher", "gaussian"]
 
 PROJECTION_CHUNK_ELEMENTS = 1 << 22
@@ -65,8 +66,8 @@ class PerExampleGradients:
     """
 
     def __init__(self, model: Any, method: GradientMethod = "auto") -> None:
-        if method not in ("auto", "linear", "vmap", "loop"):
-            raise ValueError(f"method must be one of 'auto', 'linear', 'vmap', 'loop', got {method!r}.")
+        if method not in GRADIENT_METHODS:
+            raise ValueError(f"method must be one of {list(GRADIENT_METHODS)}, got {method!r}.")
         params = trainable_parameters(model)
         if not params:
             raise ValueError(

@@ -51,10 +51,10 @@ from typing import Any, ClassVar, Iterator, Literal, Sequence
 
 import numpy as np
 
-from ..data import get_texts
+from ..data import column_values, get_texts
 from ..flops import FlopProfile, matmul_flops
 from .base import ScoreOutput, Selector, SelectorConfig
-from .gradients import PerExampleGradients, RandomProjection, adam_update_direction, chunk_seed, trainable_parameters
+from .gradients import GRADIENT_METHODS, GradientMethod, PerExampleGradients, RandomProjection, adam_update_direction, chunk_seed, trainable_parameters
 from .perplexity import CausalLMSelectorMixin
 from .registry import register_selector
 from .scoring import TokenBatcher, check_next_token_targets, masked_token_losses
@@ -111,7 +111,7 @@ class LESSSelectorConfig(SelectorConfig):
     shard_size: int = 1024
     feature_dtype: Literal["float16", "float32"] = "float16"
     gradient_buffer_mb: float = 256.0
-    gradient_method: Literal["auto", "linear", "vmap", "loop"] = "auto"
+    gradient_method: GradientMethod = "auto"
 
     cache_ignored_fields: ClassVar[frozenset[str]] = SelectorConfig.cache_ignored_fields | frozenset(
         {"gradient_method", "gradient_buffer_mb"}
@@ -140,8 +140,8 @@ class LESSSelectorConfig(SelectorConfig):
             raise ValueError(f"projection_type must be 'rademacher' or 'gaussian', got {self.projection_type!r}.")
         if self.feature_dtype not in ("float16", "float32"):
             raise ValueError(f"feature_dtype must be 'float16' or 'float32', got {self.feature_dtype!r}.")
-        if self.gradient_method not in ("auto", "linear", "vmap", "loop"):
-            raise ValueError(f"gradient_method must be 'auto', 'linear', 'vmap' or 'loop', got {self.gradient_method!r}.")
+        if self.gradient_method not in GRADIENT_METHODS:
+            raise ValueError(f"gradient_method must be one of {list(GRADIENT_METHODS)}, got {self.gradient_method!r}.")
         if not self.gradient_buffer_mb > 0:
             raise ValueError(f"gradient_buffer_mb must be > 0, got {self.gradient_buffer_mb!r}.")
         if isinstance(self.lora_target_modules, str):
@@ -409,7 +409,7 @@ class LESSSelector(CausalLMSelectorMixin, Selector):
                 "Name the column holding each row's sub-task (e.g. 'task'), or set subtask_column=None to treat "
                 "the target as one task."
             )
-        labels = [str(value) for value in target[column]]
+        labels = [str(value) for value in column_values(target, column)]
         names = sorted(set(labels))
         return np.array([names.index(label) for label in labels], dtype=np.int64), names
 
