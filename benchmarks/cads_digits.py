@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--gamma", type=float, default=None, help="size the outer loop by gamma (the paper's 2*gamma*C) instead of --outer-steps")
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--penalty", default="one_sided", choices=["squared", "one_sided"])
+    parser.add_argument("--policy-reward", default="objective", choices=["objective", "validation"])
     parser.add_argument("--lr-s", type=float, default=0.5)
     parser.add_argument("--tag", default="cads_digits")
     args = parser.parse_args()
@@ -98,7 +99,8 @@ def main() -> None:
             selector = get_selector(
                 "cads-e", backend=TensorBackend(mlp, loss="cross_entropy"), train_budget=budget, seed=seed,
                 batch_size=batch_size, learning_rate=lr, block_size=64, target_batch_size=150,
-                outer_steps=None if args.gamma is not None else args.outer_steps, gamma=args.gamma or 0.1, alpha=args.alpha, penalty=args.penalty, lr_s=args.lr_s, A=10, show_progress=False,
+                outer_steps=None if args.gamma is not None else args.outer_steps, gamma=args.gamma or 0.1, alpha=args.alpha, penalty=args.penalty,
+                policy_reward=args.policy_reward, lr_s=args.lr_s, A=10, show_progress=False,
             )
             result = selector.select(pool, target=validation)
             chosen = result.indices

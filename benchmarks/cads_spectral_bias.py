@@ -13,10 +13,13 @@ while a large budget can learn it and needs the ``high`` source. For each budget
    the budget and records the test loss (3 seeds), and
 2. runs CADS-S (``get_selector("cads-s", backend=TensorBackend(...))``) and records its learned share of
    ``high`` (3 seeds), then trains on the subset it selects and on a uniform subset at the same FLOPs.
+   Each ``--variants`` entry is a ``penalty/policy_reward`` setting: ``one_sided/validation`` scores
+   masks by the validation loss after theta's step on them, the ``*/objective`` ones by the whole
+   penalised objective (the default), which also rewards masks for their own training-loss level.
 
 Writes ``benchmarks/results/cads_spectral_bias.{png,json,md}``.
 
-    nice python benchmarks/cads_spectral_bias.py            # ~10 min on one CPU core
+    nice python benchmarks/cads_spectral_bias.py            # ~15 min on one CPU core
     nice python benchmarks/cads_spectral_bias.py --quick    # 2 budgets, 1 seed
 """
 
@@ -32,6 +35,12 @@ import numpy as np
 from cads_common import train_and_evaluate
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# penalty / policy_reward pairs; see CADSSelectorConfig.
+VARIANTS = {
+    "one_sided/validation": {"penalty": "one_sided", "policy_reward": "validation"},
+    "one_sided/objective": {"penalty": "one_sided", "policy_reward": "objective"},
+    "squared/objective": {"penalty": "squared", "policy_reward": "objective"},
+}
 
 
 def make_data(rows_per_source: int, frequency: float, amplitude: float, seed: int = 0):
@@ -86,11 +95,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="*", default=[30, 100, 300, 1000, 3000], help="budgets, in training steps")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--frequency", type=float, default=8.0)
-    parser.add_argument("--amplitude", type=float, default=0.5)
-    parser.add_argument("--outer-steps", type=int, default=1500)
+    parser.add_argument("--amplitude", type=float, default=1.0)
+    parser.add_argument("--outer-steps", type=int, default=3000)
     parser.add_argument("--alpha", type=float, default=30.0)
     parser.add_argument("--lr-s", type=float, default=0.1)
-    parser.add_argument("--penalties", nargs="*", default=["one_sided", "squared"], choices=["squared", "one_sided"])
+    parser.add_argument(
+        "--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
+        help="CADS-S settings to run, as penalty/policy_reward",
+    )
     parser.add_argument("--tag", default="cads_spectral_bias")
     args = parser.parse_args()
     import datasets
@@ -113,13 +125,13 @@ def main() -> None:
         budget = steps * step_flops
         truth = {share: float(np.mean([train_and_test(pool, test, mixture_rows(pool, share, s), budget, s, lr, batch_size) for s in seeds])) for share in shares}
         record = {"steps": steps, "budget_flops": budget, "truth_test_loss_by_share": truth, "best_share_high": min(truth, key=truth.get), "cads": {}}
-        for penalty in args.penalties:
+        for variant in args.variants:
             learned, cads_loss, uniform_loss, overheads, loo = [], [], [], [], []
             for seed in seeds:
                 selector = get_selector(
                     "cads-s", backend=TensorBackend(mlp), train_budget=budget, seed=seed, batch_size=batch_size,
                     learning_rate=lr, block_size=64, target_batch_size=128, outer_steps=args.outer_steps,
-                    alpha=args.alpha, lr_s=args.lr_s, penalty=penalty, A=10, show_progress=False,
+                    alpha=args.alpha, lr_s=args.lr_s, A=10, show_progress=False, **VARIANTS[variant],
                 )
                 result = selector.select(pool, target=validation)
                 learned.append(result.extras["mixture"]["high"])
@@ -128,14 +140,14 @@ def main() -> None:
                 cads_loss.append(train_and_test(pool, test, result.indices, budget, seed, lr, batch_size))
                 uniform = np.random.default_rng(seed).choice(len(pool), len(result.indices), replace=False)
                 uniform_loss.append(train_and_test(pool, test, uniform, budget, seed, lr, batch_size))
-            record["cads"][penalty] = {
+            record["cads"][variant] = {
                 "share_high": learned, "share_high_mean": float(np.mean(learned)),
                 "subset_test_loss": float(np.mean(cads_loss)), "uniform_subset_test_loss": float(np.mean(uniform_loss)),
                 "overhead_multiple_of_budget": float(np.mean(overheads)), "loss_predictor_loo_mse": float(np.mean(loo)),
             }
             print(
                 f"budget {steps:>5} steps ({budget:.3g} FLOPs): best share(high) {record['best_share_high']:.2f} | CADS-S "
-                f"[{penalty}] share(high) {np.mean(learned):.3f} +- {np.std(learned):.3f} | test loss CADS {np.mean(cads_loss):.4f} "
+                f"[{variant}] share(high) {np.mean(learned):.3f} +- {np.std(learned):.3f} | test loss CADS {np.mean(cads_loss):.4f} "
                 f"vs uniform {np.mean(uniform_loss):.4f} | overhead {np.mean(overheads):.1f} x C | LOO MSE {np.mean(loo):.2e} "
                 f"[{time.time() - started:.0f}s]",
                 flush=True,
@@ -153,17 +165,19 @@ def write_outputs(records, args, step_flops) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     budgets = [r["budget_flops"] for r in records]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for penalty in args.penalties:
-        means = [r["cads"][penalty]["share_high_mean"] for r in records]
-        spread = [np.std(r["cads"][penalty]["share_high"]) for r in records]
-        left.errorbar(budgets, means, yerr=spread, marker="o", capsize=3, label=f"CADS-S learned share, {penalty} penalty")
+    for variant in args.variants:
+        means = [r["cads"][variant]["share_high_mean"] for r in records]
+        spread = [np.std(r["cads"][variant]["share_high"]) for r in records]
+        penalty, reward = variant.split("/")
+        label = f"CADS-S, {penalty} penalty, reward {reward}"
+        left.errorbar(budgets, means, yerr=spread, marker="o", capsize=3, label=label)
     left.plot(budgets, [r["best_share_high"] for r in records], "s--", color="gray", label="best fixed share (ground truth)")
     left.set_xscale("log")
     left.set_ylim(-0.05, 1.05)
     left.set_xlabel("training budget C (FLOPs)")
     left.set_ylabel("share of high-frequency source")
     left.set_title("Mixture vs budget")
-    left.legend(fontsize=8)
+    left.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     for record in records:
         shares = sorted(record["truth_test_loss_by_share"], key=float)
         right.plot([float(s) for s in shares], [record["truth_test_loss_by_share"][s] for s in shares], marker="o", label=f"{record['steps']} steps")
@@ -173,17 +187,17 @@ def write_outputs(records, args, step_flops) -> None:
     right.set_title("Ground truth: test loss by fixed mixture")
     right.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{args.tag}.png", dpi=120)
+    fig.savefig(RESULTS / f"{args.tag}.png", dpi=120, bbox_inches="tight")
     payload = {"settings": vars(args), "train_step_flops": step_flops, "records": records}
     (RESULTS / f"{args.tag}.json").write_text(json.dumps(payload, indent=2, default=str))
     lines = [
-        "| budget (steps) | budget (FLOPs) | best fixed share(high) | CADS-S penalty | CADS-S share(high) | test MSE CADS-S subset | test MSE uniform subset | overhead (x C) | predictor LOO MSE |",
+        "| budget (steps) | budget (FLOPs) | best fixed share(high) | CADS-S penalty / policy_reward | CADS-S share(high) | test MSE CADS-S subset | test MSE uniform subset | overhead (x C) | predictor LOO MSE |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
-        for penalty, c in r["cads"].items():
+        for variant, c in r["cads"].items():
             lines.append(
-                f"| {r['steps']} | {r['budget_flops']:.3g} | {r['best_share_high']:.2f} | {penalty} | {c['share_high_mean']:.3f} "
+                f"| {r['steps']} | {r['budget_flops']:.3g} | {r['best_share_high']:.2f} | {variant} | {c['share_high_mean']:.3f} "
                 f"(± {np.std(c['share_high']):.3f}) | {c['subset_test_loss']:.4f} | {c['uniform_subset_test_loss']:.4f} | "
                 f"{c['overhead_multiple_of_budget']:.1f} | {c['loss_predictor_loo_mse']:.2e} |"
             )

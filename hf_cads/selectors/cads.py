@@ -48,6 +48,13 @@ class CADSSelectorConfig(SelectorConfig):
             ``(L_tr - l(|m|))^2``; it also penalises fitting ``m`` better than the budget allows, and so at
             small budgets (high ``l``) it rewards data the model fits badly, e.g. mislabelled rows
             (see benchmarks/cads_digits.py).
+        policy_reward: what the policy-gradient step on ``s`` scores a sampled mask ``m`` by, measured after
+            the look-ahead step ``theta`` takes on ``m``. ``objective`` (default): the whole CADS objective,
+            ``L_val + alpha * gap^2``. ``validation``: ``L_val`` alone; the penalty then acts only through
+            ``theta``'s step (a mask trains ``theta`` as far as its loss is above the budget-``C`` level,
+            which is where the budget enters) and no longer rewards a mask for its own training-loss level,
+            which the size-only predictor ``l(|m|)`` cannot compare across sources of different difficulty
+            (see benchmarks/cads_spectral_bias.py).
         num_sampling_points: pilot runs (subset sizes) the loss predictor is fitted from.
         min_sampling_fraction: smallest pilot subset, as a share of the pool (sizes are log-spaced up to the pool).
         A: pilot down-scaling: a pilot emulating ``|m|`` rows trains on ``|m| / A`` rows for ``C / A``
@@ -78,6 +85,7 @@ class CADSSelectorConfig(SelectorConfig):
     train_budget: float | None = None
     alpha: float = 1.0
     penalty: Literal["squared", "one_sided"] = "one_sided"
+    policy_reward: Literal["objective", "validation"] = "objective"
     num_sampling_points: int = 5
     min_sampling_fraction: float = 0.05
     A: float = 10.0
@@ -104,6 +112,8 @@ class CADSSelectorConfig(SelectorConfig):
             raise ValueError(f"granularity must be 'example' (CADS-E) or 'source' (CADS-S), got {self.granularity!r}.")
         if self.penalty not in ("squared", "one_sided"):
             raise ValueError(f"penalty must be 'squared' or 'one_sided', got {self.penalty!r}.")
+        if self.policy_reward not in ("objective", "validation"):
+            raise ValueError(f"policy_reward must be 'objective' or 'validation', got {self.policy_reward!r}.")
         if self.train_budget is None:
             raise ValueError(
                 "CADS needs train_budget= (the FLOPs C the downstream training will get): the best subset depends "

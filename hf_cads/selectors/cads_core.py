@@ -14,8 +14,8 @@ reaches on ``|m|`` rows), giving one objective over the model ``theta`` and the 
 
 Each outer step samples a few masks ``m_k``; for each, ``theta`` takes the gradient step of the objective
 for ``m_k`` (a training step on ``m_k`` scaled by how far its loss is above the budget-``C`` level,
-plus the validation gradient), and ``f(m_k)`` is the objective after that step. Evaluating after the
-step is what lets ``L_val`` tell masks apart (at a fixed ``theta`` it is the same for every mask and
+plus the validation gradient), and ``f(m_k)`` is the objective after that step (with
+``policy_reward="validation"``, the validation loss alone). Evaluating after the step is what lets ``L_val`` tell masks apart (at a fixed ``theta`` it is the same for every mask and
 would cancel against the baseline). ``theta`` then takes the mean step (Adam, at the downstream learning
 rate), and ``s`` the Hessian-free score-function step ``E[(f(m) - b) grad_s log p(m|s)]`` with a
 moving-average baseline ``b``, projected back to the feasible box. Three choices of this implementation
@@ -549,6 +549,7 @@ def run_cads(
     theta = AdamTheta(params, config.learning_rate)
     alpha, samples = float(config.alpha), config.samples_per_step
     two_sided = config.penalty == "squared"
+    reward_objective = config.policy_reward == "objective"
     warmup_steps = int(config.warmup_fraction * plan.outer_steps)
     target_rows = min(config.target_batch_size, task.num_target_rows)
     baseline: float | None = None
@@ -562,7 +563,7 @@ def run_cads(
         val_rows = rng.choice(task.num_target_rows, target_rows, replace=False)
         val_loss, val_grads, flops = task.loss(val_rows, TARGET, True)
         outer_flops += flops
-        objectives, penalties, scores = [], [], []
+        objectives, penalties, rewards, scores = [], [], [], []
         mean_grads = [torch.zeros_like(p) for p in params]
         for _ in range(samples):
             rows, size, score = masks.sample(rng)
@@ -580,13 +581,14 @@ def run_cads(
             new_gap = new_train - predicted if two_sided else max(new_train - predicted, 0.0)
             penalties.append(new_gap**2)
             objectives.append(new_val + alpha * penalties[-1])
+            rewards.append(objectives[-1] if reward_objective else new_val)
             scores.append(score)
             for acc, g in zip(mean_grads, grads):
                 acc.add_(g, alpha=1.0 / samples)
         theta.step(mean_grads)
 
-        values = np.asarray(objectives)
-        record: dict[str, Any] = {"step": step, "objective": float(values.mean()), "val_loss": float(val_loss), "penalty": float(np.mean(penalties))}
+        values = np.asarray(rewards)
+        record: dict[str, Any] = {"step": step, "objective": float(np.mean(objectives)), "val_loss": float(val_loss), "penalty": float(np.mean(penalties))}
         # During warm-up only theta moves: until it reaches the budget-C loss level the penalty rewards
         # whatever data theta already fits, which says nothing about the budget.
         if policy_step >= 0:
