@@ -15,8 +15,9 @@ reaches on ``|m|`` rows), giving one objective over the model ``theta`` and the 
 Each outer step samples a few masks ``m_k``; for each, ``theta`` takes the gradient step of the objective
 for ``m_k`` (a training step on ``m_k`` scaled by how far its loss is above the budget-``C`` level,
 plus the validation gradient), and ``f(m_k)`` is the objective after that step (with
-``policy_reward="validation"``, the validation loss alone). Evaluating after the step is what lets ``L_val`` tell masks apart (at a fixed ``theta`` it is the same for every mask and
-would cancel against the baseline). ``theta`` then takes the mean step (Adam, at the downstream learning
+``policy_reward="validation"``, the validation loss alone). Evaluating after the step is what lets
+``L_val`` tell masks apart (at a fixed ``theta`` it is the same for every mask and would cancel against
+the baseline). ``theta`` then takes the mean step (Adam, at the downstream learning
 rate), and ``s`` the Hessian-free score-function step ``E[(f(m) - b) grad_s log p(m|s)]`` with a
 moving-average baseline ``b``, projected back to the feasible box. Three choices of this implementation
 keep that estimator usable: the first ``warmup_fraction`` of the steps move only ``theta`` (until it
