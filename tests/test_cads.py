@@ -5,7 +5,7 @@ from datasets import Dataset
 
 from hf_cads import get_selector
 from hf_cads.selectors.cads import CADSSelector, allocate_by_mixture
-from hf_cads.selectors.cads_backends import TensorBackend, linear_stack_profile
+from hf_cads.selectors.cads_backends import TensorBackend
 from hf_cads.selectors.cads_core import TruncatedGaussianPolicy, annealed_sigma
 from hf_cads.selectors.cads_predictor import LossPredictor
 from hf_cads.testing import tiny_causal_lm
@@ -226,28 +226,3 @@ def test_tensor_backend_bad_columns():
     backend = TensorBackend(lambda: torch.nn.Linear(1, 1))
     with pytest.raises(ValueError, match="no 'x' column.*feature_column"):
         get_selector("cads-e", backend=backend, train_budget=1e6).select(pool, target=pool)
-
-
-def test_cads_s_validation_reward_favours_high_frequency_data_at_a_large_budget():
-    # The spectral-bias setting of benchmarks/cads_spectral_bias.py at a budget (1000 steps) large enough to
-    # learn the high-frequency part: only the source with it ("high") carries the full target function.
-    rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, 800)
-    low, full = np.sin(np.pi * x), np.sin(np.pi * x) + np.sin(8 * np.pi * x)
-    pool = Dataset.from_dict({"x": x.tolist(), "y": np.concatenate([low[:400], full[400:]]).tolist(), "source": ["low"] * 400 + ["high"] * 400})
-    x_val = rng.uniform(-1, 1, 400)
-    target = Dataset.from_dict({"x": x_val.tolist(), "y": (np.sin(np.pi * x_val) + np.sin(8 * np.pi * x_val)).tolist()})
-
-    def mlp():
-        return torch.nn.Sequential(torch.nn.Linear(1, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
-
-    step_flops = linear_stack_profile(mlp()).train_step_flops(32, 1)
-    shares = {}
-    for reward in ("validation", "objective"):
-        result = get_selector(
-            "cads-s", backend=TensorBackend(mlp), train_budget=1000 * step_flops, seed=0, batch_size=32, learning_rate=1e-2,
-            block_size=64, target_batch_size=128, outer_steps=3000, alpha=30.0, lr_s=0.1, policy_reward=reward, show_progress=False,
-        ).select(pool, target=target)
-        shares[reward] = result.extras["mixture"]["high"]
-    # The whole objective also rewards masks for a low training loss of their own, i.e. the easy source.
-    assert shares["validation"] > 0.6 > 0.45 > shares["objective"], shares
