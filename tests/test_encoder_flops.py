@@ -58,13 +58,14 @@ def plain_tokenizer():
 def build_encoder(family, tokenizer, folder):
     """The family's tiny random model as a sentence-transformers folder, loaded back with eager attention."""
     from sentence_transformers import SentenceTransformer, models
-    from transformers import AutoModel
+    from transformers import AutoModel, T5EncoderModel
 
     make_config, pooling, dense_out = FAMILIES[family]
     config = make_config(len(tokenizer))
     config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(0)
-    AutoModel.from_config(config).save_pretrained(folder / "transformer")
+    # A T5 checkpoint holds only the encoder, as sentence-T5/GTR's do (sentence-transformers loads T5EncoderModel).
+    (T5EncoderModel(config) if isinstance(config, T5Config) else AutoModel.from_config(config)).save_pretrained(folder / "transformer")
     tokenizer.save_pretrained(folder / "transformer")
     modules = [models.Transformer(str(folder / "transformer"), max_seq_length=64)]
     width = modules[0].get_embedding_dimension()
