@@ -210,7 +210,7 @@ class FlopProfile:
                 # BERT/RoBERTa/MPNet poolers read the first token only.
                 (per_sequence if "pooler" in name.split(".") else layers).append(layer)
         output_embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        if output_embeddings is not None and not isinstance(output_embeddings, torch.nn.Linear):
+        if output_embeddings is not None and not any(isinstance(m, torch.nn.Linear) for m in output_embeddings.modules()):
             # A head applied as a matmul with the (tied) embedding matrix rather than through an nn.Linear.
             layers.append(LinearLayer("lm_head", c["hidden_size"], c["vocab_size"], trainable=False))
         embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
