@@ -4,8 +4,7 @@ Example:
     >>> from hf_cads import BudgetedTrainer, BudgetedTrainingArguments, get_selector, FlopLedger
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .flops import BudgetExceededError, FlopLedger, FlopProfile, LoraSpec
 from .selectors import (
     CADSSelector,
@@ -21,7 +20,7 @@ from .selectors import (
     list_selectors,
     register_selector,
 )
-from .hub import DatasetReference
+from .hub import DatasetReference, push_selection
 from .planner import PerformanceFit, Recommendation, fit_performance_curve, make_plan, pareto_frontier, plot_plan, recommend
 from .records import RunRecord, append_record, read_records, record_from_trainer
 from .trainer import BudgetedTrainer, BudgetedTrainingArguments
@@ -53,6 +52,7 @@ __all__ = [
     "list_selectors",
     "make_plan",
     "pareto_frontier",
+    "push_selection",
     "plot_plan",
     "read_records",
     "recommend",

@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,21 @@ logger = logging.getLogger(__name__)
 
 
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
+QUICKSTART = "quickstart.yaml"
+
+
+def find_recipe(name: str, hint: str) -> Path:
+    """``recipes/<name>`` of the current directory or of the checkout; ``hint`` says what to pass instead."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        candidate = root / "recipes" / name
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"Cannot find recipes/{name}; {hint}")
+
+
+def default_recipe() -> Path:
+    """``recipes/quickstart.yaml`` of the checkout (or the current directory)."""
+    return find_recipe(QUICKSTART, "pass a recipe path: hf-cads run path/to/recipe.yaml")
 
 
 @dataclass

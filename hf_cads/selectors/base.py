@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .._version import __version__
 from ..cache import ScoreCache, model_identity, resolve_cache_dir
 from ..data import column_values
 from ..distributed import Processes, current_processes
@@ -107,6 +108,9 @@ class SelectionResult:
         config: the selector's full configuration.
         all_scores: the score of every pool row (for histograms and cards).
         extras: selector-specific details (e.g. CADS-S's learned mixture).
+
+    Share it on the Hub with :func:`hf_cads.hub.push_selection` (``push_selection(result, repo_id,
+    parent=pool)``).
     """
 
     dataset: Any
@@ -121,28 +125,6 @@ class SelectionResult:
 
     def __len__(self) -> int:
         return len(self.indices)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "selector": self.selector,
-            "k": len(self.indices),
-            "pool_size": self.pool_size,
-            "fraction": len(self.indices) / self.pool_size,
-            "selection_flops": self.flops,
-            "score_mean": float(np.mean(self.scores)) if len(self.scores) else float("nan"),
-        }
-
-    def push_to_hub(self, repo_id: str, *, parent: Any, local_dir: str | None = None, **options: Any) -> Any:
-        """Upload the chosen rows (with ``score`` and ``pool_index``) and a dataset card to ``repo_id``;
-        with ``local_dir``, only write there exactly what would be uploaded. ``parent`` is the pool
-        selected from (or its Hub id); see :func:`hf_cads.hub.push_selection` for the options.
-
-        Example:
-            >>> result.push_to_hub("me/bbh-bm25", parent=pool, target=validation, local_dir="subset")  # doctest: +SKIP
-        """
-        from ..hub import push_selection
-
-        return push_selection(self, repo_id, parent=parent, local_dir=local_dir, **options)
 
 
 def resolve_k(pool_size: int, k: int | None, fraction: float | None) -> int:
@@ -303,8 +285,6 @@ class Selector(ABC):
 
     def cache_description(self, pool: Any, target: Any | None) -> dict[str, Any]:
         """Everything the scores depend on; its hash is the cache key."""
-        from .. import __version__
-
         ignored = set(self.config.cache_ignored_fields)
         return {
             "hf_cads": __version__,

@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 from transformers import Trainer, TrainingArguments
 
-from .data import get_texts
-from .flops import FlopLedger, FlopProfile, validate_budget
-from .records import append_record, record_from_trainer, selection_model_params, trainer_metrics
-from .selectors import SelectionResult, get_selector, get_selector_class
+from ..data import get_texts
+from ..flops import FlopLedger, FlopProfile, validate_budget
+from ..records import append_record, record_from_trainer, selection_model_params, trainer_metrics
+from ..selectors import SelectionResult, get_selector, get_selector_class
+from .model_card import add_budget_section
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ class BudgetedTrainer(Trainer):
         if not isinstance(args, BudgetedTrainingArguments):
             raise TypeError(f"BudgetedTrainer needs BudgetedTrainingArguments, got {type(args).__name__}.")
         if isinstance(model, str):
-            from .models import load_causal_lm
+            from ..models import load_causal_lm
 
             model, loaded_tokenizer = load_causal_lm(model)
             processing_class = processing_class or loaded_tokenizer
@@ -354,11 +355,9 @@ class BudgetedTrainer(Trainer):
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         """``Trainer``'s model card plus the compute-budget section: ledger by phase, selector and a
-        link to the selected subset once it was pushed (see :func:`hf_cads.hub.add_budget_section`)."""
+        link to the selected subset once it was pushed (see :func:`hf_cads.trainer.model_card.add_budget_section`)."""
         super().create_model_card(*args, **kwargs)
         if self.is_world_process_zero():
-            from .hub import add_budget_section
-
             add_budget_section(self, os.path.join(self.args.output_dir, "README.md"))
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
