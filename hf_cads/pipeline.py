@@ -186,16 +186,17 @@ def exact_match_applies(run: RunConfig, tokenizer: Any, test: Any) -> bool:
 def evaluate_target(model: Any, tokenizer: Any, test: Any, run: RunConfig, args: BudgetedTrainingArguments) -> tuple[dict[str, float], float]:
     """``{"target_loss": ..., "exact_match": ...}`` on the test rows (exact match only where
     :func:`exact_match_applies`) and the FLOPs that cost."""
-    ledger = FlopLedger()
-    metrics = {"target_loss": target_loss(model, tokenizer, list(test["text"]), ledger, args.per_device_eval_batch_size, args.max_seq_length)}
+    scorer = CausalLMScorer(model, tokenizer, args.per_device_eval_batch_size, args.max_seq_length, show_progress=False)
+    losses, flops = scorer.losses(list(test["text"]), desc="target loss")
+    metrics = {"target_loss": float(losses.mean())}
     if exact_match_applies(run, tokenizer, test):
         result = exact_match(
             model, tokenizer, test, max_new_tokens=run.exact_match_max_new_tokens,
             batch_size=args.per_device_eval_batch_size, max_length=args.max_seq_length,
         )
-        ledger.charge("eval", result.flops)
+        flops += result.flops
         metrics["exact_match"] = result.accuracy
-    return metrics, ledger.entries["eval"]
+    return metrics, float(flops)
 
 
 @dataclass
@@ -396,9 +397,6 @@ def _count(values: list[str]) -> dict[str, int]:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    ledger = FlopLedger(budget=report["ledger"].get("budget"))
-    for phase in ("selection", "train", "eval"):
-        ledger.entries[phase] = report["ledger"][phase]
     lines = [
         f"target: {report['target']}   model: {report['model']}   selector: {report['selector']}",
         f"pool: {report['pool_size']} rows -> selected {report['k']}  {report['selected_sources']}",
@@ -408,7 +406,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"exact match before: {report['exact_match_before']:.3f}   after: {report['exact_match_after']:.3f}"
         if "exact_match_after" in report else "",
         "FLOP ledger:",
-        ledger.format_table(),
+        FlopLedger.format_breakdown(report["ledger"]),
         f"wall time: {report['seconds']} s",
         f"run record appended to {report['run_records']} (hf-cads plan reads it)" if "run_records" in report else "",
     ]

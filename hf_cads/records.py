@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .flops import FlopProfile
+from .selectors import build_selector
+from .selectors.budget import matmul_params, selection_model_params  # noqa: F401  (re-exported: their former home)
 
 logger = logging.getLogger(__name__)
 
@@ -192,36 +193,7 @@ def selector_config_dict(selector: str | None, selector_kwargs: Mapping[str, Any
     """The configuration :class:`~hf_cads.BudgetedTrainer` builds for ``selector`` (no model is loaded)."""
     if selector is None:
         return {}
-    from .selectors import get_selector
-
-    options = dict(selector_kwargs or {})
-    options.setdefault("seed", seed)
-    return get_selector(selector, **options).config.to_dict()
-
-
-# -- sizes -------------------------------------------------------------------------------------
-def matmul_params(model: Any) -> int:
-    """Matmul parameters of a transformers model (also inside a peft or sentence-transformers
-    wrapper), LoRA adapters excluded; 0 for ``None``."""
-    if model is None:
-        return 0
-    from transformers import PreTrainedModel
-
-    inner = model if getattr(model, "config", None) is not None else None
-    if inner is None and hasattr(model, "modules"):
-        inner = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
-    if inner is None:
-        raise TypeError(f"Cannot count the parameters of {type(model).__name__}: it holds no transformers model.")
-    profile = FlopProfile.from_model(inner)
-    return sum(layer.macs_per_token for layer in profile.linears if "lora_" not in layer.name)
-
-
-def selection_model_params(selector: Any) -> int:
-    """Matmul parameters of the model a selector scored with (0 for model-free selectors)."""
-    model = getattr(selector, "model", None)
-    if model is None or not getattr(selector, "uses_model", False):
-        return 0
-    return matmul_params(model)
+    return build_selector(selector, selector_kwargs, seed=seed).config.to_dict()
 
 
 # -- building records --------------------------------------------------------------------------
@@ -252,10 +224,10 @@ def record_from_trainer(
         selector_config=selection.config if selection is not None else {},
         model=model_name,
         model_params=matmul_params(trainer.model),
-        selection_model_params=int(ledger.notes.get("selection_model_params", 0)),
+        selection_model_params=ledger.selection.model_params if ledger.selection is not None else 0,
         pool_size=pool_size,
         k=k,
-        tokens_trained=int(ledger.notes.get("tokens_trained", 0)),
+        tokens_trained=int(ledger.training.tokens_trained),
         selection_flops=selection_cost(ledger),
         train_flops=ledger.entries["train"],
         eval_flops=ledger.entries["eval"],
@@ -276,9 +248,8 @@ def record_from_trainer(
 def selection_cost(ledger: Any) -> float:
     """FLOPs of the run's selection: the ledger's ``selection`` phase or, when the scores came whole
     from the cache (charged 0), the FLOPs computing them cost."""
-    cache = ledger.notes.get("selection_cache") or {}
-    if cache.get("hit"):
-        return ledger.entries["selection"] + float(cache.get("original_flops", 0.0))
+    if ledger.selection is not None and ledger.selection.cache_hit:
+        return ledger.entries["selection"] + float(ledger.selection.cache.get("original_flops", 0.0))
     return ledger.entries["selection"]
 
 

@@ -10,7 +10,8 @@ from ..distributed import current_processes
 from ..hub import DatasetReference, save_selection
 from ..models import load_causal_lm
 from ..pipeline import default_recipe, load_run_data, model_load_options, parse_recipe
-from ..selectors import get_selector, get_selector_class
+from ..flops import FlopLedger
+from ..selectors import build_selector, get_selector_class, select_within_budget
 
 
 def main(argv: Sequence[str]) -> int:
@@ -33,20 +34,16 @@ def main(argv: Sequence[str]) -> int:
     if training.selector is None:
         raise ValueError(f"Recipe {str(recipe)!r} names no selector; set `selector:` (see `hf-cads selectors`).")
     validation, _, pool = load_run_data(run, training.seed)
-    options = dict(training.selector_kwargs or {})
-    options.setdefault("seed", training.seed)
+    model = tokenizer = None
+    options = training.selector_kwargs or {}
     if get_selector_class(training.selector).reuses_training_model and "model_name_or_path" not in options:
         # The selector scores with the model the recipe finetunes, loaded as `hf-cads run` loads it.
         model, tokenizer = load_causal_lm(run.model_name_or_path, **model_load_options(run))
-        options.update(model=model, tokenizer=tokenizer)
-    selector = get_selector(training.selector, **options)
-    estimate = selector.estimate_flops(pool, validation)
-    if training.flop_budget is not None and estimate >= training.flop_budget:
-        raise ValueError(
-            f"flop_budget={training.flop_budget:.4g} is smaller than the {training.selector!r} selection cost "
-            f"({estimate:.4g} FLOPs); raise flop_budget or use a cheaper selector."
-        )
-    result = selector.select(pool, target=validation, k=training.selection_k, fraction=training.selection_fraction)
+    selector = build_selector(training.selector, options, seed=training.seed, training_model=model, training_tokenizer=tokenizer)
+    result, _ = select_within_budget(
+        selector, pool, validation, FlopLedger(budget=training.flop_budget),
+        k=training.selection_k, fraction=training.selection_fraction,
+    )
     if not current_processes().is_main:
         return 0
     sources = ", ".join(run.pool_sources)

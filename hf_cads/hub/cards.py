@@ -208,9 +208,8 @@ def _planned_training_flops(
     if explicit is not None:
         return float(explicit)
     if ledger is not None:
-        steps, per_step = ledger.notes.get("planned_steps"), ledger.notes.get("expected_step_flops")
-        if steps and per_step:
-            return float(steps) * float(per_step)
+        if ledger.training.planned_flops is not None:
+            return ledger.training.planned_flops
         if ledger.budget is not None:
             return float(ledger.budget - ledger.entries.get("selection", 0.0))
     if result.config.get("train_budget") is not None:

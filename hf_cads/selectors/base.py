@@ -295,6 +295,11 @@ class Selector(ABC):
             "model": self.model_identity(),
         }
 
+    def fit_to_budget(self, available_flops: float, pool: Any, target: Any | None) -> None:
+        """Size the selector's own budget-dependent options to ``available_flops`` (selection plus
+        training), before :meth:`estimate_flops`. Most selectors have none; CADS derives its
+        training budget ``C`` from it unless ``train_budget`` was given."""
+
     @abstractmethod
     def estimate_flops(self, pool: Any, target: Any | None) -> float:
         """FLOPs :meth:`score` will spend, computed without doing the work."""

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -25,6 +26,7 @@ import numpy as np
 
 from ..data import column_values
 from ..flops import validate_budget
+from .budget import solve_budget_split
 from .base import ScoreOutput, Selector, SelectorConfig, top_k_indices
 from .cads_backends import CausalLMBackend
 from .cads_core import CADSOutcome, CADSPlan, plan_cads, run_cads
@@ -39,7 +41,10 @@ class CADSSelectorConfig(SelectorConfig):
     Args:
         granularity: ``example`` (CADS-E: a keep-probability per row) or ``source`` (CADS-S: a kept
             fraction per value of ``source_column``).
-        train_budget: ``C``, the training FLOPs the selected subset will get downstream. Required.
+        train_budget: ``C``, the training FLOPs the selected subset will get downstream. Required when CADS
+            is used alone; inside :class:`~hf_cads.BudgetedTrainer` (or ``hf-cads select`` with a
+            ``flop_budget``) it defaults to what the budget leaves after CADS's own cost: the ``C`` with
+            ``C + overhead(C) = flop_budget`` (see :meth:`CADSSelector.fit_to_budget`).
         alpha: weight of the penalty ``(L_tr(theta, m) - l(|m|))^2`` tying ``theta`` to what a budget-``C``
             run on ``m`` would reach.
         penalty: ``one_sided`` (default) penalises a training loss above the budget-``C`` level,
@@ -114,12 +119,8 @@ class CADSSelectorConfig(SelectorConfig):
             raise ValueError(f"penalty must be 'squared' or 'one_sided', got {self.penalty!r}.")
         if self.policy_reward not in ("objective", "validation"):
             raise ValueError(f"policy_reward must be 'objective' or 'validation', got {self.policy_reward!r}.")
-        if self.train_budget is None:
-            raise ValueError(
-                "CADS needs train_budget= (the FLOPs C the downstream training will get): the best subset depends "
-                "on it. With BudgetedTrainer pass selector_kwargs={'train_budget': ...}."
-            )
-        self.train_budget = validate_budget(self.train_budget)
+        if self.train_budget is not None:
+            self.train_budget = validate_budget(self.train_budget)
         positive = {"alpha": self.alpha, "A": self.A, "lr_s": self.lr_s, "learning_rate": self.learning_rate,
                     "sigma_start": self.sigma_start, "sigma_end": self.sigma_end}
         for name, value in positive.items():
@@ -223,7 +224,26 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
 
     def plan(self, pool: Any, target: Any) -> CADSPlan:
         """The pilot runs and outer-loop length CADS will use, and their estimated FLOPs."""
+        self._require_train_budget()
         return plan_cads(self._task(pool, target), self.config)
+
+    def _require_train_budget(self) -> None:
+        if self.config.train_budget is None:
+            raise ValueError(
+                "CADS needs train_budget= (the FLOPs C the downstream training will get): the best subset depends "
+                "on it. Pass train_budget=, or run CADS inside BudgetedTrainer with a flop_budget (C is then "
+                "what the budget leaves after CADS's own cost)."
+            )
+
+    def fit_to_budget(self, available_flops: float, pool: Any, target: Any | None) -> None:
+        """Unless ``train_budget`` is set: set it to the ``C`` with ``C + overhead(C) = available_flops``,
+        where ``overhead(C)`` is CADS's estimated cost when it plans for a training budget ``C`` (the
+        pilots and the outer loop grow with ``C``), so selection plus training spend the whole budget."""
+        if self.config.train_budget is not None:
+            return
+        task = self._task(pool, target)
+        overhead = lambda c: plan_cads(task, dataclasses.replace(self.config, train_budget=c)).estimated_flops  # noqa: E731
+        self.config.train_budget = solve_budget_split(overhead, available_flops)
 
     # -- Selector contract -----------------------------------------------------------------------
     def estimate_flops(self, pool: Any, target: Any | None) -> float:
@@ -231,6 +251,7 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
         return self.plan(pool, target).estimated_flops
 
     def score(self, pool: Any, target: Any | None) -> ScoreOutput:
+        self._require_train_budget()
         task = self._task(pool, target)
         plan = plan_cads(task, self.config)
         codes, names = self._source_codes(pool) if self.config.granularity == "source" else (None, None)

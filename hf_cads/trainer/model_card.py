@@ -46,13 +46,13 @@ def add_budget_section(trainer: Any, card_path: str | os.PathLike) -> None:
         {"phase": phase, "flops": format_flops(breakdown[phase]), "share": f"{100 * breakdown[phase] / denominator:.3g}%"}
         for phase in ("selection", "train", "eval")
     ] + [{"phase": "**total**", "flops": format_flops(ledger.spent), "share": f"{100 * ledger.spent / denominator:.3g}%"}]
-    notes = ledger.notes
+    plan = ledger.training
     lines = [f"optimizer steps taken: {trainer.state.global_step}"]
-    if notes.get("planned_steps"):
-        lines.append(f"steps planned from the budget: {notes['planned_steps']} (~{format_flops(notes.get('expected_step_flops'))} FLOPs each)")
-    if notes.get("tokens_trained"):
-        lines.append(f"tokens trained: {notes['tokens_trained']}")
-    if notes.get("stopped_by_budget"):
+    if plan.planned_steps:
+        lines.append(f"steps planned from the budget: {plan.planned_steps} (~{format_flops(plan.expected_step_flops)} FLOPs each)")
+    if plan.tokens_trained:
+        lines.append(f"tokens trained: {plan.tokens_trained}")
+    if plan.stopped_by_budget:
         lines.append("training stopped at the FLOP cap (the next step would have exceeded it)")
     section = render_template(
         MODEL_CARD_TEMPLATE,
