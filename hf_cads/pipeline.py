@@ -25,7 +25,7 @@ from typing import Any
 from .data import build_multisource_pool, column_values, load_bbh_target, load_gsm8k, POOL_SOURCES
 from .evaluation import answers_fit, exact_match, question_answer_pairs
 from .flops import FlopLedger, FlopProfile
-from .records import RECORDS_FILE, append_record, record_from_trainer, run_key, selector_config_dict
+from .records import RECORDS_FILE, append_record, experiment_key, record_from_trainer
 from .selectors.scoring import CausalLMScorer
 from .trainer import BudgetedTrainer, BudgetedTrainingArguments
 
@@ -310,10 +310,10 @@ def run_setup(run: RunConfig, args: BudgetedTrainingArguments) -> dict[str, Any]
 
 def expected_run_key(run: RunConfig, args: BudgetedTrainingArguments) -> str:
     """The key the record of this run will carry, computed without running it."""
-    config = selector_config_dict(args.selector, args.selector_kwargs, args.seed)
-    return run_key(
-        args.selector, config, args.selection_fraction, args.selection_k, args.seed,
-        run.model_name_or_path, run.target, run_setup(run, args),
+    setup = {k: v for k, v in run_setup(run, args).items() if k != "flop_budget"}
+    return experiment_key(
+        args.selector, args.selector_kwargs, args.seed, args.selection_fraction, args.selection_k,
+        run.model_name_or_path, run.target, args.flop_budget, setup,
     )
 
 
@@ -383,7 +383,7 @@ def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments, input
         record = record_from_trainer(
             trainer, after, model=run.model_name_or_path, target=run.target,
             baseline_metrics=before, setup=run_setup(run, args),
-            seconds=report["seconds"], key=expected_run_key(run, args),
+            seconds=report["seconds"],
         )
         append_record(run_records_path(run, args), record)
     return report

@@ -21,7 +21,7 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
@@ -58,21 +58,44 @@ class SelectorConfig:
             interrupted run resumes from its last finished shard.
     """
 
-    cache_ignored_fields: ClassVar[frozenset[str]] = frozenset({"show_progress", "cache_dir"})
-    """Options that do not change the scores, so a cache written with other values still applies."""
-
     text_column: str | None = None
     target_text_column: str | None = None
     seed: int = 42
     batch_size: int = 8
     max_length: int = 512
-    show_progress: bool = True
+    show_progress: bool = field(default=True, metadata={"affects_result": False})
     allow_duplicates: bool = False
     shard_size: int = 1024
-    cache_dir: str | None = None
+    cache_dir: str | None = field(default=None, metadata={"affects_result": False})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def result_options(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the options that do not change what is selected (see
+        :func:`affects_result`): what score-cache keys, feature fingerprints and run keys hash."""
+        return result_options(type(self), self.to_dict())
+
+
+def affects_result(config_class: type[SelectorConfig], name: str) -> bool:
+    """Whether option ``name`` of ``config_class`` can change the scores or the selection.
+
+    Declared once, on the field: ``field(default=..., metadata={"affects_result": False})`` marks
+    an option that only changes how a selector runs (progress bars, cache folders, memory/speed
+    trade-offs with the same values). Fields without the mark, and names the class does not know,
+    affect the result.
+
+    Example:
+        >>> affects_result(SelectorConfig, "show_progress"), affects_result(SelectorConfig, "seed")
+        (False, True)
+    """
+    known = {f.name: f for f in dataclasses.fields(config_class)}
+    return name not in known or known[name].metadata.get("affects_result", True)
+
+
+def result_options(config_class: type[SelectorConfig], options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` without those :func:`affects_result` says do not change the result."""
+    return {name: value for name, value in options.items() if affects_result(config_class, name)}
 
 
 @dataclass
@@ -285,11 +308,10 @@ class Selector(ABC):
 
     def cache_description(self, pool: Any, target: Any | None) -> dict[str, Any]:
         """Everything the scores depend on; its hash is the cache key."""
-        ignored = set(self.config.cache_ignored_fields)
         return {
             "hf_cads": __version__,
             "selector": self.name or type(self).__qualname__,
-            "config": {name: value for name, value in self.config.to_dict().items() if name not in ignored},
+            "config": self.config.result_options(),
             "pool": {"fingerprint": getattr(pool, "_fingerprint", None), "rows": len(pool)},
             "target": None if target is None else {"fingerprint": getattr(target, "_fingerprint", None), "rows": len(target)},
             "model": self.model_identity(),
