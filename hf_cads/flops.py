@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from .budget import SelectionCharge, TrainingPlan, migrate_legacy_notes
+from .lora import DEFAULT_LORA_TARGET_MODULES, target_modules_of
 
 LEDGER_FORMAT = 2
 """Version of :meth:`FlopLedger.to_dict`'s layout (1: untyped ``notes`` only)."""
@@ -48,14 +49,12 @@ class LoraSpec:
     """
 
     rank: int
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    target_modules: tuple[str, ...] = DEFAULT_LORA_TARGET_MODULES
 
     @classmethod
     def from_peft_config(cls, peft_config: Any) -> "LoraSpec":
-        modules = getattr(peft_config, "target_modules", None)
-        if modules is None or isinstance(modules, str):
-            # peft's own defaults for Llama-style models; a regex string is resolved by peft itself.
-            modules = ("q_proj", "v_proj")
+        # hf_cads's defaults when the config names no layers (BudgetedTrainer fills them in too).
+        modules = target_modules_of(peft_config)
         return cls(rank=int(peft_config.r), target_modules=tuple(sorted(modules)))
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from .data import build_multisource_pool, column_values, load_bbh_target, load_gsm8k, POOL_SOURCES
 from .evaluation import answers_fit, exact_match, question_answer_pairs
 from .flops import FlopLedger, FlopProfile
+from .lora import DEFAULT_LORA_R, DEFAULT_LORA_TARGET_MODULES
 from .records import RECORDS_FILE, append_record, experiment_key, record_from_trainer
 from .selectors.scoring import CausalLMScorer
 from .trainer import BudgetedTrainer, BudgetedTrainingArguments
@@ -86,10 +87,10 @@ class RunConfig:
     eval_examples: int = 32
     exact_match_max_new_tokens: int = 8
     data_dir: str | None = None
-    lora_r: int = 8
+    lora_r: int = DEFAULT_LORA_R
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGET_MODULES))
     attn_implementation: str | None = None
     run_records: str | None = None
     dtype: str | None = None

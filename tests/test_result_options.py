@@ -13,10 +13,12 @@ from hf_cads.cache import FORMAT_VERSION
 from hf_cads.records import SCHEMA_VERSION, RunRecord, experiment_key, read_records, run_key, run_label
 from hf_cads.selectors import get_selector_class, list_selectors
 from hf_cads.selectors.base import affects_result
+from hf_cads.selectors.cads import CADSSelectorConfig
 from hf_cads.selectors.less import STORE_FORMAT, FeatureStore, LESSSelectorConfig
 
 NOT_AFFECTING = {"show_progress", "cache_dir"}
-LESS_NOT_AFFECTING = NOT_AFFECTING | {"feature_dir", "gradient_buffer_mb", "gradient_method"}
+LESS_NOT_AFFECTING = NOT_AFFECTING | {"feature_dir", "gradient_buffer_mb", "gradient_method", "lora_config"}
+CADS_NOT_AFFECTING = NOT_AFFECTING | {"lora_config"}  # a LoraConfig's values are copied into the LoRA options
 
 
 def not_affecting(config_class):
@@ -26,7 +28,7 @@ def not_affecting(config_class):
 def test_each_selector_declares_its_run_only_options_once():
     for name in list_selectors():
         config_class = get_selector_class(name).config_class
-        expected = LESS_NOT_AFFECTING if config_class is LESSSelectorConfig else NOT_AFFECTING
+        expected = {LESSSelectorConfig: LESS_NOT_AFFECTING, CADSSelectorConfig: CADS_NOT_AFFECTING}.get(config_class, NOT_AFFECTING)
         assert not_affecting(config_class) == expected, name
     assert set(LESSSelectorConfig().result_options()) == {f.name for f in dataclasses.fields(LESSSelectorConfig)} - LESS_NOT_AFFECTING
 
@@ -105,3 +107,27 @@ def test_old_less_feature_folders_are_refused_with_a_clear_message(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": STORE_FORMAT - 1, "fingerprint": "abc"}))
     with pytest.raises(ValueError, match="written by another hf_cads version.*not reused"):
         FeatureStore(tmp_path, "abc", {})
+
+
+def test_one_lora_default_and_a_peft_lora_config_accepted_where_lora_options_are_taken():
+    from peft import LoraConfig
+
+    from hf_cads.flops import LoraSpec
+    from hf_cads.lora import DEFAULT_LORA_TARGET_MODULES, with_default_target_modules
+    from hf_cads.pipeline import RunConfig
+    from hf_cads.selectors.cads import CADSSelectorConfig
+    from hf_cads.selectors.cads_backends import CausalLMBackend
+
+    assert tuple(RunConfig().lora_target_modules) == tuple(CADSSelectorConfig().lora_target_modules) == DEFAULT_LORA_TARGET_MODULES
+    assert LESSSelectorConfig().lora_target_modules == LoraSpec(8).target_modules == DEFAULT_LORA_TARGET_MODULES
+    backend_default = {f.name: f.default for f in dataclasses.fields(CausalLMBackend)}["lora_target_modules"]
+    assert tuple(backend_default) == DEFAULT_LORA_TARGET_MODULES
+    # a LoraConfig naming no layers means the same layers everywhere (FLOP accounting included)
+    assert set(LoraSpec.from_peft_config(LoraConfig(r=4)).target_modules) == set(DEFAULT_LORA_TARGET_MODULES)
+    assert set(with_default_target_modules(LoraConfig(r=4)).target_modules) == set(DEFAULT_LORA_TARGET_MODULES)
+    lora = LoraConfig(r=16, lora_alpha=8, lora_dropout=0.05, target_modules=["v_proj", "q_proj"])
+    less = LESSSelectorConfig(lora_config=lora)
+    assert (less.lora_r, less.lora_alpha, less.lora_dropout, less.lora_target_modules) == (16, 8.0, 0.05, ("q_proj", "v_proj"))
+    assert less.result_options() == LESSSelectorConfig(lora_r=16, lora_alpha=8, lora_dropout=0.05, lora_target_modules=("q_proj", "v_proj")).result_options()
+    cads = CADSSelectorConfig(lora_config=lora)
+    assert (cads.lora_r, cads.lora_target_modules) == (16, ["q_proj", "v_proj"])

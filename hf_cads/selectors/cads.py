@@ -26,6 +26,7 @@ import numpy as np
 
 from ..data import column_values
 from ..flops import validate_budget
+from ..lora import DEFAULT_LORA_R, DEFAULT_LORA_TARGET_MODULES, lora_options
 from .budget import solve_budget_split
 from .base import ScoreOutput, Selector, SelectorConfig, top_k_indices
 from .cads_backends import CausalLMBackend
@@ -82,6 +83,7 @@ class CADSSelectorConfig(SelectorConfig):
         learning_rate: Adam step size of the pilot runs and of ``theta`` (use the downstream one).
         source_column: pool column naming each row's source (CADS-S).
         model_name_or_path: LM to select with when no model object is passed.
+        lora_config: a peft ``LoraConfig`` to take ``lora_r`` and ``lora_target_modules`` from instead.
         lora_r / lora_target_modules: the LoRA adapters CADS trains on its private copy of the LM
             (``lora_r=0``: full finetuning of the copy).
     """
@@ -109,10 +111,14 @@ class CADSSelectorConfig(SelectorConfig):
     learning_rate: float = 1e-3
     source_column: str = "source"
     model_name_or_path: str = "smollm2-135m-instruct"
-    lora_r: int = 8
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    lora_r: int = DEFAULT_LORA_R
+    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGET_MODULES))
+    lora_config: Any = field(default=None, metadata={"affects_result": False})
 
     def __post_init__(self) -> None:
+        if self.lora_config is not None:  # a peft LoraConfig sets the rank and layers (and is not kept)
+            options = lora_options(self.lora_config)
+            self.lora_r, self.lora_target_modules, self.lora_config = options["lora_r"], list(options["lora_target_modules"]), None
         if self.granularity not in ("example", "source"):
             raise ValueError(f"granularity must be 'example' (CADS-E) or 'source' (CADS-S), got {self.granularity!r}.")
         if self.penalty not in ("squared", "one_sided"):

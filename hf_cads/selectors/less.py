@@ -52,6 +52,7 @@ from typing import Any, Iterator, Literal, Sequence
 import numpy as np
 
 from ..cache import atomic_write, weights_digest
+from ..lora import DEFAULT_LORA_R, DEFAULT_LORA_TARGET_MODULES, lora_options
 from ..data import column_values, get_texts
 from ..flops import FlopProfile, matmul_flops
 from .base import ScoreOutput, Selector, SelectorConfig
@@ -76,6 +77,7 @@ class LESSSelectorConfig(SelectorConfig):
         warmup_batch_size: sequences per warmup optimizer step (default: ``batch_size``).
         learning_rate: peak warmup learning rate (paper: 2e-5).
         lr_warmup_ratio: share of warmup steps with a linearly rising learning rate (paper: 0.03).
+        lora_config: a peft ``LoraConfig`` to take the four LoRA options below from instead.
         lora_r / lora_alpha / lora_dropout / lora_target_modules: the LoRA adapters trained in the
             warmup; their parameters are the ones gradients are taken of (paper: rank 128 with
             alpha 512 on q/k/v/o for 7B models; rank 8 keeps the same alpha/r ratio for small ones).
@@ -100,10 +102,11 @@ class LESSSelectorConfig(SelectorConfig):
     warmup_batch_size: int | None = None
     learning_rate: float = 2e-5
     lr_warmup_ratio: float = 0.03
-    lora_r: int = 8
+    lora_r: int = DEFAULT_LORA_R
     lora_alpha: float = 32.0
     lora_dropout: float = 0.1
-    lora_target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    lora_target_modules: Sequence[str] = DEFAULT_LORA_TARGET_MODULES
+    lora_config: Any = field(default=None, metadata={"affects_result": False})
     projection_dim: int = 8192
     projection_type: Literal["rademacher", "gaussian"] = "rademacher"
     subtask_column: str | None = None
@@ -114,6 +117,9 @@ class LESSSelectorConfig(SelectorConfig):
     gradient_method: GradientMethod = field(default="auto", metadata={"affects_result": False})
 
     def __post_init__(self) -> None:
+        if self.lora_config is not None:  # a peft LoraConfig sets the four LoRA options (and is not kept)
+            vars(self).update(lora_options(self.lora_config), lora_config=None)
+
         def positive_int(name: str, value: Any, hint: str) -> None:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer ({hint}), got {value!r}.")

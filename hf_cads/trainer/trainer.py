@@ -24,6 +24,7 @@ from typing import Any
 
 from transformers import Trainer
 
+from ..lora import with_default_target_modules
 from ..selectors import SelectionResult, build_selector, select_within_budget
 from .arguments import BudgetedTrainingArguments
 from .budget import FlopBudgetMixin
@@ -115,7 +116,7 @@ class BudgetedTrainer(FlopBudgetMixin, Trainer):
             # selector cache keyed by these weights) the same on every run with this seed.
             set_seed(seed)
             try:
-                model = get_peft_model(model, peft_config)
+                model = get_peft_model(model, with_default_target_modules(peft_config))
             except ValueError as err:
                 raise ValueError(f"peft_config does not fit this model: {err}") from err
         check_vocabulary(model, tokenizer)
