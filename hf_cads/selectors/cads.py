@@ -30,7 +30,8 @@ from ..lora import DEFAULT_LORA_R, DEFAULT_LORA_TARGET_MODULES, lora_options
 from .budget import solve_budget_split
 from .base import ScoreOutput, Selector, SelectorConfig, top_k_indices
 from .cads_backends import CausalLMBackend
-from .cads_core import CADSOutcome, CADSPlan, plan_cads, run_cads
+from .cads_core import CADSPlan, plan_cads
+from .cads_loop import CADSOutcome, run_cads
 from .perplexity import CausalLMSelectorMixin
 from .registry import register_selector
 
