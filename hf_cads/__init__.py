@@ -5,6 +5,7 @@ Example:
 """
 
 from ._version import __version__
+from .budget import SelectionCharge, TrainingPlan
 from .flops import BudgetExceededError, FlopLedger, FlopProfile, LoraSpec
 from .selectors import (
     CADSSelector,
@@ -19,11 +20,12 @@ from .selectors import (
     get_selector,
     list_selectors,
     register_selector,
+    select_within_budget,
 )
 from .hub import DatasetReference, push_selection
 from .planner import PerformanceFit, Recommendation, fit_performance_curve, make_plan, pareto_frontier, plot_plan, recommend
 from .records import RunRecord, append_record, read_records, record_from_trainer
-from .trainer import BudgetedTrainer, BudgetedTrainingArguments
+from .trainer import BudgetedTrainer, BudgetedTrainingArguments, FlopBudgetMixin
 
 __all__ = [
     "BudgetExceededError",
@@ -32,6 +34,7 @@ __all__ = [
     "CADSSelector",
     "CADSSelectorConfig",
     "DatasetReference",
+    "FlopBudgetMixin",
     "FlopLedger",
     "FlopProfile",
     "LESSSelector",
@@ -42,9 +45,11 @@ __all__ = [
     "Recommendation",
     "RunRecord",
     "ScoreOutput",
+    "SelectionCharge",
     "SelectionResult",
     "Selector",
     "SelectorConfig",
+    "TrainingPlan",
     "__version__",
     "append_record",
     "fit_performance_curve",
@@ -58,4 +63,5 @@ __all__ = [
     "recommend",
     "record_from_trainer",
     "register_selector",
+    "select_within_budget",
 ]
