@@ -23,8 +23,13 @@ import json
 import math
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
+from .budget import SelectionCharge, TrainingPlan, migrate_legacy_notes
+from .lora import DEFAULT_LORA_TARGET_MODULES, target_modules_of
+
+LEDGER_FORMAT = 2
+"""Version of :meth:`FlopLedger.to_dict`'s layout (1: untyped ``notes`` only)."""
 PHASES = ("selection", "train", "eval")
 """Ledger phases. ``selection`` and ``train`` count against the budget; ``eval`` is reported only."""
 
@@ -44,14 +49,12 @@ class LoraSpec:
     """
 
     rank: int
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    target_modules: tuple[str, ...] = DEFAULT_LORA_TARGET_MODULES
 
     @classmethod
     def from_peft_config(cls, peft_config: Any) -> "LoraSpec":
-        modules = getattr(peft_config, "target_modules", None)
-        if modules is None or isinstance(modules, str):
-            # peft's own defaults for Llama-style models; a regex string is resolved by peft itself.
-            modules = ("q_proj", "v_proj")
+        # hf_cads's defaults when the config names no layers (BudgetedTrainer fills them in too).
+        modules = target_modules_of(peft_config)
         return cls(rank=int(peft_config.r), target_modules=tuple(sorted(modules)))
 
 
@@ -144,13 +147,6 @@ class FlopProfile:
             context = prompt_len + step
             total += 2.0 * batch_size * self.num_params + 4.0 * batch_size * context * self.attention_dim * self.num_layers
         return total
-
-    def forward_flops_for_lengths(self, lengths: Sequence[int]) -> float:
-        """Forward FLOPs for unpadded sequences of the given lengths (one sequence per entry)."""
-        return sum(self.forward_flops(1, int(n)) for n in lengths)
-
-    def train_flops_for_lengths(self, lengths: Sequence[int]) -> float:
-        return sum(self.train_step_flops(1, int(n)) for n in lengths)
 
     # -- constructors --------------------------------------------------------------------------
     @classmethod
@@ -313,15 +309,6 @@ class FlopProfile:
             )
         return replace(self, linears=tuple(updated))
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "num_layers": self.num_layers,
-            "matmul_params": self.num_params,
-            "trainable_matmul_params": self.trainable_params,
-            "attention_dim": self.attention_dim,
-        }
-
 
 T5_MODEL_TYPES = frozenset({"t5", "mt5", "umt5"})
 """Configs read as their encoder stack (``T5EncoderModel``), as sentence encoders use them."""
@@ -391,11 +378,17 @@ class FlopLedger:
         False
         >>> ledger.remaining
         70.0
+
+    Beside the FLOPs it carries the typed plan: :attr:`selection` (a
+    :class:`~hf_cads.budget.SelectionCharge`) and :attr:`training` (a
+    :class:`~hf_cads.budget.TrainingPlan`); :attr:`notes` holds anything else a caller adds.
     """
 
     budget: float | None = None
     entries: dict[str, float] = field(default_factory=lambda: {phase: 0.0 for phase in PHASES})
     notes: dict[str, Any] = field(default_factory=dict)
+    selection: SelectionCharge | None = None
+    training: TrainingPlan = field(default_factory=TrainingPlan)
 
     def __post_init__(self) -> None:
         if self.budget is not None:
@@ -441,22 +434,43 @@ class FlopLedger:
 
     def format_table(self) -> str:
         """A small human-readable table of :meth:`breakdown`."""
+        return self.format_breakdown(self.breakdown())
+
+    @staticmethod
+    def format_breakdown(breakdown: Mapping[str, float]) -> str:
+        """The table of a :meth:`breakdown` (e.g. one read back from a report)."""
+        budget, spent = breakdown.get("budget"), breakdown["total"]
         rows = [f"{'phase':<12}{'FLOPs':>14}{'share':>9}"]
-        denom = self.budget or self.spent or 1.0
+        denom = budget or spent or 1.0
         for phase in PHASES:
-            rows.append(f"{phase:<12}{self.entries[phase]:>14.4e}{self.entries[phase] / denom:>9.1%}")
-        rows.append(f"{'total':<12}{self.spent:>14.4e}{self.spent / denom:>9.1%}")
-        if self.budget is not None:
-            rows.append(f"{'budget':<12}{self.budget:>14.4e}{1.0:>9.1%}")
+            rows.append(f"{phase:<12}{breakdown[phase]:>14.4e}{breakdown[phase] / denom:>9.1%}")
+        rows.append(f"{'total':<12}{spent:>14.4e}{spent / denom:>9.1%}")
+        if budget is not None:
+            rows.append(f"{'budget':<12}{budget:>14.4e}{1.0:>9.1%}")
         return "\n".join(rows)
 
     # -- persistence (checkpoints) --------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"budget": self.budget, "entries": dict(self.entries), "notes": dict(self.notes)}
+        return {
+            "format": LEDGER_FORMAT,
+            "budget": self.budget,
+            "entries": dict(self.entries),
+            "selection": self.selection.to_dict() if self.selection is not None else None,
+            "training": self.training.to_dict(),
+            "notes": dict(self.notes),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "FlopLedger":
-        return cls(budget=data.get("budget"), entries=dict(data["entries"]), notes=dict(data.get("notes", {})))
+        """Read :meth:`to_dict`'s output, also from ledgers written before the typed plan existed
+        (their ``notes`` held the same facts under string keys)."""
+        entries = dict(data["entries"])
+        if "training" not in data:
+            notes, selection, training = migrate_legacy_notes(data.get("notes", {}), entries.get("selection", 0.0))
+            return cls(budget=data.get("budget"), entries=entries, notes=notes, selection=selection, training=training)
+        selection = SelectionCharge.from_dict(data["selection"]) if data.get("selection") else None
+        return cls(budget=data.get("budget"), entries=entries, notes=dict(data.get("notes", {})),
+                   selection=selection, training=TrainingPlan.from_dict(data["training"]))
 
     def save(self, path: str) -> None:
         """Write the ledger as JSON, atomically (a temporary file moved into place)."""

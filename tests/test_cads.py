@@ -110,9 +110,13 @@ def test_budgeted_trainer_runs_cads_and_charges_it(tmp_path, small_pool, bbh_tar
 
 
 # -- bad input ---------------------------------------------------------------------------------
-def test_train_budget_is_required():
+def test_train_budget_is_required_when_cads_runs_alone(small_pool, bbh_target, tokenizer, tiny_lm):
+    # Without a budget to derive it from (BudgetedTrainer's flop_budget), CADS cannot plan.
+    selector = get_selector("cads-e", model=tiny_lm, tokenizer=tokenizer, show_progress=False)
     with pytest.raises(ValueError, match="CADS needs train_budget="):
-        get_selector("cads-e")
+        selector.estimate_flops(small_pool, bbh_target[0])
+    with pytest.raises(ValueError, match="CADS needs train_budget="):
+        selector.select(small_pool, target=bbh_target[0])
 
 
 def test_cads_s_needs_a_source_column_with_several_sources(small_pool, bbh_target, tokenizer, tiny_lm):

@@ -107,7 +107,7 @@ def test_budgeted_training_caps_the_flops_of_all_processes(two_processes):
     assert ledger["train"] == pytest.approx(sum(first["local_costs"]) + sum(second["local_costs"]), rel=1e-12)
     assert not set(first["local_batches"]) & set(second["local_batches"])  # the processes saw different data
     assert 0.95 * ledger["budget"] <= ledger["total"] <= ledger["budget"]
-    assert first["notes"]["stopped_by_budget"]
+    assert first["training"]["stopped_by_budget"]
     # the selection inside the trainer was sharded too and charged once: what BM25 costs on this pool
     assert ledger["selection"] == rank0["selections"]["bm25"]["flops"]
 

@@ -247,7 +247,7 @@ def test_budgeted_trainer_charges_less_warmup_and_features(tmp_path, task_pool, 
     ledger = trainer.flop_ledger
     assert trainer.selection_result.selector == "less" and len(trainer.selection_result) == 16
     assert ledger.entries["selection"] == pytest.approx(trainer.selection_result.flops) == pytest.approx(selection)
-    stages = ledger.notes["selection_flops"]
+    stages = ledger.selection.stages
     assert stages["warmup"] > 0 and stages["pool_gradients"] > 0 and stages["projection"] > 0
     assert sum(stages.values()) == pytest.approx(ledger.entries["selection"])
     trainer.train()

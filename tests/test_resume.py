@@ -114,7 +114,7 @@ def test_resumed_training_keeps_the_ledger_and_stops_at_the_same_cap(tmp_path, s
     reference = budgeted_trainer(tmp_path / "reference", tmp_path / "cache_a", small_pool, bbh_target, tokenizer, budget)
     reference.train()
     steps = reference.state.global_step
-    assert steps > 7 and reference.flop_ledger.notes.get("stopped_by_budget")
+    assert steps > 7 and reference.flop_ledger.training.stopped_by_budget
 
     crashed = budgeted_trainer(tmp_path / "run", tmp_path / "cache_b", small_pool, bbh_target, tokenizer, budget, [CrashAfterStep(7)])
     with pytest.raises(Crash):
@@ -133,7 +133,7 @@ def test_resumed_training_keeps_the_ledger_and_stops_at_the_same_cap(tmp_path, s
     assert resumed.state.global_step == steps
     assert ledger.entries["selection"] == expected.entries["selection"] > 0  # restored, not 0 and not twice
     assert ledger.entries["train"] == pytest.approx(expected.entries["train"], rel=1e-12)
-    assert ledger.spent <= budget and ledger.notes.get("stopped_by_budget")
+    assert ledger.spent <= budget and ledger.training.stopped_by_budget
     # same schedule and same data order as the uninterrupted run
     def per_step(trainer, key):
         return {e["step"]: e[key] for e in trainer.state.log_history if key in e and "train_runtime" not in e}

@@ -21,10 +21,11 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
 
+from .._version import __version__
 from ..cache import ScoreCache, model_identity, resolve_cache_dir
 from ..data import column_values
 from ..distributed import Processes, current_processes
@@ -60,22 +61,45 @@ class SelectorConfig:
             interrupted run resumes from its last finished shard.
     """
 
-    cache_ignored_fields: ClassVar[frozenset[str]] = frozenset({"show_progress", "cache_dir"})
-    """Options that do not change the scores, so a cache written with other values still applies."""
-
     text_column: str | None = None
     target_text_column: str | None = None
     seed: int = 42
     batch_size: int = 8
     max_length: int = 512
-    show_progress: bool = True
+    show_progress: bool = field(default=True, metadata={"affects_result": False})
     deduplicate: Literal["drop", "error"] = "drop"
     allow_duplicates: bool = False
     shard_size: int = 1024
-    cache_dir: str | None = None
+    cache_dir: str | None = field(default=None, metadata={"affects_result": False})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def result_options(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the options that do not change what is selected (see
+        :func:`affects_result`): what score-cache keys, feature fingerprints and run keys hash."""
+        return result_options(type(self), self.to_dict())
+
+
+def affects_result(config_class: type[SelectorConfig], name: str) -> bool:
+    """Whether option ``name`` of ``config_class`` can change the scores or the selection.
+
+    Declared once, on the field: ``field(default=..., metadata={"affects_result": False})`` marks
+    an option that only changes how a selector runs (progress bars, cache folders, memory/speed
+    trade-offs with the same values). Fields without the mark, and names the class does not know,
+    affect the result.
+
+    Example:
+        >>> affects_result(SelectorConfig, "show_progress"), affects_result(SelectorConfig, "seed")
+        (False, True)
+    """
+    known = {f.name: f for f in dataclasses.fields(config_class)}
+    return name not in known or known[name].metadata.get("affects_result", True)
+
+
+def result_options(config_class: type[SelectorConfig], options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` without those :func:`affects_result` says do not change the result."""
+    return {name: value for name, value in options.items() if affects_result(config_class, name)}
 
 
 @dataclass
@@ -111,6 +135,9 @@ class SelectionResult:
         config: the selector's full configuration.
         all_scores: the score of every pool row (for histograms and cards).
         extras: selector-specific details (e.g. CADS-S's learned mixture).
+
+    Share it on the Hub with :func:`hf_cads.hub.push_selection` (``push_selection(result, repo_id,
+    parent=pool)``).
     """
 
     dataset: Any
@@ -125,28 +152,6 @@ class SelectionResult:
 
     def __len__(self) -> int:
         return len(self.indices)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "selector": self.selector,
-            "k": len(self.indices),
-            "pool_size": self.pool_size,
-            "fraction": len(self.indices) / self.pool_size,
-            "selection_flops": self.flops,
-            "score_mean": float(np.mean(self.scores)) if len(self.scores) else float("nan"),
-        }
-
-    def push_to_hub(self, repo_id: str, *, parent: Any, local_dir: str | None = None, **options: Any) -> Any:
-        """Upload the chosen rows (with ``score`` and ``pool_index``) and a dataset card to ``repo_id``;
-        with ``local_dir``, only write there exactly what would be uploaded. ``parent`` is the pool
-        selected from (or its Hub id); see :func:`hf_cads.hub.push_selection` for the options.
-
-        Example:
-            >>> result.push_to_hub("me/bbh-bm25", parent=pool, target=validation, local_dir="subset")  # doctest: +SKIP
-        """
-        from ..hub import push_selection
-
-        return push_selection(self, repo_id, parent=parent, local_dir=local_dir, **options)
 
 
 def resolve_k(pool_size: int, k: int | None, fraction: float | None) -> int:
@@ -353,17 +358,19 @@ class Selector(ABC):
 
     def cache_description(self, pool: Any, target: Any | None) -> dict[str, Any]:
         """Everything the scores depend on; its hash is the cache key."""
-        from .. import __version__
-
-        ignored = set(self.config.cache_ignored_fields)
         return {
             "hf_cads": __version__,
             "selector": self.name or type(self).__qualname__,
-            "config": {name: value for name, value in self.config.to_dict().items() if name not in ignored},
+            "config": self.config.result_options(),
             "pool": {"fingerprint": getattr(pool, "_fingerprint", None), "rows": len(pool)},
             "target": None if target is None else {"fingerprint": getattr(target, "_fingerprint", None), "rows": len(target)},
             "model": self.model_identity(),
         }
+
+    def fit_to_budget(self, available_flops: float, pool: Any, target: Any | None) -> None:
+        """Size the selector's own budget-dependent options to ``available_flops`` (selection plus
+        training), before :meth:`estimate_flops`. Most selectors have none; CADS derives its
+        training budget ``C`` from it unless ``train_budget`` was given."""
 
     @abstractmethod
     def estimate_flops(self, pool: Any, target: Any | None) -> float:
