@@ -36,16 +36,17 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .selectors import build_selector, get_selector_class
-from .selectors.base import result_options
+from .selectors.base import family_options, result_options
 from .selectors.budget import matmul_params, selection_model_params  # noqa: F401  (re-exported: their former home)
 
 logger = logging.getLogger(__name__)
 
 RECORDS_FILE = "runs.jsonl"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """2: keys hash the selector options marked as affecting the result (``SelectorConfig`` field
-metadata) and the requested options rather than resolved ones; records of version 1 get their key
-recomputed this way when read, so a sweep still recognises the runs they record."""
+metadata) and the requested options rather than resolved ones. 3: labels name selector families
+(default-valued and per-run options left out). Older records get their key and label recomputed
+this way when read, so a sweep still recognises the runs they record and the planner groups them."""
 NO_SELECTION = "full"
 """Label of runs that train on the whole pool (no selector)."""
 
@@ -154,7 +155,7 @@ class RunRecord:
         values = {name: value for name, value in data.items() if name in known}
         if int(data.get("schema_version", 1)) < SCHEMA_VERSION:
             # Keys of older records were hashed another way: recompute them the current way.
-            values.update(key="", schema_version=SCHEMA_VERSION)
+            values.update(key="", label=None, schema_version=SCHEMA_VERSION)
         # Records written by newer versions may carry extra fields; keep what this version knows.
         return cls(**values)
 
@@ -194,13 +195,28 @@ def run_key(
 
 
 def run_label(selector: str | None, selector_kwargs: Mapping[str, Any] | None = None) -> str:
-    """``bm25`` or, with options the user set, ``bm25[aggregate=max]`` (seed and display options left out)."""
+    """The selector family a run belongs to (one planner curve): ``bm25`` or, with options the user
+    set away from their defaults, ``bm25[aggregate=max]``. Options that do not change the result
+    (display, caching) and options set per run (the seed, CADS's ``train_budget``) are left out, so
+    runs of one configuration at several sizes and seeds share a label."""
     if selector is None:
         return NO_SELECTION
-    options = {k: v for k, v in _result_options(selector, selector_kwargs or {}).items() if k != "seed"}
+    options = _family_options(selector, selector_kwargs or {})
     if not options:
         return selector
-    return f"{selector}[{','.join(f'{k}={v}' for k, v in sorted(options.items()))}]"
+    return f"{selector}[{','.join(f'{k}={_short(v)}' for k, v in sorted(options.items()))}]"
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _family_options(selector: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        config_class = get_selector_class(selector).config_class
+    except ValueError:  # a selector registered in another program: keep every option but the seed
+        return {k: v for k, v in options.items() if k != "seed"}
+    return family_options(config_class, options)
 
 
 def _is_registered(selector: str | None) -> bool:

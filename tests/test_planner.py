@@ -243,3 +243,40 @@ def test_plan_refuses_mixed_models(tmp_path):
         make_plan(records + [other], metric="accuracy")
     assert len(make_plan(records + [other], metric="accuracy", model="tiny").records) == len(records)
     json.dumps(other.to_dict())
+
+
+def test_cads_runs_at_several_sizes_and_seeds_form_one_family(tmp_path, capsys):
+    """CADS's train_budget follows each run's subset size, and the seed varies: neither may split the
+    family. Long labels are shortened in the 120-column report and spelled out in the JSON."""
+    from hf_cads.records import run_label
+
+    options = dict(outer_steps=2, block_size=4, num_sampling_points=3, samples_per_step=2, target_batch_size=3,
+                   min_sampling_fraction=0.02, max_length=128, A=4.0, batch_size=1, learning_rate=1e-3)
+    rng = np.random.default_rng(0)
+    path = tmp_path / "runs.jsonl"
+    cost, selection, pool = 7e10, 3e12, 120
+    for fraction in (0.05, 0.1, 0.2):
+        for seed in (0, 1):
+            k = round(fraction * pool)
+            kwargs = dict(options, train_budget=cost * k, seed=seed)  # as the compute-optimal benchmark sets them
+            total = selection + cost * k
+            append_record(path, RunRecord(
+                selector="cads-s", selector_config={}, model="m", model_params=1, selection_model_params=1,
+                pool_size=pool, k=k, tokens_trained=10 * k, selection_flops=selection, train_flops=cost * k,
+                metrics={"target_loss": float(4.3 - 0.1 * (1 - np.exp(-total / 5e12)) + rng.normal(0, 0.002))},
+                baseline_metrics={"target_loss": 4.3}, seed=seed, selection_fraction=fraction, target="t",
+                setup={"selector_kwargs": kwargs},
+            ))
+    records = read_records(path)
+    assert len({r.label for r in records}) == 1 and len({r.key for r in records}) == 6  # one family, six experiments
+    label = records[0].label
+    assert label == run_label("cads-s", options) and "train_budget" not in label and "seed" not in label
+    assert "learning_rate" not in label  # set to its default value: no part of the family's name
+    plan = make_plan(records, metric="target_loss", budget=4e12)
+    assert label in plan.fits and plan.fits[label].num_points == 6 + 1  # six runs and the untrained baseline
+    json_path = tmp_path / "plan.json"
+    assert main(["plan", str(path), "--budget", "4e12", "--plot", str(tmp_path / "p.png"), "--json", str(json_path)]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 120, max(out.splitlines(), key=len)
+    assert "cads-s#1 = cads-s[" in out and "no curve" not in out
+    assert label in json.loads(json_path.read_text())["families"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -40,6 +41,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--model", help="use only records of this model")
     parser.add_argument("--target", help="use only records of this target")
     parser.add_argument("--plot", help="PNG path (default: <records>_planner.png beside the records)")
+    parser.add_argument("--json", help="also write the plan as JSON here (full family labels and selector configs)")
     options = parser.parse_args(list(argv))
     if options.targets < 1:
         raise ValueError(f"--targets must be >= 1, got {options.targets}.")
@@ -50,6 +52,9 @@ def main(argv: Sequence[str]) -> int:
         include_baseline=not options.no_baseline, model=options.model, target=options.target,
     )
     print(plan.format())
+    if options.json:
+        Path(options.json).write_text(json.dumps(plan.to_dict(), indent=2, default=str), encoding="utf-8")
+        print(f"\nplan as JSON: {options.json}")
     plot = Path(options.plot) if options.plot else Path(options.records).with_name(Path(options.records).stem + "_planner.png")
     print(f"\nplot: {plot_plan(plan, plot)}")
     return 0

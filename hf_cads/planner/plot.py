@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .report import Plan
+from .report import Plan, display_names
 
 # -- the plot ----------------------------------------------------------------------------------
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
@@ -35,29 +35,30 @@ def plot_plan(plan: Plan, path: str | Path, *, title: str | None = None) -> Path
     shown = [r.metrics[plan.metric] for r in plan.records] + [
         r.baseline_metrics[plan.metric] for r in plan.records if plan.metric in r.baseline_metrics
     ]
+    names = display_names(labels)  # long family labels: the report's "families" list spells them out
     for label in labels:
-        shown += _draw_selector(axes, plan, label, colours[label], np.geomspace(left, right, 200), left)
+        shown += _draw_selector(axes, plan, label, names[label], colours[label], np.geomspace(left, right, 200), left)
     _draw_frontier_and_baseline(axes, plan, right)
-    _draw_budget(axes, plan, colours)
+    _draw_budget(axes, plan, colours, names)
     _format_axes(axes, plan, left, right, shown, title)
     figure.tight_layout()
     figure.savefig(path)
     return path
 
 
-def _draw_selector(axes: Any, plan: Plan, label: str, colour: str, grid: np.ndarray, left: float) -> list[float]:
+def _draw_selector(axes: Any, plan: Plan, label: str, name: str, colour: str, grid: np.ndarray, left: float) -> list[float]:
     """One selector's runs (scatter) and fitted curve with its interval band; returns the curve's values."""
     group = [r for r in plan.records if r.label == label and r.total_flops > 0]
     axes.scatter([r.total_flops for r in group], [r.metrics[plan.metric] for r in group], s=26, alpha=0.8,
                  color=colour, edgecolors="none", zorder=3)
     fit = plan.fits.get(label)
     if fit is None:
-        axes.plot([], [], color=colour, marker="o", linestyle="none", label=f"{label} (runs only)")
+        axes.plot([], [], color=colour, marker="o", linestyle="none", label=f"{name} (runs only)")
         return []
     # A curve exists from the selection cost (k = 0) to training on the whole pool (k = |pool|).
     xs = grid[(grid >= fit.selection_flops) & (grid <= float(fit.flops_for_k(fit.pool_size)))]
     xs = np.unique(np.concatenate([xs, [max(fit.selection_flops, left), float(fit.flops_for_k(fit.pool_size))]]))
-    axes.plot(xs, fit.predict(xs), color=colour, linewidth=1.8, label=label, zorder=2)
+    axes.plot(xs, fit.predict(xs), color=colour, linewidth=1.8, label=name, zorder=2)
     confidence = plan.recommendation.confidence if plan.recommendation else 0.9
     low, high = fit.interval(xs, confidence)
     if np.isfinite(low).all() and np.isfinite(high).all():
@@ -76,7 +77,7 @@ def _draw_frontier_and_baseline(axes: Any, plan: Plan, right: float) -> None:
         axes.axhline(float(np.mean(baselines)), color="grey", linestyle=":", linewidth=1.0, label="before finetuning")
 
 
-def _draw_budget(axes: Any, plan: Plan, colours: dict[str, str]) -> None:
+def _draw_budget(axes: Any, plan: Plan, colours: dict[str, str], names: dict[str, str]) -> None:
     if plan.budget is None:
         return
     axes.axvline(plan.budget, color="grey", linestyle="-.", linewidth=1.0, label=f"budget {plan.budget:.2g}")
@@ -86,7 +87,7 @@ def _draw_budget(axes: Any, plan: Plan, colours: dict[str, str]) -> None:
         shared = f"; selection shared by {rec.targets} targets" if rec.targets > 1 else ""
         # The star sits where the curve is read: at c*k + the full (measured) selection cost.
         axes.scatter([float(fit.flops_for_k(rec.k))], [rec.predicted], marker="*", s=220, color=colours[rec.selector],
-                     edgecolors="black", linewidths=0.8, zorder=5, label=f"recommended: {rec.selector}, k={rec.k}{shared}")
+                     edgecolors="black", linewidths=0.8, zorder=5, label=f"recommended: {names[rec.selector]}, k={rec.k}{shared}")
 
 
 def _format_axes(axes: Any, plan: Plan, left: float, right: float, shown: list[float], title: str | None) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 
 from ..records import RunRecord
@@ -30,29 +31,38 @@ class Plan:
     targets: int = 1
 
     def format(self) -> str:
-        """Human-readable tables: fits, the option of each selector, recommendation, break-even."""
+        """Human-readable tables (at most :data:`REPORT_WIDTH` columns): fits, the option of each
+        selector family, recommendation, break-even. Long family labels are shortened in the tables
+        and spelled out under "families"."""
         direction = "higher" if self.higher_is_better else "lower"
         first = self.records[0]
+        name = display_names(sorted({r.label for r in self.records}))
         lines = [
             f"{len(self.records)} runs of {first.model} on {first.target}; metric {self.metric} ({direction} is better)",
+        ]
+        long_names = {short: label for label, short in name.items() if short != label}
+        if long_names:
+            lines += ["", "families (shortened in the tables):"]
+            lines += [_wrap(f"{short} = {label.replace(',', ', ')}", indent="      ", first="  ") for short, label in long_names.items()]
+        lines += [
             "",
-            "fits  P(C) = (P_max - P0) * (1 - exp(-lambda * C / C_full)) + P0,  C = c*k + C_select  "
-            "(bounded least squares, scipy trust-region reflective; +- 1 s.e.)",
+            "fits  P(C) = (P_max - P0) * (1 - exp(-lambda * C / C_full)) + P0,  C = c*k + C_select",
+            "      (bounded least squares, scipy trust-region reflective; +- 1 s.e.)",
         ]
         rows = [("selector", "runs", "P0", "P_max", "lambda", "rmse", "c/example", "C_select", "C_full")]
         for label, fit in self.fits.items():
             err = fit.parameter_errors
             rows.append((
-                label, str(fit.num_points), f"{fit.p0:.4g}±{err['p0']:.2g}", f"{fit.p_max:.4g}±{err['p_max']:.2g}",
+                name[label], str(fit.num_points), f"{fit.p0:.4g}±{err['p0']:.2g}", f"{fit.p_max:.4g}±{err['p_max']:.2g}",
                 f"{fit.lam:.3g}±{err['lam']:.2g}", f"{fit.rmse:.3g}", f"{fit.cost_per_example:.3g}",
                 f"{fit.selection_flops:.3g}", f"{fit.c_full:.3g}",
             ))
         lines.append(_table(rows))
         for label, reason in self.skipped.items():
-            lines.append(f"  (no curve for {label}: {reason})")
+            lines.append(_wrap(f"(no curve for {name[label]}: {reason.replace(label, name[label])})", indent="    ", first="  "))
         lines += ["", "Pareto frontier (best metric at each total FLOPs):"]
         lines.append(_table([("total FLOPs", self.metric, "selector", "k", "seed")] + [
-            (f"{r.total_flops:.4g}", f"{r.metrics[self.metric]:.4g}", r.label, str(r.k), str(r.seed)) for r in self.frontier
+            (f"{r.total_flops:.4g}", f"{r.metrics[self.metric]:.4g}", name[r.label], str(r.k), str(r.seed)) for r in self.frontier
         ]))
         if self.budget is not None:
             amortised = f", selection amortised over {self.targets} targets" if self.targets > 1 else ""
@@ -64,29 +74,101 @@ class Plan:
                 level = f"{rec.confidence:.0%}"
                 rows = [("selector", "k", "fraction", "C_select", "C_train", "predicted", f"{level} interval")]
                 for o in sorted(rec.options, key=lambda o: -o.predicted if self.higher_is_better else o.predicted):
-                    rows.append((o.label, str(o.k), f"{o.fraction:.3f}", f"{o.selection_flops:.3g}", f"{o.train_flops:.3g}",
+                    rows.append((name[o.label], str(o.k), f"{o.fraction:.3f}", f"{o.selection_flops:.3g}", f"{o.train_flops:.3g}",
                                  f"{o.predicted:.4g}", f"[{o.interval[0]:.4g}, {o.interval[1]:.4g}]"))
-                for label, reason in rec.infeasible.items():
-                    rows.append((label, "-", "-", "-", "-", "unaffordable", reason))
                 lines.append(_table(rows))
-                lines.append(
-                    f"recommendation: {rec.selector} with k={rec.k} ({rec.chosen.fraction:.1%} of the pool), predicted "
+                for label, reason in rec.infeasible.items():
+                    lines.append(_wrap(f"{name[label]}: unaffordable, {reason}", indent="    ", first="  "))
+                lines.append(_wrap(
+                    f"recommendation: {name[rec.selector]} with k={rec.k} ({rec.chosen.fraction:.1%} of the pool), predicted "
                     f"{self.metric} {rec.predicted:.4g} ({level} interval {rec.interval[0]:.4g} .. {rec.interval[1]:.4g})"
-                )
+                ))
             affordable = [r for r in self.frontier if r.total_flops <= self.budget]
             if affordable:
                 run = affordable[-1]  # the frontier improves with FLOPs: its last affordable run is the best
-                lines.append(f"best recorded run within the budget: {run.label} k={run.k} seed={run.seed}, "
-                             f"{self.metric} {run.metrics[self.metric]:.4g} at {run.total_flops:.3g} FLOPs")
+                lines.append(_wrap(f"best recorded run within the budget: {name[run.label]} k={run.k} seed={run.seed}, "
+                                   f"{self.metric} {run.metrics[self.metric]:.4g} at {run.total_flops:.3g} FLOPs"))
             if self.break_even:
-                lines += ["", "break-even: training / selection model size (matmul params) from which each expensive "
-                          "selector beats the cheap ones at this budget (as a multiple of C_full):"]
-                rows = [("selector", "vs", "C_select/budget", "measured N_t/N_s", "break-even N_t/N_s", "x measured N_t")]
+                lines += ["", _wrap("break-even: training / selection model size (matmul params) from which each expensive "
+                                    "selector beats the cheap ones at this budget (as a multiple of C_full):")]
+                rows = [("selector", "vs", "C_select/budget", "N_t/N_s now", "break-even N_t/N_s", "x N_t now")]
                 for b in self.break_even:
-                    rows.append((b.selector, b.versus, f"{b.selection_share:.3g}", f"{b.reference_ratio:.3g}",
+                    rows.append((name.get(b.selector, b.selector), name.get(b.versus, b.versus), f"{b.selection_share:.3g}", f"{b.reference_ratio:.3g}",
                                  _ratio_text(b.ratio, b.scale), _ratio_text(b.scale, b.scale)))
                 lines.append(_table(rows))
         return "\n".join(lines)
+
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as plain data (``hf-cads plan --json``): every family with its full label, the
+        options that define it and a run's whole selector configuration, its fit, the frontier and
+        the recommendation."""
+        families: dict[str, Any] = {}
+        for label in sorted({r.label for r in self.records}):
+            group = [r for r in self.records if r.label == label]
+            fit = self.fits.get(label)
+            families[label] = {
+                "selector": group[0].selector,
+                "runs": len(group),
+                "selector_config": group[0].selector_config,
+                "fit": None if fit is None else {
+                    "p0": fit.p0, "p_max": fit.p_max, "lambda": fit.lam, "rmse": fit.rmse, "errors": fit.parameter_errors,
+                    "cost_per_example": fit.cost_per_example, "selection_flops": fit.selection_flops, "c_full": fit.c_full,
+                },
+                "no_fit_reason": self.skipped.get(label),
+            }
+        rec = self.recommendation
+        return {
+            "metric": self.metric,
+            "higher_is_better": self.higher_is_better,
+            "budget": self.budget,
+            "targets": self.targets,
+            "families": families,
+            "frontier": [{"label": r.label, "k": r.k, "seed": r.seed, "total_flops": r.total_flops,
+                          "metric": r.metrics[self.metric]} for r in self.frontier],
+            "recommendation": None if rec is None else {
+                "selector": rec.selector, "k": rec.k, "predicted": rec.predicted, "interval": list(rec.interval),
+                "infeasible": dict(rec.infeasible),
+            },
+            "recommendation_error": self.recommendation_error,
+        }
+
+
+REPORT_WIDTH = 120
+"""Columns :meth:`Plan.format` stays within."""
+LABEL_WIDTH = 32
+"""Family labels longer than this are shortened in report tables."""
+
+
+def display_names(labels: Sequence[str], width: int = LABEL_WIDTH) -> dict[str, str]:
+    """Table names for family labels: a label up to ``width`` characters as it is, a longer one as
+    its selector name with a number (``cads-e#1``), unique among ``labels``.
+
+    Example:
+        >>> display_names(["bm25", "cads-e[" + "x=1," * 20 + "y=2]"])
+        {'bm25': 'bm25', 'cads-e[x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,y=2]': 'cads-e#1'}
+    """
+    names: dict[str, str] = {}
+    taken = {label for label in labels if len(label) <= width}
+    counters: dict[str, int] = {}
+    for label in labels:
+        if len(label) <= width:
+            names[label] = label
+            continue
+        base = label.split("[", 1)[0][: width - 4]
+        while True:
+            counters[base] = counters.get(base, 0) + 1
+            short = f"{base}#{counters[base]}"
+            if short not in taken:
+                break
+        taken.add(short)
+        names[label] = short
+    return names
+
+
+def _wrap(text: str, indent: str = "  ", first: str = "") -> str:
+    return "\n".join(textwrap.wrap(text, width=REPORT_WIDTH, initial_indent=first, subsequent_indent=indent,
+                                   break_on_hyphens=False, break_long_words=True))
 
 
 def _ratio_text(value: float, scale: float) -> str:

@@ -63,7 +63,7 @@ class SelectorConfig:
 
     text_column: str | None = None
     target_text_column: str | None = None
-    seed: int = 42
+    seed: int = field(default=42, metadata={"per_run": True})
     batch_size: int = 8
     max_length: int = 512
     show_progress: bool = field(default=True, metadata={"affects_result": False})
@@ -100,6 +100,45 @@ def affects_result(config_class: type[SelectorConfig], name: str) -> bool:
 def result_options(config_class: type[SelectorConfig], options: Mapping[str, Any]) -> dict[str, Any]:
     """``options`` without those :func:`affects_result` says do not change the result."""
     return {name: value for name, value in options.items() if affects_result(config_class, name)}
+
+
+def family_options(config_class: type[SelectorConfig], options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options that make a selector *family* (one planner curve): those that change the result,
+    differ from the field's default, and are not set per run.
+
+    Options marked ``field(metadata={"per_run": True})`` (the seed, CADS's ``train_budget``, which
+    follows from each run's subset size) vary from run to run within one family.
+
+    Example:
+        >>> family_options(SelectorConfig, {"seed": 3, "max_length": 512, "batch_size": 4, "cache_dir": "/c"})
+        {'batch_size': 4}
+    """
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    kept = {}
+    for name, value in result_options(config_class, options).items():
+        spec = fields.get(name)
+        if spec is not None:
+            if spec.metadata.get("per_run", False):
+                continue
+            default = spec.default if spec.default is not dataclasses.MISSING else (
+                spec.default_factory() if spec.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+            if _same_value(value, default):
+                continue
+        kept[name] = value
+    return kept
+
+
+def _same_value(value: Any, default: Any) -> bool:
+    if default is dataclasses.MISSING:
+        return False
+    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
+        return list(value) == list(default)
+    if isinstance(value, bool) or isinstance(default, bool):
+        return value is default  # 1 == True, but an option set to 1 is not the default True
+    try:
+        return bool(value == default)
+    except Exception:  # values without a usable ==
+        return False
 
 
 @dataclass

@@ -90,7 +90,7 @@ class CADSSelectorConfig(SelectorConfig):
     """
 
     granularity: Literal["example", "source"] = "example"
-    train_budget: float | None = None
+    train_budget: float | None = field(default=None, metadata={"per_run": True})
     alpha: float = 1.0
     penalty: Literal["squared", "one_sided"] = "one_sided"
     policy_reward: Literal["objective", "validation"] = "objective"
