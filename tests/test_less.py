@@ -7,11 +7,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hf_cads import BudgetedTrainer, BudgetedTrainingArguments, LESSSelector, get_selector
 from hf_cads.data import load_bbh_examples
-from hf_cads.selectors.gradients import (
+from hf_cads.selectors.gradients import PerExampleGradients, adam_update_direction
+from hf_cads.selectors.projection import (
     PROJECTION_CHUNK_ELEMENTS,
-    PerExampleGradients,
     RandomProjection,
-    adam_update_direction,
+    SparseProjection,
+    make_projection,
+    projection_agreement,
 )
 from hf_cads.selectors.scoring import TokenBatcher
 from hf_cads.testing import tiny_causal_lm
@@ -300,3 +302,69 @@ def test_feature_dir_of_something_else_is_refused(tokenizer, task_pool, tmp_path
 def test_bad_options(option):
     with pytest.raises(ValueError, match=next(iter(option))):
         get_selector("less", **option)
+
+
+# -- projections ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lora_gradients(tokenizer, small_pool, bbh_target):
+    """Exact per-example LoRA gradients of 64 pool rows and 8 target rows (tiny Llama, all linear layers)."""
+    selector = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, max_length=64, lora_target_modules=ALL_LINEAR,
+                            projection_dim=4096, show_progress=False)
+    model = selector.selection_model()
+    with torch.no_grad():  # trained-looking adapters: fresh LoRA has B = 0
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(1))
+    gradients = PerExampleGradients(model)
+
+    def exact(token_ids):
+        out = torch.zeros(len(token_ids), gradients.num_params)
+        for batch in selector._batcher().batches(token_ids):
+            out[torch.as_tensor(batch.rows)] = gradients(batch.input_ids, batch.attention_mask).float()
+        return out
+
+    pool = small_pool.shuffle(seed=0).select(range(64))
+    return exact(selector.encode(pool)), exact(selector.encode(bbh_target[1].select(range(8)), "target"))
+
+
+def test_sparse_projection_keeps_similarities_and_the_selection(lora_gradients):
+    pool, target = lora_gradients
+    dim = 4096  # a quarter of the 16,384 LoRA parameters, as 8192 is ~1/112 of SmolLM2's (see benchmarks/less_speed.py)
+    overlaps = []
+    for seed in range(4):
+        sparse = SparseProjection(pool.shape[1], dim, seed=seed)
+        agreement = projection_agreement(pool, target, sparse, RandomProjection(pool.shape[1], dim, seed=100 + seed, kind="gaussian"))
+        dense = projection_agreement(pool, target, RandomProjection(pool.shape[1], dim, seed=seed, kind="gaussian"),
+                                     RandomProjection(pool.shape[1], dim, seed=100 + seed, kind="gaussian"))
+        assert agreement["cosine_correlation"] >= 0.95, (seed, agreement)
+        # as faithful as a dense Gaussian matrix of the same size
+        assert agreement["cosine_correlation"] >= dense["cosine_correlation"] - 0.01, (seed, agreement, dense)
+        overlaps.append(agreement["top_overlap"])
+    # top-5% of 64 rows is 3 rows, so one near-tie moves a seed's overlap by a third: judge the mean
+    assert np.mean(overlaps) >= 0.75, overlaps
+
+
+def test_sparse_projection_is_seeded_unbiased_and_matrix_free():
+    torch.manual_seed(0)
+    vectors = torch.randn(6, 50_000)
+    projection = SparseProjection(50_000, 512, seed=3, nonzeros=4)
+    out = projection(vectors)
+    assert torch.equal(out, SparseProjection(50_000, 512, seed=3, nonzeros=4)(vectors))
+    assert torch.allclose(torch.cat([projection(vectors[:2]), projection(vectors[2:])]), out, atol=1e-5)
+    assert not torch.allclose(out, SparseProjection(50_000, 512, seed=4)(vectors))
+    positions, signs = projection.hashes()
+    assert positions.shape == signs.shape == (4, 50_000)
+    # one non-zero per block of 128 outputs, so a coordinate's 4 targets are distinct
+    assert torch.equal(positions // 128, torch.arange(4)[:, None].expand(4, 50_000))
+    assert set(signs.unique().tolist()) == {-0.5, 0.5}
+    # it is the linear map whose columns those hashes describe
+    matrix = torch.zeros(512, 50_000)
+    for block in range(4):
+        matrix[positions[block], torch.arange(50_000)] += signs[block]
+    assert torch.allclose(out, vectors @ matrix.T, atol=1e-4)
+    ratio = out.norm(dim=1) / vectors.norm(dim=1)
+    assert torch.all((ratio > 0.85) & (ratio < 1.15)), ratio
+    assert projection.flops(6) == 2 * 6 * 4 * 50_000
+    assert make_projection("sparse", 10, 4, nonzeros=2).describe()["nonzeros"] == 2
+    with pytest.raises(ValueError, match="nonzeros must be an integer"):
+        SparseProjection(100, 8, nonzeros=9)

@@ -230,3 +230,54 @@ def make_projection(
     if kind in ("rademacher", "gaussian"):
         return RandomProjection(input_dim, output_dim, seed, kind)
     raise ValueError(f"projection type must be one of {list(PROJECTION_TYPES)}, got {kind!r}.")
+
+
+def projection_agreement(
+    pool_vectors: Any, target_vectors: Any, projection: Projection, reference: Projection, top_fraction: float = 0.05
+) -> dict[str, float]:
+    """How closely ``projection`` keeps what selection by gradient similarity uses.
+
+    - ``cosine_correlation``: Pearson correlation between the exact pairwise cosine similarities
+      of all (pool and target) vectors and those of their projections (distinct pairs only);
+    - ``top_overlap``: rows are scored as LESS does, by their mean cosine with the target vectors;
+      the share of the top ``top_fraction`` of the pool (at least one row) under ``projection``
+      that is also in the top under ``reference`` (e.g. the dense Gaussian projection);
+    - ``top_overlap_exact``: the same against the scores of the unprojected vectors.
+
+    Example:
+        >>> import torch
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> pool, target = torch.randn(40, 5000) + 1.0, torch.randn(4, 5000) + 1.0
+        >>> agreement = projection_agreement(pool, target, SparseProjection(5000, 1024), RandomProjection(5000, 1024, kind="gaussian"))
+        >>> agreement["cosine_correlation"] > 0.9
+        True
+    """
+    import torch
+
+    vectors = torch.cat([pool_vectors, target_vectors]).float()
+    rows = pool_vectors.shape[0]
+
+    def unit(x: Any) -> Any:
+        return torch.nn.functional.normalize(x, dim=-1)
+
+    exact, projected, referenced = unit(vectors), unit(projection(vectors)), unit(reference(vectors))
+    pairs = torch.triu_indices(len(vectors), len(vectors), offset=1)
+
+    def cosines(x: Any) -> Any:
+        return (x @ x.T)[pairs[0], pairs[1]].double()
+
+    correlation = float(torch.corrcoef(torch.stack([cosines(exact), cosines(projected)]))[0, 1])
+    k = max(1, int(round(top_fraction * rows)))
+
+    def top(x: Any) -> set[int]:
+        scores = (x[:rows] @ x[rows:].T).mean(dim=1)
+        return set(torch.topk(scores, k).indices.tolist())
+
+    chosen = top(projected)
+    return {
+        "cosine_correlation": correlation,
+        "top_overlap": len(chosen & top(referenced)) / k,
+        "top_overlap_exact": len(chosen & top(exact)) / k,
+        "top_rows": float(k),
+    }
