@@ -278,6 +278,9 @@ class BudgetedTrainer(Trainer):
         if "cache" in result.extras:
             # A cache hit is charged 0 FLOPs here; the note keeps what the cached scoring cost.
             self.flop_ledger.notes["selection_cache"] = dict(result.extras["cache"])
+        if result.extras.get("feature_index", {}).get("reused"):
+            # LESS reused stored pool features (charged 0 here); the note keeps what they cost.
+            self.flop_ledger.notes["selection_feature_index"] = dict(result.extras["feature_index"])
         if isinstance(result.extras.get("flops_breakdown"), dict):
             # Selectors with stages (LESS: warmup, gradient features, projection) report them here.
             self.flop_ledger.notes["selection_flops"] = {k: float(v) for k, v in result.extras["flops_breakdown"].items()}

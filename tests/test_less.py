@@ -368,3 +368,111 @@ def test_sparse_projection_is_seeded_unbiased_and_matrix_free():
     assert make_projection("sparse", 10, 4, nonzeros=2).describe()["nonzeros"] == 2
     with pytest.raises(ValueError, match="nonzeros must be an integer"):
         SparseProjection(100, 8, nonzeros=9)
+
+
+# -- the feature index ----------------------------------------------------------------------------
+def count_feature_calls(selector):
+    computed = []
+    original = selector.gradient_features
+    selector.gradient_features = lambda ids, *a, **kw: computed.append(len(ids)) or original(ids, *a, **kw)
+    return computed
+
+
+def test_a_second_target_reuses_the_pool_features(task_pool, tokenizer, tmp_path):
+    pool, targets = task_pool
+    dyck, boolean = targets["dyck_languages"].select(range(6)), targets["boolean_expressions"].select(range(6))
+    options = dict(FAST, projection_dim=256, shard_size=48, feature_dir=str(tmp_path / "index"))
+    first = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **options).select(pool, target=dyck, k=30)
+    assert not first.extras["feature_index"]["reused"]
+    selector = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **options)
+    estimate = selector.estimate_flops(pool, boolean)
+    computed = count_feature_calls(selector)
+    second = selector.select(pool, target=boolean, k=30)
+    assert computed == [6, 6]  # the target's rows at each of the 2 checkpoints, no pool row
+    assert second.flops == pytest.approx(estimate, rel=1e-9)
+    assert second.flops <= 0.1 * first.flops
+    breakdown = second.extras["flops_breakdown"]
+    assert breakdown["warmup"] == breakdown["pool_gradients"] == 0 and breakdown["target_gradients"] > 0
+    index = second.extras["feature_index"]
+    assert index["reused"] and index["dir"] == options["feature_dir"]
+    original = first.extras["flops_breakdown"]
+    assert index["original_flops"]["pool_gradients"] == pytest.approx(original["pool_gradients"])
+    assert index["original_flops"]["warmup"] == pytest.approx(original["warmup"])
+    # what was reused: warmup + pool gradients and projection (the first run's minus its target part)
+    pool_projection = original["projection"] - breakdown["projection"]
+    assert index["reused_flops"] == pytest.approx(original["warmup"] + original["pool_gradients"] + pool_projection)
+    # several targets in one pass, without an index: the same scores; the shared work is charged once
+    both = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **dict(options, feature_dir=None)).select_many(
+        pool, {"dyck": dyck, "boolean": boolean}, k=30
+    )
+    for single, name in ((first, "dyck"), (second, "boolean")):
+        scale = np.abs(single.all_scores).max()
+        assert np.allclose(both[name].all_scores, single.all_scores, rtol=0, atol=1e-4 * scale), name
+        assert list(both[name].indices) == list(single.indices), name
+    assert both["dyck"].flops == pytest.approx(first.flops, rel=1e-9)
+    assert both["boolean"].flops == pytest.approx(second.flops, rel=1e-9)
+    assert both["boolean"].extras["feature_index"]["shared_with"] == "dyck"
+    sources = np.array(pool["source"])
+    assert np.mean(sources[both["boolean"].indices] == "boolean_expressions") > np.mean(sources[both["dyck"].indices] == "boolean_expressions")
+
+
+def test_an_index_of_another_model_or_projection_is_refused(task_pool, tokenizer, tmp_path):
+    pool, targets = task_pool
+    pool, target = pool.select(range(16)), targets["dyck_languages"].select(range(2))
+    options = dict(FAST, projection_dim=64, warmup_epochs=1, feature_dir=str(tmp_path / "index"))
+    get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **options).select(pool, target=target, k=4)
+    other_model = get_selector("less", model=tiny_causal_lm(tokenizer, seed=1), tokenizer=tokenizer, **options)
+    with pytest.raises(ValueError, match=r"another model, pool, warmup or projection \(model: "):
+        other_model.select(pool, target=target, k=4)
+    with pytest.raises(ValueError, match="projection.type: 'sparse' -> 'gaussian'"):
+        get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **dict(options, projection_type="gaussian")).select(
+            pool, target=target, k=4
+        )
+    # with cache_dir and no feature_dir each (model, pool, projection) gets its own index folder
+    cached = dict(options, feature_dir=None, cache_dir=str(tmp_path / "cache"))
+    for projection_type in ("sparse", "rademacher"):
+        get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **dict(cached, projection_type=projection_type)).select(
+            pool, target=target, k=4
+        )
+    assert len(list((tmp_path / "cache").glob("less-features-*"))) == 2
+
+
+def test_corrupt_or_partial_index_files_are_recomputed(task_pool, tokenizer, tmp_path, caplog):
+    pool, targets = task_pool
+    pool, target = pool.select(range(48)), targets["dyck_languages"].select(range(6))
+    options = dict(FAST, projection_dim=256, shard_size=16, feature_dir=str(tmp_path / "index"))
+    first = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **options).select(pool, target=target, k=10)
+    features = tmp_path / "index" / "features"
+    (features / "checkpoint-0" / "pool-00000.npy").write_bytes(b"\x93NUMPY garbage")  # unreadable
+    partial = features / "checkpoint-1" / "pool-00001.npy"
+    partial.write_bytes(partial.read_bytes()[:200])  # truncated
+    np.save(features / "checkpoint-1" / "pool-00002.npy", np.full((16, 256), 3.0, dtype=np.float16))  # not unit-norm
+    np.save(features / "checkpoint-0" / "pool-00002.npy", np.zeros((15, 256), dtype=np.float16))  # wrong shape
+    (tmp_path / "index" / "warmup" / "epoch-0.pt").write_bytes(b"not a checkpoint")
+    selector = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **options)
+    computed = count_feature_calls(selector)
+    with caplog.at_level("WARNING"):
+        second = selector.select(pool, target=target, k=10)
+    assert sorted(computed) == [16, 16, 16, 16]  # the four bad shards, nothing else
+    assert caplog.text.count("recomputing them") == 4 and "retraining that epoch" in caplog.text
+    scale = np.abs(first.all_scores).max()
+    assert np.allclose(second.all_scores, first.all_scores, rtol=0, atol=1e-4 * scale)
+    # recomputed work is charged (the rewarmed epoch and four shards), what was reused is not
+    breakdown, original = second.extras["flops_breakdown"], first.extras["flops_breakdown"]
+    assert 0 < breakdown["warmup"] < original["warmup"]
+    assert breakdown["pool_gradients"] == pytest.approx(original["pool_gradients"] * 4 / 6, rel=0.3)
+    # the repaired index is trusted again
+    third_selector = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **options)
+    recomputed = count_feature_calls(third_selector)
+    third = third_selector.select(pool, target=target, k=10)
+    assert recomputed == []
+    assert third.extras["flops_breakdown"]["pool_gradients"] == 0 and third.extras["flops_breakdown"]["warmup"] == 0
+
+
+def test_projection_dim_larger_than_the_gradients_is_an_error(task_pool, tokenizer):
+    pool, targets = task_pool
+    selector = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **dict(FAST, projection_dim=20_000))
+    with pytest.raises(ValueError, match=r"projection_dim=20000 is larger than the 16,384 LoRA gradient entries.*projection_dim <= 16384"):
+        selector.estimate_flops(pool, targets["dyck_languages"])
+    with pytest.raises(ValueError, match="projection_dim=20000 is larger"):
+        selector.select(pool, target=targets["dyck_languages"], k=5)
