@@ -260,8 +260,11 @@ class LESSSelector(CausalLMSelectorMixin, Selector):
     adapters are trained on the copy.
 
     The per-example step, :meth:`gradient_features`, works on any subset of rows, so feature
-    extraction can be split across processes: run :meth:`warmup` once (it is deterministic) and
-    give each process its own rows.
+    extraction is split across the processes of ``accelerate launch`` / ``torchrun``: the main
+    process runs :meth:`warmup` and the target features and sends them to the others, each process
+    computes its own block of pool shards, and every process gets the same scores as one process
+    would. :meth:`select_many` selects for several targets from one pass over the pool, and with
+    ``feature_dir`` (or ``cache_dir``) a later selection for another target reuses the pool features.
 
     Example:
         >>> from hf_cads import get_selector
@@ -269,6 +272,7 @@ class LESSSelector(CausalLMSelectorMixin, Selector):
         ...                     subtask_column="task", feature_dir="less_features")  # doctest: +SKIP
         >>> less.estimate_flops(pool, validation)  # doctest: +SKIP
         >>> result = less.select(pool, target=validation, fraction=0.05)  # doctest: +SKIP
+        >>> results = less.select_many(pool, {"dyck": dyck_val, "boolean": boolean_val}, k=500)  # doctest: +SKIP
     """
 
     config_class = LESSSelectorConfig
