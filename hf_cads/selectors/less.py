@@ -52,7 +52,6 @@ import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from pathlib import Path
 from typing import Any, ClassVar, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
