@@ -335,26 +335,13 @@ def main() -> None:
             "examples", "batch_size", "max_tokens", "mean_tokens", "default_method", "examples_per_s", "speedup_over_loop",
             "speedup", "goal_speedup", "meets_goal", "peak_added_mib", "max_abs_difference_from_loop", "max_abs_gradient") if k in previous}
         paths.setdefault("note", "measured in an earlier run (rerun with --paths)")
-    load_before = machine_load()
-    projections = measure_projections(args, selector, token_ids[: args.pool_rows], checkpoint, device)
-    if device.type == "cpu":
-        memory = run_child(["--memory_part", "features"])
-    else:
-        memory = measure_feature_memory(args, selector, token_ids, checkpoint, device)
-    for kind in PROJECTION_TYPES:
-        projections[kind]["peak_added_mib"] = {"batch": memory[f"{kind}/{args.batch}"] / 2**20,
-                                               f"{args.memory_rows}_rows": memory[f"{kind}/{args.memory_rows}"] / 2**20}
-    gate = None
-    if args.gate_rows:
-        target_ids = selector.encode(load_bbh_target("boolean_expressions")[1].select(range(8)), "target")
-        gate = quality_gate(args, selector, token_ids, target_ids, checkpoint, device)
     selector.config.projection_type = "sparse"
     charged = selector.gradient_features(token_ids[: args.batch], checkpoint, optimizer_aware=True)[1]
     result = {
         "model": args.model,
         "device": str(device),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}",
-        "machine_load_before": load_before,
+        "machine_load_before": machine_load(),
         "lora": {"rank": selector.config.lora_r, "target_modules": list(selector.config.lora_target_modules), "params": selector.num_lora_params()},
         "load_seconds": load_seconds,
         "gradient_paths": paths,
@@ -362,16 +349,32 @@ def main() -> None:
         "max_tokens": args.seq,
         "mean_tokens": float(np.mean([len(ids) for ids in token_ids[: args.pool_rows]])),
         "batch_size": args.batch,
-        "projections": projections,
+        "projections": None,
         "goal_feature_ratio": GOAL_FEATURE_RATIO,
-        "quality_gate": gate,
+        "quality_gate": None,
         "feature_flops_match_estimate": bool(np.isclose(charged, selector.feature_flops(token_ids[: args.batch]), rtol=1e-9)),
     }
+    # Parts are written as they finish, so a run cut short on a loaded machine keeps what it measured.
+    if args.gate_rows:
+        target_ids = selector.encode(load_bbh_target("boolean_expressions")[1].select(range(8)), "target")
+        result["quality_gate"] = quality_gate(args, selector, token_ids, target_ids, checkpoint, device)
+        write_results(result, args)
+    if args.pool_rows:
+        projections = measure_projections(args, selector, token_ids[: args.pool_rows], checkpoint, device)
+        result["projections"] = projections
+        write_results(result, args)
+        memory = run_child(["--memory_part", "features"]) if device.type == "cpu" else measure_feature_memory(args, selector, token_ids, checkpoint, device)
+        for kind in PROJECTION_TYPES:
+            projections[kind]["peak_added_mib"] = {"batch": memory[f"{kind}/{args.batch}"] / 2**20,
+                                                   f"{args.memory_rows}_rows": memory[f"{kind}/{args.memory_rows}"] / 2**20}
+        write_results(result, args)
+    print("\n".join(render(result, args)))
+
+
+def write_results(result: dict, args) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "less_speed.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    lines = render(result, args)
-    (RESULTS / "less_speed.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    (RESULTS / "less_speed.md").write_text("\n".join(render(result, args)) + "\n", encoding="utf-8")
 
 
 def render(result: dict, args) -> list[str]:
@@ -381,8 +384,17 @@ def render(result: dict, args) -> list[str]:
         "",
         f"{result['model']} with LoRA rank {lora['rank']} on {', '.join(lora['target_modules'])} ({lora['params']:,} trainable "
         f"parameters), projection to {result['projection_dim']} dims; {result['device']}; {result['machine']}. "
-        f"Machine load (shared with other jobs): before {result['machine_load_before']}; after part 2 "
-        f"{result['projections']['machine_load_after']}.",
+        f"Machine load (shared with other jobs): before {result['machine_load_before']}"
+        + (f"; after the throughput part {result['projections']['machine_load_after']}." if result.get("projections") else "."),
+    ]
+    if result.get("projections"):
+        lines += throughput_lines(result, args)
+    lines += gate_and_paths_lines(result)
+    return lines
+
+
+def throughput_lines(result: dict, args) -> list[str]:
+    lines = [
         "",
         f"## End-to-end features vs gradients alone ({result['projections']['sparse']['rows']} pool rows, <= {result['max_tokens']} "
         f"tokens, mean {result['mean_tokens']:.0f}, batch {result['batch_size']})",
@@ -394,11 +406,11 @@ def render(result: dict, args) -> list[str]:
     ]
     for kind in PROJECTION_TYPES:
         row = result["projections"][kind]
-        peak = row["peak_added_mib"]
+        peak = row.get("peak_added_mib")
+        memory = f"{peak['batch']:.0f} MiB | {peak[f'{args.memory_rows}_rows']:.0f} MiB" if peak else "not measured | not measured"
         lines.append(
             f"| {kind}{' (default)' if kind == 'sparse' else ''} | {row['rows']} | {row['gradient_rows_per_s']:.2f} | "
-            f"{row['feature_rows_per_s']:.2f} | {row['ratio']:.2f}x | {row['projection_flops_per_row']:.3g} | "
-            f"{peak['batch']:.0f} MiB | {peak[f'{args.memory_rows}_rows']:.0f} MiB |"
+            f"{row['feature_rows_per_s']:.2f} | {row['ratio']:.2f}x | {row['projection_flops_per_row']:.3g} | {memory} |"
         )
     sparse = result["projections"]["sparse"]
     lines += [
@@ -409,6 +421,11 @@ def render(result: dict, args) -> list[str]:
         f"{result['projections']['gaussian']['rows']} rows. Gradient-only and feature timings alternate chunk by chunk. "
         f"FLOP charge of gradient_features equals the up-front estimate: {result['feature_flops_match_estimate']}.",
     ]
+    return lines
+
+
+def gate_and_paths_lines(result: dict) -> list[str]:
+    lines: list[str] = []
     gate = result.get("quality_gate")
     if gate:
         lines += [
