@@ -68,15 +68,21 @@ def row(kind: str, shape: str, seq: int, estimate: float, measured: float) -> di
             "rel_error": error, "within_goal": abs(error) <= GOAL}
 
 
-def less_row(model, shape: str, seq: int, vocab: int) -> dict:
-    """LESS on 6 rows (2 warmup rows, 1 epoch, 2 target rows, projection to 256): charged vs counted."""
+def less_row(model, shape: str, seq: int, vocab: int, projection: str) -> dict:
+    """LESS on 6 rows (2 warmup rows, 1 epoch, 2 target rows, projection to 256): charged vs counted.
+
+    The sparse projection's FLOPs are scatter-adds, which FlopCounterMode does not see, so for it
+    the charge without the projection is compared (the projection is 2 x 4 FLOPs per gradient entry).
+    """
     tokenizer = FixedLengthTokenizer(seq, vocab)
     pool = Dataset.from_dict({"text": [f"row {i}" for i in range(6)]})
     target = Dataset.from_dict({"text": ["target 0", "target 1"]})
     selector = get_selector("less", model=model, tokenizer=tokenizer, batch_size=2, max_length=seq, warmup_epochs=1,
-                            warmup_fraction=2 / 6, projection_dim=256, show_progress=False)
-    estimate = selector.estimate_flops(pool, target)
-    return row("less selector (LoRA r=8)", shape, seq, estimate, measure(lambda: selector.select(pool, target=target, k=2)))
+                            warmup_fraction=2 / 6, projection_dim=256, projection_type=projection, show_progress=False)
+    breakdown = selector.flops_breakdown(selector._inputs(pool, target))
+    estimate = sum(breakdown.values()) - (breakdown["projection"] if projection == "sparse" else 0.0)
+    kind = f"less selector (LoRA r=8, {projection} projection{', without it' if projection == 'sparse' else ''})"
+    return row(kind, shape, seq, estimate, measure(lambda: selector.select(pool, target=target, k=2)))
 
 
 # Sentence encoders at their real shapes: (config, pooling, Dense head width or None).
@@ -147,7 +153,7 @@ def run(quick: bool) -> list[dict]:
             estimate = selector.estimate_flops(pool, None)
             rows.append(row("perplexity selector", name, seq, estimate, measure(lambda: selector.select(pool, k=1))))
             if name != "smollm2-135m":  # LESS's whole selection: warmup, per-example gradients, projection
-                rows.append(less_row(model, name, seq, vocab))
+                rows.extend(less_row(model, name, seq, vocab, projection) for projection in ("sparse", "gaussian"))
         peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=list(lora_spec.target_modules)))
         lora_profile = profile.with_lora(lora_spec)
         for seq in seqs:

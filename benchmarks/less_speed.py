@@ -10,10 +10,24 @@ process with a fixed glibc mmap threshold; GPU: ``torch.cuda.max_memory_allocate
 plus the largest difference from the loop's gradients. Goal: the default path >= 3x faster than the
 loop, memory bounded.
 
-A second part times LESS's whole feature step (gradients + Adam direction + projection to
-``--projection_dim``) through :meth:`LESSSelector.gradient_features`, and checks its FLOP charge.
+With ``--paths`` (slow) the gradient paths above are measured; otherwise the earlier measurement is
+kept from the results file. The default run measures LESS's projections at pool scale:
 
-    nice python benchmarks/less_speed.py [--examples 32] [--seq 128] [--batch 8]
+- **throughput**: on ``--pool_rows`` pool rows (default 1,000), chunk by chunk, per-example
+  gradients alone vs :meth:`LESSSelector.gradient_features` (gradients + Adam direction +
+  projection + normalisation, the real code path) with the sparse projection; the dense
+  projections (one pass over the chunk-regenerated matrix per gradient buffer) on the first
+  ``--dense_rows`` rows, whose per-row cost does not change with the pool size. Gradient-only and
+  feature timings alternate on the same chunks, so load from other processes hits both alike.
+- **peak memory** added by ``gradient_features`` on one batch and on ``--memory_rows`` rows (a child
+  process with a fixed glibc mmap threshold, as above): bounded by the batch, not the rows.
+- **quality gate** on ``--gate_rows`` pool rows (Adam directions after a warmup epoch) and 8
+  target rows (gradients): Pearson correlation of exact vs projected pairwise cosines (goal >=
+  0.95) and overlap of the top-5% (by mean cosine with the target, as LESS scores) with a dense
+  Gaussian projection's (goal >= 90%), for 3 seeds of each projection.
+
+    nice python benchmarks/less_speed.py [--pool_rows 1000] [--seq 32] [--dense_rows 64]
+    nice python benchmarks/less_speed.py --pool_rows 128 --gate_rows 32     # a quick run
 
 Writes benchmarks/results/less_speed.{json,md}.
 """
@@ -41,10 +55,15 @@ import torch
 from hf_cads import get_selector
 from hf_cads.data import build_multisource_pool
 from hf_cads.models import load_causal_lm
-from hf_cads.selectors.gradients import PerExampleGradients
+from hf_cads.data import load_bbh_target
+from hf_cads.selectors.gradients import PerExampleGradients, adam_update_direction
+from hf_cads.selectors.projection import PROJECTION_TYPES, RandomProjection, make_projection, projection_agreement
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL_SPEEDUP = 3.0
+GOAL_FEATURE_RATIO = 0.8  # end-to-end feature throughput / gradient-only throughput
+GOAL_CORRELATION = 0.95
+GOAL_OVERLAP = 0.9
 
 
 class PeakMemory:
@@ -81,49 +100,38 @@ class PeakMemory:
             self.added = self._status("VmHWM") - self.start
 
 
-def measure_memory_in_child() -> tuple[dict[str, int], int | None]:
-    """Rerun this script's measurements in a child process with :data:`MEMORY_ENV`; its peaks."""
+def machine_load() -> str:
+    """The 1/5/15-minute load averages and the CPU count, to judge timings on a shared machine."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} (1/5/15 min) on {os.cpu_count()} CPUs"
+
+
+def run_child(extra: list[str]) -> dict:
+    """Rerun this script in a child process with :data:`MEMORY_ENV`; what it wrote."""
     import subprocess
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "memory.json"
-        subprocess.run([sys.executable, __file__, *sys.argv[1:], "--memory_json", str(out)],
+        subprocess.run([sys.executable, __file__, *sys.argv[1:], *extra, "--memory_json", str(out)],
                        env={**os.environ, **MEMORY_ENV}, check=True)
-        memory = json.loads(out.read_text())
-    return memory["peak"], memory.get("feature")
+        return json.loads(out.read_text())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--examples", type=int, default=32)
-    parser.add_argument("--seq", type=int, default=128, help="max tokens per example (longer rows are truncated)")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--feature_examples", type=int, default=16, help="rows for the end-to-end feature timing (0 skips it)")
-    parser.add_argument("--projection_dim", type=int, default=8192)
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--memory_json", help=argparse.SUPPRESS)  # internal: the memory-measuring child
-    args = parser.parse_args()
-    device = torch.device(args.device)
-    memory_only = args.memory_json is not None
+def timed(device: torch.device, work) -> float:
+    begin = time.perf_counter()
+    work()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - begin
 
-    started = time.perf_counter()
-    model, tokenizer = load_causal_lm(args.model)
-    model.to(device)
-    load_seconds = time.perf_counter() - started
-    pool = build_multisource_pool(max_per_source=max(args.examples, args.feature_examples), max_chars=4000, seed=0)
-    pool = pool.shuffle(seed=0).select(range(max(args.examples, args.feature_examples)))
-    selector = get_selector(
-        "less", model=model, tokenizer=tokenizer, max_length=args.seq, batch_size=args.batch,
-        projection_dim=args.projection_dim, warmup_epochs=1, warmup_fraction=args.batch / len(pool), show_progress=False,
-    )
+
+def measure_paths(args, selector, pool, device, memory_only: bool) -> dict:
+    """Part 1: the per-example gradient paths against the loop (examples/s, memory, difference)."""
     lora_model = selector.selection_model()
-    del model  # LESS works on its own copy
     token_ids = selector.encode(pool)[: args.examples]
     batches = list(selector._batcher().batches(token_ids))
     paths = {name: PerExampleGradients(lora_model, name) for name in ("linear", "vmap", "loop")}
-    default = PerExampleGradients(lora_model).method
     seconds = {name: 0.0 for name in paths}
     peak = {name: 0 for name in paths}
     max_difference = {name: 0.0 for name in paths}
@@ -138,114 +146,319 @@ def main() -> None:
         grads = {}
         for name in order:
             with PeakMemory(device) as memory:
-                begin = time.perf_counter()
-                grads[name] = paths[name](ids, mask)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                seconds[name] += time.perf_counter() - begin
+                seconds[name] += timed(device, lambda: grads.__setitem__(name, paths[name](ids, mask)))
             peak[name] = max(peak[name], memory.added)
         for name in paths:
             max_difference[name] = max(max_difference[name], float((grads[name] - grads["loop"]).abs().max()))
         max_gradient = max(max_gradient, float(grads["loop"].abs().max()))
         print(f"batch {number + 1}/{len(batches)} {tuple(batch.shape)}: " + ", ".join(f"{n} {seconds[n]:.1f}s" for n in paths), flush=True)
         del grads
-
     if memory_only:
-        memory = {"peak": peak}
-        if args.feature_examples:
-            rows = selector.encode(pool)[: args.feature_examples]
-            checkpoints, _ = selector.warmup(selector.encode(pool))
-            with PeakMemory(device) as feature_memory:
-                selector.gradient_features(rows, checkpoints[-1], optimizer_aware=True)
-            memory["feature"] = feature_memory.added
-        Path(args.memory_json).write_text(json.dumps(memory))
-        return
+        return {"peak": peak}
     if device.type == "cpu":
-        peak, feature_peak = measure_memory_in_child()
-    else:
-        feature_peak = None
+        peak = run_child(["--memory_part", "paths"])["peak"]
     speedups = {name: seconds["loop"] / seconds[name] for name in paths}
-    speedup = speedups[default]
-    lengths = [len(ids) for ids in token_ids]
+    default = PerExampleGradients(lora_model).method
+    return {
+        "examples": len(token_ids),
+        "batch_size": args.batch,
+        "max_tokens": args.seq,
+        "mean_tokens": float(np.mean([len(ids) for ids in token_ids])),
+        "default_method": default,
+        "examples_per_s": {name: len(token_ids) / seconds[name] for name in paths},
+        "speedup_over_loop": speedups,
+        "speedup": speedups[default],
+        "goal_speedup": GOAL_SPEEDUP,
+        "meets_goal": speedups[default] >= GOAL_SPEEDUP,
+        "peak_added_mib": {name: peak[name] / 2**20 for name in paths},
+        "max_abs_difference_from_loop": max_difference,
+        "max_abs_gradient": max_gradient,
+        "machine_load": machine_load(),
+    }
+
+
+def measure_feature_memory(args, selector, token_ids, checkpoint, device) -> dict:
+    """Peak memory added by gradient_features on one batch and on ``memory_rows`` rows, per projection."""
+    peaks = {}
+    for kind in PROJECTION_TYPES:
+        selector.config.projection_type = kind
+        selector.projection()  # the sparse hashes are built once per selector, outside the measured block
+        for rows in (args.batch, args.memory_rows):
+            with PeakMemory(device) as memory:
+                selector.gradient_features(token_ids[:rows], checkpoint, optimizer_aware=True)
+            peaks[f"{kind}/{rows}"] = memory.added
+    return peaks
+
+
+def measure_projections(args, selector, token_ids, checkpoint, device) -> dict:
+    """Part 2: rows/s of gradients alone vs the whole feature step, per projection, on the same chunks."""
+    lora_model = selector.selection_model()
+    gradients = PerExampleGradients(lora_model)
+    batcher = selector._batcher()
+
+    def gradient_only(rows):
+        for batch in batcher.batches(rows):
+            gradients(batch.input_ids.to(device), batch.attention_mask.to(device))
+
+    def features(kind, rows):
+        selector.config.projection_type = kind
+        selector.gradient_features(rows, checkpoint, optimizer_aware=True)
+
+    chunks = [token_ids[start : start + args.chunk] for start in range(0, len(token_ids), args.chunk)]
+    for kind in PROJECTION_TYPES:  # first-call setup (the sparse hashes, allocator warm-up)
+        features(kind, token_ids[:2])
+    out = {}
+    for kind in PROJECTION_TYPES:
+        limit = len(token_ids) if kind == "sparse" else args.dense_rows
+        seconds = {"gradients": 0.0, "features": 0.0}
+        rows_done = 0
+        for number, chunk in enumerate(chunks):
+            if rows_done >= limit:
+                break
+            steps = [("gradients", lambda: gradient_only(chunk)), ("features", lambda: features(kind, chunk))]
+            for name, work in steps if number % 2 == 0 else steps[::-1]:
+                seconds[name] += timed(device, work)
+            rows_done += len(chunk)
+            print(f"{kind}: {rows_done}/{limit} rows, gradients {rows_done / seconds['gradients']:.2f} rows/s, "
+                  f"features {rows_done / seconds['features']:.2f} rows/s ({machine_load()})", flush=True)
+        projection = make_projection(kind, selector.num_lora_params(), args.projection_dim, 0)
+        out[kind] = {
+            "rows": rows_done,
+            "gradient_rows_per_s": rows_done / seconds["gradients"],
+            "feature_rows_per_s": rows_done / seconds["features"],
+            "ratio": seconds["gradients"] / seconds["features"],
+            "projection_flops_per_row": projection.flops(1),
+        }
+    out["machine_load_after"] = machine_load()
+    return out
+
+
+def quality_gate(args, selector, token_ids, target_ids, checkpoint, device) -> dict:
+    """Part 3: do the projections keep the cosine similarities and LESS's top-5% choice?"""
+    lora_model = selector.selection_model()
+    selector._load_weights(checkpoint)
+    gradients = PerExampleGradients(lora_model)
+    batcher = selector._batcher()
+
+    def exact(rows, optimizer_aware):
+        out = torch.zeros(len(rows), gradients.num_params, device=device)
+        moments = checkpoint.flat_moments(gradients.names, device)
+        for batch in batcher.batches(rows):
+            grads = gradients(batch.input_ids.to(device), batch.attention_mask.to(device)).float()
+            if optimizer_aware:
+                grads = adam_update_direction(grads, *moments, step=checkpoint.step, betas=checkpoint.betas, eps=checkpoint.eps)
+            out[torch.as_tensor(batch.rows, device=device)] = grads
+        return out
+
+    pool_vectors, target_vectors = exact(token_ids[: args.gate_rows], True), exact(target_ids, False)
+    dim = gradients.num_params
+    reference = RandomProjection(dim, args.projection_dim, seed=1000, kind="gaussian")
+    stacked = torch.cat([pool_vectors, target_vectors])
+    referenced = reference(stacked)  # one pass over the dense matrix, reused for every comparison
+
+    def cached(vectors):
+        assert vectors.shape == stacked.shape
+        return referenced
+
+    gate = {"pool_rows": len(pool_vectors), "target_rows": len(target_vectors), "projection_dim": args.projection_dim,
+            "reference": "gaussian, seed 1000", "by_projection": {}}
+    for kind in PROJECTION_TYPES:
+        seeds = range(3) if kind == "sparse" else range(1)  # a dense pass costs ~20-40 s here
+        runs = [projection_agreement(pool_vectors, target_vectors, make_projection(kind, dim, args.projection_dim, seed), cached)
+                for seed in seeds]
+        gate["by_projection"][kind] = {
+            "seeds": len(runs),
+            "cosine_correlation_min": min(r["cosine_correlation"] for r in runs),
+            "top_overlap_mean": float(np.mean([r["top_overlap"] for r in runs])),
+            "top_overlap_exact_mean": float(np.mean([r["top_overlap_exact"] for r in runs])),
+            "top_rows": runs[0]["top_rows"],
+        }
+        print(kind, gate["by_projection"][kind], flush=True)
+    sparse = gate["by_projection"]["sparse"]
+    gate["sparse_passes"] = bool(sparse["cosine_correlation_min"] >= GOAL_CORRELATION and sparse["top_overlap_mean"] >= GOAL_OVERLAP)
+    return gate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--paths", action="store_true", help="also rerun part 1 (gradient paths vs the loop; slow)")
+    parser.add_argument("--examples", type=int, default=32, help="part 1: rows")
+    parser.add_argument("--seq", type=int, default=32, help="max tokens per row (longer rows are truncated)")
+    parser.add_argument("--paths_seq", type=int, default=128, help="part 1: max tokens per row")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--pool_rows", type=int, default=1000, help="part 2: rows timed with the sparse projection")
+    parser.add_argument("--dense_rows", type=int, default=64, help="part 2: rows timed with each dense projection")
+    parser.add_argument("--chunk", type=int, default=64, help="part 2: rows per gradient_features call")
+    parser.add_argument("--memory_rows", type=int, default=64, help="part 2: rows of the larger memory measurement")
+    parser.add_argument("--gate_rows", type=int, default=64, help="part 3: pool rows of the quality gate (0 skips it)")
+    parser.add_argument("--projection_dim", type=int, default=8192)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--memory_json", help=argparse.SUPPRESS)  # internal: the memory-measuring child
+    parser.add_argument("--memory_part", choices=("paths", "features"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    memory_only = args.memory_json is not None
+
+    started = time.perf_counter()
+    model, tokenizer = load_causal_lm(args.model)
+    model.to(device)
+    load_seconds = time.perf_counter() - started
+    rows = max(args.examples, args.pool_rows, args.gate_rows, args.memory_rows)
+    pool = build_multisource_pool(max_per_source=rows // 3 + 1, max_chars=4000, seed=0)
+    if len(pool) < rows:
+        raise SystemExit(f"the pool has {len(pool)} rows, fewer than the {rows} asked for")
+    pool = pool.shuffle(seed=0).select(range(rows))
+
+    def make_selector(seq):
+        return get_selector(
+            "less", model=model, tokenizer=tokenizer, max_length=seq, batch_size=args.batch,
+            projection_dim=args.projection_dim, warmup_epochs=1, warmup_fraction=args.batch / len(pool), show_progress=False,
+        )
+
+    if args.paths and args.memory_part != "features":
+        paths_selector = make_selector(args.paths_seq)
+        paths = measure_paths(args, paths_selector, pool, device, memory_only)
+        if memory_only:
+            Path(args.memory_json).write_text(json.dumps(paths))
+            return
+    selector = make_selector(args.seq)
+    token_ids = selector.encode(pool)
+    checkpoint = selector.warmup(token_ids)[0][-1]
+    if memory_only:
+        Path(args.memory_json).write_text(json.dumps(measure_feature_memory(args, selector, token_ids, checkpoint, device)))
+        return
+
+    previous = json.loads((RESULTS / "less_speed.json").read_text()) if (RESULTS / "less_speed.json").exists() else {}
+    if not args.paths:
+        paths = previous.get("gradient_paths") or {k: previous[k] for k in (
+            "examples", "batch_size", "max_tokens", "mean_tokens", "default_method", "examples_per_s", "speedup_over_loop",
+            "speedup", "goal_speedup", "meets_goal", "peak_added_mib", "max_abs_difference_from_loop", "max_abs_gradient") if k in previous}
+        paths.setdefault("note", "measured in an earlier run (rerun with --paths)")
+    selector.config.projection_type = "sparse"
+    charged = selector.gradient_features(token_ids[: args.batch], checkpoint, optimizer_aware=True)[1]
     result = {
         "model": args.model,
         "device": str(device),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}",
+        "machine_load_before": machine_load(),
         "lora": {"rank": selector.config.lora_r, "target_modules": list(selector.config.lora_target_modules), "params": selector.num_lora_params()},
-        "examples": len(token_ids),
-        "batch_size": args.batch,
-        "max_tokens": args.seq,
-        "mean_tokens": float(np.mean(lengths)),
         "load_seconds": load_seconds,
-        "default_method": default,
-        "examples_per_s": {name: len(token_ids) / seconds[name] for name in paths},
-        "speedup_over_loop": speedups,
-        "speedup": speedup,
-        "goal_speedup": GOAL_SPEEDUP,
-        "meets_goal": speedup >= GOAL_SPEEDUP,
-        "peak_added_mib": {name: peak[name] / 2**20 for name in paths},
-        "max_abs_difference_from_loop": max_difference,
-        "max_abs_gradient": max_gradient,
+        "gradient_paths": paths,
+        "projection_dim": args.projection_dim,
+        "max_tokens": args.seq,
+        "mean_tokens": float(np.mean([len(ids) for ids in token_ids[: args.pool_rows]])),
+        "batch_size": args.batch,
+        "projections": None,
+        "goal_feature_ratio": GOAL_FEATURE_RATIO,
+        "quality_gate": None,
+        "feature_flops_match_estimate": bool(np.isclose(charged, selector.feature_flops(token_ids[: args.batch]), rtol=1e-9)),
     }
+    # Parts are written as they finish, so a run cut short on a loaded machine keeps what it measured.
+    if args.gate_rows:
+        target_ids = selector.encode(load_bbh_target("boolean_expressions")[1].select(range(8)), "target")
+        result["quality_gate"] = quality_gate(args, selector, token_ids, target_ids, checkpoint, device)
+        write_results(result, args)
+    if args.pool_rows:
+        projections = measure_projections(args, selector, token_ids[: args.pool_rows], checkpoint, device)
+        result["projections"] = projections
+        write_results(result, args)
+        memory = run_child(["--memory_part", "features"]) if device.type == "cpu" else measure_feature_memory(args, selector, token_ids, checkpoint, device)
+        for kind in PROJECTION_TYPES:
+            projections[kind]["peak_added_mib"] = {"batch": memory[f"{kind}/{args.batch}"] / 2**20,
+                                                   f"{args.memory_rows}_rows": memory[f"{kind}/{args.memory_rows}"] / 2**20}
+        write_results(result, args)
+    print("\n".join(render(result, args)))
 
-    if args.feature_examples:
-        rows = selector.encode(pool)[: args.feature_examples]
-        checkpoints, _ = selector.warmup(selector.encode(pool))
-        with PeakMemory(device) as memory:
-            begin = time.perf_counter()
-            features, flops = selector.gradient_features(rows, checkpoints[-1], optimizer_aware=True)
-            feature_seconds = time.perf_counter() - begin
-        projection = selector.projection()
-        begin = time.perf_counter()
-        projection(torch.zeros(1, projection.input_dim, device=device))
-        projection_seconds = time.perf_counter() - begin  # regenerating the whole matrix once
-        result.update(
-            feature_examples=len(rows),
-            projection_dim=args.projection_dim,
-            feature_examples_per_s=len(rows) / feature_seconds,
-            feature_peak_added_mib=(memory.added if feature_peak is None else feature_peak) / 2**20,
-            projection_matrix_seconds=projection_seconds,
-            projection_matrix_would_be_gib=projection.input_dim * projection.output_dim * 4 / 2**30,
-            projection_chunk_mib=projection.chunk_rows * projection.output_dim * 4 / 2**20,
-            feature_flops=flops,
-            feature_flops_match_estimate=bool(np.isclose(flops, selector.feature_flops(rows), rtol=1e-9)),
-            features_unit_norm=bool(np.allclose(np.linalg.norm(features, axis=1), 1.0, atol=1e-4)),
-        )
 
+def write_results(result: dict, args) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "less_speed.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    (RESULTS / "less_speed.md").write_text("\n".join(render(result, args)) + "\n", encoding="utf-8")
+
+
+def render(result: dict, args) -> list[str]:
+    lora = result["lora"]
     lines = [
-        "# LESS per-example gradients: batched paths vs a per-example loop",
+        "# LESS gradient features: projections at pool scale, and the per-example gradient paths",
         "",
-        f"{result['model']} with LoRA rank {result['lora']['rank']} on {', '.join(result['lora']['target_modules'])} "
-        f"({result['lora']['params']:,} trainable parameters), {result['examples']} pool rows, batch {args.batch}, "
-        f"<= {args.seq} tokens (mean {result['mean_tokens']:.0f}); {result['device']}; {result['machine']}.",
-        "",
-        "| path | examples/s | speed-up over the loop | peak memory added per batch | max abs difference from the loop |",
-        "|---|---|---|---|---|",
+        f"{result['model']} with LoRA rank {lora['rank']} on {', '.join(lora['target_modules'])} ({lora['params']:,} trainable "
+        f"parameters), projection to {result['projection_dim']} dims; {result['device']}; {result['machine']}. "
+        f"Machine load (shared with other jobs): before {result['machine_load_before']}"
+        + (f"; after the throughput part {result['projections']['machine_load_after']}." if result.get("projections") else "."),
     ]
-    titles = {"linear": "linear: one batched backward, per-example LoRA grads from layer inputs x output grads",
-              "vmap": "vmap(grad) over the batch", "loop": "loop: one backward per example"}
-    for name in paths:
-        lines.append(f"| {titles[name]}{' (default)' if name == default else ''} | {result['examples_per_s'][name]:.3f} | "
-                     f"{speedups[name]:.2f}x | {peak[name] / 2**20:.0f} MiB | {max_difference[name]:.2e} |")
+    if result.get("projections"):
+        lines += throughput_lines(result, args)
+    lines += gate_and_paths_lines(result)
+    return lines
+
+
+def throughput_lines(result: dict, args) -> list[str]:
+    lines = [
+        "",
+        f"## End-to-end features vs gradients alone ({result['projections']['sparse']['rows']} pool rows, <= {result['max_tokens']} "
+        f"tokens, mean {result['mean_tokens']:.0f}, batch {result['batch_size']})",
+        "",
+        "| projection | rows timed | gradients only, rows/s | gradient_features (grads + Adam + projection), rows/s | ratio | "
+        "projection FLOPs per row | peak memory added: one batch | peak memory added: "
+        f"{args.memory_rows} rows |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for kind in PROJECTION_TYPES:
+        row = result["projections"][kind]
+        peak = row.get("peak_added_mib")
+        memory = f"{peak['batch']:.0f} MiB | {peak[f'{args.memory_rows}_rows']:.0f} MiB" if peak else "not measured | not measured"
+        lines.append(
+            f"| {kind}{' (default)' if kind == 'sparse' else ''} | {row['rows']} | {row['gradient_rows_per_s']:.2f} | "
+            f"{row['feature_rows_per_s']:.2f} | {row['ratio']:.2f}x | {row['projection_flops_per_row']:.3g} | {memory} |"
+        )
+    sparse = result["projections"]["sparse"]
     lines += [
         "",
-        f"Default path ({default}) speed-up {speedup:.2f}x (goal >= {GOAL_SPEEDUP:.0f}x: "
-        f"{'met' if result['meets_goal'] else 'NOT met'}). Largest gradient entry {max_gradient:.2e}.",
+        f"Goal: features >= {result['goal_feature_ratio']}x the gradient-only throughput; sparse: {sparse['ratio']:.2f}x "
+        f"({'met' if sparse['ratio'] >= result['goal_feature_ratio'] else 'NOT met'}). The dense projections regenerate "
+        "their matrix once per gradient buffer, so their per-row cost does not fall with more rows; they were timed on "
+        f"{result['projections']['gaussian']['rows']} rows. Gradient-only and feature timings alternate chunk by chunk. "
+        f"FLOP charge of gradient_features equals the up-front estimate: {result['feature_flops_match_estimate']}.",
     ]
-    if args.feature_examples:
+    return lines
+
+
+def gate_and_paths_lines(result: dict) -> list[str]:
+    lines: list[str] = []
+    gate = result.get("quality_gate")
+    if gate:
         lines += [
             "",
-            f"End to end (gradients + Adam direction + projection to {args.projection_dim}): "
-            f"{result['feature_examples_per_s']:.3f} examples/s on {result['feature_examples']} rows, "
-            f"peak memory added {result['feature_peak_added_mib']:.0f} MiB. The full projection matrix would take "
-            f"{result['projection_matrix_would_be_gib']:.1f} GiB; it is generated in {result['projection_chunk_mib']:.0f} MiB "
-            f"chunks, {result['projection_matrix_seconds']:.1f} s per pass over it (once per gradient buffer). "
-            f"FLOP charge equals the up-front estimate: {result['feature_flops_match_estimate']}.",
+            f"## Quality gate ({gate['pool_rows']} pool rows as Adam directions after a warmup epoch, {gate['target_rows']} target "
+            f"rows, {gate['projection_dim']} dims; reference: {gate['reference']})",
+            "",
+            "| projection | seeds | min correlation of exact vs projected cosines | top-5% overlap with the dense Gaussian | "
+            "top-5% overlap with the exact (unprojected) scores |",
+            "|---|---|---|---|---|",
         ]
-    (RESULTS / "less_speed.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+        for kind, row in gate["by_projection"].items():
+            lines.append(f"| {kind} | {row['seeds']} | {row['cosine_correlation_min']:.4f} | {row['top_overlap_mean']:.0%} | "
+                         f"{row['top_overlap_exact_mean']:.0%} |")
+        lines += ["", f"Top-5% = {gate['by_projection']['sparse']['top_rows']:.0f} rows. Goals: correlation >= {GOAL_CORRELATION}, "
+                  f"overlap >= {GOAL_OVERLAP:.0%}; sparse {'passes' if gate['sparse_passes'] else 'does NOT pass'}."]
+    paths = result["gradient_paths"]
+    if paths:
+        titles = {"linear": "linear: one batched backward, per-example LoRA grads from layer inputs x output grads",
+                  "vmap": "vmap(grad) over the batch", "loop": "loop: one backward per example"}
+        lines += [
+            "",
+            f"## Per-example gradient paths ({paths['examples']} rows, <= {paths['max_tokens']} tokens, mean "
+            f"{paths['mean_tokens']:.0f}; {paths.get('note', 'this run')})",
+            "",
+            "| path | examples/s | speed-up over the loop | peak memory added per batch | max abs difference from the loop |",
+            "|---|---|---|---|---|",
+        ]
+        for name in ("linear", "vmap", "loop"):
+            lines.append(f"| {titles[name]}{' (default)' if name == paths['default_method'] else ''} | "
+                         f"{paths['examples_per_s'][name]:.3f} | {paths['speedup_over_loop'][name]:.2f}x | "
+                         f"{paths['peak_added_mib'][name]:.0f} MiB | {paths['max_abs_difference_from_loop'][name]:.2e} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ class SelectionCharge:
         stages: FLOPs by stage for selectors that report them (LESS: warmup, features, projection).
         duplicates_dropped: pool rows not scored because they repeat an earlier row's text
             (``deduplicate="drop"``).
+        feature_index: LESS's report when it reused stored pool features (``dir``,
+            ``reused_flops``: what computing them cost; they are not charged again).
     """
 
     selector: str
@@ -46,6 +48,7 @@ class SelectionCharge:
     cache: dict[str, Any] | None = None
     stages: dict[str, float] = field(default_factory=dict)
     duplicates_dropped: int = 0
+    feature_index: dict[str, Any] | None = None
 
     @property
     def cache_hit(self) -> bool:

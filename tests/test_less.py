@@ -7,11 +7,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hf_cads import BudgetedTrainer, BudgetedTrainingArguments, LESSSelector, get_selector
 from hf_cads.data import load_bbh_examples
-from hf_cads.selectors.gradients import (
+from hf_cads.selectors.gradients import PerExampleGradients, adam_update_direction
+from hf_cads.selectors.projection import (
     PROJECTION_CHUNK_ELEMENTS,
-    PerExampleGradients,
     RandomProjection,
-    adam_update_direction,
+    SparseProjection,
+    make_projection,
+    projection_agreement,
 )
 from hf_cads.selectors.scoring import TokenBatcher
 from hf_cads.testing import assert_close_at_scale, tiny_causal_lm
@@ -122,9 +124,10 @@ def test_adam_update_direction_is_the_step_adam_takes():
 
 
 # -- the selector ------------------------------------------------------------------------------
-def test_less_ranks_the_matching_source_first_and_charges_measured_flops(task_pool, tokenizer):
+@pytest.mark.parametrize("projection", ["sparse", "gaussian"])
+def test_less_ranks_the_matching_source_first_and_charges_measured_flops(task_pool, tokenizer, projection):
     pool, targets = task_pool
-    selector = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **FAST)
+    selector = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, projection_type=projection, **FAST)
     estimate = selector.estimate_flops(pool, targets["dyck_languages"])
     with FlopCounterMode(display=False) as counter:
         result = selector.select(pool, target=targets["dyck_languages"], k=30)
@@ -134,12 +137,17 @@ def test_less_ranks_the_matching_source_first_and_charges_measured_flops(task_po
     assert max(mean_score, key=mean_score.get) == "dyck_languages", mean_score
     # charged = estimated before the work = counted by torch's FlopCounterMode
     assert result.flops == pytest.approx(estimate, rel=1e-9)
-    assert result.flops == pytest.approx(counter.get_total_flops(), rel=0.01)
     breakdown = result.extras["flops_breakdown"]
     assert sum(breakdown.values()) == pytest.approx(result.flops)
     assert breakdown["warmup"] > 0 and breakdown["pool_gradients"] > breakdown["target_gradients"] > 0
-    num_params = result.extras["num_lora_params"]
-    assert breakdown["projection"] == 2 * num_params * 1024 * (len(pool) + 16) * 2  # 2 checkpoints
+    num_params, projected = result.extras["num_lora_params"], (len(pool) + 16) * 2  # rows x 2 checkpoints
+    if projection == "sparse":
+        # 4 signed non-zeros per gradient entry, applied by scatter-adds, which FlopCounterMode does not see
+        assert breakdown["projection"] == 2 * 4 * num_params * projected
+        assert result.flops - breakdown["projection"] == pytest.approx(counter.get_total_flops(), rel=0.01)
+    else:  # a dense matmul, counted
+        assert breakdown["projection"] == 2 * num_params * 1024 * projected
+        assert result.flops == pytest.approx(counter.get_total_flops(), rel=0.01)
     assert len(result.extras["checkpoint_learning_rates"]) == 2
 
 
@@ -192,7 +200,9 @@ def test_interrupted_run_resumes_from_its_shards(task_pool, tokenizer, tmp_path)
     stored = sorted((tmp_path / "features").rglob("*.npy"))
     assert len(stored) == 2 * (1 + 3)  # per checkpoint: target + 3 pool shards
     assert all(np.load(path).dtype == np.float16 for path in stored)
-    # simulate a run killed during the last shard of the last checkpoint
+    # simulate a run killed during the last shard of the last checkpoint (the index is not marked complete)
+    manifest = tmp_path / "features" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"complete": true', '"complete": false'))
     (tmp_path / "features" / "features" / "checkpoint-1" / "pool-00002.npy").unlink()
     (tmp_path / "features" / "warmup" / "epoch-1.pt").unlink()
     selector = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **options)
@@ -204,7 +214,7 @@ def test_interrupted_run_resumes_from_its_shards(task_pool, tokenizer, tmp_path)
     assert second.extras["resumed_feature_files"] == len(stored) - 1
     assert_close_at_scale(second.all_scores, first.all_scores, rel=1e-4, what="LESS scores")
     assert second.flops == pytest.approx(first.flops)
-    with pytest.raises(ValueError, match="different run"):
+    with pytest.raises(ValueError, match="another model, pool, warmup or projection.*projection_dim: 256 -> 128"):
         get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **dict(options, projection_dim=128)).select(
             pool, target=target, k=10
         )
@@ -288,7 +298,7 @@ def test_feature_dir_of_something_else_is_refused(tokenizer, task_pool, tmp_path
 
 
 @pytest.mark.parametrize("option", [{"warmup_fraction": 0}, {"warmup_fraction": 1.5}, {"warmup_epochs": 0},
-                                    {"projection_type": "sparse"}, {"learning_rate": -1.0}, {"lora_target_modules": []}])
+                                    {"projection_type": "orthogonal"}, {"learning_rate": -1.0}, {"lora_target_modules": []}])
 def test_bad_options(option):
     with pytest.raises(ValueError, match=next(iter(option))):
         get_selector("less", **option)
@@ -304,3 +314,177 @@ def test_less_matching_holds_over_seeds(task_pool, tokenizer):
         assert np.mean(sources[result.indices] == "dyck_languages") >= 0.8, seed
         mean_score = {s: result.all_scores[sources == s].mean() for s in set(sources)}
         assert max(mean_score, key=mean_score.get) == "dyck_languages", (seed, mean_score)
+
+
+# -- projections ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lora_gradients(tokenizer, small_pool, bbh_target):
+    """Exact per-example LoRA gradients of 64 pool rows and 8 target rows (tiny Llama, all linear layers)."""
+    selector = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, max_length=64, lora_target_modules=ALL_LINEAR,
+                            projection_dim=4096, show_progress=False)
+    model = selector.selection_model()
+    with torch.no_grad():  # trained-looking adapters: fresh LoRA has B = 0
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(1))
+    gradients = PerExampleGradients(model)
+
+    def exact(token_ids):
+        out = torch.zeros(len(token_ids), gradients.num_params)
+        for batch in selector._batcher().batches(token_ids):
+            out[torch.as_tensor(batch.rows)] = gradients(batch.input_ids, batch.attention_mask).float()
+        return out
+
+    pool = small_pool.shuffle(seed=0).select(range(64))
+    return exact(selector.encode(pool)), exact(selector.encode(bbh_target[1].select(range(8)), "target"))
+
+
+def test_sparse_projection_keeps_similarities_and_the_selection(lora_gradients):
+    pool, target = lora_gradients
+    dim = 4096  # a quarter of the 16,384 LoRA parameters, as 8192 is ~1/112 of SmolLM2's (see benchmarks/less_speed.py)
+    overlaps = []
+    for seed in range(4):
+        sparse = SparseProjection(pool.shape[1], dim, seed=seed)
+        agreement = projection_agreement(pool, target, sparse, RandomProjection(pool.shape[1], dim, seed=100 + seed, kind="gaussian"))
+        dense = projection_agreement(pool, target, RandomProjection(pool.shape[1], dim, seed=seed, kind="gaussian"),
+                                     RandomProjection(pool.shape[1], dim, seed=100 + seed, kind="gaussian"))
+        assert agreement["cosine_correlation"] >= 0.95, (seed, agreement)
+        # as faithful as a dense Gaussian matrix of the same size
+        assert agreement["cosine_correlation"] >= dense["cosine_correlation"] - 0.01, (seed, agreement, dense)
+        overlaps.append(agreement["top_overlap"])
+    # top-5% of 64 rows is 3 rows, so one near-tie moves a seed's overlap by a third: judge the mean
+    assert np.mean(overlaps) >= 0.75, overlaps
+
+
+def test_sparse_projection_is_seeded_unbiased_and_matrix_free():
+    torch.manual_seed(0)
+    vectors = torch.randn(6, 50_000)
+    projection = SparseProjection(50_000, 512, seed=3, nonzeros=4)
+    out = projection(vectors)
+    assert torch.equal(out, SparseProjection(50_000, 512, seed=3, nonzeros=4)(vectors))
+    assert torch.allclose(torch.cat([projection(vectors[:2]), projection(vectors[2:])]), out, atol=1e-5)
+    assert not torch.allclose(out, SparseProjection(50_000, 512, seed=4)(vectors))
+    positions, signs = projection.hashes()
+    assert positions.shape == signs.shape == (4, 50_000)
+    # one non-zero per block of 128 outputs, so a coordinate's 4 targets are distinct
+    assert torch.equal(positions // 128, torch.arange(4)[:, None].expand(4, 50_000))
+    assert set(signs.unique().tolist()) == {-0.5, 0.5}
+    # it is the linear map whose columns those hashes describe
+    matrix = torch.zeros(512, 50_000)
+    for block in range(4):
+        matrix[positions[block], torch.arange(50_000)] += signs[block]
+    assert torch.allclose(out, vectors @ matrix.T, atol=1e-4)
+    ratio = out.norm(dim=1) / vectors.norm(dim=1)
+    assert torch.all((ratio > 0.85) & (ratio < 1.15)), ratio
+    assert projection.flops(6) == 2 * 6 * 4 * 50_000
+    assert make_projection("sparse", 10, 4, nonzeros=2).describe()["nonzeros"] == 2
+    with pytest.raises(ValueError, match="nonzeros must be an integer"):
+        SparseProjection(100, 8, nonzeros=9)
+
+
+# -- the feature index ----------------------------------------------------------------------------
+def count_feature_calls(selector):
+    computed = []
+    original = selector.gradient_features
+    selector.gradient_features = lambda ids, *a, **kw: computed.append(len(ids)) or original(ids, *a, **kw)
+    return computed
+
+
+def test_a_second_target_reuses_the_pool_features(task_pool, tokenizer, tmp_path):
+    pool, targets = task_pool
+    dyck, boolean = targets["dyck_languages"].select(range(6)), targets["boolean_expressions"].select(range(6))
+    options = dict(FAST, projection_dim=256, shard_size=48, feature_dir=str(tmp_path / "index"))
+    first = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **options).select(pool, target=dyck, k=30)
+    assert not first.extras["feature_index"]["reused"]
+    selector = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **options)
+    estimate = selector.estimate_flops(pool, boolean)
+    computed = count_feature_calls(selector)
+    second = selector.select(pool, target=boolean, k=30)
+    assert computed == [6, 6]  # the target's rows at each of the 2 checkpoints, no pool row
+    assert second.flops == pytest.approx(estimate, rel=1e-9)
+    assert second.flops <= 0.1 * first.flops
+    breakdown = second.extras["flops_breakdown"]
+    assert breakdown["warmup"] == breakdown["pool_gradients"] == 0 and breakdown["target_gradients"] > 0
+    index = second.extras["feature_index"]
+    assert index["reused"] and index["dir"] == options["feature_dir"]
+    original = first.extras["flops_breakdown"]
+    assert index["original_flops"]["pool_gradients"] == pytest.approx(original["pool_gradients"])
+    assert index["original_flops"]["warmup"] == pytest.approx(original["warmup"])
+    # what was reused: warmup + pool gradients and projection (the first run's minus its target part)
+    pool_projection = original["projection"] - breakdown["projection"]
+    assert index["reused_flops"] == pytest.approx(original["warmup"] + original["pool_gradients"] + pool_projection)
+    # several targets in one pass, without an index: the same scores; the shared work is charged once
+    both = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **dict(options, feature_dir=None)).select_many(
+        pool, {"dyck": dyck, "boolean": boolean}, k=30
+    )
+    for single, name in ((first, "dyck"), (second, "boolean")):
+        scale = np.abs(single.all_scores).max()
+        assert np.allclose(both[name].all_scores, single.all_scores, rtol=0, atol=1e-4 * scale), name
+        assert list(both[name].indices) == list(single.indices), name
+    assert both["dyck"].flops == pytest.approx(first.flops, rel=1e-9)
+    assert both["boolean"].flops == pytest.approx(second.flops, rel=1e-9)
+    assert both["boolean"].extras["feature_index"]["shared_with"] == "dyck"
+    sources = np.array(pool["source"])
+    assert np.mean(sources[both["boolean"].indices] == "boolean_expressions") > np.mean(sources[both["dyck"].indices] == "boolean_expressions")
+
+
+def test_an_index_of_another_model_or_projection_is_refused(task_pool, tokenizer, tmp_path):
+    pool, targets = task_pool
+    pool, target = pool.select(range(16)), targets["dyck_languages"].select(range(2))
+    options = dict(FAST, projection_dim=64, warmup_epochs=1, feature_dir=str(tmp_path / "index"))
+    get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **options).select(pool, target=target, k=4)
+    other_model = get_selector("less", model=tiny_causal_lm(tokenizer, seed=1), tokenizer=tokenizer, **options)
+    with pytest.raises(ValueError, match=r"another model, pool, warmup or projection \(model: "):
+        other_model.select(pool, target=target, k=4)
+    with pytest.raises(ValueError, match="projection.type: 'sparse' -> 'gaussian'"):
+        get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **dict(options, projection_type="gaussian")).select(
+            pool, target=target, k=4
+        )
+    # with cache_dir and no feature_dir each (model, pool, projection) gets its own index folder
+    cached = dict(options, feature_dir=None, cache_dir=str(tmp_path / "cache"))
+    for projection_type in ("sparse", "rademacher"):
+        get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **dict(cached, projection_type=projection_type)).select(
+            pool, target=target, k=4
+        )
+    assert len(list((tmp_path / "cache").glob("less-features-*"))) == 2
+
+
+def test_corrupt_or_partial_index_files_are_recomputed(task_pool, tokenizer, tmp_path, caplog):
+    pool, targets = task_pool
+    pool, target = pool.select(range(48)), targets["dyck_languages"].select(range(6))
+    options = dict(FAST, projection_dim=256, shard_size=16, feature_dir=str(tmp_path / "index"))
+    first = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **options).select(pool, target=target, k=10)
+    features = tmp_path / "index" / "features"
+    (features / "checkpoint-0" / "pool-00000.npy").write_bytes(b"\x93NUMPY garbage")  # unreadable
+    partial = features / "checkpoint-1" / "pool-00001.npy"
+    partial.write_bytes(partial.read_bytes()[:200])  # truncated
+    np.save(features / "checkpoint-1" / "pool-00002.npy", np.full((16, 256), 3.0, dtype=np.float16))  # not unit-norm
+    np.save(features / "checkpoint-0" / "pool-00002.npy", np.zeros((15, 256), dtype=np.float16))  # wrong shape
+    (tmp_path / "index" / "warmup" / "epoch-0.pt").write_bytes(b"not a checkpoint")
+    selector = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **options)
+    computed = count_feature_calls(selector)
+    with caplog.at_level("WARNING"):
+        second = selector.select(pool, target=target, k=10)
+    assert sorted(computed) == [16, 16, 16, 16]  # the four bad shards, nothing else
+    assert caplog.text.count("recomputing them") == 4 and "retraining that epoch" in caplog.text
+    scale = np.abs(first.all_scores).max()
+    assert np.allclose(second.all_scores, first.all_scores, rtol=0, atol=1e-4 * scale)
+    # recomputed work is charged (the rewarmed epoch and four shards), what was reused is not
+    breakdown, original = second.extras["flops_breakdown"], first.extras["flops_breakdown"]
+    assert 0 < breakdown["warmup"] < original["warmup"]
+    assert breakdown["pool_gradients"] == pytest.approx(original["pool_gradients"] * 4 / 6, rel=0.3)
+    # the repaired index is trusted again
+    third_selector = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **options)
+    recomputed = count_feature_calls(third_selector)
+    third = third_selector.select(pool, target=target, k=10)
+    assert recomputed == []
+    assert third.extras["flops_breakdown"]["pool_gradients"] == 0 and third.extras["flops_breakdown"]["warmup"] == 0
+
+
+def test_projection_dim_larger_than_the_gradients_is_an_error(task_pool, tokenizer):
+    pool, targets = task_pool
+    selector = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **dict(FAST, projection_dim=20_000))
+    with pytest.raises(ValueError, match=r"projection_dim=20000 is larger than the 16,384 LoRA gradient entries.*projection_dim <= 16384"):
+        selector.estimate_flops(pool, targets["dyck_languages"])
+    with pytest.raises(ValueError, match="projection_dim=20000 is larger"):
+        selector.select(pool, target=targets["dyck_languages"], k=5)

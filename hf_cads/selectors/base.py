@@ -325,6 +325,9 @@ class Selector(ABC):
     :meth:`select` shards, distributes, caches and resumes its scoring. A selector that leaves it
     ``False`` implements :meth:`score`; with several processes the main process runs it and sends
     the result to the others, and with ``cache_dir`` the whole result is cached."""
+    distributes_own_work: ClassVar[bool] = False
+    """``True`` for a non-shardable selector whose :meth:`score` runs on every process of a
+    distributed launch and splits its work itself (LESS); ``False`` runs it on the main process."""
 
     def __init__(
         self, config: SelectorConfig | None = None, *, model: Any = None, tokenizer: Any = None, **kwargs: Any
@@ -446,7 +449,13 @@ class Selector(ABC):
         self.validate_inputs(pool, target)
         unique, dedup = self.unique_pool(pool)
         size = None if (k is None and fraction is None and self.chooses_own_size) else self._resolve_size(unique, dedup, k, fraction)
-        output = self.score_pool(unique, target)
+        return self.result_from_scores(pool, size, self.score_pool(unique, target), dedup)
+
+    def result_from_scores(self, pool: Any, size: int | None, output: ScoreOutput, dedup: Deduplication | None = None) -> SelectionResult:
+        """Check a scoring output and keep ``size`` rows of ``pool`` by it (top-k by default).
+
+        ``output`` scores the rows of :meth:`unique_pool` (every row when ``dedup`` is ``None``)."""
+        unique = pool if dedup is None else pool.select(dedup.kept_rows.tolist())
         scores = np.asarray(output.scores, dtype=np.float64)
         if scores.shape != (len(unique),):
             raise RuntimeError(f"{type(self).__name__}.score returned {scores.shape} scores for {len(unique)} rows.")
@@ -498,7 +507,7 @@ class Selector(ABC):
                 return ScoreOutput(stored.scores, 0.0, {**stored.extras, "cache": info})
         if self.shardable:
             return self._score_in_shards(pool, target, processes, cache)
-        output = processes.on_main(lambda: self.score(pool, target))
+        output = self.score(pool, target) if self.distributes_own_work else processes.on_main(lambda: self.score(pool, target))
         if cache is not None:
             scores = np.asarray(output.scores, dtype=np.float64)
             saved = processes.on_main(lambda: cache.save_result(scores, float(output.flops), output.extras))

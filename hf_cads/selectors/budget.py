@@ -160,6 +160,7 @@ def select_within_budget(
         cache=dict(result.extras["cache"]) if isinstance(result.extras.get("cache"), Mapping) else None,
         stages={name: float(value) for name, value in stages.items()} if isinstance(stages, Mapping) else {},
         duplicates_dropped=int(result.extras.get("deduplication", {}).get("dropped", 0)),
+        feature_index=dict(index) if isinstance(index := result.extras.get("feature_index"), Mapping) and index.get("reused") else None,
     )
     if ledger is not None:
         ledger.charge("selection", charge.flops)

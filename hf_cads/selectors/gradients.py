@@ -1,16 +1,16 @@
-"""Per-example gradients, Adam update directions and seeded random projections.
+"""Per-example gradients and Adam update directions (projections: :mod:`hf_cads.selectors.projection`).
 
 The building blocks of gradient-based data selection (LESS, TracIn-style influence): the gradient
 of every example's own loss with respect to the trainable (e.g. LoRA) parameters, computed for a
-whole batch in one vectorised pass, and a Johnson-Lindenstrauss projection that maps those
-gradients to a few thousand dimensions without ever holding the full projection matrix.
+whole batch in one vectorised pass, and the Adam update direction LESS compares pool rows by.
 
 Example:
     >>> import torch
-    >>> from hf_cads.selectors.gradients import PerExampleGradients, RandomProjection
+    >>> from hf_cads.selectors.gradients import PerExampleGradients
+    >>> from hf_cads.selectors.projection import SparseProjection
     >>> grads = PerExampleGradients(lora_model)  # doctest: +SKIP
     >>> flat = grads(input_ids, attention_mask)  # doctest: +SKIP  (batch x num_trainable_params)
-    >>> projection = RandomProjection(grads.num_params, 8192, seed=0)  # doctest: +SKIP
+    >>> projection = SparseProjection(grads.num_params, 8192, seed=0)  # doctest: +SKIP
     >>> features = torch.nn.functional.normalize(projection(flat), dim=-1)  # doctest: +SKIP
 """
 
@@ -19,17 +19,16 @@ from __future__ import annotations
 import math
 from typing import Any, Literal, get_args
 
-import numpy as np
-
-from ..flops import matmul_flops
+from .projection import PROJECTION_CHUNK_ELEMENTS, ProjectionType, RandomProjection, chunk_seed
 from .scoring import masked_token_losses
 
 GradientMethod = Literal["auto", "linear", "vmap", "loop"]
 GRADIENT_METHODS: tuple[str, ...] = get_args(GradientMethod)
-ProjectionType = Literal["rademacher", "gaussian"]
-
-PROJECTION_CHUNK_ELEMENTS = 1 << 22
-"""Entries of the projection matrix generated at once (16 MiB in float32): bounds its memory."""
+# The projections live in .projection; these names stay importable from here.
+__all__ = [
+    "GRADIENT_METHODS", "PROJECTION_CHUNK_ELEMENTS", "GradientMethod", "PerExampleGradients", "ProjectionType",
+    "RandomProjection", "adam_update_direction", "chunk_seed", "trainable_parameters",
+]
 
 
 def trainable_parameters(model: Any) -> dict[str, Any]:
@@ -219,78 +218,3 @@ def adam_update_direction(
     second = grads.square().mul_(1.0 - beta2).add_(exp_avg_sq, alpha=beta2).div_(1.0 - beta2**t).sqrt_().add_(eps)
     first = grads.mul(1.0 - beta1).add_(exp_avg, alpha=beta1).div_(1.0 - beta1**t)
     return first.div_(second)
-
-
-def chunk_seed(seed: int, index: int) -> int:
-    """A 63-bit seed for chunk ``index`` of a projection seeded with ``seed`` (same on every process)."""
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-
-
-class RandomProjection:
-    """A seeded Johnson-Lindenstrauss projection from ``input_dim`` to ``output_dim`` dimensions.
-
-    The matrix has i.i.d. Rademacher (+-1) or standard normal entries scaled by
-    ``1 / sqrt(output_dim)``, so squared norms and inner products are preserved in expectation.
-    It is never held whole: rows ``[i * chunk_rows, (i + 1) * chunk_rows)`` form chunk ``i``, drawn
-    from its own generator seeded by ``(seed, i)`` whenever needed. Memory is therefore
-    ``batch x output_dim`` plus one chunk, and the same seed gives the same matrix on every process
-    and for every batch size (chunks are regenerated per call, so project many vectors per call).
-
-    Example:
-        >>> import torch
-        >>> from hf_cads.selectors.gradients import RandomProjection
-        >>> projection = RandomProjection(input_dim=10_000, output_dim=64, seed=0)
-        >>> vectors = torch.randn(3, 10_000)
-        >>> bool(torch.equal(projection(vectors), RandomProjection(10_000, 64, seed=0)(vectors)))
-        True
-    """
-
-    def __init__(self, input_dim: int, output_dim: int, seed: int = 0, kind: ProjectionType = "rademacher") -> None:
-        if isinstance(output_dim, bool) or not isinstance(output_dim, (int, np.integer)) or output_dim <= 0:
-            raise ValueError(f"projection dimension must be a positive integer such as 8192, got {output_dim!r}.")
-        if isinstance(input_dim, bool) or not isinstance(input_dim, (int, np.integer)) or input_dim <= 0:
-            raise ValueError(f"input_dim must be a positive integer, got {input_dim!r}.")
-        if kind not in ("rademacher", "gaussian"):
-            raise ValueError(f"projection type must be 'rademacher' or 'gaussian', got {kind!r}.")
-        self.input_dim = int(input_dim)
-        self.output_dim = int(output_dim)
-        self.seed = int(seed)
-        self.kind = kind
-        self.chunk_rows = max(1, PROJECTION_CHUNK_ELEMENTS // self.output_dim)
-
-    @property
-    def num_chunks(self) -> int:
-        return -(-self.input_dim // self.chunk_rows)
-
-    def chunk(self, index: int, device: Any = "cpu") -> Any:
-        """Rows ``[index * chunk_rows, ...)`` of the unscaled matrix, as float32 on ``device``."""
-        import torch
-
-        start = index * self.chunk_rows
-        rows = min(self.chunk_rows, self.input_dim - start)
-        if not 0 <= index < self.num_chunks:
-            raise IndexError(f"chunk {index} out of range (the projection has {self.num_chunks} chunks).")
-        generator = torch.Generator(device=device).manual_seed(chunk_seed(self.seed, index))
-        shape = (rows, self.output_dim)
-        if self.kind == "gaussian":
-            return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
-        return torch.randint(0, 2, shape, generator=generator, device=device, dtype=torch.float32).mul_(2.0).sub_(1.0)
-
-    def __call__(self, vectors: Any) -> Any:
-        """Project ``batch x input_dim`` vectors to ``batch x output_dim`` (float32)."""
-        import torch
-
-        if vectors.dim() != 2 or vectors.shape[1] != self.input_dim:
-            raise ValueError(f"expected vectors of shape (batch, {self.input_dim}), got {tuple(vectors.shape)}.")
-        vectors = vectors.float()
-        out = torch.zeros(vectors.shape[0], self.output_dim, dtype=torch.float32, device=vectors.device)
-        for index in range(self.num_chunks):
-            start = index * self.chunk_rows
-            block = self.chunk(index, vectors.device)
-            # Out-of-place addmm: FlopCounterMode does not count the in-place variant.
-            out = torch.addmm(out, vectors[:, start : start + block.shape[0]], block)
-        return out.mul_(1.0 / math.sqrt(self.output_dim))
-
-    def flops(self, num_vectors: int) -> float:
-        """FLOPs of projecting ``num_vectors`` vectors (a dense matmul)."""
-        return matmul_flops(num_vectors, self.input_dim, self.output_dim)

@@ -9,8 +9,9 @@ Targeted Instruction Tuning", ICML 2024, arXiv:2402.04333):
 2. **Gradient features** at every checkpoint, LoRA parameters only. A pool example is represented by
    the direction Adam would move the weights if its next step saw that example alone,
    ``m' / (sqrt(v') + eps)`` with the checkpoint's moments; a target example by its plain gradient.
-   Both are projected to ``projection_dim`` dimensions with a seeded Rademacher (or Gaussian)
-   Johnson-Lindenstrauss matrix and L2-normalised.
+   Both are projected to ``projection_dim`` dimensions with a seeded Johnson-Lindenstrauss
+   projection (sparse by default: each coordinate hashed to a few signed outputs; the paper's
+   dense Rademacher or a Gaussian matrix as options) and L2-normalised.
 3. **Score.** Per checkpoint, the cosine similarity of a pool feature with each target feature of a
    sub-task, averaged over that sub-task's examples; checkpoints are weighted by their learning
    rate and summed; with several sub-tasks (``subtask_column``) a row's score is its best sub-task.
@@ -24,9 +25,13 @@ much (~10x) larger than the selection model (Yin & Rush, "Compute-Constrained Da
 the random projection and the similarity products, and :meth:`LESSSelector.estimate_flops`
 predicts that total before any work.
 
-Features are written to ``feature_dir`` in shards (float16 by default), so a large pool never has
-to fit in memory and an interrupted run resumes from its last finished shard (and its last
-finished warmup epoch).
+Warmup checkpoints and pool features form a reusable index (:mod:`hf_cads.selectors.less_index`),
+keyed by the model, pool, warmup options and projection: features are written in shards (float16
+by default), so a large pool never has to fit in memory, an interrupted run resumes from its last
+finished shard, and a selection for another target on the same pool computes only the target's
+gradients (:meth:`LESSSelector.select_many` selects for several targets in one pass). Under
+``accelerate launch`` the warmup runs once, on the main process, and the pool's shards are split
+over the processes.
 
 Example:
     >>> from hf_cads import get_selector
@@ -42,27 +47,34 @@ import contextlib
 import copy
 import hashlib
 import json
+import logging
 import math
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 
-from ..cache import atomic_write, weights_digest
+from ..cache import cache_key, resolve_cache_dir, weights_digest
 from ..lora import DEFAULT_LORA_R, DEFAULT_LORA_TARGET_MODULES, lora_options
 from ..data import column_values, get_texts
+from ..distributed import Processes, current_processes
 from ..flops import FlopProfile, matmul_flops
-from .base import ScoreOutput, Selector, SelectorConfig
-from .gradients import GRADIENT_METHODS, GradientMethod, PerExampleGradients, RandomProjection, adam_update_direction, chunk_seed, trainable_parameters
+from .base import ScoreOutput, SelectionResult, Selector, SelectorConfig
+from .gradients import GRADIENT_METHODS, GradientMethod, PerExampleGradients, adam_update_direction, trainable_parameters
+from .less_index import INDEX_FORMAT, FeatureIndex, read_manifest, target_features_path
+from .projection import DEFAULT_SPARSE_NONZEROS, PROJECTION_TYPES, Projection, ProjectionType, chunk_seed, make_projection
 from .perplexity import CausalLMSelectorMixin
 from .registry import register_selector
 from .scoring import TokenBatcher, check_next_token_targets, masked_token_losses
 
-STORE_FORMAT = 2
-# Options that change neither the features nor the scores; a resumed run may change them.
+logger = logging.getLogger(__name__)
+
+# Options that change a LESS result but not the warmup checkpoints or the pool's features: target-side
+# options, and the duplicate handling, which reaches the features only through the pool rows the
+# index key hashes anyway. An index built with other values of these is reused.
+_NOT_IN_INDEX_KEY = ("subtask_column", "target_text_column", "allow_duplicates", "deduplicate")
 
 
 @dataclass
@@ -81,16 +93,25 @@ class LESSSelectorConfig(SelectorConfig):
         lora_r / lora_alpha / lora_dropout / lora_target_modules: the LoRA adapters trained in the
             warmup; their parameters are the ones gradients are taken of (paper: rank 128 with
             alpha 512 on q/k/v/o for 7B models; rank 8 keeps the same alpha/r ratio for small ones).
-        projection_dim: dimension of the gradient features (paper: 8192).
-        projection_type: ``rademacher`` (+-1 entries, as in the paper) or ``gaussian``.
+        projection_dim: dimension of the gradient features (paper: 8192); at most the number of
+            LoRA parameters (projecting up adds cost and no information).
+        projection_type: ``sparse`` (default: each gradient coordinate hashed to
+            ``projection_nonzeros`` signed outputs, one scatter-add per batch, no matrix),
+            ``rademacher`` (dense +-1 matrix, as in the paper) or ``gaussian`` (dense normal).
+            All are seeded Johnson-Lindenstrauss projections; see :mod:`hf_cads.selectors.projection`.
+        projection_nonzeros: non-zeros per input coordinate of the sparse projection.
         subtask_column: target column naming each row's sub-task (e.g. ``task`` for several BBH
             tasks); a pool row scores its best sub-task. ``None`` treats the target as one task.
-        feature_dir: folder for warmup checkpoints and feature shards. Given, a rerun with the
-            same inputs resumes from what is there; ``None`` uses a temporary folder.
+        feature_dir: folder of the feature index (warmup checkpoints, pool and target feature
+            shards). A rerun on the same pool and model resumes from what is there, and a
+            selection for another target reuses the pool features; an index of another model,
+            pool or projection is refused. ``None``: a folder per index under ``cache_dir`` (or
+            ``$HF_CADS_CACHE``) when one is set, else a temporary folder.
         shard_size: pool rows per feature file.
         feature_dtype: ``float16`` (half the disk) or ``float32``.
-        gradient_buffer_mb: memory for per-example gradients waiting to be projected; the random
-            matrix is regenerated once per buffer, so a larger buffer amortises its generation.
+        gradient_buffer_mb: dense projections only: memory for per-example gradients waiting to be
+            projected; the matrix is regenerated once per buffer, so a larger buffer amortises it.
+            (The sparse projection projects each batch as it comes.)
         gradient_method: how per-example gradients are computed (same values, different speed):
             ``auto`` (one batched backward when every trainable parameter is in a linear layer, as
             with LoRA; else ``vmap``), ``linear``, ``vmap`` or ``loop`` (one backward per row).
@@ -108,7 +129,8 @@ class LESSSelectorConfig(SelectorConfig):
     lora_target_modules: Sequence[str] = DEFAULT_LORA_TARGET_MODULES
     lora_config: Any = field(default=None, metadata={"affects_result": False})
     projection_dim: int = 8192
-    projection_type: Literal["rademacher", "gaussian"] = "rademacher"
+    projection_type: ProjectionType = "sparse"
+    projection_nonzeros: int = DEFAULT_SPARSE_NONZEROS
     subtask_column: str | None = None
     feature_dir: str | None = field(default=None, metadata={"affects_result": False})
     shard_size: int = 1024
@@ -125,6 +147,9 @@ class LESSSelectorConfig(SelectorConfig):
                 raise ValueError(f"{name} must be a positive integer ({hint}), got {value!r}.")
 
         positive_int("projection_dim", self.projection_dim, "the gradient feature size, e.g. 8192")
+        positive_int("projection_nonzeros", self.projection_nonzeros, "non-zeros per coordinate of the sparse projection, e.g. 4")
+        if self.projection_nonzeros > self.projection_dim:
+            raise ValueError(f"projection_nonzeros={self.projection_nonzeros} exceeds projection_dim={self.projection_dim}.")
         positive_int("warmup_epochs", self.warmup_epochs, "one checkpoint per epoch, e.g. 4")
         positive_int("lora_r", self.lora_r, "the LoRA rank, e.g. 8")
         positive_int("shard_size", self.shard_size, "pool rows per feature file, e.g. 1024")
@@ -138,8 +163,8 @@ class LESSSelectorConfig(SelectorConfig):
             raise ValueError(f"lr_warmup_ratio must be in [0, 1), got {self.lr_warmup_ratio!r}.")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}.")
-        if self.projection_type not in ("rademacher", "gaussian"):
-            raise ValueError(f"projection_type must be 'rademacher' or 'gaussian', got {self.projection_type!r}.")
+        if self.projection_type not in PROJECTION_TYPES:
+            raise ValueError(f"projection_type must be one of {list(PROJECTION_TYPES)}, got {self.projection_type!r}.")
         if self.feature_dtype not in ("float16", "float32"):
             raise ValueError(f"feature_dtype must be 'float16' or 'float32', got {self.feature_dtype!r}.")
         if self.gradient_method not in GRADIENT_METHODS:
@@ -196,69 +221,6 @@ class WarmupCheckpoint:
         return cls(**{**data, "betas": tuple(data["betas"])})
 
 
-class FeatureStore:
-    """A folder of warmup checkpoints and feature files, each written atomically.
-
-    ``manifest.json`` records a fingerprint of everything the features depend on (model, LoRA and
-    projection options, tokenised pool and target); a folder holding another run's features is
-    refused rather than silently mixed in.
-    """
-
-    def __init__(self, root: str | os.PathLike, fingerprint: str, description: dict[str, Any]) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        manifest = self.root / "manifest.json"
-        if manifest.exists():
-            stored = json.loads(manifest.read_text(encoding="utf-8"))
-            if stored.get("format") != STORE_FORMAT:
-                raise ValueError(
-                    f"feature_dir {str(self.root)!r} holds LESS features written by another hf_cads version (feature-store "
-                    f"format {stored.get('format')}, this version writes {STORE_FORMAT}, with another fingerprint); they "
-                    "are not reused. Delete the folder or pass a new one."
-                )
-            if stored.get("fingerprint") != fingerprint:
-                raise ValueError(
-                    f"feature_dir {str(self.root)!r} holds LESS features of a different run (other model, options, "
-                    "pool or target), which cannot be resumed. Pass a new folder, or delete this one to start afresh."
-                )
-        else:
-            if any(self.root.iterdir()):
-                raise ValueError(
-                    f"feature_dir {str(self.root)!r} is not empty and was not written by LESS; pass an empty or new folder."
-                )
-            atomic_write(manifest, lambda handle: handle.write(json.dumps(
-                {"format": STORE_FORMAT, "fingerprint": fingerprint, **description}, indent=2, default=str
-            ).encode("utf-8")))
-
-    def checkpoint_path(self, epoch: int) -> Path:
-        return self.root / "warmup" / f"epoch-{epoch}.pt"
-
-    def load_checkpoint(self, epoch: int) -> WarmupCheckpoint | None:
-        import torch
-
-        path = self.checkpoint_path(epoch)
-        if not path.exists():
-            return None
-        return WarmupCheckpoint.from_dict(torch.load(path, map_location="cpu", weights_only=True))
-
-    def save_checkpoint(self, checkpoint: WarmupCheckpoint) -> None:
-        import torch
-
-        atomic_write(self.checkpoint_path(checkpoint.epoch), lambda handle: torch.save(checkpoint.to_dict(), handle))
-
-    def features_path(self, checkpoint: int, name: str) -> Path:
-        return self.root / "features" / f"checkpoint-{checkpoint}" / f"{name}.npy"
-
-    def has_features(self, checkpoint: int, name: str) -> bool:
-        return self.features_path(checkpoint, name).exists()
-
-    def save_features(self, checkpoint: int, name: str, features: np.ndarray) -> None:
-        atomic_write(self.features_path(checkpoint, name), lambda handle: np.save(handle, features))
-
-    def load_features(self, checkpoint: int, name: str) -> np.ndarray:
-        return np.load(self.features_path(checkpoint, name), mmap_mode="r")
-
-
 def linear_schedule(step: int, total_steps: int, warmup_steps: int) -> float:
     """Learning-rate multiplier at ``step``: linear rise over ``warmup_steps``, then linear decay to 0."""
     if step < warmup_steps:
@@ -299,8 +261,11 @@ class LESSSelector(CausalLMSelectorMixin, Selector):
     adapters are trained on the copy.
 
     The per-example step, :meth:`gradient_features`, works on any subset of rows, so feature
-    extraction can be split across processes: run :meth:`warmup` once (it is deterministic) and
-    give each process its own rows.
+    extraction is split across the processes of ``accelerate launch`` / ``torchrun``: the main
+    process runs :meth:`warmup` and the target features and sends them to the others, each process
+    computes its own block of pool shards, and every process gets the same scores as one process
+    would. :meth:`select_many` selects for several targets from one pass over the pool, and with
+    ``feature_dir`` (or ``cache_dir``) a later selection for another target reuses the pool features.
 
     Example:
         >>> from hf_cads import get_selector
@@ -308,11 +273,13 @@ class LESSSelector(CausalLMSelectorMixin, Selector):
         ...                     subtask_column="task", feature_dir="less_features")  # doctest: +SKIP
         >>> less.estimate_flops(pool, validation)  # doctest: +SKIP
         >>> result = less.select(pool, target=validation, fraction=0.05)  # doctest: +SKIP
+        >>> results = less.select_many(pool, {"dyck": dyck_val, "boolean": boolean_val}, k=500)  # doctest: +SKIP
     """
 
     config_class = LESSSelectorConfig
     uses_model = True
     reuses_training_model = True
+    distributes_own_work = True
 
     def __init__(self, config: LESSSelectorConfig | None = None, *, model: Any = None, tokenizer: Any = None, **kwargs: Any) -> None:
         super().__init__(config, model=model, tokenizer=tokenizer, **kwargs)
@@ -320,6 +287,7 @@ class LESSSelector(CausalLMSelectorMixin, Selector):
         self._lora_model: Any = None
         self._initial_lora: dict[str, Any] = {}
         self._model_fingerprint = ""
+        self._projection: tuple[tuple[Any, ...], Projection] | None = None
 
     # -- model ----------------------------------------------------------------------------------
     def selection_model(self) -> Any:
@@ -384,9 +352,22 @@ class LESSSelector(CausalLMSelectorMixin, Selector):
     def num_lora_params(self) -> int:
         return int(sum(p.numel() for p in trainable_parameters(self.selection_model()).values()))
 
-    def projection(self) -> RandomProjection:
+    def projection(self) -> Projection:
         """The seeded projection of LoRA gradients to ``projection_dim`` (same on every process)."""
-        return RandomProjection(self.num_lora_params(), self.config.projection_dim, self.config.seed, self.config.projection_type)
+        config = self.config
+        num_params = self.num_lora_params()
+        if config.projection_dim > num_params:
+            raise ValueError(
+                f"projection_dim={config.projection_dim} is larger than the {num_params:,} LoRA gradient entries it "
+                f"projects: projecting up adds cost and no information. Set projection_dim <= {num_params} "
+                "(or raise lora_r / add lora_target_modules)."
+            )
+        key = (num_params, config.projection_dim, config.seed, config.projection_type, config.projection_nonzeros)
+        if self._projection is None or self._projection[0] != key:
+            # Kept: the sparse projection's hashes are drawn once and reused for every batch.
+            self._projection = (key, make_projection(config.projection_type, num_params, config.projection_dim,
+                                                     config.seed, config.projection_nonzeros))
+        return self._projection[1]
 
     # -- inputs ---------------------------------------------------------------------------------
     def encode(self, dataset: Any, role: str = "pool") -> list[list[int]]:
@@ -432,11 +413,14 @@ class LESSSelector(CausalLMSelectorMixin, Selector):
     def _warmup_epoch_flops(self, profile: FlopProfile, pool_ids: Sequence[Sequence[int]], batches: list[np.ndarray]) -> float:
         return float(sum(profile.train_step_flops(len(rows), max(len(pool_ids[r]) for r in rows)) for rows in batches))
 
-    def warmup(self, pool_ids: Sequence[Sequence[int]], store: FeatureStore | None = None) -> tuple[list[WarmupCheckpoint], float]:
+    def warmup(
+        self, pool_ids: Sequence[Sequence[int]], store: FeatureIndex | None = None, *, charge_loaded: bool = True
+    ) -> tuple[list[WarmupCheckpoint], float]:
         """LoRA-train on the warmup sample; return one checkpoint per epoch and the FLOPs it costs.
 
-        With a ``store``, finished epochs are loaded instead of retrained (their FLOPs are still
-        reported: they were spent, if by an earlier, interrupted run).
+        With a ``store``, finished epochs are loaded instead of retrained. Their FLOPs are still
+        reported (they were spent, if by an earlier, interrupted run) unless ``charge_loaded`` is
+        ``False`` (a complete index: the run that built it was charged).
         """
         import torch
         from tqdm.auto import tqdm
@@ -459,8 +443,10 @@ class LESSSelector(CausalLMSelectorMixin, Selector):
         progress = tqdm(total=total_steps, desc="LESS warmup", disable=not config.show_progress)
         try:
             for epoch, batches in enumerate(plan):
-                flops += self._warmup_epoch_flops(profile, pool_ids, batches)
-                stored = store.load_checkpoint(epoch) if store is not None else None
+                epoch_flops = self._warmup_epoch_flops(profile, pool_ids, batches)
+                data = store.load_checkpoint(epoch) if store is not None else None
+                stored = WarmupCheckpoint.from_dict(data) if data is not None else None
+                flops += epoch_flops if (stored is None or charge_loaded) else 0.0
                 if stored is not None:
                     self._load_weights(stored)
                     _set_adam_state(optimizer, params, stored)
@@ -488,7 +474,7 @@ class LESSSelector(CausalLMSelectorMixin, Selector):
                 model.eval()
                 checkpoint = _capture_checkpoint(optimizer, params, epoch, step, float(np.mean(learning_rates)))
                 if store is not None:
-                    store.save_checkpoint(checkpoint)
+                    store.save_checkpoint(epoch, checkpoint.to_dict())
                 checkpoints.append(checkpoint)
         finally:
             progress.close()
@@ -528,7 +514,9 @@ class LESSSelector(CausalLMSelectorMixin, Selector):
         projection = self.projection()
         profile = self._profile()
         moments = checkpoint.flat_moments(gradients.names, device) if optimizer_aware else None
-        capacity = max(self.config.batch_size, int(self.config.gradient_buffer_mb * 2**20 // (4 * gradients.num_params)))
+        capacity = self.config.batch_size
+        if projection.regenerated_per_call:  # a dense matrix: project many rows per regeneration
+            capacity = max(capacity, int(self.config.gradient_buffer_mb * 2**20 // (4 * gradients.num_params)))
         features = np.zeros((len(token_ids), self.config.projection_dim), dtype=np.float32)
         pending: list[Any] = []
         pending_rows: list[np.ndarray] = []
@@ -568,107 +556,270 @@ class LESSSelector(CausalLMSelectorMixin, Selector):
         return [range(start, min(pool_size, start + size)) for start in range(0, pool_size, size)]
 
     def flops_breakdown(self, inputs: LESSInputs) -> dict[str, float]:
-        """Every FLOP of :meth:`score`, by stage, computed without doing the work."""
+        """Every FLOP of :meth:`score`, by stage, computed without doing the work.
+
+        When the feature index for this pool is complete (an earlier run built it), its warmup
+        and pool features are reused and cost nothing here; so do stored features of this target.
+        """
         profile = self._profile()
         epochs = self.config.warmup_epochs
-        warmup = sum(self._warmup_epoch_flops(profile, inputs.pool_ids, batches) for batches in self.warmup_plan(len(inputs.pool_ids)))
+        projection = self.projection()
+        key = self.index_key(inputs.pool_ids)
+        root = self._index_root(key)
+        manifest = read_manifest(root) if root is not None else None
+        reused = bool(manifest and manifest.get("key") == key and manifest.get("complete"))
+        target_reused = reused and all(
+            target_features_path(root, _ids_digest(inputs.target_ids), c).exists() for c in range(epochs)  # type: ignore[arg-type]
+        )
+        pool_rows = 0 if reused else len(inputs.pool_ids)
+        target_rows = 0 if target_reused else len(inputs.target_ids)
         shapes = [s for shard in self._shards(len(inputs.pool_ids)) for s in self._batcher().padded_shapes([inputs.pool_ids[i] for i in shard])]
-        pool_gradients = epochs * sum(profile.train_step_flops(b, s) for b, s in shapes)
-        target_gradients = epochs * sum(profile.train_step_flops(b, s) for b, s in self._batcher().padded_shapes(inputs.target_ids))
-        rows = len(inputs.pool_ids) + len(inputs.target_ids)
+        pool_gradients = 0.0 if reused else epochs * sum(profile.train_step_flops(b, s) for b, s in shapes)
+        target_shapes = [] if target_reused else self._batcher().padded_shapes(inputs.target_ids)
         return {
-            "warmup": float(warmup),
+            "warmup": 0.0 if reused else self._warmup_flops(inputs.pool_ids),
             "pool_gradients": float(pool_gradients),
-            "target_gradients": float(target_gradients),
-            "projection": epochs * self.projection().flops(rows),
+            "target_gradients": float(epochs * sum(profile.train_step_flops(b, s) for b, s in target_shapes)),
+            "projection": epochs * (projection.flops(pool_rows) + projection.flops(target_rows)),
             "similarity": epochs * matmul_flops(len(inputs.pool_ids), self.config.projection_dim, len(inputs.subtasks)),
         }
+
+    def _warmup_flops(self, pool_ids: Sequence[Sequence[int]]) -> float:
+        profile = self._profile()
+        return float(sum(self._warmup_epoch_flops(profile, pool_ids, batches) for batches in self.warmup_plan(len(pool_ids))))
 
     def estimate_flops(self, pool: Any, target: Any | None) -> float:
         return float(sum(self.flops_breakdown(self._inputs(pool, target)).values()))
 
     def score(self, pool: Any, target: Any | None) -> ScoreOutput:
+        return self.score_many(pool, [target])[0]
+
+    def select_many(
+        self, pool: Any, targets: Mapping[str, Any] | Sequence[Any], k: int | None = None, fraction: float | None = None
+    ) -> dict[str, SelectionResult]:
+        """Select ``k`` rows (or ``fraction`` of the pool) for each of several targets in one pass.
+
+        The warmup and the pool's gradient features are computed once (or read from a complete
+        feature index) and every pool shard is scored against all targets together. The first
+        target's result is charged the shared work; each other result only its own target
+        gradients and similarity, with ``extras["feature_index"]["shared_with"]`` naming the first.
+        Scores are not read from or written to the score cache (``cache_dir``) here.
+
+        Example:
+            >>> results = less.select_many(pool, {"dyck": dyck_val, "boolean": boolean_val}, fraction=0.05)  # doctest: +SKIP
+            >>> {name: result.flops for name, result in results.items()}  # doctest: +SKIP
+        """
+        named = dict(targets) if isinstance(targets, Mapping) else {f"target-{i}": t for i, t in enumerate(targets)}
+        if not named:
+            raise ValueError("select_many needs at least one target dataset, e.g. {'task': validation}.")
+        for target in named.values():
+            self.validate_inputs(pool, target)
+        unique, dedup = self.unique_pool(pool)
+        size = self._resolve_size(unique, dedup, k, fraction)
+        outputs = self.score_many(unique, list(named.values()))
+        first = next(iter(named))
+        results = {}
+        for name, output in zip(named, outputs):
+            if name != first:
+                output.extras["feature_index"]["shared_with"] = first
+            results[name] = self.result_from_scores(pool, size, output, dedup)
+        return results
+
+    def score_many(self, pool: Any, targets: Sequence[Any]) -> list[ScoreOutput]:
+        """Each target's scores of every pool row, from one warmup and one pass over the pool.
+
+        Runs on every process of a distributed launch: the main process runs (or loads) the
+        warmup and the target features and sends them to the others, each process computes the
+        features and scores of its own block of pool shards, and the scores are gathered (equal to
+        a one-process run: the shards, and so the batches, do not depend on the process count).
+        The first output charges the warmup and pool features (nothing for what a complete
+        feature index provides; its cost is noted in ``extras["feature_index"]``).
+        """
+        if not targets:
+            raise ValueError("score_many needs at least one target dataset.")
+        config = self.config
+        processes = current_processes()
+        pool_ids = self.encode(pool, "pool")
+        parts = [(self.encode(target, "target"), *self.subtasks(target)) for target in targets]
+        self.projection()  # fails early on a projection_dim larger than the gradients
+        shards = self._shards(len(pool_ids))
+        with self._index(pool_ids, processes) as index:
+            reuse = bool(processes.on_main(lambda: index.complete))
+            checkpoints, warmup_flops = processes.on_main(lambda: self.warmup(pool_ids, index, charge_loaded=not reuse))
+            target_states = processes.on_main(
+                lambda: [self._target_features(index, ids, subtask_index, len(names), checkpoints, reuse)
+                         for ids, subtask_index, names in parts]
+            )
+            means = [np.concatenate([state["means"][c] for state in target_states]) for c in range(len(checkpoints))]
+            owned = processes.share(len(shards))
+            gathered = processes.gather(lambda: self._score_pool_shards(index, pool_ids, shards, owned, checkpoints, means, reuse, processes))
+            by_shard = {number: item for part in gathered for number, item in part.items()}
+            pool_charged = {name: float(sum(by_shard[n]["charged"][name] for n in range(len(shards)))) for name in ("pool_gradients", "projection")}
+            if not reuse:
+                processes.on_main(lambda: index.mark_complete({"warmup": warmup_flops, **pool_charged}))
+            index_dir = None if index.temporary else str(index.root)
+            original = index.original_flops if reuse else {}
+        reused_flops = (self._warmup_flops(pool_ids) - warmup_flops) + sum(by_shard[n]["reused_flops"] for n in range(len(shards)))
+        resumed = sum(by_shard[n]["resumed"] for n in range(len(shards)))
+        sharding = {
+            "shards": len(shards),
+            "shard_size": int(config.shard_size),
+            "processes": processes.world_size,
+            "rows_scored_per_process": [sum(len(shards[n]) for n, item in part.items() if item["computed"]) for part in gathered],
+        }
+        columns = np.cumsum([0] + [len(names) for _, _, names in parts])
+        outputs = []
+        for number, ((_, _, names), state) in enumerate(zip(parts, target_states)):
+            first = number == 0
+            subtask_scores = np.concatenate([by_shard[n]["scores"][:, columns[number] : columns[number + 1]] for n in range(len(shards))])
+            breakdown = {
+                "warmup": warmup_flops if first else 0.0,
+                "pool_gradients": pool_charged["pool_gradients"] if first else 0.0,
+                "target_gradients": state["charged"]["target_gradients"],
+                "projection": (pool_charged["projection"] if first else 0.0) + state["charged"]["projection"],
+                "similarity": len(checkpoints) * matmul_flops(len(pool_ids), config.projection_dim, len(names)),
+            }
+            extras = {
+                "flops_breakdown": breakdown,
+                "subtasks": names,
+                "subtask_scores": subtask_scores,
+                "checkpoint_learning_rates": [c.learning_rate for c in checkpoints],
+                "num_lora_params": self.num_lora_params(),
+                "projection": self.projection().describe(),
+                "resumed_feature_files": (resumed if first else 0) + state["resumed"],
+                "feature_dir": index_dir,
+                "feature_index": {
+                    "dir": index_dir,
+                    "reused": reuse,
+                    "reused_flops": (reused_flops if first else 0.0) + state["reused_flops"],
+                    "original_flops": original,
+                },
+                "sharding": sharding,
+            }
+            outputs.append(ScoreOutput(subtask_scores.max(axis=1), float(sum(breakdown.values())), extras))
+        return outputs
+
+    def _load_or_compute(
+        self, index: FeatureIndex, path: Any, token_ids: Sequence[Sequence[int]], checkpoint: WarmupCheckpoint,
+        optimizer_aware: bool, progress: Any,
+    ) -> tuple[np.ndarray, float, bool]:
+        """Features stored at ``path`` (validated) or computed and stored; their FLOPs; whether loaded.
+
+        Computed features are rounded to ``feature_dtype`` as stored, so a run that reads them back
+        scores exactly what the run that wrote them did.
+        """
+        features = index.load_features(path, len(token_ids), self.config.projection_dim)
+        if features is not None:
+            if progress is not None:
+                progress.update(len(token_ids))
+            return features, self.feature_flops(token_ids), True
+        computed, flops = self.gradient_features(token_ids, checkpoint, optimizer_aware=optimizer_aware, progress=progress)
+        stored = computed.astype(self.config.feature_dtype)
+        index.save_features(path, stored)
+        return stored.astype(np.float32), flops, False
+
+    def _target_features(
+        self, index: FeatureIndex, token_ids: list[list[int]], subtask_index: np.ndarray, num_subtasks: int,
+        checkpoints: list[WarmupCheckpoint], reuse: bool,
+    ) -> dict[str, Any]:
+        """One target's mean feature per sub-task at every checkpoint, and what they cost."""
         import torch
         from tqdm.auto import tqdm
 
-        inputs = self._inputs(pool, target)
-        self.selection_model()
-        config = self.config
-        breakdown = dict.fromkeys(("warmup", "pool_gradients", "target_gradients", "projection", "similarity"), 0.0)
-        subtask_scores = np.zeros((len(inputs.pool_ids), len(inputs.subtasks)), dtype=np.float64)
-        resumed_files = 0
-        with self._store(inputs) as store:
-            checkpoints, breakdown["warmup"] = self.warmup(inputs.pool_ids, store)
-            total_rows = len(checkpoints) * (len(inputs.pool_ids) + len(inputs.target_ids))
-            progress = tqdm(total=total_rows, desc="LESS gradient features", disable=not config.show_progress)
-            try:
-                for index, checkpoint in enumerate(checkpoints):
-                    jobs = [("target", inputs.target_ids, False)] + [
-                        (f"pool-{number:05d}", [inputs.pool_ids[i] for i in shard], True)
-                        for number, shard in enumerate(self._shards(len(inputs.pool_ids)))
-                    ]
-                    for name, token_ids, optimizer_aware in jobs:
-                        projection_flops = self.projection().flops(len(token_ids))
-                        if store.has_features(index, name):
-                            # Spent by the run that wrote the file; charged so a resumed run costs the same.
-                            feature_flops = self.feature_flops(token_ids)
-                            resumed_files += 1
-                            progress.update(len(token_ids))
-                        else:
-                            features, feature_flops = self.gradient_features(
-                                token_ids, checkpoint, optimizer_aware=optimizer_aware, progress=progress
-                            )
-                            store.save_features(index, name, features.astype(config.feature_dtype))
-                        breakdown["pool_gradients" if optimizer_aware else "target_gradients"] += feature_flops - projection_flops
-                        breakdown["projection"] += projection_flops
-                    target_features = torch.from_numpy(np.asarray(store.load_features(index, "target"), dtype=np.float32))
-                    target_means = torch.stack(
-                        [target_features[torch.from_numpy(inputs.subtask_index == s)].mean(dim=0) for s in range(len(inputs.subtasks))]
+        key = _ids_digest(token_ids)
+        charged = {"target_gradients": 0.0, "projection": 0.0}
+        resumed, reused_flops, means = 0, 0.0, []
+        projection_flops = self.projection().flops(len(token_ids))
+        total = len(checkpoints) * len(token_ids)
+        with tqdm(total=total, desc="LESS target features", disable=not self.config.show_progress) as progress:
+            for number, checkpoint in enumerate(checkpoints):
+                features, flops, loaded = self._load_or_compute(
+                    index, index.target_path(key, number), token_ids, checkpoint, False, progress
+                )
+                if loaded and reuse:
+                    reused_flops += flops
+                else:
+                    resumed += int(loaded)
+                    charged["target_gradients"] += flops - projection_flops
+                    charged["projection"] += projection_flops
+                tensor = torch.from_numpy(features)
+                means.append(torch.stack(
+                    [tensor[torch.from_numpy(subtask_index == s)].mean(dim=0) for s in range(num_subtasks)]
+                ).numpy())
+        return {"means": means, "charged": charged, "resumed": resumed, "reused_flops": reused_flops}
+
+    def _score_pool_shards(
+        self, index: FeatureIndex, pool_ids: list[list[int]], shards: list[range], owned: range,
+        checkpoints: list[WarmupCheckpoint], means: list[np.ndarray], reuse: bool, processes: Processes,
+    ) -> dict[int, dict[str, Any]]:
+        """Scores (rows x all targets' sub-tasks) of this process's pool shards, and their cost."""
+        import torch
+        from tqdm.auto import tqdm
+
+        done: dict[int, dict[str, Any]] = {}
+        total = len(checkpoints) * sum(len(shards[n]) for n in owned)
+        show = self.config.show_progress and processes.is_main
+        with tqdm(total=total, desc="LESS pool features", disable=not show) as progress:
+            for number in owned:
+                rows = shards[number]
+                token_ids = [pool_ids[i] for i in rows]
+                projection_flops = self.projection().flops(len(rows))
+                item = {"scores": np.zeros((len(rows), means[0].shape[0])), "charged": {"pool_gradients": 0.0, "projection": 0.0},
+                        "reused_flops": 0.0, "resumed": 0, "computed": False}
+                for position, checkpoint in enumerate(checkpoints):
+                    features, flops, loaded = self._load_or_compute(
+                        index, index.pool_path(position, number), token_ids, checkpoint, True, progress
                     )
-                    for number, shard in enumerate(self._shards(len(inputs.pool_ids))):
-                        pool_features = torch.from_numpy(np.asarray(store.load_features(index, f"pool-{number:05d}"), dtype=np.float32))
-                        with torch.no_grad():
-                            subtask_scores[shard.start : shard.stop] += influence_scores(
-                                pool_features, target_means, checkpoint.learning_rate
-                            ).double().numpy()
-                    breakdown["similarity"] += matmul_flops(len(inputs.pool_ids), config.projection_dim, len(inputs.subtasks))
-            finally:
-                progress.close()
-        extras = {
-            "flops_breakdown": breakdown,
-            "subtasks": inputs.subtasks,
-            "subtask_scores": subtask_scores,
-            "checkpoint_learning_rates": [c.learning_rate for c in checkpoints],
-            "num_lora_params": self.num_lora_params(),
-            "resumed_feature_files": resumed_files,
-            "feature_dir": config.feature_dir,
-        }
-        return ScoreOutput(subtask_scores.max(axis=1), float(sum(breakdown.values())), extras)
+                    item["computed"] |= not loaded
+                    if loaded and reuse:
+                        item["reused_flops"] += flops
+                    else:
+                        item["resumed"] += int(loaded)
+                        item["charged"]["pool_gradients"] += flops - projection_flops
+                        item["charged"]["projection"] += projection_flops
+                    with torch.no_grad():
+                        item["scores"] += influence_scores(
+                            torch.from_numpy(features), torch.from_numpy(means[position]), checkpoint.learning_rate
+                        ).double().numpy()
+                done[number] = item
+        return done
 
     # -- storage --------------------------------------------------------------------------------
-    def fingerprint(self, inputs: LESSInputs) -> str:
-        """A hash of everything the features depend on: model, options, tokenised pool and target."""
+    def index_description(self, pool_ids: Sequence[Sequence[int]]) -> dict[str, Any]:
+        """What the warmup checkpoints and pool features depend on: model, options, projection, pool."""
         self.selection_model()
-        digest = hashlib.sha256()
-        options = self.config.result_options()
-        digest.update(json.dumps(options, sort_keys=True, default=str).encode("utf-8"))
-        digest.update(self._model_fingerprint.encode("utf-8"))
-        for part in (inputs.pool_ids, inputs.target_ids):
-            for ids in part:
-                digest.update(np.asarray(ids, dtype=np.int64).tobytes() + b"|")
-            digest.update(b"#")
-        digest.update(inputs.subtask_index.tobytes() + json.dumps(inputs.subtasks).encode("utf-8"))
-        return digest.hexdigest()
+        options = {k: v for k, v in self.config.result_options().items() if k not in _NOT_IN_INDEX_KEY}
+        return {
+            "model": self._model_fingerprint,
+            "options": json.loads(json.dumps(options, default=str)),
+            "projection": self.projection().describe(),
+            "pool": {"rows": len(pool_ids), "token_ids_sha256": _ids_digest(pool_ids)},
+        }
+
+    def index_key(self, pool_ids: Sequence[Sequence[int]]) -> str:
+        return cache_key({"format": INDEX_FORMAT, **self.index_description(pool_ids)})
+
+    def _index_root(self, key: str) -> Path | None:
+        """``feature_dir``; else a folder per index under the cache root; else ``None`` (temporary)."""
+        if self.config.feature_dir is not None:
+            return Path(self.config.feature_dir).expanduser()
+        root = resolve_cache_dir(self.config.cache_dir)
+        return root / f"less-features-{key[:24]}" if root is not None else None
 
     @contextlib.contextmanager
-    def _store(self, inputs: LESSInputs) -> Iterator[FeatureStore]:
-        description = {"pool_rows": len(inputs.pool_ids), "target_rows": len(inputs.target_ids), "config": self.config.to_dict()}
-        if self.config.feature_dir is not None:
-            yield FeatureStore(self.config.feature_dir, self.fingerprint(inputs), description)
+    def _index(self, pool_ids: Sequence[Sequence[int]], processes: Processes) -> Iterator[FeatureIndex]:
+        description = self.index_description(pool_ids)
+        key = cache_key({"format": INDEX_FORMAT, **description})
+        root = self._index_root(key)
+        if root is None:
+            with tempfile.TemporaryDirectory(prefix="hf_cads_less_") as folder:
+                index = FeatureIndex(folder, key, description)
+                index.temporary = True
+                yield index
             return
-        with tempfile.TemporaryDirectory(prefix="hf_cads_less_") as folder:
-            yield FeatureStore(folder, self.fingerprint(inputs), description)
-
+        # The main process creates (or checks) the folder; a mismatch is an error on every process.
+        processes.on_main(lambda: FeatureIndex(root, key, description) and None)
+        yield FeatureIndex(root, key, description, create=False)
 
 # -- helpers -----------------------------------------------------------------------------------
 def _device_of(model: Any) -> Any:
@@ -711,3 +862,11 @@ def _set_adam_state(optimizer: Any, params: dict[str, Any], checkpoint: WarmupCh
             "exp_avg": checkpoint.exp_avg[name].to(parameter.device, parameter.dtype).clone(),
             "exp_avg_sq": checkpoint.exp_avg_sq[name].to(parameter.device, parameter.dtype).clone(),
         }
+
+
+def _ids_digest(token_ids: Sequence[Sequence[int]]) -> str:
+    """A hash of tokenised rows (their order and every id)."""
+    digest = hashlib.sha256()
+    for ids in token_ids:
+        digest.update(np.asarray(ids, dtype=np.int64).tobytes() + b"|")
+    return digest.hexdigest()

@@ -66,8 +66,13 @@ def run_selections(model_dir: str, names: list[str] | None = None, seed: int = 0
             registry_name, shard_size=SHARD_SIZE, show_progress=False, cache_dir=cache_dir, **options, **objects
         )
         size = {} if registry_name.startswith("cads") else {"k": K}
+        warmups: list[int] = []
+        if registry_name == "less":  # count this process's warmup runs (the main process alone should train)
+            warmup = selector.warmup
+            selector.warmup = lambda *a, **kw: warmups.append(1) or warmup(*a, **kw)
         result = selector.select(pool, target=target, **size)
         out[name] = {
+            "warmup_runs": len(warmups),
             "indices": result.indices.tolist(),
             "scores": result.all_scores.tolist(),
             "flops": result.flops,
