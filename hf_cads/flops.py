@@ -282,9 +282,10 @@ def _normalise_config(config: Any) -> dict[str, Any]:
         "mpnet",
         "electra",
     }
-    act = str(getattr(config, "hidden_act", getattr(config, "activation_function", "")))
+    # Gemma 2/3 name it hidden_activation (gelu_pytorch_tanh, gated); GPT-2 activation_function.
+    act = str(pick("hidden_act", "hidden_activation", "activation_function", default=""))
     gated = model_type not in {"gpt2", "bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra"} and (
-        "silu" in act or "swiglu" in act or "gelu_pytorch_tanh" in act or model_type in {"llama", "mistral", "qwen2", "gemma"}
+        "silu" in act or "swiglu" in act or "gelu_pytorch_tanh" in act or model_type in {"llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text"}
     )
     return {
         "name": getattr(config, "_name_or_path", "") or model_type or "model",
