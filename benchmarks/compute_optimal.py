@@ -1,30 +1,40 @@
 """Compute-optimal data selection at CPU scale: for a FLOP budget, which selector and how much data?
 
-The central experiment of the compute-constrained data-selection analysis, on real data. For each
-target (a BBH task: validation = its cot-prompt exemplars, test = its examples; GSM8K), each
-selector (random, bm25, embedding, perplexity, less, cads-e, cads-s), each subset fraction and
-each seed, SmolLM2-135M-Instruct gets a LoRA finetune of one epoch on the selected share of the
-shared multi-source pool. There is no FLOP cap, so a run's compute is ``C = c * k + C_select``, the
-quantity the planner's curves are a function of. Every run goes through
-:func:`hf_cads.sweep.run_sweep_runs` (-> :func:`hf_cads.pipeline.run_budgeted_finetune`) and appends a
-run record: FLOPs by phase, target test loss and, where the answers are short, exact-match
-accuracy. The planner (:mod:`hf_cads.planner`) then fits ``P(C)`` per selector, draws the frontier
-and says which selector is compute-optimal at a grid of budgets.
+The central experiment of the compute-constrained data-selection analysis (Yin & Rush), on real
+data. One shared training pool is built from the multi-source mix (GSM8K train, Code Alpaca,
+Alpaca seeds, all BBH tasks; deduplicated) and decontaminated against the test rows of every
+target (:mod:`hf_cads.decontamination`: a pool row equal to a test row after normalisation, or
+holding most of its 13-grams, is dropped). For each training model, target (a BBH task:
+validation = its cot-prompt exemplars, test = its examples; GSM8K), seed, selector and subset
+fraction, the model gets a LoRA finetune of one epoch on the selected share of the pool. The
+LM-based selectors (perplexity, LESS, CADS) score with the *selection model* (SmolLM2-135M in the
+full design) whichever model is trained, so for Gemma-3-270M selection and training model differ in
+size and tokenizer, as in practice. There is no FLOP cap, so a run's compute is
+``C = c * k + C_select``, the quantity the planner's curves are a function of. Every run goes through
+:func:`hf_cads.pipeline.run_budgeted_finetune` and appends a run record (FLOPs by phase, target test
+loss and, where the answers are short, exact-match accuracy). The analysis
+(:func:`analyse`, :mod:`hf_cads.planner`) fits ``P(C)`` per selector with bootstrap intervals over
+seeds, draws the frontier, scores the planner's recommendations by their regret and extrapolates
+to larger training models (the crossover ratios).
 
     python benchmarks/compute_optimal.py --quick        # < 15 min on 2 CPU cores, all 7 selectors
-    python benchmarks/compute_optimal.py                # the full grid: hours to days on a CPU
-    python benchmarks/compute_optimal.py --selectors less,cads-e --fractions 0.05,0.1 --seeds 0
+    python benchmarks/compute_optimal.py --threads 1    # the full design: tens of CPU hours, resumable
+    python benchmarks/compute_optimal.py --train-models smollm2-135m-instruct --targets gsm8k --seeds 0
     python benchmarks/compute_optimal.py --report-only  # refit and redraw what is recorded
 
-Resumable and runnable in parts: runs already in the records file are skipped, and scores that do
-not depend on the subset size (bm25, embedding, perplexity, LESS) are computed once per pool and
-reused from the score cache (``$HF_CADS_CACHE``, default ``outputs/<name>/score_cache``); the
-record of a run that reused them still carries their full cost. CADS is run per subset size, with
+Resumable and runnable in parts: runs already in the records file are skipped (kill it any time;
+at worst the run in progress is lost), and scores that do not depend on the subset size (bm25,
+embedding, perplexity, LESS) are computed once per pool and reused from the score cache
+(``$HF_CADS_CACHE``, default ``outputs/<name>/score_cache``); the record of a run that reused them
+still carries their full cost. The grid runs in blocks of (target, seed, training model), each block
+all selectors x fractions, so a partial run is usable early: the first target's seed 0 for both
+models, then its other seeds, then the next target. CADS is run per subset size, with
 ``train_budget`` = the training FLOPs of that size (it optimises the subset for that budget).
 
-Writes ``benchmarks/results/<name>.{json,md,png}`` (``name`` = ``compute_optimal`` or
-``compute_optimal_quick``), a PNG per further (target, metric), and the run records
-``benchmarks/results/<name>_runs.jsonl``; per-run folders go to ``outputs/<name>/``.
+Writes ``benchmarks/results/<name>.{json,md}`` (``name`` = ``compute_optimal_full`` or
+``compute_optimal_quick``), a frontier PNG per (training model, target, metric), the run records
+``benchmarks/results/<name>_runs.jsonl`` (the planner's input) and one flat JSON object per run in
+``benchmarks/results/<name>.jsonl``; per-run folders go to ``outputs/<name>/``.
 """
 
 from __future__ import annotations
@@ -51,14 +61,20 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SELECTORS = ("random", "bm25", "embedding", "perplexity", "less", "cads-e", "cads-s")
+LM_SELECTORS = ("perplexity", "less", "cads-e", "cads-s")
+"""Selectors that score with a causal LM: the selection model."""
 QUICK_GOAL_SECONDS = 15 * 60
 METRIC_NAMES = {"target_loss": "target test loss", "exact_match": "exact-match accuracy"}
+FLAT_FIELDS = ("selector", "fraction", "k", "seed", "target", "train_model", "selection_model", "selection_flops",
+               "train_flops", "total_flops", "target_loss", "exact_match", "wall_seconds")
 
 
 @dataclass(frozen=True)
 class Setup:
     """One configuration of the experiment (the grid, the pool, the training and the selector options).
 
+    ``model`` is the first training model; ``train_models`` (default: just ``model``) all of them.
+    ``selection_model``: the causal LM the LM-based selectors score with (``None``: the trained model).
     ``selector_options`` holds the options of each selector (``selector_kwargs``); CADS additionally
     gets ``train_budget`` = the training FLOPs of the subset size it selects for.
     """
@@ -72,7 +88,11 @@ class Setup:
     eval_examples: int
     selectors: tuple[str, ...] = SELECTORS
     model: str = "smollm2-135m-instruct"
+    train_models: tuple[str, ...] = ()
+    selection_model: str | None = None
     max_pool_chars: int = 1200
+    min_pool_size: int = 0
+    decontamination_min_overlap: float = 0.5
     train_batch_size: int = 4
     eval_batch_size: int = 16
     learning_rate: float = 1e-3
@@ -83,12 +103,23 @@ class Setup:
     output_dir: Path = ROOT / "outputs"
 
     @property
+    def models(self) -> tuple[str, ...]:
+        return self.train_models or (self.model,)
+
+    @property
     def records_path(self) -> Path:
         return self.results_dir / f"{self.name}_runs.jsonl"
 
     @property
+    def flat_path(self) -> Path:
+        return self.results_dir / f"{self.name}.jsonl"
+
+    @property
     def run_dir(self) -> Path:
         return self.output_dir / self.name
+
+    def planned_runs(self) -> int:
+        return len(self.models) * len(self.targets) * len(self.seeds) * len(self.selectors) * len(self.fractions)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -104,7 +135,7 @@ def default_selector_options(max_seq_length: int, *, cheap: bool) -> dict[str, d
     blocks; pilots down-scaled ``A`` times with pilot batches of ``batch_size`` rows, where
     ``A * batch_size`` must stay below the smallest subset (a pilot needs one step's FLOPs): the
     quick mode's smallest subset has 6 rows, so ``A = 4`` with single-row steps; the full mode's has
-    ~80, so the paper's ``A = 10`` with batches of 4.
+    ~50, so ``A = 10`` with batches of 4.
     """
     scoring = {"max_length": max_seq_length, "show_progress": False}
     return {
@@ -130,17 +161,44 @@ QUICK = Setup(
     selector_options=default_selector_options(128, cheap=True),
 )
 FULL = Setup(
-    name="compute_optimal", targets=("boolean_expressions", "gsm8k"), fractions=(0.025, 0.05, 0.1, 0.25, 0.5),
-    seeds=(0, 1), max_per_source=1000, max_seq_length=256, eval_examples=64,
+    name="compute_optimal_full", targets=("boolean_expressions", "logical_deduction_three_objects", "gsm8k"),
+    fractions=(0.05, 0.1, 0.25), seeds=(0, 1, 2), max_per_source=300, max_pool_chars=1000, min_pool_size=1000,
+    max_seq_length=256, eval_examples=100, selectors=("random", "bm25", "embedding", "perplexity", "less"),
+    train_models=("smollm2-135m-instruct", "gemma3-270m"), selection_model="smollm2-135m-instruct",
     selector_options=default_selector_options(256, cheap=False),
 )
 
 
+# -- the pool ------------------------------------------------------------------------------------
+def target_test_rows(target: str) -> Any:
+    """Every test row of a target (all of them, not only the evaluated ones): what the pool must not hold."""
+    from hf_cads.data import load_bbh_examples, load_gsm8k
+
+    return load_gsm8k("test") if target == "gsm8k" else load_bbh_examples(target)
+
+
+def shared_pool(setup: Setup) -> tuple[Any, Any]:
+    """``(pool, contamination report)``: the multi-source mix (all sources, every BBH task, exact
+    repeats dropped), without the rows that overlap any target's test rows. One pool for every
+    target, seed and model, so that selection scores and curves are comparable across them."""
+    from hf_cads.data import build_multisource_pool
+    from hf_cads.decontamination import decontaminate
+
+    pool = build_multisource_pool(None, max_per_source=setup.max_per_source, max_chars=setup.max_pool_chars, seed=0)
+    tests = {target: target_test_rows(target) for target in setup.targets}
+    clean, report = decontaminate(pool, tests, min_overlap=setup.decontamination_min_overlap)
+    print(report.format(), flush=True)
+    if len(clean) < setup.min_pool_size:
+        raise ValueError(f"The decontaminated pool has {len(clean)} rows, fewer than min_pool_size={setup.min_pool_size}; "
+                         "raise max_per_source or max_pool_chars.")
+    return clean, report
+
+
 # -- building the grid ---------------------------------------------------------------------------
-def base_recipe(setup: Setup, target: str) -> dict[str, Any]:
+def base_recipe(setup: Setup, target: str, train_model: str) -> dict[str, Any]:
     """The flat recipe (RunConfig + BudgetedTrainingArguments) every run of ``target`` shares."""
     return {
-        "model_name_or_path": setup.model, "target": target, "max_per_source": setup.max_per_source,
+        "model_name_or_path": train_model, "target": target, "max_per_source": setup.max_per_source,
         "max_pool_chars": setup.max_pool_chars, "eval_examples": setup.eval_examples,
         "exact_match_max_new_tokens": setup.exact_match_max_new_tokens, "lora_r": setup.lora_r,
         "lora_alpha": 2 * setup.lora_r, "flop_budget": None, "num_train_epochs": 1,
@@ -153,67 +211,79 @@ def base_recipe(setup: Setup, target: str) -> dict[str, Any]:
 
 def selector_options(setup: Setup, name: str) -> dict[str, Any]:
     key = "cads" if name.startswith("cads") else name
-    return dict(setup.selector_options.get(key, {}))
+    options = dict(setup.selector_options.get(key, {}))
+    if name in LM_SELECTORS and setup.selection_model:
+        options["model_name_or_path"] = setup.selection_model
+    return options
 
 
-def training_flops_per_row(setup: Setup, target: str, seed: int, model_and_tokenizer: tuple[Any, Any]) -> tuple[float, int]:
-    """``(FLOPs of training one pool row for one epoch, pool size)`` for this target and seed: the
-    expected cost of shuffled, padded batches of the pool (LoRA-aware), per row."""
+def selection_model_name(setup: Setup, selector: str, train_model: str) -> str | None:
+    """What a selector scored with: the selection model (LM selectors), the encoder, or nothing."""
+    if selector in LM_SELECTORS:
+        return setup.selection_model or train_model
+    if selector == "embedding":
+        return str(setup.selector_options.get("embedding", {}).get("model_name_or_path", "all-minilm-l6-v2"))
+    return None
+
+
+def short_name(model: str) -> str:
+    return Path(model).name
+
+
+def training_flops_per_row(setup: Setup, pool: Any, seed: int, model_and_tokenizer: tuple[Any, Any]) -> float:
+    """FLOPs of training one pool row for one epoch: the expected cost of shuffled, padded batches of
+    the pool (LoRA-aware), per row."""
     from hf_cads.flops import FlopProfile, LoraSpec
-    from hf_cads.pipeline import load_run_inputs, recipe_from_dict
+    from hf_cads.pipeline import RunConfig
     from hf_cads.trainer import mean_step_flops, tokenize_for_causal_lm
 
-    run, args = recipe_from_dict({**base_recipe(setup, target), "seed": seed, "output_dir": str(setup.run_dir)})
-    inputs = load_run_inputs(run, args, model_and_tokenizer)
     model, tokenizer = model_and_tokenizer
-    lengths = [len(ids) for ids in tokenize_for_causal_lm(inputs.pool, tokenizer, setup.max_seq_length)["input_ids"]]
-    profile = FlopProfile.from_config(model.config, lora=LoraSpec(setup.lora_r, tuple(run.lora_target_modules)))
+    lengths = [len(ids) for ids in tokenize_for_causal_lm(pool, tokenizer, setup.max_seq_length)["input_ids"]]
+    profile = FlopProfile.from_config(model.config, lora=LoraSpec(setup.lora_r, tuple(RunConfig().lora_target_modules)))
     steps = math.ceil(len(lengths) / setup.train_batch_size)
-    per_row = mean_step_flops(profile, lengths, setup.train_batch_size, seed=seed) * steps / len(lengths)
-    return per_row, len(lengths)
+    return mean_step_flops(profile, lengths, setup.train_batch_size, seed=seed) * steps / len(lengths)
 
 
-def build_runs(
+def grid_blocks(
     setup: Setup,
-    models: dict[tuple[str, str | None], tuple[Any, Any]],
     *,
     targets: Sequence[str] | None = None,
-    selectors: Sequence[str] | None = None,
-    fractions: Sequence[float] | None = None,
     seeds: Sequence[int] | None = None,
-) -> tuple[list[Any], dict[str, Any]]:
-    """The grid's :class:`~hf_cads.sweep.SweepRun` s (order: target, seed, selector, fraction) and the
-    CADS training budgets used, ``{"<target>/seed<s>/f<fraction>": FLOPs}``. ``models`` caches the
-    loaded ``(model, tokenizer)`` (filled here if empty) and is shared with the runs."""
+    train_models: Sequence[str] | None = None,
+) -> list[tuple[str, int, str]]:
+    """``(target, seed, training model)`` blocks in run order: target by target, seed by seed, every
+    training model, so the first blocks already compare all selectors on both models."""
+    unknown = sorted(set(train_models or ()) - set(setup.models))
+    if unknown:
+        raise ValueError(f"Unknown training model(s) {unknown}; this setup trains {list(setup.models)}.")
+    return [(target, seed, model) for target in targets or setup.targets for seed in seeds or setup.seeds
+            for model in train_models or setup.models]
+
+
+def block_runs(
+    setup: Setup, target: str, seed: int, train_model: str, pool: Any, *,
+    selectors: Sequence[str] | None = None, fractions: Sequence[float] | None = None,
+    per_row: Any = None,
+) -> tuple[list[Any], dict[str, float]]:
+    """The :class:`~hf_cads.sweep.SweepRun` s of one block (selector by selector, fractions ascending)
+    and the CADS training budgets used. ``per_row()`` gives the training FLOPs per pool row (only
+    called when CADS is in the grid)."""
     from hf_cads.records import selector_config_dict
     from hf_cads.selectors import resolve_k
     from hf_cads.sweep import SelectorSpec, sweep_run
 
-    unknown = sorted(set(selectors or ()) - set(SELECTORS))
-    if unknown:
-        raise ValueError(f"Unknown selector(s) {unknown}; this benchmark runs {list(SELECTORS)}.")
-    model_key = (setup.model, None)
-    if model_key not in models:
-        from hf_cads.models import load_causal_lm
-
-        models[model_key] = load_causal_lm(setup.model)
+    base = base_recipe(setup, target, train_model)
     runs, cads_budgets = [], {}
-    for target in targets or setup.targets:
-        base = base_recipe(setup, target)
-        for seed in seeds or setup.seeds:
-            per_row, pool_size = None, None
-            for name in selectors or setup.selectors:
-                for fraction in fractions or setup.fractions:
-                    kwargs = selector_options(setup, name)
-                    if name.startswith("cads"):
-                        if per_row is None:
-                            per_row, pool_size = training_flops_per_row(setup, target, seed, models[model_key])
-                        budget = float(f"{per_row * resolve_k(pool_size, None, fraction):.4g}")
-                        kwargs["train_budget"] = budget
-                        cads_budgets[f"{target}/seed{seed}/f{fraction:g}"] = budget
-                    selector_config_dict(name, kwargs, seed)  # bad options fail here, before any run
-                    runs.append(sweep_run(base, SelectorSpec(name, kwargs), ("selection_fraction", fraction), seed,
-                                          setup.run_dir / target, source=setup.name))
+    for name in selectors or setup.selectors:
+        for fraction in sorted(fractions or setup.fractions):
+            kwargs = selector_options(setup, name)
+            if name.startswith("cads"):
+                budget = float(f"{per_row() * resolve_k(len(pool), None, fraction):.4g}")
+                kwargs["train_budget"] = budget
+                cads_budgets[f"{short_name(train_model)}/{target}/seed{seed}/f{fraction:g}"] = budget
+            selector_config_dict(name, kwargs, seed)  # bad options fail here, before any run
+            runs.append(sweep_run(base, SelectorSpec(name, kwargs), ("selection_fraction", fraction), seed,
+                                  setup.run_dir / short_name(train_model) / target, source=setup.name))
     return runs, cads_budgets
 
 
@@ -224,6 +294,114 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+class ModelCache:
+    """Loaded ``(model, tokenizer)`` by name, each loaded once per process."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[str, tuple[Any, Any]] = {}
+
+    def get(self, name: str) -> tuple[Any, Any]:
+        if name not in self.loaded:
+            from hf_cads.models import load_causal_lm
+
+            started = time.time()
+            self.loaded[name] = load_causal_lm(name)
+            print(f"loaded {name} in {time.time() - started:.0f} s", flush=True)
+        return self.loaded[name]
+
+
+def run_grid(
+    setup: Setup,
+    *,
+    targets: Sequence[str] | None = None,
+    selectors: Sequence[str] | None = None,
+    fractions: Sequence[float] | None = None,
+    seeds: Sequence[int] | None = None,
+    train_models: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Run every not-yet-recorded run of the (selected part of the) grid, block by block; a failed
+    run is reported, not raised. Returns counts, failures, the CADS budgets and the pool's report."""
+    from hf_cads.pipeline import RunInputs, load_target, run_budgeted_finetune
+    from hf_cads.records import recorded_keys
+
+    unknown = sorted(set(selectors or ()) - set(SELECTORS))
+    if unknown:
+        raise ValueError(f"Unknown selector(s) {unknown}; this benchmark runs {list(SELECTORS)}.")
+    blocks = grid_blocks(setup, targets=targets, seeds=seeds, train_models=train_models)
+    pool, contamination = shared_pool(setup)
+    models = ModelCache()
+    done = recorded_keys(setup.records_path)
+    outcome: dict[str, Any] = {"grid_runs": 0, "ran": 0, "skipped": 0, "failed": {}, "cads_budgets": {},
+                               "pool_size": len(pool), "decontamination": contamination.summary(),
+                               "decontamination_examples": contamination.examples(5)}
+    print(f"[{setup.name}] {len(blocks)} blocks of {len(selectors or setup.selectors) * len(fractions or setup.fractions)} "
+          f"runs; pool {len(pool)} rows; records: {setup.records_path}", flush=True)
+    for target, seed, train_model in blocks:
+        per_row = lambda: training_flops_per_row(setup, pool, seed, models.get(train_model))  # noqa: E731
+        runs, budgets = block_runs(setup, target, seed, train_model, pool, selectors=selectors, fractions=fractions,
+                                   per_row=per_row)
+        outcome["cads_budgets"].update(budgets)
+        outcome["grid_runs"] += len(runs)
+        todo = [r for r in runs if r.key not in done]
+        outcome["skipped"] += len(runs) - len(todo)
+        if not todo:
+            continue
+        model, tokenizer = models.get(train_model)
+        validation, test = load_target(todo[0].run)
+        inputs = RunInputs(validation, test.select(range(min(setup.eval_examples, len(test)))), pool, model, tokenizer)
+        for position, item in enumerate(todo, start=1):
+            print(f"[{short_name(train_model)} {target} seed {seed}: {position}/{len(todo)}] {item.description}", flush=True)
+            uses_selection_model = item.selector.name in LM_SELECTORS and setup.selection_model
+            inputs.selector_model = models.get(setup.selection_model)[0] if uses_selection_model else None
+            try:
+                report = run_budgeted_finetune(item.run, item.args, inputs)
+            except (ValueError, TypeError, RuntimeError, OSError) as err:
+                outcome["failed"][f"{short_name(train_model)} {target} {item.description}"] = str(err)
+                print(f"    FAILED: {err}", flush=True)
+                continue
+            outcome["ran"] += 1
+            done.add(item.key)
+            sync_flat_rows(setup, {item.key: {"cpu_seconds": report["cpu_seconds"]}})
+            print(f"    k={report['k']}  total FLOPs {report['ledger']['total']:.4g}  target loss "
+                  f"{report['target_loss_before']:.4f} -> {report['target_loss_after']:.4f}  ({report['seconds']:.0f} s)",
+                  flush=True)
+    return outcome
+
+
+def flat_row(setup: Setup, record: Any) -> dict[str, Any]:
+    """One run as a flat JSON object (the ``<name>.jsonl`` schema: :data:`FLAT_FIELDS`, then extras)."""
+    return {
+        "selector": record.selector, "fraction": record.selection_fraction, "k": record.k, "seed": record.seed,
+        "target": record.target, "train_model": record.model,
+        "selection_model": selection_model_name(setup, record.selector, record.model),
+        "selection_flops": record.selection_flops, "train_flops": record.train_flops, "total_flops": record.total_flops,
+        "target_loss": record.metrics.get("target_loss"), "exact_match": record.metrics.get("exact_match"),
+        "wall_seconds": record.seconds, "pool_size": record.pool_size, "eval_flops": record.eval_flops,
+        "baseline_target_loss": record.baseline_metrics.get("target_loss"),
+        "baseline_exact_match": record.baseline_metrics.get("exact_match"),
+        "model_params": record.model_params, "selection_model_params": record.selection_model_params,
+        "time": record.time, "key": record.key,
+    }
+
+
+def sync_flat_rows(setup: Setup, extras: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Append to ``<name>.jsonl`` a flat row for every run record it lacks (``extras`` by run key,
+    e.g. CPU seconds), and return all rows. The run records stay the source of truth."""
+    from hf_cads.records import read_records
+
+    if not setup.records_path.is_file():
+        return []
+    rows = [json.loads(line) for line in setup.flat_path.read_text().splitlines() if line.strip()] if setup.flat_path.is_file() else []
+    have = {row["key"] for row in rows}
+    new = [{**flat_row(setup, r), **(extras or {}).get(r.key, {})} for r in read_records(setup.records_path)
+           if r.key not in have and r.model in setup.models]
+    if new:
+        with setup.flat_path.open("a", encoding="utf-8") as handle:
+            for row in new:
+                handle.write(json.dumps(row, sort_keys=False) + "\n")
+    return rows + new
+
+
 def run_benchmark(
     setup: Setup,
     *,
@@ -231,36 +409,31 @@ def run_benchmark(
     selectors: Sequence[str] | None = None,
     fractions: Sequence[float] | None = None,
     seeds: Sequence[int] | None = None,
+    train_models: Sequence[str] | None = None,
     run: bool = True,
     started: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Run the (selected part of the) grid, then summarise every record of ``setup`` and write the
     results. ``started`` = ``(wall, CPU)`` clock readings of the process start (default: now)."""
-    from hf_cads.sweep import run_sweep_runs
-
     wall0, cpu0 = started or (time.time(), cpu_seconds())
     load_before = os.getloadavg()
-    summary_run: dict[str, Any] = {"ran": 0, "skipped": 0, "failed": {}}
-    cads_budgets: dict[str, Any] = {}
-    runs: list[Any] = []
+    outcome: dict[str, Any] = {"grid_runs": 0, "ran": 0, "skipped": 0, "failed": {}, "cads_budgets": {}}
     if run:
-        models: dict[tuple[str, str | None], tuple[Any, Any]] = {}
-        runs, cads_budgets = build_runs(setup, models, targets=targets, selectors=selectors, fractions=fractions, seeds=seeds)
-        print(f"[{setup.name}] {len(runs)} runs in the grid; records: {setup.records_path}", flush=True)
-        outcome = run_sweep_runs(runs, setup.records_path, models=models)
-        summary_run = {"ran": outcome.ran, "skipped": outcome.skipped, "failed": outcome.failed}
+        outcome = run_grid(setup, targets=targets, selectors=selectors, fractions=fractions, seeds=seeds,
+                           train_models=train_models)
     timing = {
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "grid_runs": len(runs) if run else 0,
+        "grid_runs": outcome["grid_runs"],
         "wall_seconds": round(time.time() - wall0, 1),
         "cpu_seconds": round(cpu_seconds() - cpu0, 1),
         "cores": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        **summary_run,
+        "ran": outcome["ran"], "skipped": outcome["skipped"], "failed": outcome["failed"],
     }
     timing["cpu_seconds_per_core"] = round(timing["cpu_seconds"] / max(1, os.cpu_count() or 1), 1)
-    summary = summarise(setup, timing, cads_budgets)
+    pool_info = {k: outcome[k] for k in ("pool_size", "decontamination", "decontamination_examples") if k in outcome}
+    summary = summarise(setup, timing, outcome["cads_budgets"], pool_info)
     write_results(setup, summary)
     return summary
 
@@ -273,15 +446,15 @@ def labelled_records(setup: Setup) -> list[Any]:
 
     if not setup.records_path.is_file():
         return []
-    return [dataclasses.replace(r, label=r.selector) for r in read_records(setup.records_path) if r.model == setup.model]
+    return [dataclasses.replace(r, label=r.selector) for r in read_records(setup.records_path) if r.model in setup.models]
 
 
 def run_costs(setup: Setup) -> list[dict[str, Any]]:
     """Wall and CPU seconds of every run, from the reports in the run folders."""
     costs = []
-    for report_path in sorted(setup.run_dir.glob("*/*/report.json")):
+    for report_path in sorted(setup.run_dir.glob("*/*/*/report.json")):
         report = json.loads(report_path.read_text())
-        costs.append({key: report.get(key) for key in ("target", "selector", "k", "seed", "seconds", "cpu_seconds")})
+        costs.append({key: report.get(key) for key in ("model", "target", "selector", "k", "seed", "seconds", "cpu_seconds")})
     return costs
 
 
@@ -291,20 +464,22 @@ def budget_grid(records: Sequence[Any], points: int = 8) -> list[float]:
     return np.geomspace(flops.min(), flops.max(), points).tolist()
 
 
-def analyse(setup: Setup, records: Sequence[Any], target: str, metric: str) -> dict[str, Any]:
-    """Fits, frontier and the compute-optimal selector at a grid of budgets for one (target, metric)."""
+def analyse(setup: Setup, records: Sequence[Any], target: str, metric: str, model: str | None = None) -> dict[str, Any]:
+    """Fits, frontier and the compute-optimal selector at a grid of budgets for one (model, target, metric)."""
     from hf_cads.planner import make_plan, plot_plan
 
-    chosen = [r for r in records if r.target == target and metric in r.metrics]
-    plan = make_plan(chosen, metric=metric, target=target, model=setup.model)
-    suffix = "" if (target, metric) == (setup.targets[0], "target_loss") else f"_{target}_{metric}"
+    model = model or setup.models[0]
+    chosen = [r for r in records if r.target == target and r.model == model and metric in r.metrics]
+    plan = make_plan(chosen, metric=metric, target=target, model=model)
+    first = (model, target, metric) == (setup.models[0], setup.targets[0], "target_loss")
+    suffix = "" if first else (f"_{target}_{metric}" if model == setup.models[0] else f"_{short_name(model)}_{target}_{metric}")
     png = setup.results_dir / f"{setup.name}{suffix}.png"
     seeds = len({r.seed for r in chosen})
-    plot_plan(plan, png, title=f"{target}: {METRIC_NAMES.get(metric, metric)}, {Path(setup.model).name} + LoRA "
+    plot_plan(plan, png, title=f"{target}: {METRIC_NAMES.get(metric, metric)}, {short_name(model)} + LoRA "
                                f"({len(chosen)} runs, {seeds} seed{'s' if seeds > 1 else ''})")
     table = []
     for budget in budget_grid(chosen):
-        at = make_plan(chosen, metric=metric, target=target, model=setup.model, budget=budget)
+        at = make_plan(chosen, metric=metric, target=target, model=model, budget=budget)
         rec = at.recommendation
         affordable = [r for r in at.frontier if r.total_flops <= budget]
         best = affordable[-1] if affordable else None
@@ -328,7 +503,7 @@ def analyse(setup: Setup, records: Sequence[Any], target: str, metric: str) -> d
         for label, fit in plan.fits.items()
     }
     return {
-        "target": target, "metric": metric, "higher_is_better": plan.higher_is_better, "png": str(png.relative_to(ROOT))
+        "model": model, "target": target, "metric": metric, "higher_is_better": plan.higher_is_better, "png": str(png.relative_to(ROOT))
         if png.is_relative_to(ROOT) else str(png), "runs": len(chosen), "fits": fits, "no_fit": plan.skipped,
         "frontier": [{"selector": r.label, "k": r.k, "fraction": r.fraction, "seed": r.seed, "total_flops": r.total_flops,
                       "value": r.metrics[metric]} for r in plan.frontier],
@@ -336,12 +511,12 @@ def analyse(setup: Setup, records: Sequence[Any], target: str, metric: str) -> d
     }
 
 
-def summarise(setup: Setup, timing: dict[str, Any], cads_budgets: dict[str, Any]) -> dict[str, Any]:
+def summarise(setup: Setup, timing: dict[str, Any], cads_budgets: dict[str, Any], pool_info: dict[str, Any] | None = None) -> dict[str, Any]:
     records = labelled_records(setup)
     rows = []
     for r in records:
         rows.append({
-            "target": r.target, "selector": r.label, "fraction": r.selection_fraction, "k": r.k, "pool_size": r.pool_size,
+            "model": r.model, "target": r.target, "selector": r.label, "fraction": r.selection_fraction, "k": r.k, "pool_size": r.pool_size,
             "seed": r.seed, "selection_flops": r.selection_flops, "train_flops": r.train_flops, "total_flops": r.total_flops,
             "eval_flops": r.eval_flops, "train_steps": r.train_steps, "tokens_trained": r.tokens_trained,
             "metrics": r.metrics, "baseline_metrics": r.baseline_metrics, "seconds": r.seconds,
@@ -354,17 +529,19 @@ def summarise(setup: Setup, timing: dict[str, Any], cads_budgets: dict[str, Any]
         entry["seconds"] += cost["seconds"] or 0.0
         entry["cpu_seconds"] += cost["cpu_seconds"] or 0.0
     analyses = []
-    for target in sorted({r.target for r in records}, key=lambda t: (t not in setup.targets, t)):
-        for metric in ("target_loss", "exact_match"):
-            if any(r.target == target and metric in r.metrics for r in records):
-                try:
-                    analyses.append(analyse(setup, records, target, metric))
-                except ValueError as err:
-                    analyses.append({"target": target, "metric": metric, "error": str(err)})
+    for model in [m for m in setup.models if any(r.model == m for r in records)]:
+        for target in sorted({r.target for r in records}, key=lambda t: (t not in setup.targets, t)):
+            for metric in ("target_loss", "exact_match"):
+                if any(r.target == target and r.model == model and metric in r.metrics for r in records):
+                    try:
+                        analyses.append(analyse(setup, records, target, metric, model))
+                    except ValueError as err:
+                        analyses.append({"model": model, "target": target, "metric": metric, "error": str(err)})
     invocations = previous_invocations(setup) + ([timing] if timing["ran"] or timing["failed"] else [])
     return {
         "setup": setup.to_dict(), "machine": machine(), "timing": timing, "invocations": invocations,
         "per_selector_cost": by_selector, "cads_train_budgets": cads_budgets, "runs": rows, "analyses": analyses,
+        "pool": pool_info or previous_pool_info(setup),
     }
 
 
@@ -375,6 +552,13 @@ def previous_invocations(setup: Setup) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return list(json.loads(path.read_text()).get("invocations", []))
+
+
+def previous_pool_info(setup: Setup) -> dict[str, Any]:
+    """The pool's size and decontamination report from the last results JSON (a report-only call
+    does not rebuild the pool)."""
+    path = setup.results_dir / f"{setup.name}.json"
+    return dict(json.loads(path.read_text()).get("pool") or {}) if path.is_file() else {}
 
 
 def machine() -> dict[str, Any]:
@@ -449,7 +633,7 @@ def markdown(setup: Setup, summary: dict[str, Any]) -> str:
         )
     for analysis in summary["analyses"]:
         metric = METRIC_NAMES.get(analysis["metric"], analysis["metric"])
-        lines += ["", f"## {analysis['target']}: {metric}", ""]
+        lines += ["", f"## {short_name(analysis.get('model', setup.model))}, {analysis['target']}: {metric}", ""]
         if "error" in analysis:
             lines.append(f"No analysis: {analysis['error']}")
             continue
@@ -502,14 +686,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fractions", type=_floats, help="run only these subset fractions, e.g. 0.05,0.1")
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in _names(s)], help="run only these seeds, e.g. 0,1")
     parser.add_argument("--targets", type=_names, help="run only these targets, e.g. boolean_expressions,gsm8k")
+    parser.add_argument("--train-models", type=_names, help="train only these models, e.g. gemma3-270m")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 on a shared machine)")
     parser.add_argument("--report-only", action="store_true", help="run nothing; refit and redraw from the records")
     options = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     setup = QUICK if options.quick else FULL
+    if options.threads:
+        import torch
+
+        torch.set_num_threads(options.threads)
     from hf_cads.cache import CACHE_ENV
 
     os.environ.setdefault(CACHE_ENV, str(setup.run_dir / "score_cache"))
     run_benchmark(setup, targets=options.targets, selectors=options.selectors, fractions=options.fractions,
-                  seeds=options.seeds, run=not options.report_only, started=started)
+                  seeds=options.seeds, train_models=options.train_models, run=not options.report_only, started=started)
     return 0
 
 
