@@ -480,6 +480,8 @@ def budget_grid(records: Sequence[Any], points: int = 8) -> list[float]:
 # size ratio from which each LM-based selector becomes compute-optimal.
 PAPER_CROSSOVER = {"perplexity": 5.0, "less": 10.0}
 CROSSOVER_RATIOS = (1.0, 2.0, 5.0, 10.0, 20.0)
+UNTRAINED = "untrained"
+"""The frontier's 0-FLOP option: the model before finetuning."""
 BUDGET_MULTIPLES = (0.1, 0.3, 1.5)
 """Budgets of the regret table, as multiples of C_full (the FLOPs of training on the whole pool once)."""
 CROSSOVER_BUDGETS = tuple(np.geomspace(0.02, 1.0, 12).tolist())
@@ -507,6 +509,17 @@ def seed_means(records: Sequence[Any], metric: str) -> list[dict[str, Any]]:
             "value": float(values.mean()), "low": float(values.mean() - half), "high": float(values.mean() + half),
         })
     return points
+
+
+def untrained_point(records: Sequence[Any], metric: str) -> dict[str, Any] | None:
+    """Not finetuning at all, as a configuration at 0 FLOPs: the untrained model's metric (the same in
+    every run of a (model, target); ``None`` when not measured)."""
+    values = [r.baseline_metrics[metric] for r in records if metric in r.baseline_metrics]
+    if not values:
+        return None
+    value = float(np.mean(values))
+    return {"selector": UNTRAINED, "fraction": 0.0, "k": 0, "seeds": len({r.seed for r in records}), "total_flops": 0.0,
+            "selection_flops": 0.0, "value": value, "low": value, "high": value}
 
 
 def mean_frontier(points: Sequence[dict[str, Any]], higher_is_better: bool) -> list[dict[str, Any]]:
@@ -698,7 +711,7 @@ def plot_frontier(
         if band is not None:
             axes.fill_between(xs, band[0], band[1], color=colour, alpha=0.12, linewidth=0)
     if frontier:
-        xs = [p["total_flops"] for p in frontier] + [right]
+        xs = [max(p["total_flops"], left) for p in frontier] + [right]  # the untrained model sits at 0 FLOPs
         ys = [p["value"] for p in frontier] + [frontier[-1]["value"]]
         axes.plot(xs, ys, linestyle="--", color="black", linewidth=1.1, drawstyle="steps-post", label="frontier (seed means)", zorder=4)
     baselines = [r.baseline_metrics[metric] for r in records if metric in r.baseline_metrics]
@@ -735,14 +748,15 @@ def analyse(
     plan = make_plan(chosen, metric=metric, target=target, model=model)
     fits, skipped, samples, unit = bootstrap_fits(chosen, metric, resamples=resamples)
     points = seed_means(chosen, metric)
-    frontier = mean_frontier(points, higher)
+    base = untrained_point(chosen, metric)
+    frontier = mean_frontier(([base] if base else []) + points, higher)
     c_full = next(iter(fits.values())).c_full if fits else float(np.median([r.train_flops / r.k for r in chosen])) * chosen[0].pool_size
     first = (model, target, metric) == (setup.models[0], setup.targets[0], "target_loss")
     suffix = "" if first else (f"_{target}_{metric}" if model == setup.models[0] else f"_{short_name(model)}_{target}_{metric}")
     png = setup.results_dir / f"{setup.name}{suffix}.png"
     seeds = sorted({r.seed for r in chosen})
     plot_frontier(png, chosen, points, frontier, fits, samples, metric, higher,
-                  f"{target}: {METRIC_NAMES.get(metric, metric)}, {short_name(model)} + LoRA ({len(chosen)} runs, "
+                  f"{target}: {METRIC_NAMES.get(metric, metric)}, {short_name(model)} + LoRA\n({len(chosen)} runs, "
                   f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}; bands: 95% bootstrap over {unit})")
     return {
         "model": model, "target": target, "metric": metric, "higher_is_better": higher,
@@ -750,7 +764,7 @@ def analyse(
         "bootstrap_unit": unit, "bootstrap_resamples": resamples, "c_full": c_full,
         "fits": fit_intervals(fits, samples), "no_fit": skipped,
         "points": points, "frontier": frontier,
-        "regret": regret_table(fits, points, higher, c_full),
+        "untrained": base, "regret": regret_table(fits, ([base] if base else []) + points, higher, c_full),
         "crossover": crossover_ratios(fits, samples),
         "plan_text": plan.format(),
     }
@@ -851,7 +865,8 @@ def summary_tables(summary: dict[str, Any]) -> list[str]:
     """The headline tables: frontier selector and planner regret per budget, crossover ratios."""
     lines = ["## Frontier selectors per budget, and the planner's regret", "",
              "Budgets are multiples of C_full, the FLOPs of training the model on the whole pool once. 'Frontier' is "
-             "the best measured configuration within the budget (mean over seeds, 95% t-interval); 'planner' is "
+             "the best measured configuration within the budget (mean over seeds, 95% t-interval; 'untrained' = "
+             "not finetuning at all beats every finetune within the budget); 'planner' is "
              "the planner's recommendation from the fitted curves; regret = frontier value - the best affordable "
              "measured value of the recommended selector (metric units, 0 = the planner picked the frontier's "
              "selector or one as good).", "",

@@ -144,7 +144,10 @@ def test_analysis_bootstrap_frontier_regret_and_crossover_on_synthetic_records(c
     records = synthetic_records()
     points = co.seed_means(records, "target_loss")
     assert len(points) == 9 and all(p["seeds"] == 3 and p["low"] <= p["value"] <= p["high"] for p in points)
-    frontier = co.mean_frontier(points, higher_is_better=False)
+    base = co.untrained_point(records, "target_loss")
+    assert base["value"] == 3.0 and base["total_flops"] == 0.0
+    frontier = co.mean_frontier([base] + points, higher_is_better=False)
+    assert frontier[0] is base
     flops = [p["total_flops"] for p in frontier]
     values = [p["value"] for p in frontier]
     assert flops == sorted(flops) and values == sorted(values, reverse=True) and len(set(values)) == len(values)
