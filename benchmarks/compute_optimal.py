@@ -164,6 +164,8 @@ FULL = Setup(
     name="compute_optimal_full", targets=("boolean_expressions", "logical_deduction_three_objects", "gsm8k"),
     fractions=(0.05, 0.1, 0.25), seeds=(0, 1, 2), max_per_source=300, max_pool_chars=1000, min_pool_size=1000,
     max_seq_length=256, eval_examples=100, selectors=("random", "bm25", "embedding", "perplexity", "less"),
+    # Gemma's 262k-token vocabulary: a batch of 16 GSM8K rows would hold ~4 GB of float32 logits.
+    eval_batch_size=4,
     train_models=("smollm2-135m-instruct", "gemma3-270m"), selection_model="smollm2-135m-instruct",
     selector_options=default_selector_options(256, cheap=False),
 )
