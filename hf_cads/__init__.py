@@ -6,6 +6,7 @@ Example:
 
 __version__ = "0.1.0"
 
+from .decontamination import ContaminationReport, decontaminate, find_contamination
 from .flops import BudgetExceededError, FlopLedger, FlopProfile, LoraSpec
 from .selectors import (
     CADSSelector,
@@ -32,6 +33,7 @@ __all__ = [
     "BudgetedTrainingArguments",
     "CADSSelector",
     "CADSSelectorConfig",
+    "ContaminationReport",
     "DatasetReference",
     "FlopLedger",
     "FlopProfile",
@@ -48,6 +50,8 @@ __all__ = [
     "SelectorConfig",
     "__version__",
     "append_record",
+    "decontaminate",
+    "find_contamination",
     "fit_performance_curve",
     "get_selector",
     "list_selectors",
