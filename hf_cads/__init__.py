@@ -6,6 +6,7 @@ Example:
 
 from ._version import __version__
 from .budget import SelectionCharge, TrainingPlan
+from .decontamination import ContaminationReport, decontaminate, find_contamination
 from .flops import BudgetExceededError, FlopLedger, FlopProfile, LoraSpec
 from .selectors import (
     CADSSelector,
@@ -33,6 +34,7 @@ __all__ = [
     "BudgetedTrainingArguments",
     "CADSSelector",
     "CADSSelectorConfig",
+    "ContaminationReport",
     "DatasetReference",
     "FlopBudgetMixin",
     "FlopLedger",
@@ -52,6 +54,8 @@ __all__ = [
     "TrainingPlan",
     "__version__",
     "append_record",
+    "decontaminate",
+    "find_contamination",
     "fit_performance_curve",
     "get_selector",
     "list_selectors",

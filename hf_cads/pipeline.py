@@ -216,6 +216,10 @@ class RunInputs:
     tokenizer: Any
     baselines: dict[tuple[Any, ...], tuple[dict[str, float], float]] = field(default_factory=dict)
     """Target metrics of the untrained ``model`` and their FLOPs, by evaluation settings (measured once)."""
+    selector_model: Any = None
+    """A model object the LM-based selectors (perplexity, LESS, CADS) score with instead of the trained
+    model: e.g. a smaller selection model (its own tokenizer is loaded by the selector's
+    ``model_name_or_path``). ``None``: they score with the trained model."""
 
 
 def load_run_data(run: RunConfig, seed: int) -> tuple[Any, Any, Any]:
@@ -349,7 +353,7 @@ def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments, input
     before, before_flops = inputs.baselines[baseline_key]
     trainer = BudgetedTrainer(
         model=model, args=args, train_dataset=pool, processing_class=tokenizer,
-        selection_target=validation, peft_config=peft_config,
+        selection_target=validation, peft_config=peft_config, selector_model=inputs.selector_model,
     )
     train_output = trainer.train()
     after, after_flops = evaluate_target(trainer.model, tokenizer, test, run, args)

@@ -54,16 +54,18 @@ def test_every_selector_runs_records_and_the_planner_reads_the_frontier(compute_
             assert 0.5 < r.train_flops / r.selector_config["train_budget"] < 2.0
 
     loss = next(a for a in summary["analyses"] if a["metric"] == "target_loss")
-    assert loss["runs"] == 14 and loss["frontier"] and len(loss["compute_optimal"]) == 8
+    assert loss["runs"] == 14 and loss["frontier"] and len(loss["regret"]) == 3 and loss["bootstrap_unit"] == "runs"
     frontier_flops = [p["total_flops"] for p in loss["frontier"]]
     assert frontier_flops == sorted(frontier_flops)
-    for row in loss["compute_optimal"]:
-        assert row["frontier_flops"] is None or row["frontier_flops"] <= row["budget"]
+    for row in loss["regret"]:
+        best = next((p for p in loss["points"] if p["selector"] == row["best_selector"] and p["k"] == row["best_k"]), None)
+        assert best is None or best["total_flops"] <= row["budget"]
+    assert set(loss["crossover"]) <= {"perplexity", "less", "cads-e", "cads-s"}
     png = setup.results_dir / "co_test.png"
     assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 20_000
     assert (setup.results_dir / "co_test_boolean_expressions_exact_match.png").is_file()
     text = (setup.results_dir / "co_test.md").read_text()
-    assert "compute-optimal at which budget" in text and "| cads-s |" in text
+    assert "Frontier selectors per budget" in text and "Extrapolated crossover" in text and "| cads-s |" in text
     saved = json.loads((setup.results_dir / "co_test.json").read_text())
     assert saved["machine"]["cores"] and saved["timing"]["cpu_seconds"] > 0
 
@@ -107,3 +109,117 @@ def test_exact_match_refuses_long_answers_and_the_pipeline_skips_them(data_dir, 
         exact_match(tiny_causal_lm(tokenizer), tokenizer, gsm8k, max_new_tokens=8)
     with pytest.raises(ValueError, match="exact_match_max_new_tokens must be >= 0"):
         RunConfig(exact_match_max_new_tokens=-1)
+
+
+def synthetic_records(selection_cost_share=0.3, noise=0.004, seeds=(0, 1, 2), lam=None, model="m"):
+    """Runs whose target loss follows a known saturating curve in the *training* FLOPs of each selector
+    (random slowest, bm25 faster, perplexity fastest but paying for its selection), with seed noise."""
+    import numpy as np
+
+    from hf_cads.records import RunRecord
+
+    lam = lam or {"random": 2.0, "bm25": 4.0, "perplexity": 8.0}
+    pool, per_row = 1000, 1e9
+    c_full = pool * per_row
+    records = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        for selector, rate in lam.items():
+            selection = selection_cost_share * c_full if selector == "perplexity" else (1e6 if selector == "bm25" else 0.0)
+            for fraction in (0.05, 0.1, 0.25):
+                k = int(fraction * pool)
+                loss = 2.0 + 1.0 * np.exp(-rate * k * per_row / c_full) + noise * rng.standard_normal()
+                records.append(RunRecord(
+                    selector=selector, selector_config={}, model=model, model_params=1000,
+                    selection_model_params=1000 if selector == "perplexity" else 0, pool_size=pool, k=k,
+                    tokens_trained=k * 100, selection_flops=selection, train_flops=k * per_row,
+                    metrics={"target_loss": float(loss)}, baseline_metrics={"target_loss": 3.0}, seed=seed,
+                    target="t", label=selector, selection_fraction=fraction,
+                ))
+    return records
+
+
+def test_analysis_bootstrap_frontier_regret_and_crossover_on_synthetic_records(compute_optimal):
+    co = compute_optimal
+    records = synthetic_records()
+    points = co.seed_means(records, "target_loss")
+    assert len(points) == 9 and all(p["seeds"] == 3 and p["low"] <= p["value"] <= p["high"] for p in points)
+    base = co.untrained_point(records, "target_loss")
+    assert base["value"] == 3.0 and base["total_flops"] == 0.0
+    frontier = co.mean_frontier([base] + points, higher_is_better=False)
+    assert frontier[0] is base
+    flops = [p["total_flops"] for p in frontier]
+    values = [p["value"] for p in frontier]
+    assert flops == sorted(flops) and values == sorted(values, reverse=True) and len(set(values)) == len(values)
+
+    fits, skipped, samples, unit = co.bootstrap_fits(records, "target_loss", resamples=20)
+    assert skipped == {} and unit == "seeds" and len(samples) == 20
+    intervals = co.fit_intervals(fits, samples)
+    for label, entry in intervals.items():
+        low, high = entry["p_max_95"]
+        assert low <= entry["p_max"] <= high and entry["bootstrap_fits"] >= 15
+    # One seed: the bootstrap falls back to resampling runs, and says so.
+    assert co.bootstrap_fits(synthetic_records(seeds=(0,)), "target_loss", resamples=12)[3] == "runs"
+
+    c_full = next(iter(fits.values())).c_full
+    rows = co.regret_table(fits, points, False, c_full)
+    assert [row["budget_multiple"] for row in rows] == list(co.BUDGET_MULTIPLES)
+    for row in rows:
+        assert row["best_value"] is None or all(p["value"] >= row["best_value"] for p in points if p["total_flops"] <= row["budget"])
+        if row.get("regret") is not None:
+            assert row["regret"] >= 0
+            if row["planner_selector"] == row["best_selector"]:
+                assert row["regret"] == 0
+
+    # Crossover: the dearer the selection, the larger the train / selection size ratio needed; flags are
+    # monotone in the ratio; a free selection with the fastest curve is on the frontier from 1x.
+    ratios = {}
+    for share in (0.0, 0.1, 0.6):
+        fits_at = co.bootstrap_fits(synthetic_records(selection_cost_share=share, noise=0.0, seeds=(0,)), "target_loss", resamples=0)[0]
+        crossover = co.crossover_ratios(fits_at)
+        assert set(crossover) == {"perplexity"}
+        entry = crossover["perplexity"]
+        flags = [entry["joins"][f"{r:g}"] for r in co.CROSSOVER_RATIOS]
+        assert flags == sorted(flags) and entry["measured_ratio"] == 1.0 and entry["paper_ratio"] == 5.0
+        ratios[share] = entry["ratio"]
+    assert ratios[0.0] <= 1.0 and ratios[0.0] <= ratios[0.1] <= ratios[0.6] and ratios[0.6] > 1.0
+
+
+def test_two_training_models_share_one_selection_model_and_the_flat_records_resume(compute_optimal, tmp_path, tiny_model_dir, monkeypatch):
+    """The full design in miniature: two training models with different tokenizers; perplexity scores
+    with the first model for both (same scores, cost and selection-model size); one flat row per run."""
+    from hf_cads.data import build_multisource_pool
+    from hf_cads.testing import tiny_causal_lm, tiny_tokenizer
+
+    monkeypatch.setenv("HF_CADS_CACHE", str(tmp_path / "cache"))
+    texts = build_multisource_pool(None, max_per_source=10, max_chars=500)["text"]
+    other_tokenizer = tiny_tokenizer(texts, vocab_size=400)
+    other = tmp_path / "other-model"
+    tiny_causal_lm(other_tokenizer, hidden_size=96, intermediate_size=192).save_pretrained(other)
+    other_tokenizer.save_pretrained(other)
+    options = compute_optimal.default_selector_options(48, cheap=True)
+    setup = compute_optimal.Setup(
+        name="co_two", targets=("boolean_expressions",), fractions=(0.2, 0.4), seeds=(0,), max_per_source=10,
+        max_seq_length=48, eval_examples=6, model=str(tiny_model_dir), train_models=(str(tiny_model_dir), str(other)),
+        selection_model=str(tiny_model_dir), selectors=("random", "perplexity"), max_pool_chars=500, eval_batch_size=6,
+        selector_options=options, results_dir=tmp_path / "results", output_dir=tmp_path / "out",
+    )
+    summary = compute_optimal.run_benchmark(setup, resamples=0)
+    assert summary["timing"]["failed"] == {} and summary["timing"]["ran"] == 8
+    assert summary["progress"] == {**summary["progress"], "planned": 8, "done": 8}
+    records = read_records(setup.records_path)
+    first, second = (sorted((r for r in records if r.selector == "perplexity" and r.model == m), key=lambda r: r.k)
+                     for m in setup.models)
+    assert first[0].model_params < second[0].model_params
+    for a, b in zip(first, second):
+        assert a.selection_model_params == b.selection_model_params == first[0].model_params
+        assert a.selection_flops == pytest.approx(b.selection_flops, rel=1e-9) and a.k == b.k
+    rows = [json.loads(line) for line in setup.flat_path.read_text().splitlines()]
+    assert len(rows) == 8 and all(set(compute_optimal.FLAT_FIELDS) <= set(row) for row in rows)
+    assert {row["selection_model"] for row in rows if row["selector"] == "perplexity"} == {str(tiny_model_dir)}
+    assert {row["selection_model"] for row in rows if row["selector"] == "random"} == {None}
+    assert all(row["cpu_seconds"] > 0 and row["total_flops"] == row["selection_flops"] + row["train_flops"] for row in rows)
+    assert {a["model"] for a in summary["analyses"]} == set(setup.models)
+    again = compute_optimal.run_benchmark(setup, train_models=[str(other)], resamples=0)
+    assert (again["timing"]["ran"], again["timing"]["skipped"]) == (0, 4)
+    assert len(setup.flat_path.read_text().splitlines()) == 8

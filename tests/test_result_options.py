@@ -14,7 +14,8 @@ from hf_cads.records import SCHEMA_VERSION, RunRecord, experiment_key, read_reco
 from hf_cads.selectors import get_selector_class, list_selectors
 from hf_cads.selectors.base import affects_result
 from hf_cads.selectors.cads import CADSSelectorConfig
-from hf_cads.selectors.less import STORE_FORMAT, FeatureStore, LESSSelectorConfig
+from hf_cads.selectors.less import LESSSelectorConfig
+from hf_cads.selectors.less_index import INDEX_FORMAT, FeatureIndex
 
 NOT_AFFECTING = {"show_progress", "cache_dir"}
 LESS_NOT_AFFECTING = NOT_AFFECTING | {"feature_dir", "gradient_buffer_mb", "gradient_method", "lora_config"}
@@ -104,9 +105,9 @@ def test_old_score_cache_folders_are_reported_and_not_reused(small_pool, bbh_tar
 
 
 def test_old_less_feature_folders_are_refused_with_a_clear_message(tmp_path):
-    (tmp_path / "manifest.json").write_text(json.dumps({"format": STORE_FORMAT - 1, "fingerprint": "abc"}))
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": INDEX_FORMAT - 1, "fingerprint": "abc"}))
     with pytest.raises(ValueError, match="written by another hf_cads version.*not reused"):
-        FeatureStore(tmp_path, "abc", {})
+        FeatureIndex(tmp_path, "abc", {})
 
 
 def test_one_lora_default_and_a_peft_lora_config_accepted_where_lora_options_are_taken():

@@ -100,6 +100,12 @@ class FeatureIndex:
         """``True`` for a throw-away folder (no ``feature_dir`` or cache root): nothing is reused later."""
         stored = read_manifest(self.root)
         if stored is not None:
+            if stored.get("format") != INDEX_FORMAT:
+                raise FeatureIndexMismatchError(
+                    f"feature_dir {str(self.root)!r} holds LESS features written by another hf_cads version (format "
+                    f"{stored.get('format')}, this version writes {INDEX_FORMAT}); they are not reused. Delete the folder "
+                    "or pass a new one."
+                )
             if stored.get("key") != key:
                 differences = describe_differences(stored.get("description") or {}, json.loads(json.dumps(description, default=str)))
                 raise FeatureIndexMismatchError(
