@@ -25,6 +25,7 @@ from typing import Any
 from .data import build_multisource_pool, column_values, load_bbh_target, load_gsm8k, POOL_SOURCES
 from .evaluation import answers_fit, exact_match, question_answer_pairs
 from .flops import FlopLedger, FlopProfile
+from .models import check_bitsandbytes
 from .lora import DEFAULT_LORA_R, DEFAULT_LORA_TARGET_MODULES
 from .records import RECORDS_FILE, append_record, experiment_key, record_from_trainer
 from .selectors.scoring import CausalLMScorer
@@ -71,7 +72,7 @@ class RunConfig:
         dtype: weight dtype of the loaded model (``float32``, ``bfloat16``, ``float16`` or ``auto``;
             ``None``: what the model loader picks).
         load_in_4bit: QLoRA: load the base model with 4-bit weights (bitsandbytes) and train LoRA
-            adapters on it (needs ``lora_r > 0``, a CUDA GPU and ``pip install 'hf_cads[qlora]'``).
+            adapters on it (needs ``lora_r > 0`` and ``pip install 'hf_cads[qlora]'``; runs on CPU and CUDA).
         bnb_4bit_quant_type / bnb_4bit_compute_dtype / bnb_4bit_use_double_quant: the 4-bit format
             (``nf4`` or ``fp4``), the dtype matmuls run in, and nested quantisation of the scales.
         bnb_4bit_quant_storage: dtype the packed 4-bit weights are stored in; ``bfloat16`` lets FSDP
@@ -236,11 +237,9 @@ def load_run_data(run: RunConfig, seed: int) -> tuple[Any, Any, Any]:
 def model_load_options(run: RunConfig) -> dict[str, Any]:
     """``from_pretrained`` options for the run's attention kernel, dtype and 4-bit (QLoRA) loading.
 
-    4-bit loading needs bitsandbytes and a CUDA GPU; without them this raises an error saying so
-    (rather than failing inside ``from_pretrained``).
+    4-bit loading needs bitsandbytes (>= 0.48, whose 4-bit layers run on CPU as well as CUDA);
+    without it this raises an error saying so (rather than failing inside ``from_pretrained``).
     """
-    import importlib.util
-
     import torch
 
     options: dict[str, Any] = {}
@@ -249,13 +248,7 @@ def model_load_options(run: RunConfig) -> dict[str, Any]:
     if run.dtype:
         options["dtype"] = run.dtype if run.dtype == "auto" else getattr(torch, run.dtype)
     if run.load_in_4bit:
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise ImportError("load_in_4bit (QLoRA) needs bitsandbytes: pip install 'hf_cads[qlora]' (on a machine with a CUDA GPU).")
-        if not torch.cuda.is_available():
-            raise ValueError(
-                "load_in_4bit (QLoRA) needs a CUDA GPU: bitsandbytes' 4-bit kernels do not run on this machine. "
-                "Set load_in_4bit: false to LoRA-finetune the unquantised model, or run the recipe on a GPU."
-            )
+        check_bitsandbytes()
         from transformers import BitsAndBytesConfig
 
         options["quantization_config"] = BitsAndBytesConfig(
@@ -267,8 +260,9 @@ def model_load_options(run: RunConfig) -> dict[str, Any]:
         )
         sharded = any(os.environ.get(flag, "").lower() == "true" for flag in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
         if not sharded:
-            # Every process holds a whole 4-bit copy on its own GPU; FSDP and ZeRO-3 place shards themselves.
-            options["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+            # Every process holds a whole 4-bit copy on its own GPU (or in CPU memory, where bitsandbytes'
+            # CPU backend runs it); FSDP and ZeRO-3 place shards themselves.
+            options["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"}
     return options
 
 

@@ -78,10 +78,9 @@ def test_accelerate_config_has_what_accelerate_launch_reads(path):
 
 
 def test_qlora_options_build_a_bitsandbytes_config(monkeypatch):
-    import importlib.util
+    import hf_cads.models
 
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "bitsandbytes" else find_spec(name, *a))
+    monkeypatch.setattr(hf_cads.models, "bitsandbytes_version", lambda: "0.50.2")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     run = RunConfig(load_in_4bit=True, bnb_4bit_quant_storage="bfloat16", dtype="bfloat16", attn_implementation="sdpa")
     monkeypatch.setenv("LOCAL_RANK", "3")
@@ -92,12 +91,15 @@ def test_qlora_options_build_a_bitsandbytes_config(monkeypatch):
     assert options["device_map"] == {"": 3} and options["dtype"] is torch.bfloat16 and options["attn_implementation"] == "sdpa"
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     assert "device_map" not in model_load_options(run)  # FSDP places the shards itself
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ValueError, match="needs a CUDA GPU.*load_in_4bit: false"):
+    assert model_load_options(run)["device_map"] == {"": "cpu"}  # bitsandbytes' CPU backend runs it
+    monkeypatch.setattr(hf_cads.models, "bitsandbytes_version", lambda: None)
+    with pytest.raises(ImportError, match=r"needs bitsandbytes, which is not installed: pip install 'hf_cads\[qlora\]'"):
         model_load_options(run)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else find_spec(name, *a))
-    with pytest.raises(ImportError, match=r"needs bitsandbytes: pip install 'hf_cads\[qlora\]'"):
+    monkeypatch.setattr(hf_cads.models, "bitsandbytes_version", lambda: "0.43.1")
+    with pytest.raises(ImportError, match=r"needs bitsandbytes>=0.48 .*0.43.1 is installed"):
         model_load_options(run)
     assert model_load_options(RunConfig()) == {}
 
