@@ -29,12 +29,13 @@ from .models import check_bitsandbytes
 from .lora import DEFAULT_LORA_R, DEFAULT_LORA_TARGET_MODULES
 from .records import RECORDS_FILE, append_record, experiment_key, record_from_trainer
 from .selectors.scoring import CausalLMScorer
-from .trainer import BudgetedTrainer, BudgetedTrainingArguments
+from .trainer import BudgetedSFTTrainer, BudgetedTrainer, BudgetedTrainingArguments, sft_config_from
 
 logger = logging.getLogger(__name__)
 
 
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
+TRAINERS = ("sft", "causal-lm")
 QUICKSTART = "quickstart.yaml"
 
 
@@ -78,6 +79,12 @@ class RunConfig:
         bnb_4bit_quant_storage: dtype the packed 4-bit weights are stored in; ``bfloat16`` lets FSDP
             and DeepSpeed ZeRO-3 shard them (``None``: ``uint8``, for one GPU or DDP).
         run_records: JSON-lines file to append this run's record to (``None``: ``<output_dir>/runs.jsonl``).
+        trainer: ``sft`` (TRL's ``SFTTrainer`` as :class:`~hf_cads.BudgetedSFTTrainer`; chat
+            ``messages`` are rendered with the chat template) or ``causal-lm``
+            (:class:`~hf_cads.BudgetedTrainer` on the ``text`` column). ``None``: ``sft`` when
+            ``packing`` is set or the pool has no ``text`` column (chat / prompt-completion data),
+            else ``causal-lm``.
+        packing: pack rows into ``max_seq_length`` sequences, padding-free (``sft`` only).
     """
 
     model_name_or_path: str = "smollm2-135m-instruct"
@@ -100,6 +107,8 @@ class RunConfig:
     bnb_4bit_compute_dtype: str = "bfloat16"
     bnb_4bit_use_double_quant: bool = True
     bnb_4bit_quant_storage: str | None = None
+    trainer: str | None = None
+    packing: bool = False
 
     def __post_init__(self) -> None:
         if self.eval_examples < 1:
@@ -114,6 +123,10 @@ class RunConfig:
                               ("bnb_4bit_quant_storage", (None, "uint8", *MODEL_DTYPES)), ("bnb_4bit_quant_type", ("nf4", "fp4"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {[a for a in allowed if a]}, got {getattr(self, name)!r}.")
+        if self.trainer not in (None, *TRAINERS):
+            raise ValueError(f"trainer must be one of {list(TRAINERS)}, got {self.trainer!r}.")
+        if self.packing and self.trainer == "causal-lm":
+            raise ValueError("packing is an SFTTrainer option; set trainer: sft (or drop packing).")
         if self.load_in_4bit and self.lora_r == 0:
             raise ValueError("load_in_4bit (QLoRA) trains LoRA adapters on frozen 4-bit weights; set lora_r > 0.")
 
@@ -300,6 +313,8 @@ def run_setup(run: RunConfig, args: BudgetedTrainingArguments) -> dict[str, Any]
         # Only when set, so the keys of runs recorded before these options existed stay the same.
         **({"dtype": run.dtype} if run.dtype else {}),
         **({"load_in_4bit": run.bnb_4bit_quant_type} if run.load_in_4bit else {}),
+        **({"trainer": run.trainer} if run.trainer else {}),
+        **({"packing": True} if run.packing else {}),
     }
 
 
@@ -315,6 +330,27 @@ def expected_run_key(run: RunConfig, args: BudgetedTrainingArguments) -> str:
 def run_records_path(run: RunConfig, args: BudgetedTrainingArguments) -> str:
     """Where this run's record goes: ``run.run_records`` or ``<output_dir>/runs.jsonl``."""
     return run.run_records or os.path.join(args.output_dir, RECORDS_FILE)
+
+
+def resolve_trainer(run: RunConfig, pool: Any) -> str:
+    """Which trainer a run uses: ``run.trainer``, else ``sft`` for packing or data without a
+    ``text`` column (chat / prompt-completion rows), else ``causal-lm``."""
+    if run.trainer is not None:
+        return run.trainer
+    return "sft" if run.packing or "text" not in pool.column_names else "causal-lm"
+
+
+def build_trainer(run: RunConfig, args: BudgetedTrainingArguments, model: Any, tokenizer: Any, pool: Any, target: Any, peft_config: Any) -> Any:
+    """The run's budgeted trainer (see :func:`resolve_trainer`), selection already charged."""
+    if resolve_trainer(run, pool) == "sft":
+        return BudgetedSFTTrainer(
+            model=model, args=sft_config_from(args, packing=run.packing), train_dataset=pool,
+            processing_class=tokenizer, selection_target=target, peft_config=peft_config,
+        )
+    return BudgetedTrainer(
+        model=model, args=args, train_dataset=pool, processing_class=tokenizer,
+        selection_target=target, peft_config=peft_config,
+    )
 
 
 def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments, inputs: RunInputs | None = None) -> dict[str, Any]:
@@ -341,10 +377,7 @@ def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments, input
         # The untrained model scores the same in every run that shares these inputs: measure it once.
         inputs.baselines[baseline_key] = evaluate_target(model, tokenizer, test, run, args)
     before, before_flops = inputs.baselines[baseline_key]
-    trainer = BudgetedTrainer(
-        model=model, args=args, train_dataset=pool, processing_class=tokenizer,
-        selection_target=validation, peft_config=peft_config,
-    )
+    trainer = build_trainer(run, args, model, tokenizer, pool, validation, peft_config)
     train_output = trainer.train()
     after, after_flops = evaluate_target(trainer.model, tokenizer, test, run, args)
     ledger = trainer.flop_ledger
@@ -361,6 +394,7 @@ def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments, input
         "k": len(selection) if selection else len(pool),
         "duplicates_dropped": ledger.selection.duplicates_dropped if ledger.selection is not None else 0,
         "selected_sources": _count(column_values(selection.dataset, "source")) if selection else _count(column_values(pool, "source")),
+        "trainer": type(trainer).__name__,
         "train_steps": trainer.state.global_step,
         "train_loss": float(train_output.training_loss),
         "target_loss_before": before["target_loss"],
@@ -397,7 +431,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"target: {report['target']}   model: {report['model']}   selector: {report['selector']}",
         f"pool: {report['pool_size']} rows -> selected {report['k']}  {report['selected_sources']}"
         + (f"  ({report['duplicates_dropped']} duplicated rows dropped)" if report.get("duplicates_dropped") else ""),
-        f"train steps: {report['train_steps']}   train loss: {report['train_loss']:.4f}",
+        f"trainer: {report.get('trainer', 'BudgetedTrainer')}   train steps: {report['train_steps']}   train loss: {report['train_loss']:.4f}",
         f"target loss before: {report['target_loss_before']:.4f}   after: {report['target_loss_after']:.4f}   "
         f"(ppl {math.exp(report['target_loss_before']):.2f} -> {math.exp(report['target_loss_after']):.2f})",
         f"exact match before: {report['exact_match_before']:.3f}   after: {report['exact_match_after']:.3f}"

@@ -15,7 +15,7 @@ FLOP budget.
 from .arguments import BudgetedTrainingArguments, BudgetFields
 from .budget import LEDGER_FILE, FlopBudgetMixin, mean_step_flops, packed_sequence_lengths
 from .data import CausalLMCollator, tokenize_for_causal_lm
-from .sft import BudgetedSFTConfig, BudgetedSFTTrainer
+from .sft import BudgetedSFTConfig, BudgetedSFTTrainer, sft_config_from
 from .trainer import BudgetedTrainer
 
 __all__ = [
@@ -29,5 +29,6 @@ __all__ = [
     "FlopBudgetMixin",
     "mean_step_flops",
     "packed_sequence_lengths",
+    "sft_config_from",
     "tokenize_for_causal_lm",
 ]
