@@ -340,11 +340,22 @@ def resolve_trainer(run: RunConfig, pool: Any) -> str:
     return "sft" if run.packing or "text" not in pool.column_names else "causal-lm"
 
 
+def sft_view(pool: Any) -> Any:
+    """The shared pool as SFTTrainer prompt-completion rows (``prompt``, ``completion``; loss on the
+    completion only), keeping ``text`` for the selector and ``source`` for the report. Other
+    datasets pass unchanged."""
+    columns = pool.column_names
+    if not {"prompt", "response"} <= set(columns) or "completion" in columns:
+        return pool
+    view = pool.rename_column("response", "completion")
+    return view.remove_columns([c for c in ("messages",) if c in columns])
+
+
 def build_trainer(run: RunConfig, args: BudgetedTrainingArguments, model: Any, tokenizer: Any, pool: Any, target: Any, peft_config: Any) -> Any:
     """The run's budgeted trainer (see :func:`resolve_trainer`), selection already charged."""
     if resolve_trainer(run, pool) == "sft":
         return BudgetedSFTTrainer(
-            model=model, args=sft_config_from(args, packing=run.packing), train_dataset=pool,
+            model=model, args=sft_config_from(args, packing=run.packing), train_dataset=sft_view(pool),
             processing_class=tokenizer, selection_target=target, peft_config=peft_config,
         )
     return BudgetedTrainer(
