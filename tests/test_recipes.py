@@ -35,7 +35,7 @@ def test_the_recipe_family_is_there():
 @pytest.mark.parametrize("path", RUN_RECIPES, ids=relative)
 def test_recipe_parses_with_existing_options_only(path):
     data = yaml.safe_load(path.read_text())
-    assert not {key for key in data if "token" in key}, "recipes must never hold a token"
+    assert not {key for key in data if re.search(r"(^|_)token$", key)}, "recipes must never hold a token"
     # GPU recipes ask for bf16; parse them as a bf16-capable GPU would (this machine has none).
     with mock.patch("transformers.training_args.is_torch_bf16_gpu_available", return_value=True):
         if "sweep" in data:
@@ -49,8 +49,8 @@ def test_recipe_parses_with_existing_options_only(path):
         if selector is not None:
             get_selector(selector, **(options or {}))  # unknown or invalid selector options fail here
     assert args.flop_budget is None or isinstance(args.flop_budget, float)
-    if run_config.load_in_4bit:
-        assert args.bf16 and run_config.lora_r > 0 and not args.use_cpu
+    if run_config.load_in_4bit and not args.use_cpu:
+        assert args.bf16 and run_config.lora_r > 0
         # Stored as bfloat16 the 4-bit weights can be sharded, so the recipe runs under every config.
         assert run_config.bnb_4bit_quant_storage == "bfloat16"
     for config, recipe in re.findall(r"--config_file (\S+) -m hf_cads\.cli \w+ (\S+)", path.read_text()):
@@ -78,10 +78,9 @@ def test_accelerate_config_has_what_accelerate_launch_reads(path):
 
 
 def test_qlora_options_build_a_bitsandbytes_config(monkeypatch):
-    import importlib.util
+    import hf_cads.models
 
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "bitsandbytes" else find_spec(name, *a))
+    monkeypatch.setattr(hf_cads.models, "bitsandbytes_version", lambda: "0.50.2")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     run = RunConfig(load_in_4bit=True, bnb_4bit_quant_storage="bfloat16", dtype="bfloat16", attn_implementation="sdpa")
     monkeypatch.setenv("LOCAL_RANK", "3")
@@ -92,14 +91,37 @@ def test_qlora_options_build_a_bitsandbytes_config(monkeypatch):
     assert options["device_map"] == {"": 3} and options["dtype"] is torch.bfloat16 and options["attn_implementation"] == "sdpa"
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     assert "device_map" not in model_load_options(run)  # FSDP places the shards itself
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ValueError, match="needs a CUDA GPU.*load_in_4bit: false"):
+    assert model_load_options(run)["device_map"] == {"": "cpu"}  # bitsandbytes' CPU backend runs it
+    monkeypatch.setattr(hf_cads.models, "bitsandbytes_version", lambda: None)
+    with pytest.raises(ImportError, match=r"needs bitsandbytes, which is not installed: pip install 'hf_cads\[qlora\]'"):
         model_load_options(run)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else find_spec(name, *a))
-    with pytest.raises(ImportError, match=r"needs bitsandbytes: pip install 'hf_cads\[qlora\]'"):
+    monkeypatch.setattr(hf_cads.models, "bitsandbytes_version", lambda: "0.43.1")
+    with pytest.raises(ImportError, match=r"needs bitsandbytes>=0.48 .*0.43.1 is installed"):
         model_load_options(run)
     assert model_load_options(RunConfig()) == {}
+
+
+def test_sft_recipe_picks_the_sft_trainer():
+    from hf_cads.pipeline import resolve_trainer
+    from hf_cads.trainer import sft_config_from
+
+    run, args = parse_recipe(RECIPES / "smollm2-135m" / "sft-bm25.yaml")
+    assert (run.trainer, run.packing) == ("sft", True)
+    config = sft_config_from(args, packing=run.packing)
+    assert (config.max_length, config.packing, config.flop_budget, config.selector) == (args.max_seq_length, True, args.flop_budget, "bm25")
+    lora_run, _ = parse_recipe(RECIPES / "smollm2-135m" / "lora-bm25.yaml")
+    columns = type("Pool", (), {"column_names": ["text", "messages"]})
+    chats = type("Pool", (), {"column_names": ["messages"]})
+    assert (resolve_trainer(lora_run, columns), resolve_trainer(lora_run, chats)) == ("causal-lm", "sft")
+    qlora_run, _ = parse_recipe(RECIPES / "smollm2-135m" / "qlora-bm25.yaml")
+    assert qlora_run.load_in_4bit and qlora_run.lora_r > 0 and resolve_trainer(qlora_run, chats) == "causal-lm"
+    with pytest.raises(ValueError, match="trainer must be one of"):
+        RunConfig(trainer="dpo")
+    with pytest.raises(ValueError, match="packing is an SFTTrainer option; set trainer: sft"):
+        RunConfig(trainer="causal-lm", packing=True)
 
 
 def test_bad_quantisation_options_are_refused():

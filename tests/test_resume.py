@@ -10,13 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from peft import LoraConfig
 from transformers import TrainerCallback
 
-from hf_cads import BudgetedTrainer, BudgetedTrainingArguments, get_selector
+from hf_cads import BudgetedTrainer, BudgetedTrainingArguments
 from hf_cads.cache import ScoreCache
 from hf_cads.testing import assert_close_at_scale, tiny_causal_lm
 

@@ -12,8 +12,10 @@ from ..selectors import get_selector_class
 
 
 @dataclass
-class BudgetedTrainingArguments(TrainingArguments):
-    """``TrainingArguments`` plus the compute budget and the data selector.
+class BudgetFields:
+    """The budget and selector options that :class:`BudgetedTrainingArguments` and
+    :class:`~hf_cads.trainer.sft.BudgetedSFTConfig` share (a dataclass mixin: fields plus
+    :meth:`validate_budget_fields`, which the config's ``__post_init__`` calls).
 
     Args:
         flop_budget: total FLOPs for selection + training (e.g. ``3e15``). ``None`` records FLOPs
@@ -22,11 +24,14 @@ class BudgetedTrainingArguments(TrainingArguments):
             ...); ``None`` trains on ``train_dataset`` as given.
         selection_fraction / selection_k: how much of the pool to keep (one of them).
         selector_kwargs: options of the selector's config (dict, or JSON string on the CLI).
-        max_seq_length: token limit when the trainer tokenises a text dataset.
-        text_column: column holding the text (default ``text``, else chat ``messages``).
         deduplicate: ``"drop"`` or ``"error"``: what the selector does with pool rows that repeat
             an earlier row (the selector's ``deduplicate`` option, set from a recipe's top level;
             ``None`` keeps the selector's default, ``"drop"``).
+
+    Example:
+        >>> from hf_cads import BudgetedTrainingArguments
+        >>> BudgetedTrainingArguments(output_dir="out", flop_budget="2e14", selector="bm25", selection_k=8).flop_budget
+        200000000000000.0
     """
 
     flop_budget: float | None = field(default=None, metadata={"help": "Total FLOPs for selection + training."})
@@ -36,14 +41,12 @@ class BudgetedTrainingArguments(TrainingArguments):
     selector_kwargs: dict | str | None = field(
         default=None, metadata={"help": "Selector options as a dict or JSON string, e.g. '{\"aggregate\": \"max\"}'."}
     )
-    max_seq_length: int = field(default=512, metadata={"help": "Token limit when tokenising text datasets."})
-    text_column: str | None = field(default=None, metadata={"help": "Text column (default: text, else messages)."})
     deduplicate: str | None = field(
         default=None, metadata={"help": "Repeated pool rows: drop (keep the first copy; the default) or error."}
     )
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def validate_budget_fields(self) -> None:
+        """Check and normalise the budget fields (called from ``__post_init__``)."""
         if self.flop_budget is not None:
             self.flop_budget = validate_budget(self.flop_budget)
         if isinstance(self.selector_kwargs, str):
@@ -59,8 +62,6 @@ class BudgetedTrainingArguments(TrainingArguments):
             get_selector_class(self.selector)  # unknown names fail here, listing the registered ones
             if self.selection_fraction is None and self.selection_k is None and not get_selector_class(self.selector).chooses_own_size:
                 raise ValueError(f"selector={self.selector!r} needs selection_fraction or selection_k.")
-        if self.max_seq_length < 2:
-            raise ValueError(f"max_seq_length must be >= 2, got {self.max_seq_length}.")
 
     def _fold_into_selector_kwargs(self, name: str, value: str, allowed: tuple[str, ...]) -> None:
         # A top-level recipe key for a selector option: it travels in selector_kwargs, so run keys,
@@ -72,3 +73,23 @@ class BudgetedTrainingArguments(TrainingArguments):
             raise ValueError(f"{name}={value!r} and selector_kwargs[{name!r}]={options[name]!r} disagree; set it once.")
         options[name] = value
         self.selector_kwargs = options
+
+
+@dataclass
+class BudgetedTrainingArguments(TrainingArguments, BudgetFields):
+    """``TrainingArguments`` plus the compute budget and the data selector (the fields of
+    :class:`BudgetFields`) and how the trainer tokenises text.
+
+    Args:
+        max_seq_length: token limit when the trainer tokenises a text dataset.
+        text_column: column holding the text (default ``text``, else chat ``messages``).
+    """
+
+    max_seq_length: int = field(default=512, metadata={"help": "Token limit when tokenising text datasets."})
+    text_column: str | None = field(default=None, metadata={"help": "Text column (default: text, else messages)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.validate_budget_fields()
+        if self.max_seq_length < 2:
+            raise ValueError(f"max_seq_length must be >= 2, got {self.max_seq_length}.")

@@ -15,13 +15,15 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from ..budget import TrainingPlan
 from ..flops import FlopLedger, FlopProfile
 from ..records import append_record, record_from_trainer, trainer_metrics
+from ..selectors import SelectionResult, build_selector, select_within_budget
+from .model_card import add_budget_section
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +39,12 @@ def mean_step_flops(
     seed: int = 0,
     epochs: int = 3,
     gradient_checkpointing: bool = False,
+    batch_cost: Callable[[np.ndarray], float] | None = None,
 ) -> float:
     """Mean FLOPs of one optimizer step when rows of these token ``lengths`` are shuffled into
     right-padded micro-batches (``epochs`` simulated epochs): what a step costs before training.
+    ``batch_cost`` prices a micro-batch from its row indices instead (e.g. padding-free batches,
+    see :meth:`FlopBudgetMixin.planned_batch_cost`).
 
     Example:
         >>> from transformers import LlamaConfig
@@ -54,11 +59,42 @@ def mean_step_flops(
     for _ in range(epochs):
         order = rng.permutation(len(lengths))
         costs = [
-            profile.train_step_flops(len(chunk), int(lengths[chunk].max()), gradient_checkpointing=gradient_checkpointing)
+            batch_cost(chunk) if batch_cost is not None
+            else profile.train_step_flops(len(chunk), int(lengths[chunk].max()), gradient_checkpointing=gradient_checkpointing)
             for chunk in (order[i : i + micro_batch] for i in range(0, len(order), micro_batch))
         ]
         step_costs += [sum(costs[i : i + accumulation]) for i in range(0, len(costs), accumulation)]
     return float(np.mean(step_costs))
+
+
+def packed_sequence_lengths(batch: dict[str, Any]) -> list[int] | None:
+    """The sequence lengths inside a padding-free batch (TRL's ``padding_free`` / BFD packing: one
+    row, no ``attention_mask``, ``position_ids`` restarting at 0 where a sequence starts); ``None``
+    for an ordinary padded batch.
+
+    Example:
+        >>> import torch
+        >>> packed_sequence_lengths({"input_ids": torch.zeros(1, 5), "position_ids": torch.tensor([[0, 1, 2, 0, 1]])})
+        [3, 2]
+    """
+    positions = batch.get("position_ids")
+    if positions is None or "attention_mask" in batch or positions.shape[0] != 1:
+        return None
+    starts = (positions[0] == 0).nonzero().flatten().tolist()
+    if not starts or starts[0] != 0:
+        return None
+    bounds = starts + [int(positions.shape[1])]
+    return [bounds[i + 1] - bounds[i] for i in range(len(starts))]
+
+
+def check_quantized_model_has_adapters(model: Any, peft_config: Any) -> None:
+    """Refuse a 4-/8-bit model with nothing to train: its quantised weights are frozen."""
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    if quantized and peft_config is None and not hasattr(model, "peft_config"):
+        raise ValueError(
+            "The model is loaded in 4-bit/8-bit (bitsandbytes): its quantised weights cannot be trained. "
+            "Pass peft_config=LoraConfig(...) (QLoRA: LoRA adapters on the frozen 4-bit model), or load the model unquantised."
+        )
 
 
 class FlopBudgetMixin:
@@ -75,10 +111,52 @@ class FlopBudgetMixin:
         self.run_records = run_records
         self._pending_charges: list[float] = []
 
+    # -- selection ------------------------------------------------------------------------------
+    def select_training_data(self, args: Any, model: Any, tokenizer: Any, pool: Any, target: Any, selector_model: Any = None) -> Any:
+        """Run ``args.selector`` on ``pool`` through :func:`~hf_cads.selectors.select_within_budget`
+        (charging the ledger), keep the result in ``self.selection_result`` and return the chosen rows."""
+        selector = build_selector(
+            args.selector, args.selector_kwargs, seed=args.seed,
+            training_model=model, training_tokenizer=tokenizer, selector_model=selector_model,
+        )
+        result, _ = select_within_budget(
+            selector, pool, target, self.flop_ledger, k=args.selection_k, fraction=args.selection_fraction,
+        )
+        self.selection_result: SelectionResult | None = result
+        return result.dataset
+
     # -- sizing ---------------------------------------------------------------------------------
     def _micro_batch_flops(self, input_ids: Any) -> float:
         batch, seq = int(input_ids.shape[0]), int(input_ids.shape[1])
         return self.flop_profile.train_step_flops(batch, seq, gradient_checkpointing=bool(self.args.gradient_checkpointing))
+
+    def _varlen_attention(self) -> bool:
+        # Flash-attention kernels attend within each packed sequence (cost sum of L_i^2); eager and
+        # SDPA compute the whole square of a packed row and mask it.
+        return "flash" in str(getattr(self.model.config, "_attn_implementation", "") or "")
+
+    def batch_flops(self, batch: dict[str, Any]) -> float:
+        """Training FLOPs of one collated micro-batch: its padded shape, or for a padding-free batch
+        (one row, ``position_ids`` restarting at 0 per sequence) under a varlen attention kernel,
+        the sum over its real sequence lengths."""
+        segments = packed_sequence_lengths(batch) if self._varlen_attention() else None
+        if segments:
+            checkpointing = bool(self.args.gradient_checkpointing)
+            return float(sum(self.flop_profile.train_step_flops(1, length, gradient_checkpointing=checkpointing) for length in segments))
+        return self._micro_batch_flops(batch["input_ids"])
+
+    def planned_batch_cost(self) -> Callable[[np.ndarray], float] | None:
+        """How :meth:`expected_step_flops` prices a micro-batch of dataset rows: ``None`` (right-padded
+        rows, the default) or, when ``self.padding_free`` (TRL), the rows concatenated into one."""
+        if not getattr(self, "padding_free", False):
+            return None
+        columns = self.train_dataset.column_names
+        rows = [list(s) for s in self.train_dataset["seq_lengths"]] if "seq_lengths" in columns else [[len(ids)] for ids in self.train_dataset["input_ids"]]
+        checkpointing = bool(self.args.gradient_checkpointing)
+        cost = self.flop_profile.train_step_flops
+        if self._varlen_attention():
+            return lambda chunk: float(sum(cost(1, n, gradient_checkpointing=checkpointing) for i in chunk for n in rows[i]))
+        return lambda chunk: cost(1, int(sum(sum(rows[i]) for i in chunk)), gradient_checkpointing=checkpointing)
 
     def expected_step_flops(self, epochs: int = 3) -> float:
         """Mean FLOPs of one optimizer step over simulated shuffled epochs (lengths from the data)."""
@@ -86,6 +164,7 @@ class FlopBudgetMixin:
             self.flop_profile, [len(ids) for ids in self.train_dataset["input_ids"]],
             self.args.per_device_train_batch_size * max(1, self.args.world_size), self.args.gradient_accumulation_steps,
             seed=self.args.seed, epochs=epochs, gradient_checkpointing=bool(self.args.gradient_checkpointing),
+            batch_cost=self.planned_batch_cost(),
         )
 
     def plan_training(self) -> TrainingPlan:
@@ -120,7 +199,7 @@ class FlopBudgetMixin:
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
         batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in batch_samples)
-        *costs, tokens = self._global_sum([self._micro_batch_flops(b["input_ids"]) for b in batch_samples] + [float(tokens)])
+        *costs, tokens = self._global_sum([self.batch_flops(b) for b in batch_samples] + [float(tokens)])
         if not self.flop_ledger.can_afford(sum(costs)):
             logger.info(
                 "Stopping: the next step (%.4g FLOPs) would exceed the budget (%.4g of %.4g spent).",
@@ -135,7 +214,7 @@ class FlopBudgetMixin:
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
         loss = super().training_step(model, inputs, num_items_in_batch)
-        charge = self._pending_charges.pop(0) if self._pending_charges else self._global_sum([self._micro_batch_flops(inputs["input_ids"])])[0]
+        charge = self._pending_charges.pop(0) if self._pending_charges else self._global_sum([self.batch_flops(inputs)])[0]
         self.flop_ledger.charge("train", charge)
         return loss
 
@@ -148,13 +227,20 @@ class FlopBudgetMixin:
         super().log(logs, *args, **kwargs)
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
-        return int(self._micro_batch_flops(inputs["input_ids"]))
+        return int(self.batch_flops(inputs))
 
     def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None) -> Any:
         output = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
         ids = inputs["input_ids"]
         self.flop_ledger.charge("eval", self._global_sum([self.flop_profile.forward_flops(int(ids.shape[0]), int(ids.shape[1]))])[0])
         return output
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """The base trainer's model card plus the compute-budget section: ledger by phase, selector and
+        a link to the selected subset once it was pushed (see :func:`hf_cads.trainer.model_card.add_budget_section`)."""
+        super().create_model_card(*args, **kwargs)
+        if self.is_world_process_zero():
+            add_budget_section(self, os.path.join(self.args.output_dir, "README.md"))
 
     # -- checkpoints carry the ledger -----------------------------------------------------------
     def _save_checkpoint(self, model: Any, trial: Any) -> None:

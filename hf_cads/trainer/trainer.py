@@ -25,11 +25,10 @@ from typing import Any
 from transformers import Trainer
 
 from ..lora import with_default_target_modules
-from ..selectors import SelectionResult, build_selector, select_within_budget
+from ..selectors import SelectionResult
 from .arguments import BudgetedTrainingArguments
-from .budget import FlopBudgetMixin
+from .budget import FlopBudgetMixin, check_quantized_model_has_adapters
 from .data import CausalLMCollator, tokenize_for_causal_lm
-from .model_card import add_budget_section
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +73,7 @@ class BudgetedTrainer(FlopBudgetMixin, Trainer):
         self.init_budget(args.flop_budget, model, run_records)
         self.selection_result: SelectionResult | None = None
         if train_dataset is not None and args.selector is not None:
-            train_dataset = self._run_selection(args, model, processing_class, train_dataset, selection_target, selector_model)
+            train_dataset = self.select_training_data(args, model, processing_class, train_dataset, selection_target, selector_model)
         train_dataset, eval_dataset = self._tokenize(args, processing_class, train_dataset, eval_dataset)
         if data_collator is None and processing_class is not None:
             pad = processing_class.pad_token_id if processing_class.pad_token_id is not None else processing_class.eos_token_id
@@ -106,6 +105,7 @@ class BudgetedTrainer(FlopBudgetMixin, Trainer):
             tokenizer = tokenizer or loaded_tokenizer
         if model is None:
             raise ValueError("BudgetedTrainer needs model= (a model object, Hub id, folder or built-in alias).")
+        check_quantized_model_has_adapters(model, peft_config)
         if tokenizer is not None and getattr(tokenizer, "pad_token_id", 0) is None:
             tokenizer.pad_token = tokenizer.eos_token
         if peft_config is not None:
@@ -131,24 +131,6 @@ class BudgetedTrainer(FlopBudgetMixin, Trainer):
         if eval_dataset is not None and not isinstance(eval_dataset, dict):
             eval_dataset = tokenize_for_causal_lm(eval_dataset, tokenizer, args.max_seq_length, args.text_column, role="eval")
         return train_dataset, eval_dataset
-
-    def _run_selection(self, args: BudgetedTrainingArguments, model: Any, tokenizer: Any, pool: Any, target: Any, selector_model: Any) -> Any:
-        selector = build_selector(
-            args.selector, args.selector_kwargs, seed=args.seed,
-            training_model=model, training_tokenizer=tokenizer, selector_model=selector_model,
-        )
-        result, _ = select_within_budget(
-            selector, pool, target, self.flop_ledger, k=args.selection_k, fraction=args.selection_fraction,
-        )
-        self.selection_result = result
-        return result.dataset
-
-    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
-        """``Trainer``'s model card plus the compute-budget section: ledger by phase, selector and a
-        link to the selected subset once it was pushed (see :func:`hf_cads.trainer.model_card.add_budget_section`)."""
-        super().create_model_card(*args, **kwargs)
-        if self.is_world_process_zero():
-            add_budget_section(self, os.path.join(self.args.output_dir, "README.md"))
 
 
 def check_vocabulary(model: Any, tokenizer: Any) -> None:
