@@ -25,12 +25,23 @@ def column_values(dataset: Any, column: str) -> list[Any]:
 
 
 def get_texts(dataset: Any, column: str | None = None, tokenizer: Any = None, role: str = "pool") -> list[str]:
-    """The text of every row: from ``column``, else ``text``, else chat ``messages``.
+    """The text of every row: from ``column``, else ``text``, else chat ``messages``, else
+    ``prompt`` + ``completion`` (see :mod:`hf_cads.sources`).
 
     Chat messages are rendered with ``tokenizer.apply_chat_template`` when the tokenizer has a
     template, and as ``role: content`` lines otherwise.
     """
     columns = list(dataset.column_names)
+    if column is None and "text" not in columns and "messages" not in columns and {"prompt", "completion"} <= set(columns):
+        from .sources import example_segments
+
+        # Prompt-completion rows: prompt and completion as the model reads them in training.
+        return ["".join(text for text, _ in example_segments(row, tokenizer)) for row in dataset]
+    if column == "prompt" and "prompt" not in columns and "messages" in columns:
+        from .sources import example_segments
+
+        # The prompt of a chat: everything before its first assistant turn.
+        return [next(text for text, completion in example_segments(row, tokenizer) if not completion) for row in dataset]
     if column is None:
         if "text" in columns:
             column = "text"
@@ -38,8 +49,8 @@ def get_texts(dataset: Any, column: str | None = None, tokenizer: Any = None, ro
             column = "messages"
         else:
             raise ValueError(
-                f"The {role} dataset has no 'text' or 'messages' column (columns: {columns}); pass "
-                "text_column= naming the column that holds the text."
+                f"The {role} dataset has no 'text', 'messages' or 'prompt'/'completion' columns (columns: {columns}); "
+                "pass text_column= naming the column that holds the text."
             )
     if column not in columns:
         raise ValueError(

@@ -24,6 +24,8 @@ class BudgetedTrainingArguments(TrainingArguments):
         selector_kwargs: options of the selector's config (dict, or JSON string on the CLI).
         max_seq_length: token limit when the trainer tokenises a text dataset.
         text_column: column holding the text (default ``text``, else chat ``messages``).
+        train_on_prompt: also train on prompt, system and user tokens of chat and prompt-completion
+            data (default ``False``: loss on the completion / assistant turns only, as TRL's SFT).
         deduplicate: ``"drop"`` or ``"error"``: what the selector does with pool rows that repeat
             an earlier row (the selector's ``deduplicate`` option, set from a recipe's top level;
             ``None`` keeps the selector's default, ``"drop"``).
@@ -38,6 +40,9 @@ class BudgetedTrainingArguments(TrainingArguments):
     )
     max_seq_length: int = field(default=512, metadata={"help": "Token limit when tokenising text datasets."})
     text_column: str | None = field(default=None, metadata={"help": "Text column (default: text, else messages)."})
+    train_on_prompt: bool = field(
+        default=False, metadata={"help": "Train on prompt tokens too (default: completion-only loss for chat / prompt-completion data)."}
+    )
     deduplicate: str | None = field(
         default=None, metadata={"help": "Repeated pool rows: drop (keep the first copy; the default) or error."}
     )
