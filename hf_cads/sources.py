@@ -103,7 +103,13 @@ def parse_source(value: Any, role: str) -> DataSource:
                 f"The {role} source {dict(value)!r} has unknown key(s) {unknown} or no 'path'; use {list(SOURCE_KEYS)}, "
                 f"e.g. {{path: json, data_files: my_{role}.jsonl, split: train}}."
             )
-        return DataSource(**{k: v for k, v in value.items() if v is not None})
+        options = {k: v for k, v in value.items() if v is not None}
+        builder = FILE_BUILDERS.get(Path(str(options["path"])).suffix.lower())
+        if builder is not None and "data_files" not in options:
+            # {path: my.jsonl, ...}: the file shorthand plus the other keys (format, columns, split)
+            shorthand = _shorthand(str(options.pop("path")), role)
+            options = {"path": shorthand.path, "data_files": shorthand.data_files, "split": "train", **options}
+        return DataSource(**options)
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"The {role} source must be a file, a folder, a Hub id or a mapping, got {value!r}.")
     return _shorthand(value.strip(), role)
@@ -148,6 +154,11 @@ def load_source(source: DataSource, role: str) -> Any:
         except FileNotFoundError as err:
             raise FileNotFoundError(f"Cannot load the {role} dataset {source.describe()!r}: {err}") from err
         except Exception as err:  # the Hub client raises several types when it cannot reach the network
+            local = source.path in set(FILE_BUILDERS.values()) or Path(source.path).expanduser().exists()
+            if local and "corresponds to no data" in str(err):
+                raise ValueError(f"The {role} dataset {source.describe()!r} is empty after loading; point {role}: at data with rows.") from err
+            if local:
+                raise
             offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or "offline" in str(err).lower()
             if offline or "connect" in str(err).lower():
                 raise ConnectionError(
