@@ -126,7 +126,8 @@ def write_recipe(tmp_path, model_dir, **options):
     for key in ("pool_sources", "max_per_source", "max_pool_chars"):
         recipe.pop(key)
     recipe.update(model_name_or_path=str(model_dir), output_dir=str(tmp_path / "out"), flop_budget=2e10,
-                  eval_examples=6, max_seq_length=96, logging_steps=2, selection_fraction=0.25, **options)
+                  eval_examples=6, max_seq_length=96, logging_steps=2, selection_fraction=0.25)
+    recipe.update(options)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -177,7 +178,7 @@ def test_prompt_only_scoring_changes_what_selectors_see(tmp_path, tiny_model_dir
 
     chats = Dataset.from_list(chat_rows(2))
     prompts = get_texts(chats, "prompt")
-    assert all("assistant" not in p and "Answer briefly" in p for p in prompts)
+    assert all(p.endswith("assistant: ") and "Answer briefly" in p for p in prompts)  # up to the reply, without it
     pcs = Dataset.from_list(prompt_completion_rows(2))
     assert get_texts(pcs, "prompt") == pcs["prompt"] and get_texts(pcs) == [p + c for p, c in zip(pcs["prompt"], pcs["completion"])]
     pool, target, eval_dir, _ = own_data(tmp_path)
@@ -224,7 +225,7 @@ def test_target_with_no_rows_left_after_decontamination(tmp_path, tiny_model_dir
     from hf_cads.pipeline import decontaminate_run_data, load_run_data, parse_recipe
 
     pool, target, _, _ = own_data(tmp_path)
-    recipe = write_recipe(tmp_path, tiny_model_dir, pool=str(pool), target=str(target), eval=str(target))
+    recipe = write_recipe(tmp_path, tiny_model_dir, pool=str(pool), target=str(target), eval=str(target), eval_examples=32)
     run, args = parse_recipe(recipe)
     with pytest.raises(ValueError, match="No target row is left after decontamination.*Pass a target set distinct from eval"):
         decontaminate_run_data(run, load_run_data(run, args.seed))
