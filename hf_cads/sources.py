@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .data import render_messages
+from .data import example_segments
 
 logger = logging.getLogger(__name__)
 
@@ -268,55 +268,6 @@ def load_examples(value: Any, role: str) -> tuple[Any, str]:
     return standardise(dataset, source.format, source.columns, role)
 
 
-# -- turning a row into text segments ---------------------------------------------------------
-def example_segments(row: Mapping[str, Any], tokenizer: Any = None) -> list[tuple[str, bool]]:
-    """The row's text as ``(piece, is_completion)`` pieces: assistant turns / the completion are
-    ``True``. Joined, they are the text the model reads (and that selectors and evaluation see)."""
-    if "prompt" in row and "completion" in row:
-        prompt, completion = row["prompt"], row["completion"]
-        if isinstance(prompt, str) and isinstance(completion, str):
-            return [(prompt, False), (completion, True)]
-        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        completion = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else list(completion)
-        return _chat_segments(prompt + completion, tokenizer, first_completion=len(prompt))
-    if "messages" in row:
-        return _chat_segments(list(row["messages"]), tokenizer)
-    raise ValueError(f"A row needs prompt/completion or messages to be split into prompt and completion; it has {sorted(row)}.")
-
-
-def _render(messages: list[dict[str, Any]], tokenizer: Any, generation_prompt: bool = False) -> str:
-    if not messages:
-        return ""
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-    text = render_messages(messages) + "\n"
-    return text + "assistant: " if generation_prompt else text
-
-
-def _chat_segments(messages: list[dict[str, Any]], tokenizer: Any, first_completion: int = 0) -> list[tuple[str, bool]]:
-    templated = tokenizer is not None and getattr(tokenizer, "chat_template", None)
-    segments: list[tuple[str, bool]] = []
-    done = ""
-    for index, message in enumerate(messages):
-        if message.get("role") != "assistant" or index < first_completion:
-            continue
-        prompt = _render(messages[:index], tokenizer, generation_prompt=True)
-        full = _render(messages[: index + 1], tokenizer)
-        if not (prompt.startswith(done) and full.startswith(prompt)):
-            raise ValueError(
-                "The tokenizer's chat template does not render a conversation as the prefix of its continuation, so "
-                "assistant turns cannot be located; set train_on_prompt: true to train on the whole text."
-            )
-        if not templated:
-            full = prompt + f"{message['content']}\n"
-        segments += [(prompt[len(done):], False), (full[len(prompt):], True)]
-        done = full
-    rest = _render(messages, tokenizer)[len(done):]
-    if rest:
-        segments.append((rest, False))
-    return [(text, flag) for text, flag in segments if text]
-
-
 def prompt_answer_pairs(dataset: Any, tokenizer: Any = None) -> tuple[list[str], list[str]] | None:
     """``(prompts, answers)`` of a prompt-completion or chat dataset for exact match: the text before
     the last completion piece and that piece (``None`` for other datasets)."""
@@ -326,7 +277,7 @@ def prompt_answer_pairs(dataset: Any, tokenizer: Any = None) -> tuple[list[str],
     for row in dataset:
         segments = example_segments(row, tokenizer)
         last = max(i for i, (_, flag) in enumerate(segments) if flag)
-        answer = segments[last][1] and segments[last][0]
+        answer = segments[last][0]
         if "messages" in row:
             answer = [m for m in row["messages"] if m["role"] == "assistant"][-1]["content"]
         elif isinstance(row["completion"], list):

@@ -6,8 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..data import get_texts
-from ..sources import example_segments
+from ..data import example_segments, get_texts
 
 logger = logging.getLogger(__name__)
 
