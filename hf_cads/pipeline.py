@@ -32,6 +32,7 @@ from .selectors.base import restore_pool_rows
 from .selectors.scoring import CausalLMScorer
 from .sources import TaskData, load_task_data
 from .trainer import BudgetedTrainer, BudgetedTrainingArguments
+from .trainer.data import has_completions, tokenize_for_causal_lm
 
 logger = logging.getLogger(__name__)
 
@@ -204,8 +205,13 @@ def evaluate_target(model: Any, tokenizer: Any, test: Any, run: RunConfig, args:
     """``{"target_loss": ..., "exact_match": ...}`` on the test rows (exact match only where
     :func:`exact_match_applies`) and the FLOPs that cost."""
     scorer = CausalLMScorer(model, tokenizer, args.per_device_eval_batch_size, args.max_seq_length, show_progress=False)
-    # Rendered as in training (chat template; prompt + completion), so loss and training agree.
-    losses, flops = scorer.losses(get_texts(test, tokenizer=tokenizer, role="eval"), desc="target loss")
+    if has_completions(test) and not args.train_on_prompt:
+        # Chat / prompt-completion targets: the loss of the completion tokens, tokenised exactly as in training.
+        encoded = tokenize_for_causal_lm(test, tokenizer, args.max_seq_length, role="eval")
+        losses, flops = scorer.losses(None, desc="target loss", token_ids=encoded["input_ids"], labels=encoded["labels"])
+    else:
+        # Rendered as in training (chat template; prompt + completion), so loss and training agree.
+        losses, flops = scorer.losses(get_texts(test, tokenizer=tokenizer, role="eval"), desc="target loss")
     metrics = {"target_loss": float(losses.mean())}
     if exact_match_applies(run, tokenizer, test):
         result = exact_match(

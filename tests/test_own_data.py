@@ -256,3 +256,19 @@ def test_run_own_chat_pool_and_prompt_completion_target_on_smollm2(tmp_path):
     assert report["decontamination"]["pool_rows_dropped"] == 1 and report["k"] == 20
     assert report["train_steps"] > 0 and report["ledger"]["total"] <= 2e12
     assert report["target_loss_after"] < report["target_loss_before"]
+
+
+def test_completion_only_target_loss_matches_the_models_own_loss(tokenizer, tiny_lm):
+    import torch
+
+    from hf_cads.selectors.scoring import CausalLMScorer
+
+    encoded = tokenize_for_causal_lm(Dataset.from_list(prompt_completion_rows(3)), tokenizer, 128)
+    scorer = CausalLMScorer(tiny_lm, tokenizer, batch_size=2, show_progress=False)
+    masked, flops = scorer.losses(None, token_ids=encoded["input_ids"], labels=encoded["labels"])
+    whole, whole_flops = scorer.losses(None, token_ids=encoded["input_ids"])
+    assert flops == whole_flops and not (abs(masked - whole) < 1e-6).all()
+    with torch.no_grad():
+        for row, features in enumerate(encoded):
+            expected = tiny_lm(input_ids=torch.tensor([features["input_ids"]]), labels=torch.tensor([features["labels"]])).loss.item()
+            assert abs(masked[row] - expected) <= 1e-4 * max(1.0, abs(expected))
