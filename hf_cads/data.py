@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 DATA_DIR_ENV = "HF_CADS_DATA_DIR"
 POOL_SOURCES = ("gsm8k", "code_alpaca", "alpaca_seed", "bbh")
@@ -25,12 +25,19 @@ def column_values(dataset: Any, column: str) -> list[Any]:
 
 
 def get_texts(dataset: Any, column: str | None = None, tokenizer: Any = None, role: str = "pool") -> list[str]:
-    """The text of every row: from ``column``, else ``text``, else chat ``messages``.
+    """The text of every row: from ``column``, else ``text``, else chat ``messages``, else
+    ``prompt`` + ``completion`` (see :mod:`hf_cads.sources`).
 
     Chat messages are rendered with ``tokenizer.apply_chat_template`` when the tokenizer has a
     template, and as ``role: content`` lines otherwise.
     """
     columns = list(dataset.column_names)
+    if column is None and "text" not in columns and "messages" not in columns and {"prompt", "completion"} <= set(columns):
+        # Prompt-completion rows: prompt and completion as the model reads them in training.
+        return ["".join(text for text, _ in example_segments(row, tokenizer)) for row in dataset]
+    if column == "prompt" and "prompt" not in columns and "messages" in columns:
+        # The prompt of a chat: everything before its first assistant turn.
+        return [next(text for text, completion in example_segments(row, tokenizer) if not completion) for row in dataset]
     if column is None:
         if "text" in columns:
             column = "text"
@@ -38,8 +45,8 @@ def get_texts(dataset: Any, column: str | None = None, tokenizer: Any = None, ro
             column = "messages"
         else:
             raise ValueError(
-                f"The {role} dataset has no 'text' or 'messages' column (columns: {columns}); pass "
-                "text_column= naming the column that holds the text."
+                f"The {role} dataset has no 'text' or 'messages' column, nor 'prompt'/'completion' (columns: {columns}); "
+                "pass text_column= naming the column that holds the text."
             )
     if column not in columns:
         raise ValueError(
@@ -67,6 +74,55 @@ def render_messages(messages: Any, tokenizer: Any = None, role: str = "pool") ->
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False)
     return "\n".join(f"{m.get('role', 'user')}: {m['content']}" for m in messages)
+
+
+# -- prompt / completion pieces ---------------------------------------------------------
+def example_segments(row: Mapping[str, Any], tokenizer: Any = None) -> list[tuple[str, bool]]:
+    """The row's text as ``(piece, is_completion)`` pieces: assistant turns / the completion are
+    ``True``. Joined, they are the text the model reads (and that selectors and evaluation see)."""
+    if "prompt" in row and "completion" in row:
+        prompt, completion = row["prompt"], row["completion"]
+        if isinstance(prompt, str) and isinstance(completion, str):
+            return [(prompt, False), (completion, True)]
+        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        completion = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else list(completion)
+        return _chat_segments(prompt + completion, tokenizer, first_completion=len(prompt))
+    if "messages" in row:
+        return _chat_segments(list(row["messages"]), tokenizer)
+    raise ValueError(f"A row needs prompt/completion or messages to be split into prompt and completion; it has {sorted(row)}.")
+
+
+def _render(messages: list[dict[str, Any]], tokenizer: Any, generation_prompt: bool = False) -> str:
+    if not messages:
+        return ""
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    text = render_messages(messages) + "\n"
+    return text + "assistant: " if generation_prompt else text
+
+
+def _chat_segments(messages: list[dict[str, Any]], tokenizer: Any, first_completion: int = 0) -> list[tuple[str, bool]]:
+    templated = tokenizer is not None and getattr(tokenizer, "chat_template", None)
+    segments: list[tuple[str, bool]] = []
+    done = ""
+    for index, message in enumerate(messages):
+        if message.get("role") != "assistant" or index < first_completion:
+            continue
+        prompt = _render(messages[:index], tokenizer, generation_prompt=True)
+        full = _render(messages[: index + 1], tokenizer)
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise ValueError(
+                "The tokenizer's chat template does not render a conversation as the prefix of its continuation, so "
+                "assistant turns cannot be located; set train_on_prompt: true to train on the whole text."
+            )
+        if not templated:
+            full = prompt + f"{message['content']}\n"
+        segments += [(prompt[len(done):], False), (full[len(prompt):], True)]
+        done = full
+    rest = _render(messages, tokenizer)[len(done):]
+    if rest:
+        segments.append((rest, False))
+    return [(text, flag) for text, flag in segments if text]
 
 
 # -- shared data -------------------------------------------------------------------------------

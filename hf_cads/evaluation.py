@@ -23,6 +23,7 @@ import numpy as np
 
 from .data import format_qa
 from .flops import FlopProfile
+from .sources import prompt_answer_pairs
 from .selectors.scoring import TokenBatcher
 
 QUESTION_ANSWER_COLUMNS = (("input", "target"), ("question", "answer"))
@@ -40,13 +41,19 @@ class ExactMatchResult:
     predictions: list[str]
 
 
-def question_answer_pairs(dataset: Any) -> tuple[list[str], list[str]]:
-    """``(questions, answers)`` from a dataset with ``input``/``target`` or ``question``/``answer`` columns."""
+def question_answer_pairs(dataset: Any, tokenizer: Any = None) -> tuple[list[str], list[str]]:
+    """``(questions, answers)`` from a dataset with ``input``/``target`` or ``question``/``answer`` columns
+    (questions as bare text, prompted as ``Q: ...\nA:``), or ``(prompts, answers)`` of prompt-completion
+    and chat data: the prompt rendered as in training and the last completion."""
     for question, answer in QUESTION_ANSWER_COLUMNS:
         if question in dataset.column_names and answer in dataset.column_names:
             return [str(q) for q in dataset[question]], [str(a) for a in dataset[answer]]
+    pairs = prompt_answer_pairs(dataset, tokenizer)
+    if pairs is not None:
+        return pairs
     raise ValueError(
-        f"Exact match needs question and answer columns ({' or '.join('/'.join(p) for p in QUESTION_ANSWER_COLUMNS)}); "
+        f"Exact match needs question and answer columns ({' or '.join('/'.join(p) for p in QUESTION_ANSWER_COLUMNS)}), "
+        "or prompt/completion or messages; "
         f"the target test set has {dataset.column_names}. Set exact_match_max_new_tokens: 0 to skip exact match."
     )
 
@@ -93,7 +100,10 @@ def exact_match(
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
-    questions, answers = question_answer_pairs(dataset)
+    questions, answers = question_answer_pairs(dataset, tokenizer)
+    rendered = prompt_answer_pairs(dataset, tokenizer) is not None and not any(
+        q in dataset.column_names and a in dataset.column_names for q, a in QUESTION_ANSWER_COLUMNS
+    )
     if not answers_fit(tokenizer, answers, max_new_tokens):
         longest = max(answer_token_counts(tokenizer, answers)) if answers else 0
         raise ValueError(
@@ -105,7 +115,8 @@ def exact_match(
     if pad_id is None:
         raise ValueError("The tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token before exact match.")
     keep = max(2, max_length - new_tokens)
-    encoded = tokenizer([format_qa(q, "").rstrip() for q in questions])["input_ids"]
+    # Your own prompt-completion / chat data is prompted exactly as it was trained on.
+    encoded = tokenizer(questions if rendered else [format_qa(q, "").rstrip() for q in questions])["input_ids"]
     prompts = [list(ids)[-keep:] for ids in encoded]
     batcher = TokenBatcher(tokenizer, batch_size=batch_size, max_length=max_length)
     profile = FlopProfile.from_model(model)

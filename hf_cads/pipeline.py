@@ -22,20 +22,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import build_multisource_pool, column_values, load_bbh_target, load_gsm8k, POOL_SOURCES
+from .data import column_values, get_texts, POOL_SOURCES
+from .decontamination import DEFAULT_NGRAM_SIZE, ContaminationReport, find_contamination
 from .evaluation import answers_fit, exact_match, question_answer_pairs
 from .flops import FlopLedger, FlopProfile
 from .models import check_bitsandbytes
 from .lora import DEFAULT_LORA_R, DEFAULT_LORA_TARGET_MODULES
 from .records import RECORDS_FILE, append_record, experiment_key, record_from_trainer
+from .selectors.base import restore_pool_rows
 from .selectors.scoring import CausalLMScorer
+from .sources import TaskData, load_task_data
 from .trainer import BudgetedSFTTrainer, BudgetedTrainer, BudgetedTrainingArguments, sft_config_from
+from .trainer.data import has_completions, tokenize_for_causal_lm
 
 logger = logging.getLogger(__name__)
 
 
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
 TRAINERS = ("sft", "causal-lm")
+DECONTAMINATE_MODES = ("drop", "report", "off")
 QUICKSTART = "quickstart.yaml"
 
 
@@ -59,8 +64,17 @@ class RunConfig:
 
     Args:
         model_name_or_path: causal LM to finetune (built-in alias, folder or Hub id).
-        target: a BBH task name (validation = its cot-prompt exemplars, test = its examples) or ``gsm8k``.
-        pool_sources: which shared-data sources make up the pool.
+        target: your data (a file, a folder, ``hub_id[:split]`` or a ``load_dataset`` mapping, see
+            :mod:`hf_cads.sources`), or a built-in target: a BBH task name (validation = its cot-prompt
+            exemplars, test = its examples) or ``gsm8k``.
+        pool: your pool, given like ``target``; ``None`` or ``shared-mix``: the shared-data pool.
+        eval: your test set, given like ``target``; ``None``: a seeded split of a user target.
+        pool_sources: which shared-data sources make up the ``shared-mix`` pool.
+        selection_text: what selectors score: ``example`` (prompt + response) or ``prompt`` (the
+            prompt / messages before the first assistant turn).
+        decontaminate: pool and target rows that overlap test rows (exact after normalisation, or a
+            shared ``decontamination_ngram``-word run): ``drop`` (default), ``report`` (list them,
+            keep them) or ``off``.
         max_per_source: rows kept per source (seeded), to bound CPU time.
         max_pool_chars: drop pool rows longer than this many characters.
         eval_examples: target test rows used for the before/after loss (and exact match).
@@ -89,7 +103,12 @@ class RunConfig:
 
     model_name_or_path: str = "smollm2-135m-instruct"
     target: str = "boolean_expressions"
+    pool: str | None = None
+    eval: str | None = None
     pool_sources: list[str] = field(default_factory=lambda: list(POOL_SOURCES))
+    selection_text: str = "example"
+    decontaminate: str = "drop"
+    decontamination_ngram: int = DEFAULT_NGRAM_SIZE
     max_per_source: int | None = 200
     max_pool_chars: int | None = 1200
     eval_examples: int = 32
@@ -111,6 +130,12 @@ class RunConfig:
     packing: bool = False
 
     def __post_init__(self) -> None:
+        setting = str(self.decontaminate).strip().lower()
+        self.decontaminate = {"true": "drop", "yes": "drop", "false": "off", "no": "off", "none": "off"}.get(setting, setting)
+        if self.decontaminate not in DECONTAMINATE_MODES:
+            raise ValueError(f"decontaminate must be one of {list(DECONTAMINATE_MODES)} (or true/false), got {self.decontaminate!r}.")
+        if self.selection_text not in ("example", "prompt"):
+            raise ValueError(f"selection_text must be 'example' (prompt + response) or 'prompt', got {self.selection_text!r}.")
         if self.eval_examples < 1:
             raise ValueError(f"eval_examples must be >= 1, got {self.eval_examples}.")
         if self.exact_match_max_new_tokens < 0:
@@ -172,14 +197,6 @@ def recipe_from_dict(
     return run_config, training_args
 
 
-def load_target(run: RunConfig) -> tuple[Any, Any]:
-    """``(validation, test)`` for the configured target."""
-    if run.target == "gsm8k":
-        test = load_gsm8k("test", run.data_dir)
-        return test.select(range(8)), test.select(range(8, len(test)))
-    return load_bbh_target(run.target, run.data_dir)
-
-
 def target_loss(model: Any, tokenizer: Any, texts: list[str], ledger: FlopLedger, batch_size: int, max_length: int) -> float:
     """Mean per-example loss on the target test texts, charged to the ledger's ``eval`` phase."""
     losses, flops = CausalLMScorer(model, tokenizer, batch_size, max_length, show_progress=False).losses(texts, desc="target loss")
@@ -192,7 +209,7 @@ def exact_match_applies(run: RunConfig, tokenizer: Any, test: Any) -> bool:
     if run.exact_match_max_new_tokens == 0:
         return False
     try:
-        _, answers = question_answer_pairs(test)
+        _, answers = question_answer_pairs(test, tokenizer)
     except ValueError:
         return False
     return answers_fit(tokenizer, answers, run.exact_match_max_new_tokens)
@@ -202,7 +219,13 @@ def evaluate_target(model: Any, tokenizer: Any, test: Any, run: RunConfig, args:
     """``{"target_loss": ..., "exact_match": ...}`` on the test rows (exact match only where
     :func:`exact_match_applies`) and the FLOPs that cost."""
     scorer = CausalLMScorer(model, tokenizer, args.per_device_eval_batch_size, args.max_seq_length, show_progress=False)
-    losses, flops = scorer.losses(list(test["text"]), desc="target loss")
+    if has_completions(test) and not args.train_on_prompt:
+        # Chat / prompt-completion targets: the loss of the completion tokens, tokenised exactly as in training.
+        encoded = tokenize_for_causal_lm(test, tokenizer, args.max_seq_length, role="eval")
+        losses, flops = scorer.losses(None, desc="target loss", token_ids=encoded["input_ids"], labels=encoded["labels"])
+    else:
+        # Rendered as in training (chat template; prompt + completion), so loss and training agree.
+        losses, flops = scorer.losses(get_texts(test, tokenizer=tokenizer, role="eval"), desc="target loss")
     metrics = {"target_loss": float(losses.mean())}
     if exact_match_applies(run, tokenizer, test):
         result = exact_match(
@@ -228,6 +251,8 @@ class RunInputs:
     pool: Any
     model: Any
     tokenizer: Any
+    data: TaskData | None = None
+    decontamination: Decontamination | None = None
     baselines: dict[tuple[Any, ...], tuple[dict[str, float], float]] = field(default_factory=dict)
     """Target metrics of the untrained ``model`` and their FLOPs, by evaluation settings (measured once)."""
     selector_model: Any = None
@@ -236,19 +261,62 @@ class RunInputs:
     ``model_name_or_path``). ``None``: they score with the trained model."""
 
 
-def load_run_data(run: RunConfig, seed: int) -> tuple[Any, Any, Any]:
-    """``(validation, test, pool)`` of a run: the target splits (test cut to ``eval_examples``) and
-    the pool (seeded by ``seed``)."""
-    pool_sources = run.pool_sources
-    target_task = None if run.target == "gsm8k" else run.target
-    validation, test = load_target(run)
-    pool = build_multisource_pool(
-        target_task, run.data_dir, sources=pool_sources, max_per_source=run.max_per_source,
-        max_chars=run.max_pool_chars, seed=seed,
+def load_run_data(run: RunConfig, seed: int) -> TaskData:
+    """A run's target splits (test cut to ``eval_examples``) and pool (seeded by ``seed``), from
+    presets or your own sources (:func:`hf_cads.sources.load_task_data`)."""
+    return load_task_data(
+        run.target, run.pool, run.eval, data_dir=run.data_dir, pool_sources=run.pool_sources,
+        max_per_source=run.max_per_source, max_pool_chars=run.max_pool_chars, eval_examples=run.eval_examples, seed=seed,
     )
-    if run.target == "gsm8k" and "gsm8k" in pool_sources:
-        logger.warning("GSM8K train is in the pool for a GSM8K target: it is in-distribution data, not leakage of test rows.")
-    return validation, test.select(range(min(run.eval_examples, len(test)))), pool
+
+
+@dataclass
+class Decontamination:
+    """What decontamination found and the pool / target rows selection runs on (all rows under ``report``)."""
+
+    pool_report: ContaminationReport
+    target_report: ContaminationReport
+    kept_pool_rows: list[int]
+    mode: str
+
+    @property
+    def dropped(self) -> int:
+        return len(self.pool_report.matches) if self.mode == "drop" else 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode, "ngram_size": self.pool_report.ngram_size, "pool_rows_overlapping": len(self.pool_report.matches),
+            "pool_rows_dropped": self.dropped, "target_rows_overlapping": len(self.target_report.matches),
+            "examples": self.pool_report.examples(3),
+        }
+
+
+def decontaminate_run_data(run: RunConfig, data: TaskData) -> tuple[Any, Any, Decontamination | None]:
+    """``(validation, pool)`` to select with: without the rows that overlap the test rows
+    (``decontaminate: drop``), and what was found (``None`` when off)."""
+    if run.decontaminate == "off":
+        return data.validation, data.pool, None
+    tests = {"eval": data.test}
+    pool_report = find_contamination(data.pool, tests, ngram_size=run.decontamination_ngram)
+    target_report = find_contamination(data.validation, tests, ngram_size=run.decontamination_ngram)
+    for name, report in (("pool", pool_report), ("target", target_report)):
+        if report.matches:
+            logger.warning("%s: %s", name, report.format())
+        else:
+            logger.info("decontamination: no %s row overlaps the %d eval rows", name, len(data.test))
+    result = Decontamination(pool_report, target_report, pool_report.keep_rows, run.decontaminate)
+    if run.decontaminate == "report":
+        return data.validation, data.pool, result
+    if target_report.matches and not target_report.keep_rows:
+        raise ValueError(
+            f"No target row is left after decontamination: all {len(data.validation)} overlap the eval rows. Pass a target "
+            "set distinct from eval:, or set decontaminate: report to keep them."
+        )
+    validation = data.validation.select(target_report.keep_rows) if target_report.matches else data.validation
+    pool = data.pool.select(pool_report.keep_rows) if pool_report.matches else data.pool
+    if len(pool) == 0:
+        raise ValueError("No pool row is left after decontamination: every one overlaps the eval rows; check that pool and eval differ.")
+    return validation, pool, result
 
 
 def model_load_options(run: RunConfig) -> dict[str, Any]:
@@ -287,7 +355,8 @@ def load_run_inputs(run: RunConfig, args: BudgetedTrainingArguments, model_and_t
     """Load the target, the pool (seeded by ``args.seed``) and, unless given, the model."""
     from .models import load_causal_lm
 
-    validation, test, pool = load_run_data(run, args.seed)
+    data = load_run_data(run, args.seed)
+    validation, pool, decontamination = decontaminate_run_data(run, data)
     if model_and_tokenizer is None:
         model, tokenizer = load_causal_lm(run.model_name_or_path, **model_load_options(run))
         if run.load_in_4bit:
@@ -295,7 +364,7 @@ def load_run_inputs(run: RunConfig, args: BudgetedTrainingArguments, model_and_t
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(args.gradient_checkpointing))
         model_and_tokenizer = (model, tokenizer)
-    return RunInputs(validation, test, pool, *model_and_tokenizer)
+    return RunInputs(validation, data.test, pool, *model_and_tokenizer, data=data, decontamination=decontamination)
 
 
 def run_setup(run: RunConfig, args: BudgetedTrainingArguments) -> dict[str, Any]:
@@ -316,6 +385,11 @@ def run_setup(run: RunConfig, args: BudgetedTrainingArguments) -> dict[str, Any]
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         # Only when set, so the keys of runs recorded before these options existed stay the same.
         **({"dtype": run.dtype} if run.dtype else {}),
+        **({"pool": run.pool} if run.pool not in (None, "shared-mix") else {}),
+        **({"eval": run.eval} if run.eval is not None else {}),
+        **({"selection_text": run.selection_text} if run.selection_text != "example" else {}),
+        **({"decontaminate": run.decontaminate} if run.decontaminate != "drop" else {}),
+        **({"train_on_prompt": True} if args.train_on_prompt else {}),
         **({"load_in_4bit": run.bnb_4bit_quant_type} if run.load_in_4bit else {}),
         **({"trainer": run.trainer} if run.trainer else {}),
         **({"packing": True} if run.packing else {}),
@@ -395,8 +469,19 @@ def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments, input
         # The untrained model scores the same in every run that shares these inputs: measure it once.
         inputs.baselines[baseline_key] = evaluate_target(model, tokenizer, test, run, args)
     before, before_flops = inputs.baselines[baseline_key]
+    if run.selection_text == "prompt" and args.selector is not None:
+        args = copy.copy(args)  # the caller's arguments stay as they were
+        args.selector_kwargs = {**(args.selector_kwargs or {}), "text_column": "prompt", "target_text_column": "prompt"}
     trainer = build_trainer(run, args, model, tokenizer, pool, validation, peft_config, selector_model=inputs.selector_model)
     train_output = trainer.train()
+    parent_pool = inputs.data.pool if inputs.data is not None else pool
+    decontamination = inputs.decontamination
+    if decontamination is not None and trainer.selection_result is not None:
+        # Selection ran on the decontaminated pool; its pool_index must point at the rows the user gave.
+        rows = decontamination.kept_pool_rows if decontamination.mode == "drop" else list(range(len(parent_pool)))
+        trainer.selection_result = restore_pool_rows(
+            trainer.selection_result, parent_pool, rows, {"decontamination": decontamination.summary()}
+        )
     after, after_flops = evaluate_target(trainer.model, tokenizer, test, run, args)
     ledger = trainer.flop_ledger
     ledger.charge("eval", before_flops + after_flops)
@@ -405,13 +490,16 @@ def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments, input
         "model": run.model_name_or_path,
         "model_params": FlopProfile.from_model(model).num_params,
         "target": run.target,
-        "pool_size": len(pool),
-        "pool_sources": pool_sources,
+        "pool_size": len(parent_pool),
+        "pool_sources": pool_sources if run.pool in (None, "shared-mix") else None,
+        **({"pool": inputs.data.descriptions.get("pool"), "formats": inputs.data.formats} if inputs.data is not None and inputs.data.formats else {}),
+        "decontamination": decontamination.summary() if decontamination is not None else None,
         "selector": args.selector,
         "selector_config": selection.config if selection else None,
         "k": len(selection) if selection else len(pool),
         "duplicates_dropped": ledger.selection.duplicates_dropped if ledger.selection is not None else 0,
-        "selected_sources": _count(column_values(selection.dataset, "source")) if selection else _count(column_values(pool, "source")),
+        "selected_sources": _count(column_values(selection.dataset, "source")) if selection and "source" in selection.dataset.column_names
+        else _count(column_values(pool, "source")) if "source" in pool.column_names else {},
         "trainer": type(trainer).__name__,
         "train_steps": trainer.state.global_step,
         "train_loss": float(train_output.training_loss),
@@ -444,11 +532,22 @@ def _count(values: list[str]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def _decontamination_line(summary: dict[str, Any] | None) -> str:
+    if not summary:
+        return "decontamination: off"
+    line = (f"decontamination ({summary['ngram_size']}-grams, {summary['mode']}): {summary['pool_rows_overlapping']} pool rows "
+            f"overlap eval rows, {summary['pool_rows_dropped']} dropped; {summary['target_rows_overlapping']} target rows overlap")
+    for example in summary["examples"]:
+        line += f"\n  pool row {example['pool_row']} ~ eval[{example['test_row']}] ({example['kind']}): {example['overlap'][:70]!r}"
+    return line
+
+
 def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"target: {report['target']}   model: {report['model']}   selector: {report['selector']}",
         f"pool: {report['pool_size']} rows -> selected {report['k']}  {report['selected_sources']}"
         + (f"  ({report['duplicates_dropped']} duplicated rows dropped)" if report.get("duplicates_dropped") else ""),
+        _decontamination_line(report.get("decontamination")),
         f"trainer: {report.get('trainer', 'BudgetedTrainer')}   train steps: {report['train_steps']}   train loss: {report['train_loss']:.4f}",
         f"target loss before: {report['target_loss_before']:.4f}   after: {report['target_loss_after']:.4f}   "
         f"(ppl {math.exp(report['target_loss_before']):.2f} -> {math.exp(report['target_loss_after']):.2f})",

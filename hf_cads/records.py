@@ -77,6 +77,8 @@ class RunRecord:
         key: identifies the experiment for skip detection (default: a hash of the fields above).
         duplicates_dropped: pool rows the selector did not score because they repeat an earlier
             row's text (``deduplicate="drop"``).
+        contaminated_dropped: pool rows left out before selection because they overlap eval rows
+            (``decontaminate: drop``, see :mod:`hf_cads.decontamination`).
     """
 
     selector: str | None
@@ -105,6 +107,7 @@ class RunRecord:
     time: str = ""
     key: str = ""
     duplicates_dropped: int = 0
+    contaminated_dropped: int = 0
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -295,6 +298,7 @@ def record_from_trainer(
         k=k,
         tokens_trained=int(ledger.training.tokens_trained),
         duplicates_dropped=ledger.selection.duplicates_dropped if ledger.selection is not None else 0,
+        contaminated_dropped=int(((selection.extras if selection is not None else {}).get("decontamination") or {}).get("pool_rows_dropped", 0)),
         selection_flops=selection_cost(ledger),
         train_flops=ledger.entries["train"],
         eval_flops=ledger.entries["eval"],

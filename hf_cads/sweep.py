@@ -245,7 +245,8 @@ def run_sweep_runs(
             print(f"[sweep {position}/{len(todo)}] {item.description}", flush=True)
         model_key = (item.run.model_name_or_path, item.run.attn_implementation)
         data_key = (item.seed, item.run.target, tuple(item.run.pool_sources), item.run.max_per_source,
-                    item.run.max_pool_chars, item.run.eval_examples, item.run.data_dir, model_key)
+                    item.run.max_pool_chars, item.run.eval_examples, item.run.data_dir, item.run.pool, item.run.eval,
+                    item.run.decontaminate, item.run.decontamination_ngram, model_key)
         try:
             if inputs is None or inputs_key != data_key:
                 inputs = None  # release the previous pool before loading the next

@@ -9,9 +9,10 @@ from typing import Sequence
 from ..distributed import current_processes
 from ..hub import DatasetReference, save_selection
 from ..models import load_causal_lm
-from ..pipeline import default_recipe, load_run_data, model_load_options, parse_recipe
+from ..pipeline import decontaminate_run_data, default_recipe, load_run_data, model_load_options, parse_recipe
 from ..flops import FlopLedger
 from ..selectors import build_selector, get_selector_class, select_within_budget
+from ..selectors.base import restore_pool_rows
 
 
 def main(argv: Sequence[str]) -> int:
@@ -33,9 +34,12 @@ def main(argv: Sequence[str]) -> int:
     run, training = parse_recipe(recipe, overrides)
     if training.selector is None:
         raise ValueError(f"Recipe {str(recipe)!r} names no selector; set `selector:` (see `hf-cads selectors`).")
-    validation, _, pool = load_run_data(run, training.seed)
+    data = load_run_data(run, training.seed)
+    validation, pool, decontamination = decontaminate_run_data(run, data)
     model = tokenizer = None
-    options = training.selector_kwargs or {}
+    options = dict(training.selector_kwargs or {})
+    if run.selection_text == "prompt":
+        options.update(text_column="prompt", target_text_column="prompt")
     if get_selector_class(training.selector).reuses_training_model and "model_name_or_path" not in options:
         # The selector scores with the model the recipe finetunes, loaded as `hf-cads run` loads it.
         model, tokenizer = load_causal_lm(run.model_name_or_path, **model_load_options(run))
@@ -44,21 +48,26 @@ def main(argv: Sequence[str]) -> int:
         selector, pool, validation, FlopLedger(budget=training.flop_budget),
         k=training.selection_k, fraction=training.selection_fraction,
     )
+    if decontamination is not None:
+        # Selected from the decontaminated pool; pool_index must index the pool as loaded.
+        rows = decontamination.kept_pool_rows if decontamination.mode == "drop" else list(range(len(data.pool)))
+        result = restore_pool_rows(result, data.pool, rows, {"decontamination": decontamination.summary()})
     if not current_processes().is_main:
         return 0
-    sources = ", ".join(run.pool_sources)
     parent = DatasetReference(
-        f"hf_cads shared pool [{sources}] (max_per_source={run.max_per_source}, max_pool_chars={run.max_pool_chars}, seed={training.seed})",
-        fingerprint=getattr(pool, "_fingerprint", None), num_rows=len(pool),
+        data.descriptions["pool"], fingerprint=getattr(data.pool, "_fingerprint", None), num_rows=len(data.pool),
     )
     target = DatasetReference(
-        f"{run.target} validation set" if run.target == "gsm8k" else f"BBH {run.target} validation set (chain-of-thought exemplars)",
-        fingerprint=getattr(validation, "_fingerprint", None), num_rows=len(validation),
+        data.descriptions["target"], fingerprint=getattr(validation, "_fingerprint", None), num_rows=len(validation),
     )
     folder = save_selection(
         result, args.local_dir, parent=parent, target=target, repo_id=args.repo_id, flop_budget=training.flop_budget,
         config_name=args.config_name, overwrite=args.overwrite,
     )
+    if decontamination is not None:
+        summary = decontamination.summary()
+        print(f"decontamination ({summary['mode']}): {summary['pool_rows_overlapping']} pool rows overlap the eval rows, "
+              f"{summary['pool_rows_dropped']} dropped", flush=True)
     print(
         f"hf-cads select: kept {len(result)} of {result.pool_size} rows with {result.selector} "
         f"({result.flops:.4g} FLOPs); wrote {folder} (load_dataset({str(folder)!r}, {args.config_name!r}))",

@@ -176,7 +176,7 @@ def selection_provenance(
     all_scores = result.all_scores if result.all_scores is not None else result.scores
     extras = {
         key: value for key, value in result.extras.items()
-        if key != "hub" and not isinstance(value, np.ndarray)  # per-row arrays belong in the data, not the card
+        if key not in ("hub", "decontamination") and not isinstance(value, np.ndarray)  # per-row arrays belong in the data, not the card
     }
     return redact(plain_values({
         "config_name": config_name,
@@ -191,6 +191,7 @@ def selection_provenance(
         "pool_size": int(result.pool_size),
         "fraction": len(result) / result.pool_size,
         "duplicates_dropped": int((result.extras.get("deduplication") or {}).get("dropped", 0)),
+        "decontamination": result.extras.get("decontamination"),
         "flops": flops,
         "columns": {"score": SCORE_COLUMN, "index": INDEX_COLUMN},
         "scores": {
@@ -266,6 +267,7 @@ def _selection_context(entry: Mapping[str, Any]) -> dict[str, Any]:
         "fraction_percent": f"{100 * entry['fraction']:.3g}%",
         "seed": entry.get("seed"),
         "duplicates_dropped": entry.get("duplicates_dropped", 0),
+        **_decontamination_context(entry.get("decontamination")),
         "selection_flops": selection,
         "planned_training_flops": planned,
         "flop_budget": format_flops(flops.get("budget")) if flops.get("budget") is not None else "none (not capped)",
@@ -274,6 +276,21 @@ def _selection_context(entry: Mapping[str, Any]) -> dict[str, Any]:
         "histogram_scope": entry["scores"]["histogram_scope"],
         "selector_config_yaml": yaml.safe_dump(entry["selector_config"], sort_keys=True),
         "extras_yaml": yaml.safe_dump(extras, sort_keys=True) if extras else "",
+    }
+
+
+def _decontamination_context(summary: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The card's decontamination row and example lines (``off`` when it did not run)."""
+    if not summary:
+        return {"contaminated": "not checked (decontaminate: off)", "contamination_examples": []}
+    verb = "dropped" if summary.get("mode") == "drop" else "kept (report only)"
+    examples = [
+        f"parent row {e['pool_row']} ~ eval row {e['test_row']} ({e['kind']}): `{str(e['overlap'])[:80]}`"
+        for e in summary.get("examples", [])
+    ]
+    return {
+        "contaminated": f"{summary['pool_rows_overlapping']} {verb} ({summary['ngram_size']}-gram or exact overlap with the eval rows)",
+        "contamination_examples": examples,
     }
 
 

@@ -21,13 +21,13 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
 
 from .._version import __version__
 from ..cache import ScoreCache, model_identity, resolve_cache_dir
-from ..data import column_values
+from ..data import column_values, get_texts
 from ..distributed import Processes, current_processes
 
 logger = logging.getLogger(__name__)
@@ -234,11 +234,15 @@ def validate_dataset(dataset: Any, role: str) -> None:
 def duplicate_rows(pool: Any, text_column: str | None) -> tuple[str | None, list[tuple[int, int]]]:
     """The text column checked and every ``(first copy, repeat)`` pair of rows whose text repeats."""
     column = text_column or next((c for c in ("text", "messages") if c in pool.column_names), None)
-    if column is None or column not in pool.column_names:
+    if column is None and {"prompt", "completion"} <= set(pool.column_names):
+        column, values = "prompt+completion", get_texts(pool, role="pool")
+    elif column is None or column not in pool.column_names:
         return None, []  # the selector's own text extraction reports the missing column
+    else:
+        values = column_values(pool, column)
     seen: dict[str, int] = {}
     repeats: list[tuple[int, int]] = []
-    for row, value in enumerate(column_values(pool, column)):
+    for row, value in enumerate(values):
         key = value if isinstance(value, str) else repr(value)
         if key in seen:
             repeats.append((seen[key], row))
@@ -618,6 +622,28 @@ def build_result(selector: Selector, pool: Any, indices: np.ndarray, scores: np.
         pool_size=len(pool),
         all_scores=scores,
         extras=dict(output.extras),
+    )
+
+
+def restore_pool_rows(result: SelectionResult, parent: Any, kept_rows: Sequence[int], extras: Mapping[str, Any]) -> SelectionResult:
+    """A selection made on ``parent.select(kept_rows)`` (e.g. a decontaminated pool) re-expressed on
+    ``parent``: ``indices`` and ``pool_index`` point at ``parent``'s rows, per-row scores are NaN on
+    the rows left out, and ``extras`` (what was left out and why) are added."""
+    kept = np.asarray(kept_rows, dtype=np.int64)
+    if len(kept) != result.pool_size:
+        raise ValueError(f"kept_rows has {len(kept)} rows but the selection was made from {result.pool_size}.")
+    indices = kept[result.indices]
+
+    def spread(values: np.ndarray) -> np.ndarray:
+        full = np.full((len(parent), *values.shape[1:]), np.nan, dtype=np.float64)
+        full[kept] = values
+        return full
+
+    dataset = result.dataset.remove_columns(INDEX_COLUMN).add_column(INDEX_COLUMN, indices.tolist())
+    new_extras = {name: spread(value) if _is_per_row(value, result.pool_size) else value for name, value in result.extras.items()}
+    return dataclasses.replace(
+        result, dataset=dataset, indices=indices, pool_size=len(parent),
+        all_scores=spread(result.all_scores) if result.all_scores is not None else None, extras={**new_extras, **extras},
     )
 
 

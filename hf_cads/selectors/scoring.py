@@ -125,13 +125,18 @@ class CausalLMScorer:
     def estimate_flops(self, texts: Sequence[str]) -> float:
         return forward_flops_of_plan(self.profile, self.batcher.padded_shapes(self.batcher.tokenize(texts)))
 
-    def losses(self, texts: Sequence[str], desc: str = "scoring", progress: Any = None) -> tuple[np.ndarray, float]:
+    def losses(
+        self, texts: Sequence[str] | None, desc: str = "scoring", progress: Any = None,
+        token_ids: Sequence[Sequence[int]] | None = None, labels: Sequence[Sequence[int]] | None = None,
+    ) -> tuple[np.ndarray, float]:
         """Per-text mean token loss and the forward FLOPs spent. ``progress``: a tqdm bar (e.g. the
-        selection flow's, spanning several shards) to advance by rows instead of a bar of its own."""
+        selection flow's, spanning several shards) to advance by rows instead of a bar of its own.
+        Pass ``token_ids`` instead of ``texts`` for rows already tokenised, and ``labels`` (``-100``
+        = not scored, e.g. prompt tokens) for a completion-only loss; the FLOPs are the same."""
         import torch
         from tqdm.auto import tqdm
 
-        token_ids = self.batcher.tokenize(texts)
+        token_ids = self.batcher.tokenize(texts) if token_ids is None else [list(ids) for ids in token_ids]
         check_next_token_targets(token_ids)
         out = np.zeros(len(token_ids), dtype=np.float64)
         flops = 0.0
@@ -147,7 +152,11 @@ class CausalLMScorer:
                     logits = self.model(
                         input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)
                     ).logits
-                    out[batch.rows] = masked_token_losses(logits, batch.input_ids.to(device), batch.attention_mask.to(device)).cpu().numpy()
+                    mask = batch.attention_mask.clone()
+                    if labels is not None:
+                        for i, row in enumerate(batch.rows):
+                            mask[i, : len(labels[row])] *= torch.as_tensor([int(t != -100) for t in labels[row]], dtype=mask.dtype)
+                    out[batch.rows] = masked_token_losses(logits, batch.input_ids.to(device), mask.to(device)).cpu().numpy()
                     flops += self.profile.forward_flops(*batch.shape)
                     bar.update(len(batch.rows))
         finally:

@@ -83,10 +83,15 @@ class BudgetedTrainingArguments(TrainingArguments, BudgetFields):
     Args:
         max_seq_length: token limit when the trainer tokenises a text dataset.
         text_column: column holding the text (default ``text``, else chat ``messages``).
+        train_on_prompt: also train on prompt, system and user tokens of chat and prompt-completion
+            data (default ``False``: loss on the completion / assistant turns only, as TRL's SFT).
     """
 
     max_seq_length: int = field(default=512, metadata={"help": "Token limit when tokenising text datasets."})
     text_column: str | None = field(default=None, metadata={"help": "Text column (default: text, else messages)."})
+    train_on_prompt: bool = field(
+        default=False, metadata={"help": "Train on prompt tokens too (default: completion-only loss for chat / prompt-completion data)."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

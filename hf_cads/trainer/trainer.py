@@ -125,11 +125,15 @@ class BudgetedTrainer(FlopBudgetMixin, Trainer):
     @staticmethod
     def _tokenize(args: BudgetedTrainingArguments, tokenizer: Any, train_dataset: Any, eval_dataset: Any) -> tuple[Any, Any]:
         if train_dataset is not None:
-            train_dataset = tokenize_for_causal_lm(train_dataset, tokenizer, args.max_seq_length, args.text_column)
+            train_dataset = tokenize_for_causal_lm(
+                train_dataset, tokenizer, args.max_seq_length, args.text_column, train_on_prompt=args.train_on_prompt
+            )
             if len(train_dataset) == 0:
                 raise ValueError("The training dataset is empty; nothing to train on.")
         if eval_dataset is not None and not isinstance(eval_dataset, dict):
-            eval_dataset = tokenize_for_causal_lm(eval_dataset, tokenizer, args.max_seq_length, args.text_column, role="eval")
+            eval_dataset = tokenize_for_causal_lm(
+                eval_dataset, tokenizer, args.max_seq_length, args.text_column, role="eval", train_on_prompt=args.train_on_prompt
+            )
         return train_dataset, eval_dataset
 
 
