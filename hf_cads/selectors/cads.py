@@ -55,6 +55,14 @@ class CADSSelectorConfig(SelectorConfig):
             which is where the budget enters) and no longer rewards a mask for its own training-loss level,
             which the size-only predictor ``l(|m|)`` cannot compare across sources of different difficulty
             (see benchmarks/cads_spectral_bias.py).
+        lookahead: how a mask's objective after ``theta``'s step on it is measured. ``exact``: take the
+            step, run the target rows (and, for the objective reward, the mask's rows) forward, undo it;
+            every mask costs a training step and one or two forward passes. ``first_order``: one batched
+            pass computes per-example gradients of a shared set of candidate rows (CADS-E: the block;
+            CADS-S: ``block_size // num_sources`` rows per source) and the target gradient ``g_val``, and a
+            mask's losses after the step ``u`` are ``L + g . u`` (``g_val . u`` for the validation loss):
+            an outer step then costs two training steps however many masks it scores, so
+            ``samples_per_step`` can be raised for free.
         num_sampling_points: pilot runs (subset sizes) the loss predictor is fitted from.
         min_sampling_fraction: smallest pilot subset, as a share of the pool (sizes are log-spaced up to the pool).
         A: pilot down-scaling: a pilot emulating ``|m|`` rows trains on ``|m| / A`` rows for ``C / A``
@@ -86,6 +94,7 @@ class CADSSelectorConfig(SelectorConfig):
     alpha: float = 1.0
     penalty: Literal["squared", "one_sided"] = "one_sided"
     policy_reward: Literal["objective", "validation"] = "objective"
+    lookahead: Literal["exact", "first_order"] = "exact"
     num_sampling_points: int = 5
     min_sampling_fraction: float = 0.05
     A: float = 10.0
@@ -112,6 +121,8 @@ class CADSSelectorConfig(SelectorConfig):
             raise ValueError(f"granularity must be 'example' (CADS-E) or 'source' (CADS-S), got {self.granularity!r}.")
         if self.penalty not in ("squared", "one_sided"):
             raise ValueError(f"penalty must be 'squared' or 'one_sided', got {self.penalty!r}.")
+        if self.lookahead not in ("exact", "first_order"):
+            raise ValueError(f"lookahead must be 'exact' or 'first_order', got {self.lookahead!r}.")
         if self.policy_reward not in ("objective", "validation"):
             raise ValueError(f"policy_reward must be 'objective' or 'validation', got {self.policy_reward!r}.")
         if self.train_budget is None:
@@ -204,6 +215,9 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
             )
         return codes.astype(np.int64), names.tolist()
 
+    def _num_sources(self, pool: Any) -> int | None:
+        return len(self._source_codes(pool)[1]) if self.config.granularity == "source" else None
+
     def _task(self, pool: Any, target: Any) -> Any:
         key = (getattr(pool, "_fingerprint", str(id(pool))), getattr(target, "_fingerprint", str(id(target))))
         if self._prepared is None or self._prepared[0] != key:
@@ -223,7 +237,7 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
 
     def plan(self, pool: Any, target: Any) -> CADSPlan:
         """The pilot runs and outer-loop length CADS will use, and their estimated FLOPs."""
-        return plan_cads(self._task(pool, target), self.config)
+        return plan_cads(self._task(pool, target), self.config, self._num_sources(pool))
 
     # -- Selector contract -----------------------------------------------------------------------
     def estimate_flops(self, pool: Any, target: Any | None) -> float:
@@ -232,7 +246,7 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
 
     def score(self, pool: Any, target: Any | None) -> ScoreOutput:
         task = self._task(pool, target)
-        plan = plan_cads(task, self.config)
+        plan = plan_cads(task, self.config, self._num_sources(pool))
         codes, names = self._source_codes(pool) if self.config.granularity == "source" else (None, None)
         outcome = run_cads(task, plan, self.config, source_codes=codes, source_names=names)
         self.last_outcome = outcome

@@ -71,6 +71,12 @@ class CADSTask(Protocol):
     def cost(self, rows: np.ndarray, split: str, with_grad: bool) -> float:
         """FLOPs :meth:`loss` would spend on these rows, without running the model."""
 
+    def per_example(self, rows: np.ndarray, split: str) -> tuple[np.ndarray, Any, float]:
+        """``(per-example losses, flattened per-example gradients (len(rows) x num_params), FLOPs spent)``.
+
+        Needed by ``lookahead="first_order"`` only; costs what ``cost(rows, split, True)`` says.
+        """
+
 
 # -- selection distributions -------------------------------------------------------------------
 class BernoulliMaskPolicy:
@@ -190,11 +196,15 @@ class AdamTheta:
             -self.lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + self.eps) for m, v in zip(first, second)
         ]
 
+    def preview(self, grads: Sequence[Any]) -> list[Any]:
+        """The step ``grads`` would cause, without moving the parameters."""
+        return self._update(*self._moments(grads))
+
     def apply_lookahead(self, grads: Sequence[Any]) -> list[Any]:
         """Move the parameters by the step ``grads`` would cause; returns the step so it can be undone."""
         import torch
 
-        update = self._update(*self._moments(grads))
+        update = self.preview(grads)
         with torch.no_grad():
             for p, u in zip(self.params, update):
                 p.add_(u)
@@ -275,11 +285,38 @@ def _mean_cost(task: CADSTask, split: str, size: int, with_grad: bool, rng: np.r
     return float(np.mean([task.cost(rng.choice(total, size, replace=False), split, with_grad) for _ in range(draws)]))
 
 
-def plan_cads(task: CADSTask, config: Any) -> CADSPlan:
+def candidate_count(num_rows: int, config: Any, num_sources: int | None) -> int:
+    """Rows whose per-example gradients one first-order outer step computes (all masks are scored on them).
+
+    CADS-E: the block. CADS-S: ``block_size // num_sources`` rows of every source (at least one each).
+    """
+    if config.granularity == "example" or not num_sources:
+        return num_rows if config.block_size is None else min(config.block_size, num_rows)
+    if config.block_size is None:
+        return num_rows
+    return num_sources * max(1, config.block_size // num_sources)
+
+
+def first_order_mixing_flops(masks: int, candidates: int, num_params: int) -> float:
+    """FLOPs of turning per-example gradients into each mask's gradient and first-order losses.
+
+    ``masks x candidates`` weights times ``candidates x params`` gradients, then two dot products per mask.
+    """
+    from ..flops import matmul_flops
+
+    return float(matmul_flops(masks, candidates, num_params) + 2 * matmul_flops(masks, num_params, 1))
+
+
+def task_num_params(task: CADSTask) -> int:
+    return int(sum(p.numel() for p in task.parameters()))
+
+
+def plan_cads(task: CADSTask, config: Any, num_sources: int | None = None) -> CADSPlan:
     """Fix the pilot runs and the outer-loop length for ``config`` and check that the budget allows them.
 
-    Raises a ``ValueError`` that names the fix when ``train_budget`` cannot pay for one training step
-    of a pilot, or when ``gamma * train_budget`` cannot pay for one outer step.
+    ``num_sources`` (CADS-S) sizes a first-order step's candidate rows. Raises a ``ValueError`` that
+    names the fix when ``train_budget`` cannot pay for one training step of a pilot, or when
+    ``gamma * train_budget`` cannot pay for one outer step.
     """
     budget = float(config.train_budget)
     num_rows = task.num_rows
@@ -310,11 +347,19 @@ def plan_cads(task: CADSTask, config: Any) -> CADSPlan:
     else:
         rows_per_mask = int(round(0.5 * num_rows)) if config.block_size is None else min(config.block_size, num_rows)
     target_rows = min(config.target_batch_size, task.num_target_rows)
-    step_flops = _mean_cost(task, TARGET, target_rows, True, rng) + config.samples_per_step * (
-        _mean_cost(task, POOL, rows_per_mask, True, rng)
-        + _mean_cost(task, POOL, rows_per_mask, False, rng)
-        + _mean_cost(task, TARGET, target_rows, False, rng)
-    )
+    if config.lookahead == "first_order":
+        candidates = candidate_count(task.num_rows, config, num_sources)
+        step_flops = (
+            _mean_cost(task, TARGET, target_rows, True, rng)
+            + _mean_cost(task, POOL, candidates, True, rng)
+            + first_order_mixing_flops(config.samples_per_step, candidates, task_num_params(task))
+        )
+    else:
+        # The post-step forward on the mask's rows only feeds the penalty term of the reward.
+        post_step_train = _mean_cost(task, POOL, rows_per_mask, False, rng) if config.policy_reward == "objective" else 0.0
+        step_flops = _mean_cost(task, TARGET, target_rows, True, rng) + config.samples_per_step * (
+            _mean_cost(task, POOL, rows_per_mask, True, rng) + post_step_train + _mean_cost(task, TARGET, target_rows, False, rng)
+        )
     if config.outer_steps is not None:
         outer_steps = int(config.outer_steps)
     else:
@@ -455,6 +500,16 @@ class ExampleMasks:
         size = self.num_rows * mask.sum() / len(self.block_rows)
         return self.block_rows[mask], float(size), self.policy.log_prob_grad(self.block_rows, mask)
 
+    def candidates(self) -> np.ndarray:
+        """The rows every mask of this step is drawn from (first-order lookahead)."""
+        return self.block_rows
+
+    def sample_weights(self, rng: np.random.Generator) -> tuple[np.ndarray, float, np.ndarray]:
+        """``(weight of each candidate row in the mask's mean loss, |m|, score)``: the mask's rows, equally weighted."""
+        mask = self.policy.sample(rng, self.block_rows)
+        size = self.num_rows * mask.sum() / len(self.block_rows)
+        return mask / mask.sum(), float(size), self.policy.log_prob_grad(self.block_rows, mask)
+
     def update(self, grad: np.ndarray, lr: float) -> None:
         # Natural-gradient step: the raw score grows like 1 / (s(1-s)) near the bounds.
         self.policy.step(self.block_rows, self.policy.fisher_inverse(self.block_rows) * grad, lr)
@@ -475,9 +530,30 @@ class SourceMasks:
         self.policy = TruncatedGaussianPolicy(num_sources, config.init_probability)
         self.block_size = config.block_size
         self.sigma = config.sigma_start
+        self.first_order = config.lookahead == "first_order"
+        self.per_source = None if config.block_size is None else max(1, config.block_size // num_sources)
+        self.candidate_rows = np.concatenate(self.rows)
+        self.candidate_source = np.concatenate([np.full(len(r), j) for j, r in enumerate(self.rows)])
 
     def start_step(self, rng: np.random.Generator, step: int, sigma: float) -> None:
         self.sigma = sigma
+        if self.first_order and self.per_source is not None:
+            # A stratified draw: every source is represented, so any mixture can be scored on these rows.
+            picked = [rng.choice(r, min(self.per_source, len(r)), replace=False) for r in self.rows]
+            self.candidate_rows = np.concatenate(picked)
+            self.candidate_source = np.concatenate([np.full(len(r), j) for j, r in enumerate(picked)])
+
+    def candidates(self) -> np.ndarray:
+        return self.candidate_rows
+
+    def sample_weights(self, rng: np.random.Generator) -> tuple[np.ndarray, float, np.ndarray]:
+        """The mixture's expected mask gradient: source ``j``'s share spread over its candidate rows."""
+        ratios = self.policy.sample(rng, self.sigma)
+        kept = ratios * self.sizes
+        share = kept / kept.sum() if kept.sum() > 0 else self.sizes / self.sizes.sum()
+        counts = np.bincount(self.candidate_source, minlength=len(self.rows)).astype(np.float64)
+        weights = share[self.candidate_source] / counts[self.candidate_source]
+        return weights, max(float(kept.sum()), 1.0), self.policy.log_prob_grad(ratios, self.sigma)
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, float, np.ndarray]:
         ratios = self.policy.sample(rng, self.sigma)
@@ -519,6 +595,111 @@ def run_pilots(task: CADSTask, plan: CADSPlan, config: Any, rng: np.random.Gener
     return pilots, spent
 
 
+@dataclass
+class ScoredMasks:
+    """One outer step's sampled masks: their objective after ``theta``'s step, reward and score."""
+
+    val_loss: float
+    objectives: list[float]
+    penalties: list[float]
+    rewards: list[float]
+    scores: list[np.ndarray]
+    mean_grads: list[Any]
+    flops: float
+
+
+def _gap(train_loss: float, predicted: float, two_sided: bool) -> float:
+    return train_loss - predicted if two_sided else max(train_loss - predicted, 0.0)
+
+
+def step_masks(task: CADSTask, masks: Any, theta: AdamTheta, predictor: LossPredictor, val_rows: np.ndarray, config: Any, rng: np.random.Generator) -> ScoredMasks:
+    """Sample ``samples_per_step`` masks and score each by the objective after the step ``theta`` takes on it."""
+    if config.lookahead == "first_order":
+        return _step_masks_first_order(task, masks, theta, predictor, val_rows, config, rng)
+    return _step_masks_exact(task, masks, theta, predictor, val_rows, config, rng)
+
+
+def _step_masks_exact(task: CADSTask, masks: Any, theta: AdamTheta, predictor: LossPredictor, val_rows: np.ndarray, config: Any, rng: np.random.Generator) -> ScoredMasks:
+    """Each mask: a real look-ahead step of ``theta``, then forward passes on the target (and mask) rows."""
+    import torch
+
+    alpha, samples = float(config.alpha), config.samples_per_step
+    two_sided = config.penalty == "squared"
+    reward_objective = config.policy_reward == "objective"
+    params = task.parameters()
+    val_loss, val_grads, spent = task.loss(val_rows, TARGET, True)
+    out = ScoredMasks(float(val_loss), [], [], [], [], [torch.zeros_like(p) for p in params], 0.0)
+    for _ in range(samples):
+        rows, size, score = masks.sample(rng)
+        predicted = predictor(size)
+        train_loss, train_grads, flops = task.loss(rows, POOL, True)
+        # Gradient of L_val + alpha * (L_tr - l)^2: a training step on the mask, scaled by how far its
+        # loss is above (or below) what a budget-C run would reach.
+        gap = _gap(train_loss, predicted, two_sided)
+        grads = [gv + 2.0 * alpha * gap * gt for gv, gt in zip(val_grads, train_grads)]
+        update = theta.apply_lookahead(grads)
+        new_val, _, flops_val = task.loss(val_rows, TARGET, False)
+        if reward_objective:
+            new_train, _, flops_train = task.loss(rows, POOL, False)
+            new_gap = _gap(new_train, predicted, two_sided)
+        else:  # the validation reward never looks at the mask's loss after the step: save that forward
+            new_gap, flops_train = gap, 0.0
+        theta.undo(update)
+        spent += flops + flops_val + flops_train
+        out.penalties.append(new_gap**2)
+        out.objectives.append(new_val + alpha * out.penalties[-1])
+        out.rewards.append(out.objectives[-1] if reward_objective else new_val)
+        out.scores.append(score)
+        for acc, g in zip(out.mean_grads, grads):
+            acc.add_(g, alpha=1.0 / samples)
+    out.flops = spent
+    return out
+
+
+def _step_masks_first_order(task: CADSTask, masks: Any, theta: AdamTheta, predictor: LossPredictor, val_rows: np.ndarray, config: Any, rng: np.random.Generator) -> ScoredMasks:
+    """All masks from one batched pass: per-example gradients ``G`` of the candidate rows and the target gradient ``g_val``.
+
+    A mask with row weights ``w`` has loss ``w . losses`` and gradient ``w G``; ``theta``'s step on it is
+    ``u = Adam(g_val + 2 alpha gap w G)`` and the losses after it are taken to first order,
+    ``L_val + g_val . u`` and ``L_tr + (w G) . u``. Cost: one training step on the candidates and one on
+    the target rows, however many masks are scored.
+    """
+    import torch
+
+    alpha, samples = float(config.alpha), config.samples_per_step
+    two_sided = config.penalty == "squared"
+    reward_objective = config.policy_reward == "objective"
+    params = task.parameters()
+    shapes = [p.shape for p in params]
+    sizes = [p.numel() for p in params]
+    val_loss, val_grads, spent = task.loss(val_rows, TARGET, True)
+    g_val = torch.cat([g.reshape(-1) for g in val_grads])
+    candidates = masks.candidates()
+    losses, per_example, flops = task.per_example(candidates, POOL)
+    spent += flops
+    drawn = [masks.sample_weights(rng) for _ in range(samples)]
+    weights = np.stack([w for w, _, _ in drawn])
+    train_losses = weights @ np.asarray(losses, dtype=np.float64)
+    train_grads = torch.as_tensor(weights, dtype=per_example.dtype, device=per_example.device) @ per_example
+    spent += first_order_mixing_flops(samples, len(candidates), per_example.shape[1])
+    out = ScoredMasks(float(val_loss), [], [], [], [], [], spent)
+    mean_grad = torch.zeros_like(g_val)
+    for k, (_, size, score) in enumerate(drawn):
+        predicted = predictor(size)
+        gap = _gap(float(train_losses[k]), predicted, two_sided)
+        grad = g_val + 2.0 * alpha * gap * train_grads[k]
+        update = torch.cat([u.reshape(-1) for u in theta.preview([g.view(shape) for g, shape in zip(grad.split(sizes), shapes)])])
+        new_val = float(val_loss) + float(g_val @ update)
+        new_gap = _gap(float(train_losses[k]) + float(train_grads[k] @ update), predicted, two_sided)
+        out.penalties.append(new_gap**2)
+        out.objectives.append(new_val + alpha * out.penalties[-1])
+        out.rewards.append(out.objectives[-1] if reward_objective else new_val)
+        out.scores.append(score)
+        mean_grad.add_(grad, alpha=1.0 / samples)
+    out.mean_grads = [g.view(shape) for g, shape in zip(mean_grad.split(sizes), shapes)]
+    return out
+
+
 def run_cads(
     task: CADSTask,
     plan: CADSPlan,
@@ -531,7 +712,6 @@ def run_cads(
     ``source_codes`` (an integer source id per pool row) and ``source_names`` are required for
     ``config.granularity == "source"``. The task's parameters are back at their initial values afterwards.
     """
-    import torch
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(config.seed)
@@ -548,9 +728,6 @@ def run_cads(
             raise ValueError("CADS-S needs source_codes and source_names (one source id per pool row).")
         masks = SourceMasks(np.asarray(source_codes), len(source_names), config)
     theta = AdamTheta(params, config.learning_rate)
-    alpha, samples = float(config.alpha), config.samples_per_step
-    two_sided = config.penalty == "squared"
-    reward_objective = config.policy_reward == "objective"
     warmup_steps = int(config.warmup_fraction * plan.outer_steps)
     target_rows = min(config.target_batch_size, task.num_target_rows)
     baseline: float | None = None
@@ -562,34 +739,15 @@ def run_cads(
         policy_step = step - warmup_steps
         masks.start_step(rng, step, annealed_sigma(max(policy_step, 0), plan.outer_steps - warmup_steps, config.sigma_start, config.sigma_end))
         val_rows = rng.choice(task.num_target_rows, target_rows, replace=False)
-        val_loss, val_grads, flops = task.loss(val_rows, TARGET, True)
-        outer_flops += flops
-        objectives, penalties, rewards, scores = [], [], [], []
-        mean_grads = [torch.zeros_like(p) for p in params]
-        for _ in range(samples):
-            rows, size, score = masks.sample(rng)
-            predicted = predictor(size)
-            train_loss, train_grads, flops = task.loss(rows, POOL, True)
-            # Gradient of L_val + alpha * (L_tr - l)^2: a training step on the mask, scaled by how far its
-            # loss is above (or below) what a budget-C run would reach.
-            gap = train_loss - predicted if two_sided else max(train_loss - predicted, 0.0)
-            grads = [gv + 2.0 * alpha * gap * gt for gv, gt in zip(val_grads, train_grads)]
-            update = theta.apply_lookahead(grads)
-            new_val, _, flops_val = task.loss(val_rows, TARGET, False)
-            new_train, _, flops_train = task.loss(rows, POOL, False)
-            theta.undo(update)
-            outer_flops += flops + flops_val + flops_train
-            new_gap = new_train - predicted if two_sided else max(new_train - predicted, 0.0)
-            penalties.append(new_gap**2)
-            objectives.append(new_val + alpha * penalties[-1])
-            rewards.append(objectives[-1] if reward_objective else new_val)
-            scores.append(score)
-            for acc, g in zip(mean_grads, grads):
-                acc.add_(g, alpha=1.0 / samples)
-        theta.step(mean_grads)
+        scored = step_masks(task, masks, theta, predictor, val_rows, config, rng)
+        outer_flops += scored.flops
+        theta.step(scored.mean_grads)
 
-        values = np.asarray(rewards)
-        record: dict[str, Any] = {"step": step, "objective": float(np.mean(objectives)), "val_loss": float(val_loss), "penalty": float(np.mean(penalties))}
+        values = np.asarray(scored.rewards)
+        record: dict[str, Any] = {
+            "step": step, "objective": float(np.mean(scored.objectives)), "val_loss": scored.val_loss,
+            "penalty": float(np.mean(scored.penalties)),
+        }
         # During warm-up only theta moves: until it reaches the budget-C loss level the penalty rewards
         # whatever data theta already fits, which says nothing about the budget.
         if policy_step >= 0:
@@ -600,7 +758,7 @@ def run_cads(
                 rms = float(np.sqrt(np.mean(advantages**2)))
                 advantage_scale = rms if advantage_scale is None else config.baseline_momentum * advantage_scale + (1 - config.baseline_momentum) * rms
                 advantages = advantages / max(advantage_scale, 1e-12)
-            masks.update(np.mean([a * g for a, g in zip(advantages, scores)], axis=0), config.lr_s)
+            masks.update(np.mean([a * g for a, g in zip(advantages, scored.scores)], axis=0), config.lr_s)
             baseline = config.baseline_momentum * baseline + (1 - config.baseline_momentum) * float(values.mean())
         else:
             record["warmup"] = True
