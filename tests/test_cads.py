@@ -139,7 +139,7 @@ def test_budget_too_small_for_the_pilot_runs(small_pool, bbh_target, tokenizer, 
         ({"num_sampling_points": 1}, "num_sampling_points must be >= 2"),
         ({"samples_per_step": 1}, "samples_per_step must be >= 2"),
         ({"alpha": 0}, "alpha must be a finite number > 0"),
-        ({"policy_reward": "loss"}, "policy_reward must be 'objective' or 'validation'"),
+        ({"policy_reward": "loss"}, "policy_reward must be 'objective', 'validation' or 'transfer'"),
         ({"train_budget": -5}, "flop_budget must be a finite number > 0"),
     ],
 )

@@ -77,6 +77,11 @@ class CADSSelectorConfig(SelectorConfig):
             mask (fine for small tensor tasks, too slow for LMs).
         target_batch_size: target rows per outer step (shared by that step's masks).
         lr_s: step size of the selection parameters ``s`` (``s_i`` or the source means ``mu_j``).
+        baseline: what a mask's reward is compared with. ``moving_average``: ``b``, a moving average of past
+            steps' mean rewards. ``step``: the mean reward of the step's other masks (leave-one-out); the
+            masks of a step share the target rows, so the step-to-step variation of the target loss (a
+            larger noise than the differences between masks when ``target_batch_size`` is a small share of
+            the target set) cancels.
         baseline_momentum: momentum of the moving-average baseline ``b`` (and of the advantage scale).
         normalize_advantage: divide advantages by their running RMS, so ``lr_s`` does not depend on the
             loss scale.
@@ -93,7 +98,7 @@ class CADSSelectorConfig(SelectorConfig):
     train_budget: float | None = None
     alpha: float = 1.0
     penalty: Literal["squared", "one_sided"] = "one_sided"
-    policy_reward: Literal["objective", "validation"] = "objective"
+    policy_reward: Literal["objective", "validation", "transfer"] = "objective"
     lookahead: Literal["exact", "first_order"] = "exact"
     num_sampling_points: int = 5
     min_sampling_fraction: float = 0.05
@@ -105,6 +110,7 @@ class CADSSelectorConfig(SelectorConfig):
     block_size: int | None = 32
     target_batch_size: int = 32
     lr_s: float = 0.05
+    baseline: Literal["moving_average", "step"] = "moving_average"
     baseline_momentum: float = 0.9
     normalize_advantage: bool = True
     init_probability: float = 0.5
@@ -123,8 +129,10 @@ class CADSSelectorConfig(SelectorConfig):
             raise ValueError(f"penalty must be 'squared' or 'one_sided', got {self.penalty!r}.")
         if self.lookahead not in ("exact", "first_order"):
             raise ValueError(f"lookahead must be 'exact' or 'first_order', got {self.lookahead!r}.")
-        if self.policy_reward not in ("objective", "validation"):
-            raise ValueError(f"policy_reward must be 'objective' or 'validation', got {self.policy_reward!r}.")
+        if self.baseline not in ("moving_average", "step"):
+            raise ValueError(f"baseline must be 'moving_average' or 'step', got {self.baseline!r}.")
+        if self.policy_reward not in ("objective", "validation", "transfer"):
+            raise ValueError(f"policy_reward must be 'objective', 'validation' or 'transfer', got {self.policy_reward!r}.")
         if self.train_budget is None:
             raise ValueError(
                 "CADS needs train_budget= (the FLOPs C the downstream training will get): the best subset depends "

@@ -626,6 +626,7 @@ def _step_masks_exact(task: CADSTask, masks: Any, theta: AdamTheta, predictor: L
     alpha, samples = float(config.alpha), config.samples_per_step
     two_sided = config.penalty == "squared"
     reward_objective = config.policy_reward == "objective"
+    transfer = config.policy_reward == "transfer"
     params = task.parameters()
     val_loss, val_grads, spent = task.loss(val_rows, TARGET, True)
     out = ScoredMasks(float(val_loss), [], [], [], [], [torch.zeros_like(p) for p in params], 0.0)
@@ -637,7 +638,7 @@ def _step_masks_exact(task: CADSTask, masks: Any, theta: AdamTheta, predictor: L
         # loss is above (or below) what a budget-C run would reach.
         gap = _gap(train_loss, predicted, two_sided)
         grads = [gv + 2.0 * alpha * gap * gt for gv, gt in zip(val_grads, train_grads)]
-        update = theta.apply_lookahead(grads)
+        update = theta.apply_lookahead([2.0 * alpha * gap * gt for gt in train_grads] if transfer else grads)
         new_val, _, flops_val = task.loss(val_rows, TARGET, False)
         if reward_objective:
             new_train, _, flops_train = task.loss(rows, POOL, False)
@@ -669,6 +670,7 @@ def _step_masks_first_order(task: CADSTask, masks: Any, theta: AdamTheta, predic
     alpha, samples = float(config.alpha), config.samples_per_step
     two_sided = config.penalty == "squared"
     reward_objective = config.policy_reward == "objective"
+    transfer = config.policy_reward == "transfer"
     params = task.parameters()
     shapes = [p.shape for p in params]
     sizes = [p.numel() for p in params]
@@ -688,7 +690,8 @@ def _step_masks_first_order(task: CADSTask, masks: Any, theta: AdamTheta, predic
         predicted = predictor(size)
         gap = _gap(float(train_losses[k]), predicted, two_sided)
         grad = g_val + 2.0 * alpha * gap * train_grads[k]
-        update = torch.cat([u.reshape(-1) for u in theta.preview([g.view(shape) for g, shape in zip(grad.split(sizes), shapes)])])
+        step_on = 2.0 * alpha * gap * train_grads[k] if transfer else grad
+        update = torch.cat([u.reshape(-1) for u in theta.preview([g.view(shape) for g, shape in zip(step_on.split(sizes), shapes)])])
         new_val = float(val_loss) + float(g_val @ update)
         new_gap = _gap(float(train_losses[k]) + float(train_grads[k] @ update), predicted, two_sided)
         out.penalties.append(new_gap**2)
@@ -752,7 +755,12 @@ def run_cads(
         # whatever data theta already fits, which says nothing about the budget.
         if policy_step >= 0:
             baseline = float(values.mean()) if baseline is None else baseline
-            advantages = values - baseline
+            if config.baseline == "step":
+                # Leave-one-out mean of this step's masks: they share the target rows (and block), so
+                # whatever those add to every reward (a hard target batch) cancels exactly.
+                advantages = values - (values.sum() - values) / (len(values) - 1)
+            else:
+                advantages = values - baseline
             if config.normalize_advantage:
                 # A running RMS of the advantages makes lr_s independent of the loss scale (MSE vs LM loss).
                 rms = float(np.sqrt(np.mean(advantages**2)))
