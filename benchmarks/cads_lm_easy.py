@@ -26,6 +26,8 @@ LOG = RESULTS / "cads_lm_easy.jsonl"
 # name -> (granularity, policy_reward, penalty, lookahead)
 VARIANTS = {
     "s-val-fo": ("source", "validation", "one_sided", "first_order"),
+    "s-tr-fo": ("source", "transfer", "one_sided", "first_order"),
+    "e-tr-fo": ("example", "transfer", "one_sided", "first_order"),
     "s-obj-fo": ("source", "objective", "one_sided", "first_order"),
     "s-val-sq-fo": ("source", "validation", "squared", "first_order"),
     "s-obj-sq-fo": ("source", "objective", "squared", "first_order"),
@@ -46,9 +48,9 @@ def options_for(variant: str, budget: float, seed: int, outer_steps: int, lr_s: 
     granularity, reward, penalty, lookahead = VARIANTS[variant]
     return dict(
         granularity=granularity, policy_reward=reward, penalty=penalty, lookahead=lookahead, train_budget=budget, seed=seed,
-        batch_size=8, block_size=16 if lookahead == "first_order" else 8, target_batch_size=8, max_length=128,
-        samples_per_step=32 if lookahead == "first_order" else 4, outer_steps=outer_steps, lr_s=lr_s, A=20,
-        learning_rate=1e-3, show_progress=False,
+        batch_size=8, block_size=8, target_batch_size=8, max_length=64, baseline="step", warmup_fraction=0.1,
+        samples_per_step=32 if lookahead == "first_order" else 4, outer_steps=outer_steps, lr_s=lr_s, A=40,
+        sigma_end=0.1, learning_rate=1e-3, show_progress=False,
     )
 
 
@@ -59,7 +61,7 @@ def run(args) -> None:
     from hf_cads import get_selector
 
     torch.set_num_threads(1)
-    setting = load_setting("gsm8k", per_source=args.per_source, max_length=128)
+    setting = load_setting("gsm8k", per_source=args.per_source, max_length=64)
     sources = np.asarray(setting.pool["source"])
     pool_share = float(np.mean(sources == "gsm8k"))
     done = finished()
@@ -126,11 +128,11 @@ def report() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", default=["s-val-fo", "e-val-fo"], choices=sorted(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=["s-tr-fo", "e-tr-fo"], choices=sorted(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budgets", type=int, nargs="+", default=[30, 90], help="C in training steps of 8 rows")
-    parser.add_argument("--outer-steps", type=int, default=40)
-    parser.add_argument("--lr-s", type=float, default=0.3)
+    parser.add_argument("--outer-steps", type=int, default=10)
+    parser.add_argument("--lr-s", type=float, default=1.0)
     parser.add_argument("--per-source", type=int, default=60)
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args()

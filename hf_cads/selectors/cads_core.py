@@ -196,15 +196,22 @@ class AdamTheta:
             -self.lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + self.eps) for m, v in zip(first, second)
         ]
 
+    def gradient_step(self, grads: Sequence[Any]) -> list[Any]:
+        """``-lr * g``: a plain gradient step on ``grads`` alone. Linear in ``grads``, unlike :meth:`preview`:
+        Adam's normalisation by the new gradient favours small gradients whatever their direction, and
+        its second moments are ~0 on coordinates that have not moved yet (LoRA's A at init)."""
+        return [-self.lr * g for g in grads]
+
     def preview(self, grads: Sequence[Any]) -> list[Any]:
         """The step ``grads`` would cause, without moving the parameters."""
         return self._update(*self._moments(grads))
 
-    def apply_lookahead(self, grads: Sequence[Any]) -> list[Any]:
-        """Move the parameters by the step ``grads`` would cause; returns the step so it can be undone."""
+    def apply_lookahead(self, grads: Sequence[Any], plain: bool = False) -> list[Any]:
+        """Move the parameters by the step ``grads`` would cause (Adam's, or with ``plain`` :meth:`gradient_step`);
+        returns the step so it can be undone."""
         import torch
 
-        update = self.preview(grads)
+        update = self.gradient_step(grads) if plain else self.preview(grads)
         with torch.no_grad():
             for p, u in zip(self.params, update):
                 p.add_(u)
@@ -638,7 +645,7 @@ def _step_masks_exact(task: CADSTask, masks: Any, theta: AdamTheta, predictor: L
         # loss is above (or below) what a budget-C run would reach.
         gap = _gap(train_loss, predicted, two_sided)
         grads = [gv + 2.0 * alpha * gap * gt for gv, gt in zip(val_grads, train_grads)]
-        update = theta.apply_lookahead([2.0 * alpha * gap * gt for gt in train_grads] if transfer else grads)
+        update = theta.apply_lookahead(train_grads, plain=True) if transfer else theta.apply_lookahead(grads)
         new_val, _, flops_val = task.loss(val_rows, TARGET, False)
         if reward_objective:
             new_train, _, flops_train = task.loss(rows, POOL, False)
@@ -690,8 +697,8 @@ def _step_masks_first_order(task: CADSTask, masks: Any, theta: AdamTheta, predic
         predicted = predictor(size)
         gap = _gap(float(train_losses[k]), predicted, two_sided)
         grad = g_val + 2.0 * alpha * gap * train_grads[k]
-        step_on = 2.0 * alpha * gap * train_grads[k] if transfer else grad
-        update = torch.cat([u.reshape(-1) for u in theta.preview([g.view(shape) for g, shape in zip(step_on.split(sizes), shapes)])])
+        step = theta.gradient_step if transfer else theta.preview
+        update = torch.cat([u.reshape(-1) for u in step([g.view(shape) for g, shape in zip((train_grads[k] if transfer else grad).split(sizes), shapes)])])
         new_val = float(val_loss) + float(g_val @ update)
         new_gap = _gap(float(train_losses[k]) + float(train_grads[k] @ update), predicted, two_sided)
         out.penalties.append(new_gap**2)
