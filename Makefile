@@ -13,7 +13,9 @@ install:
 demo: install
 	HF_HUB_OFFLINE=1 hf-cads run
 
+# The determinism tests run first at one thread, then the whole suite at the machine's default.
 test: install
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 HF_CADS_TEST_THREADS=1 $(PYTHON) -m pytest -q tests/test_determinism.py
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q -m "slow or not slow"
 
 test-fast:

@@ -2,11 +2,13 @@
 
 For 3 model shapes x 3 sequence lengths it compares the analytic estimate with the measured count
 for a forward pass, a LoRA training step, a full training step, perplexity scoring and LESS
-selection (the selectors' real code paths; LESS on the two smaller shapes) and embedding scoring
-(MiniLM-shaped encoder). BM25's charge is an operation count, not matmuls, and CADS's is built from
-the training-step and forward estimates measured here. Goal: within 3%.
+selection (the selectors' real code paths; LESS on the two smaller shapes) and the sentence encoders
+the embedding selector runs: MiniLM-L6 (BERT), all-mpnet-base-v2 (MPNet), gtr-t5-base (T5 encoder +
+Dense head) and a decoder-only embedder (Qwen3-Embedding-0.6B's layers, last-token pooling). BM25's
+charge is an operation count, not matmuls, and CADS's is built from the training-step and forward
+estimates measured here. Goal: within 3%.
 
-    python benchmarks/flop_accuracy.py [--quick]
+    python benchmarks/flop_accuracy.py [--quick] [--part all|lm|encoders] [--merge]
 
 Writes benchmarks/results/flop_accuracy.{json,md}.
 """
@@ -26,9 +28,11 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModel, BertConfig, LlamaConfig, LlamaForCausalLM, MPNetConfig, Qwen3Config, T5Config, T5EncoderModel
 
-from hf_cads.flops import FlopProfile, LoraSpec
+from dataclasses import replace
+
+from hf_cads.flops import FlopProfile, LinearLayer, LoraSpec
 from hf_cads.selectors import get_selector
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -75,6 +79,49 @@ def less_row(model, shape: str, seq: int, vocab: int) -> dict:
     return row("less selector (LoRA r=8)", shape, seq, estimate, measure(lambda: selector.select(pool, target=target, k=2)))
 
 
+# Sentence encoders at their real shapes: (config, pooling, Dense head width or None).
+ENCODERS = {
+    "minilm-6L-384d": (lambda: BertConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=12,
+                                          vocab_size=30522), "mean", None),
+    "mpnet-base-12L-768d": (lambda: MPNetConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                                num_attention_heads=12, vocab_size=30527), "mean", None),
+    "gtr-t5-base (T5 12L-768d + Dense)": (lambda: T5Config(d_model=768, d_ff=3072, d_kv=64, num_layers=12, num_heads=12,
+                                                           vocab_size=32128, feed_forward_proj="relu"), "mean", 768),
+    # Qwen3-Embedding-0.6B's layer shape (1024d, 16 q / 8 kv heads of 128, ffn 3072), 4 of its 28 layers.
+    "qwen3-embedding-0.6b layers (4L-1024d)": (lambda: Qwen3Config(hidden_size=1024, intermediate_size=3072, num_hidden_layers=4,
+                                                                   num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                                                                   vocab_size=32000), "lasttoken", None),
+}
+
+
+def encoder_rows(quick: bool, batch: int = 2) -> list[dict]:
+    """The embedding selector's charge (FlopProfile of the loaded modules, the Dense head once per
+    sequence) against the measured transformer forward + pooling + head."""
+    torch.manual_seed(0)
+    rows = []
+    for name, (make_config, pooling, dense) in ENCODERS.items():
+        config = make_config()
+        config._attn_implementation = "eager"
+        # As sentence-transformers loads them: a T5 checkpoint as its encoder alone.
+        model = (T5EncoderModel(config) if isinstance(config, T5Config) else AutoModel.from_config(config)).eval()
+        head = torch.nn.Linear(config.d_model, dense, bias=False) if dense else None
+        profile = FlopProfile.from_model(model)
+        if head is not None:
+            profile = replace(profile, per_sequence=profile.per_sequence + (LinearLayer("dense", head.in_features, head.out_features),))
+
+        def encode(ids):
+            hidden = model(input_ids=ids).last_hidden_state
+            pooled = hidden.mean(dim=1) if pooling == "mean" else hidden[:, -1]
+            return head(pooled) if head is not None else pooled
+
+        for seq in [64, 256] if quick else [32, 128, 256]:
+            ids = torch.randint(2, config.vocab_size, (batch, seq))
+            with torch.no_grad():
+                rows.append(row("embedding encoder", name, seq, profile.forward_flops(batch, seq), measure(lambda: encode(ids))))
+        del model
+    return rows
+
+
 def run(quick: bool) -> list[dict]:
     torch.manual_seed(0)
     rows: list[dict] = []
@@ -109,20 +156,16 @@ def run(quick: bool) -> list[dict]:
                             measure(lambda: peft_model(input_ids=ids, labels=ids).loss.backward())))
             peft_model.zero_grad(set_to_none=True)
         del model, peft_model
-    encoder_config = BertConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=12,
-                                vocab_size=30522, attn_implementation="eager")
-    encoder = BertModel(encoder_config, add_pooling_layer=False).eval()
-    encoder_profile = FlopProfile.from_config(encoder_config)
-    for seq in seqs[:2] if quick else [32, 128, 256]:
-        ids = torch.randint(0, 30522, (batch, seq))
-        with torch.no_grad():
-            rows.append(row("embedding encoder (MiniLM shape)", "minilm-6L-384d", seq, encoder_profile.forward_flops(batch, seq),
-                            measure(lambda: encoder(input_ids=ids))))
     return rows
 
 
-def write(rows: list[dict]) -> None:
+def write(rows: list[dict], merge: bool = False) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
+    previous = RESULTS / "flop_accuracy.json"
+    if merge and previous.is_file():
+        # Keep the previous run's rows of the kinds not rerun here (e.g. the LM rows of --part encoders).
+        kinds = {r["kind"] for r in rows}
+        rows = [r for r in json.loads(previous.read_text())["rows"] if r["kind"] not in kinds and not r["kind"].startswith("embedding encoder")] + rows
     machine = {"python": sys.version.split()[0], "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
                "cores": os.cpu_count()}
     (RESULTS / "flop_accuracy.json").write_text(json.dumps({"machine": machine, "goal": GOAL, "rows": rows}, indent=2))
@@ -140,4 +183,8 @@ def write(rows: list[dict]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2 shapes x 2 lengths")
-    write(run(parser.parse_args().quick))
+    parser.add_argument("--part", choices=["all", "lm", "encoders"], default="all", help="which cases to run")
+    parser.add_argument("--merge", action="store_true", help="keep the last results file's rows of the other kinds")
+    options = parser.parse_args()
+    results = (run(options.quick) if options.part != "encoders" else []) + (encoder_rows(options.quick) if options.part != "lm" else [])
+    write(results, merge=options.merge)

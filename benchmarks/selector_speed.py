@@ -1,6 +1,8 @@
 """Examples/s and peak memory of every selector's scoring on the same pool, beside the peers a user
 would reach for: rank-bm25 and bm25s for BM25 (identical top-k required), sentence-transformers'
 own ``encode`` for embeddings, a plain per-example backward loop for LESS gradient features.
+hf_cads selectors also report the FLOPs they charged, and so FLOP/s. The embedding selector runs with
+MiniLM-L6 and with a small random GTR-shaped T5 sentence encoder (the reference's encoder family).
 
 Each case runs in a fresh process so its peak resident memory (ru_maxrss) is its own.
 
@@ -50,19 +52,44 @@ CADS_OPTIONS = {"batch_size": 1, "max_length": 128, "train_budget": 6e11, "A": 4
                 "outer_steps": 4, "samples_per_step": 2, "block_size": 4, "target_batch_size": 3}
 
 
-# -- cases: each returns (examples scored, seconds, top-k indices or None) -----------------------
-def case_selector(name: str, **options):
+def tiny_t5_sentence_encoder():
+    """gtr-t5-base's structure (T5 encoder, mean pooling, bias-free Dense, Normalize) at a small size:
+    4 gated-gelu layers of width 256 (d_kv 64), random weights. No T5 tokenizer ships offline, so
+    MiniLM's WordPiece tokenizer stands in (similar token counts on English text)."""
+    import tempfile
+
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, T5Config, T5EncoderModel
+
+    from hf_cads.models import resolve_encoder
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_encoder("all-minilm-l6-v2"))
+    config = T5Config(vocab_size=len(tokenizer), d_model=256, d_ff=1024, d_kv=64, num_layers=4, num_heads=4,
+                      feed_forward_proj="gated-gelu", pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(prefix="tiny-t5-") as folder:
+        T5EncoderModel(config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        transformer = models.Transformer(folder, max_seq_length=256)
+    dense = models.Dense(256, 256, bias=False, activation_function=torch.nn.Identity())
+    return SentenceTransformer(modules=[transformer, models.Pooling(256, "mean"), dense, models.Normalize()], device="cpu")
+
+
+# -- cases: each returns (examples scored, seconds, top-k indices or None[, FLOPs charged]) --------
+def case_selector(name: str, model_factory=None, **options):
     def run(pool, target, k):
         from hf_cads import get_selector
 
-        selector = get_selector(name, show_progress=False, **options)
+        model = model_factory() if model_factory is not None else None  # built outside the timed region
+        selector = get_selector(name, model=model, show_progress=False, **options)
         if name in ("embedding",):
             selector._encoder()  # load outside the timed region
         if name in ("perplexity", "less"):
             selector._load_model()
         start = time.perf_counter()
         result = selector.select(pool, target=target, k=k)
-        return len(pool), time.perf_counter() - start, result.indices.tolist()
+        return len(pool), time.perf_counter() - start, result.indices.tolist(), result.flops
 
     return run
 
@@ -132,6 +159,7 @@ CASES = {
     "bm25 (rank-bm25)": case_rank_bm25,
     "bm25 (bm25s robertson)": case_bm25s,
     "embedding (hf_cads)": case_selector("embedding"),
+    "embedding (hf_cads; tiny GTR-shaped T5 4L-256d)": case_selector("embedding", model_factory=tiny_t5_sentence_encoder),
     "embedding (sentence-transformers encode)": case_st_encode,
     "perplexity (SmolLM2-135M)": case_selector("perplexity", batch_size=8, max_length=256),
     # LESS: one warmup epoch on 5% of the rows, projection to 8192; the two cases differ only in how
@@ -165,10 +193,13 @@ def _measure(name: str, pool_size: int, queue) -> None:
         # The pool is ordered by source: a shuffled subset keeps every source (CADS-S needs several).
         pool = pool.shuffle(seed=0).select(range(min(rows, len(pool)))).flatten_indices()
     k = max(1, int(TOP_K_FRACTION * len(pool)))
-    examples, seconds, indices = CASES[name](pool, target, k)
+    examples, seconds, indices, *charged = CASES[name](pool, target, k)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put({"case": name, "examples": examples, "seconds": seconds, "examples_per_s": examples / seconds,
-               "peak_rss_mb": peak_mb, "top_k": indices})
+    row = {"case": name, "examples": examples, "seconds": seconds, "examples_per_s": examples / seconds,
+           "peak_rss_mb": peak_mb, "top_k": indices}
+    if charged:
+        row.update(flops=float(charged[0]), flops_per_s=float(charged[0]) / seconds)
+    queue.put(row)
 
 
 def main() -> None:
@@ -195,7 +226,8 @@ def main() -> None:
             failed.append(row)
             continue
         rows.append(row)
-        print(f"{name:<42} {row['examples']:>6} ex  {row['examples_per_s']:>10.1f} ex/s  peak {row['peak_rss_mb']:.0f} MB", flush=True)
+        rate = f"  {row['flops_per_s']:.3g} FLOP/s" if row.get("flops_per_s") else ""
+        print(f"{name:<42} {row['examples']:>6} ex  {row['examples_per_s']:>10.1f} ex/s{rate}  peak {row['peak_rss_mb']:.0f} MB", flush=True)
     reference = next((r["top_k"] for r in rows if r["case"] == "bm25 (rank-bm25)"), None)
     for r in rows:
         if r["case"].startswith("bm25") and reference is not None:
@@ -207,11 +239,12 @@ def main() -> None:
         for r in rows:
             if r["case"].startswith("less"):
                 r["identical_top_k_between_less_paths"] = a == b
-    emb = {r["case"]: r["top_k"] for r in rows if r["case"].startswith("embedding")}
+    # The two MiniLM paths must agree; the random T5 encoder ranks differently by design.
+    emb = {r["case"]: r["top_k"] for r in rows if r["case"].startswith("embedding") and "T5" not in r["case"]}
     if len(emb) == 2:
         a, b = emb.values()
         for r in rows:
-            if r["case"].startswith("embedding"):
+            if r["case"] in emb:
                 r["top_k_overlap_between_embedding_paths"] = len(set(a) & set(b)) / len(a)
     machine = {"cpu": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
                "load_average_after": os.getloadavg()[0]}
@@ -224,7 +257,7 @@ def main() -> None:
         kept = [r for r in json.loads(previous.read_text())["rows"] if r["case"] not in ran]
         rows = sorted(kept + rows, key=lambda r: list(CASES).index(r["case"]) if r["case"] in CASES else len(CASES))
     previous.write_text(json.dumps({"machine": machine, "pool_size": options.pool_size, "rows": rows}, indent=2))
-    lines = ["| case | examples | examples/s | peak RSS (MB) | top-k check |", "|---|---|---|---|---|"]
+    lines = ["| case | examples | examples/s | FLOPs charged | FLOP/s | peak RSS (MB) | top-k check |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         check = ""
         if "identical_top_k_to_rank_bm25" in r:
@@ -233,8 +266,9 @@ def main() -> None:
             check = f"identical top-k on both gradient paths: {r['identical_top_k_between_less_paths']}"
         elif "top_k_overlap_between_embedding_paths" in r:
             check = f"overlap between the two paths {r['top_k_overlap_between_embedding_paths']:.0%}"
-        lines.append(f"| {r['case']} | {r['examples']} | {r['examples_per_s']:.1f} | {r['peak_rss_mb']:.0f} | {check} |")
-    lines += [f"| {r['case']} | - | FAILED | - | {r['error']} |" for r in failed]
+        flops = (f"{r['flops']:.3g} | {r['flops_per_s']:.3g}") if r.get("flops_per_s") else "- | -"
+        lines.append(f"| {r['case']} | {r['examples']} | {r['examples_per_s']:.1f} | {flops} | {r['peak_rss_mb']:.0f} | {check} |")
+    lines += [f"| {r['case']} | - | FAILED | - | - | - | {r['error']} |" for r in failed]
     lines.append(f"\nMachine: {machine}; top-k = {TOP_K_FRACTION:.0%} of the pool.")
     (RESULTS / "selector_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

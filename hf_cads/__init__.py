@@ -4,8 +4,8 @@ Example:
     >>> from hf_cads import BudgetedTrainer, BudgetedTrainingArguments, get_selector, FlopLedger
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
+from .budget import SelectionCharge, TrainingPlan
 from .flops import BudgetExceededError, FlopLedger, FlopProfile, LoraSpec
 from .selectors import (
     CADSSelector,
@@ -20,11 +20,12 @@ from .selectors import (
     get_selector,
     list_selectors,
     register_selector,
+    select_within_budget,
 )
-from .hub import DatasetReference
+from .hub import DatasetReference, push_selection
 from .planner import PerformanceFit, Recommendation, fit_performance_curve, make_plan, pareto_frontier, plot_plan, recommend
 from .records import RunRecord, append_record, read_records, record_from_trainer
-from .trainer import BudgetedTrainer, BudgetedTrainingArguments
+from .trainer import BudgetedTrainer, BudgetedTrainingArguments, FlopBudgetMixin
 
 __all__ = [
     "BudgetExceededError",
@@ -33,6 +34,7 @@ __all__ = [
     "CADSSelector",
     "CADSSelectorConfig",
     "DatasetReference",
+    "FlopBudgetMixin",
     "FlopLedger",
     "FlopProfile",
     "LESSSelector",
@@ -43,9 +45,11 @@ __all__ = [
     "Recommendation",
     "RunRecord",
     "ScoreOutput",
+    "SelectionCharge",
     "SelectionResult",
     "Selector",
     "SelectorConfig",
+    "TrainingPlan",
     "__version__",
     "append_record",
     "fit_performance_curve",
@@ -53,9 +57,11 @@ __all__ = [
     "list_selectors",
     "make_plan",
     "pareto_frontier",
+    "push_selection",
     "plot_plan",
     "read_records",
     "recommend",
     "record_from_trainer",
     "register_selector",
+    "select_within_budget",
 ]

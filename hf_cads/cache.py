@@ -42,7 +42,9 @@ logger = logging.getLogger(__name__)
 CACHE_ENV = "HF_CADS_CACHE"
 """Environment variable naming a cache folder, used when a selector's ``cache_dir`` is ``None``."""
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version of the cache key and folder layout. 2: the key hashes exactly the options marked as
+affecting the result (``SelectorConfig`` field metadata); folders of version 1 are not reused."""
 MANIFEST = "manifest.json"
 EXTRA_PREFIX = "extra__"
 
@@ -116,8 +118,30 @@ def cache_key(description: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def report_stale_folders(root: Path, selector_name: str) -> list[Path]:
+    """Folders of ``selector_name`` under ``root`` written with another :data:`FORMAT_VERSION`: never
+    reused (their keys were computed another way), and reported once per call with what to do."""
+    stale = []
+    for manifest in sorted(root.glob(f"{selector_name}-*/{MANIFEST}")):
+        try:
+            version = json.loads(manifest.read_text(encoding="utf-8")).get("format")
+        except (OSError, json.JSONDecodeError):
+            continue
+        if version != FORMAT_VERSION:
+            stale.append(manifest.parent)
+    if stale:
+        logger.warning(
+            "%d %s score-cache folder(s) under %s were written by another hf_cads version (cache format %s, this "
+            "version uses %d and keys scores differently); they are not reused and these scores are computed "
+            "afresh. Delete them to free the space: %s",
+            len(stale), selector_name, root, sorted({str(json.loads((p / MANIFEST).read_text()).get("format")) for p in stale}),
+            FORMAT_VERSION, ", ".join(p.name for p in stale[:5]) + (" ..." if len(stale) > 5 else ""),
+        )
+    return stale
+
+
 # -- storage -------------------------------------------------------------------------------------
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
     """Write through ``write(handle)`` to a temporary file beside ``path``, then move it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -164,7 +188,10 @@ class ScoreCache:
     @classmethod
     def for_selection(cls, root: str | os.PathLike, selector_name: str, description: Mapping[str, Any]) -> "ScoreCache":
         key = cache_key({"format": FORMAT_VERSION, **description})
-        return cls(Path(root) / f"{selector_name}-{key[:24]}", key, description)
+        cache = cls(Path(root) / f"{selector_name}-{key[:24]}", key, description)
+        if not cache.folder.exists():
+            report_stale_folders(Path(root), selector_name)
+        return cache
 
     # -- manifest --------------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any] | None:
@@ -185,7 +212,7 @@ class ScoreCache:
 
     def _write_manifest(self, data: Mapping[str, Any]) -> None:
         text = json.dumps(data, indent=2, sort_keys=True, default=_json_default).encode()
-        _atomic_write(self.folder / MANIFEST, lambda handle: handle.write(text))
+        atomic_write(self.folder / MANIFEST, lambda handle: handle.write(text))
 
     def begin(self, pool_size: int, shards: Sequence[range]) -> None:
         """Create the folder and an incomplete manifest (kept as is when a run resumes)."""
@@ -221,7 +248,7 @@ class ScoreCache:
     def save_shard(self, index: int, rows: range, scores: np.ndarray, flops: float, row_extras: Mapping[str, np.ndarray]) -> None:
         arrays = {"scores": np.asarray(scores, dtype=np.float64), "flops": np.float64(flops), "rows": np.array([rows.start, rows.stop])}
         arrays.update({EXTRA_PREFIX + name: np.asarray(value) for name, value in row_extras.items()})
-        _atomic_write(self.shard_path(index), lambda handle: np.savez(handle, **arrays))
+        atomic_write(self.shard_path(index), lambda handle: np.savez(handle, **arrays))
 
     def load_shard(self, index: int, rows: range) -> StoredScores | None:
         """The stored scores of shard ``index``, or ``None`` when it is missing or does not match ``rows``."""

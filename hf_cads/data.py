@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 DATA_DIR_ENV = "HF_CADS_DATA_DIR"
 POOL_SOURCES = ("gsm8k", "code_alpaca", "alpaca_seed", "bbh")
@@ -227,8 +227,3 @@ def build_multisource_pool(
     if len(first_rows) < len(pool):
         pool = pool.select(sorted(first_rows.values()))  # exact repeats (a few BBH items) would be trained on twice
     return pool
-
-
-def iter_batches(items: Sequence[Any], batch_size: int) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), batch_size):
-        yield items[start : start + batch_size]

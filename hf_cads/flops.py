@@ -22,9 +22,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping
 
+from .budget import SelectionCharge, TrainingPlan, migrate_legacy_notes
+from .lora import DEFAULT_LORA_TARGET_MODULES, target_modules_of
+
+LEDGER_FORMAT = 2
+"""Version of :meth:`FlopLedger.to_dict`'s layout (1: untyped ``notes`` only)."""
 PHASES = ("selection", "train", "eval")
 """Ledger phases. ``selection`` and ``train`` count against the budget; ``eval`` is reported only."""
 
@@ -44,14 +49,12 @@ class LoraSpec:
     """
 
     rank: int
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    target_modules: tuple[str, ...] = DEFAULT_LORA_TARGET_MODULES
 
     @classmethod
     def from_peft_config(cls, peft_config: Any) -> "LoraSpec":
-        modules = getattr(peft_config, "target_modules", None)
-        if modules is None or isinstance(modules, str):
-            # peft's own defaults for Llama-style models; a regex string is resolved by peft itself.
-            modules = ("q_proj", "v_proj")
+        # hf_cads's defaults when the config names no layers (BudgetedTrainer fills them in too).
+        modules = target_modules_of(peft_config)
         return cls(rank=int(peft_config.r), target_modules=tuple(sorted(modules)))
 
 
@@ -74,8 +77,10 @@ class LinearLayer:
 class FlopProfile:
     """Per-token matmul structure of a transformer, from which every cost estimate is derived.
 
-    Build one with :meth:`from_config` (no weights needed, e.g. for planning) or
-    :meth:`from_model` (reads the actual ``nn.Linear`` modules and their ``requires_grad``).
+    Build one with :meth:`from_config` (no weights needed, e.g. for planning),
+    :meth:`from_model` (reads the actual ``nn.Linear`` modules and their ``requires_grad``) or
+    :meth:`from_sentence_encoder` (a ``SentenceTransformer``: its transformer plus the heads after
+    pooling).
     """
 
     linears: tuple[LinearLayer, ...]
@@ -83,6 +88,9 @@ class FlopProfile:
     attention_dim: int
     """``num_heads * head_dim``: the width of the ``QK^T`` and ``AV`` products per layer."""
     name: str = "model"
+    per_sequence: tuple[LinearLayer, ...] = ()
+    """Linears applied once per sequence rather than per token: a BERT/MPNet pooler on the first
+    token, or a sentence-transformers ``Dense`` head on the pooled embedding (sentence-T5, GTR)."""
 
     # -- structure -----------------------------------------------------------------------------
     @property
@@ -102,7 +110,7 @@ class FlopProfile:
     def forward_flops(self, batch_size: int, seq_len: int) -> float:
         """FLOPs of one forward pass over ``batch_size`` sequences padded to ``seq_len``."""
         tokens = batch_size * seq_len
-        linear = 2.0 * tokens * self.num_params
+        linear = 2.0 * tokens * self.num_params + 2.0 * batch_size * sum(layer.macs_per_token for layer in self.per_sequence)
         # QK^T and AV: each 2 * s * s * d per sequence and layer. Measured kernels compute the full
         # square even under a causal mask, so the estimate does too.
         attention = 4.0 * batch_size * seq_len * seq_len * self.attention_dim * self.num_layers
@@ -110,15 +118,15 @@ class FlopProfile:
 
     def backward_flops(self, batch_size: int, seq_len: int) -> float:
         """FLOPs of the backward pass: input gradients where needed, weight gradients where trainable."""
-        tokens = batch_size * seq_len
         linear = 0.0
-        for layer in self.linears:
-            per_token = 0
-            if layer.input_needs_grad:
-                per_token += layer.macs_per_token
-            if layer.trainable:
-                per_token += layer.macs_per_token
-            linear += 2.0 * tokens * per_token
+        for layers, rows in ((self.linears, batch_size * seq_len), (self.per_sequence, batch_size)):
+            for layer in layers:
+                per_row = 0
+                if layer.input_needs_grad:
+                    per_row += layer.macs_per_token
+                if layer.trainable:
+                    per_row += layer.macs_per_token
+                linear += 2.0 * rows * per_row
         attention = 8.0 * batch_size * seq_len * seq_len * self.attention_dim * self.num_layers
         return linear + attention
 
@@ -140,17 +148,11 @@ class FlopProfile:
             total += 2.0 * batch_size * self.num_params + 4.0 * batch_size * context * self.attention_dim * self.num_layers
         return total
 
-    def forward_flops_for_lengths(self, lengths: Sequence[int]) -> float:
-        """Forward FLOPs for unpadded sequences of the given lengths (one sequence per entry)."""
-        return sum(self.forward_flops(1, int(n)) for n in lengths)
-
-    def train_flops_for_lengths(self, lengths: Sequence[int]) -> float:
-        return sum(self.train_step_flops(1, int(n)) for n in lengths)
-
     # -- constructors --------------------------------------------------------------------------
     @classmethod
     def from_config(cls, config: Any, lora: LoraSpec | None = None) -> "FlopProfile":
-        """Analytic profile of a decoder (Llama/Mistral/Qwen/GPT-2 style) or encoder (BERT style).
+        """Analytic profile of a decoder (Llama/Mistral/Qwen/GPT-2 style) or encoder (BERT, MPNet, or
+        the encoder stack of a T5 config, as ``T5EncoderModel`` and sentence-T5/GTR run it).
 
         With ``lora`` the base weights are frozen and adapters of rank ``lora.rank`` are added to
         every linear layer whose name is in ``lora.target_modules``.
@@ -189,19 +191,82 @@ class FlopProfile:
             raise ValueError(
                 f"{type(model).__name__} has no `.config`; FlopProfile.from_model needs a transformers model."
             )
+        if getattr(config, "is_encoder_decoder", False) and getattr(model, "decoder", None) is not None:
+            raise ValueError(
+                f"{type(model).__name__} is an encoder-decoder model; FlopProfile counts encoder-only and "
+                "decoder-only models. For a T5 sentence encoder load the encoder alone (T5EncoderModel, "
+                "as sentence-transformers does)."
+            )
         c = _normalise_config(config)
-        layers = [
-            LinearLayer(name, module.in_features, module.out_features, trainable=module.weight.requires_grad)
-            for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear)
-        ]
-        if c["lm_head"] and not any(layer.name.endswith("lm_head") for layer in layers):
-            # A head tied to the embedding is applied as a matmul with the embedding matrix.
+        layers: list[LinearLayer] = []
+        per_sequence: list[LinearLayer] = []
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                layer = LinearLayer(name, module.in_features, module.out_features, trainable=module.weight.requires_grad)
+                # BERT/RoBERTa/MPNet poolers read the first token only.
+                (per_sequence if "pooler" in name.split(".") else layers).append(layer)
+        output_embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if output_embeddings is not None and not any(isinstance(m, torch.nn.Linear) for m in output_embeddings.modules()):
+            # A head applied as a matmul with the (tied) embedding matrix rather than through an nn.Linear.
             layers.append(LinearLayer("lm_head", c["hidden_size"], c["vocab_size"], trainable=False))
         embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
         embeddings_frozen = embeddings is None or not embeddings.weight.requires_grad
-        profile = cls(tuple(layers), c["num_layers"], c["num_heads"] * c["head_dim"], name=c["name"])
+        profile = cls(tuple(layers), c["num_layers"], c["num_heads"] * c["head_dim"], name=c["name"], per_sequence=tuple(per_sequence))
         return profile._skip_first_block_input_grads() if embeddings_frozen else profile
+
+    @classmethod
+    def from_sentence_encoder(cls, encoder: Any) -> "FlopProfile":
+        """Profile of a ``sentence_transformers.SentenceTransformer`` as ``encode`` runs it.
+
+        The transformer module is read with :meth:`from_model` (BERT/MiniLM, MPNet, a T5 encoder,
+        or a decoder-only model without its LM head); linears of modules before the ``Pooling``
+        module run per token, those after it (e.g. the ``Dense`` projection of sentence-T5/GTR)
+        once per sequence. Pooling and normalisation are not matmuls.
+
+        Example:
+            >>> from sentence_transformers import SentenceTransformer  # doctest: +SKIP
+            >>> profile = FlopProfile.from_sentence_encoder(SentenceTransformer("all-MiniLM-L6-v2"))  # doctest: +SKIP
+            >>> profile.forward_flops(batch_size=32, seq_len=128)  # doctest: +SKIP
+        """
+        import torch
+
+        transformer: FlopProfile | None = None
+        per_token: list[LinearLayer] = []
+        per_sequence: list[LinearLayer] = []
+        pooled = False
+        for index, module in enumerate(encoder):
+            kind = type(module).__name__
+            if hasattr(module, "auto_model"):
+                if transformer is not None:
+                    raise ValueError(f"{type(encoder).__name__} has two transformer modules; FlopProfile reads one.")
+                transformer = cls.from_model(module.auto_model)
+                continue
+            for name, part in module.named_modules():
+                if part is not module and hasattr(part, "auto_model"):
+                    raise ValueError(
+                        f"Module {index} ({kind}) of the sentence encoder nests a transformer (e.g. a Router); "
+                        "FlopProfile reads a plain Transformer -> Pooling -> (Dense) stack."
+                    )
+                if isinstance(part, (torch.nn.RNNBase, torch.nn.modules.conv._ConvNd)):
+                    raise ValueError(
+                        f"Module {index} ({kind}) of the sentence encoder runs a {type(part).__name__}, whose "
+                        "FLOPs FlopProfile does not count; use a transformer-based encoder."
+                    )
+                if isinstance(part, torch.nn.Linear):
+                    layer = LinearLayer(f"{index}.{name}".rstrip("."), part.in_features, part.out_features,
+                                        trainable=part.weight.requires_grad)
+                    (per_sequence if pooled else per_token).append(layer)
+            pooled = pooled or kind == "Pooling"
+        if transformer is None:
+            raise ValueError(
+                f"{type(encoder).__name__} has no transformer module (one with `.auto_model`); FlopProfile "
+                "counts transformer-based sentence encoders."
+            )
+        return replace(
+            transformer,
+            linears=transformer.linears + tuple(per_token),
+            per_sequence=transformer.per_sequence + tuple(per_sequence),
+        )
 
     def with_lora(self, lora: LoraSpec) -> "FlopProfile":
         """The same model with frozen base weights and LoRA adapters on ``lora.target_modules``."""
@@ -209,6 +274,7 @@ class FlopProfile:
             raise ValueError(f"LoRA rank must be positive, got {lora.rank}.")
         targets = set(lora.target_modules)
         layers: list[LinearLayer] = []
+        frozen_per_sequence = tuple(replace(layer, trainable=False) for layer in self.per_sequence)
         for layer in self.linears:
             layers.append(LinearLayer(layer.name, layer.in_features, layer.out_features, trainable=False))
             if layer.name.rsplit(".", 1)[-1] in targets:
@@ -219,7 +285,7 @@ class FlopProfile:
                 f"LoRA target_modules {sorted(targets)} match no linear layer of {self.name}; "
                 f"available names: {sorted({layer.name.rsplit('.', 1)[-1] for layer in self.linears})}."
             )
-        profile = FlopProfile(tuple(layers), self.num_layers, self.attention_dim, name=self.name)
+        profile = replace(self, linears=tuple(layers), per_sequence=frozen_per_sequence)
         return profile._skip_first_block_input_grads()
 
     def _skip_first_block_input_grads(self) -> "FlopProfile":
@@ -241,16 +307,11 @@ class FlopProfile:
                     input_needs_grad=not (reads_embeddings and not is_lora_b),
                 )
             )
-        return FlopProfile(tuple(updated), self.num_layers, self.attention_dim, name=self.name)
+        return replace(self, linears=tuple(updated))
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "num_layers": self.num_layers,
-            "matmul_params": self.num_params,
-            "trainable_matmul_params": self.trainable_params,
-            "attention_dim": self.attention_dim,
-        }
+
+T5_MODEL_TYPES = frozenset({"t5", "mt5", "umt5"})
+"""Configs read as their encoder stack (``T5EncoderModel``), as sentence encoders use them."""
 
 
 def _normalise_config(config: Any) -> dict[str, Any]:
@@ -264,28 +325,29 @@ def _normalise_config(config: Any) -> dict[str, Any]:
         if default is None:
             raise ValueError(
                 f"Cannot read {names[0]!r} from {type(config).__name__}; FLOP estimates support decoder "
-                "(Llama, Mistral, Qwen, GPT-2) and BERT-style encoder configs."
+                "(Llama, Mistral, Qwen, GPT-2), BERT-style encoder and T5 encoder configs."
             )
         return default
 
     hidden = int(pick("hidden_size", "n_embd", "d_model"))
     heads = int(pick("num_attention_heads", "n_head", "num_heads"))
-    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
+    # T5 sets the per-head width independently of d_model (d_kv; 64 in every released size).
+    head_dim = int(getattr(config, "head_dim", None) or getattr(config, "d_kv", None) or hidden // heads)
     kv_heads = int(pick("num_key_value_heads", default=heads))
-    ffn = int(pick("intermediate_size", "n_inner", "ffn_dim", default=4 * hidden))
+    ffn = int(pick("intermediate_size", "n_inner", "ffn_dim", "d_ff", default=4 * hidden))
     model_type = getattr(config, "model_type", "") or ""
-    is_encoder = bool(getattr(config, "is_encoder_decoder", False)) is False and model_type in {
-        "bert",
-        "roberta",
-        "xlm-roberta",
-        "distilbert",
-        "mpnet",
-        "electra",
-    }
+    bert_like = {"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra"}
+    # A T5 config describes encoder and decoder; as an embedding model only the encoder stack runs.
+    t5_encoder = model_type in T5_MODEL_TYPES
+    is_encoder = t5_encoder or (bool(getattr(config, "is_encoder_decoder", False)) is False and model_type in bert_like)
     act = str(getattr(config, "hidden_act", getattr(config, "activation_function", "")))
-    gated = model_type not in {"gpt2", "bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra"} and (
-        "silu" in act or "swiglu" in act or "gelu_pytorch_tanh" in act or model_type in {"llama", "mistral", "qwen2", "gemma"}
-    )
+    if t5_encoder:
+        # v1.0 "relu" (wi, wo); v1.1 / GTR "gated-gelu" (wi_0, wi_1, wo).
+        gated = bool(getattr(config, "is_gated_act", str(getattr(config, "feed_forward_proj", "")).startswith("gated-")))
+    else:
+        gated = model_type not in bert_like | {"gpt2"} and (
+            "silu" in act or "swiglu" in act or "gelu_pytorch_tanh" in act or model_type in {"llama", "mistral", "qwen2", "gemma"}
+        )
     return {
         "name": getattr(config, "_name_or_path", "") or model_type or "model",
         "hidden_size": hidden,
@@ -316,11 +378,17 @@ class FlopLedger:
         False
         >>> ledger.remaining
         70.0
+
+    Beside the FLOPs it carries the typed plan: :attr:`selection` (a
+    :class:`~hf_cads.budget.SelectionCharge`) and :attr:`training` (a
+    :class:`~hf_cads.budget.TrainingPlan`); :attr:`notes` holds anything else a caller adds.
     """
 
     budget: float | None = None
     entries: dict[str, float] = field(default_factory=lambda: {phase: 0.0 for phase in PHASES})
     notes: dict[str, Any] = field(default_factory=dict)
+    selection: SelectionCharge | None = None
+    training: TrainingPlan = field(default_factory=TrainingPlan)
 
     def __post_init__(self) -> None:
         if self.budget is not None:
@@ -366,22 +434,43 @@ class FlopLedger:
 
     def format_table(self) -> str:
         """A small human-readable table of :meth:`breakdown`."""
+        return self.format_breakdown(self.breakdown())
+
+    @staticmethod
+    def format_breakdown(breakdown: Mapping[str, float]) -> str:
+        """The table of a :meth:`breakdown` (e.g. one read back from a report)."""
+        budget, spent = breakdown.get("budget"), breakdown["total"]
         rows = [f"{'phase':<12}{'FLOPs':>14}{'share':>9}"]
-        denom = self.budget or self.spent or 1.0
+        denom = budget or spent or 1.0
         for phase in PHASES:
-            rows.append(f"{phase:<12}{self.entries[phase]:>14.4e}{self.entries[phase] / denom:>9.1%}")
-        rows.append(f"{'total':<12}{self.spent:>14.4e}{self.spent / denom:>9.1%}")
-        if self.budget is not None:
-            rows.append(f"{'budget':<12}{self.budget:>14.4e}{1.0:>9.1%}")
+            rows.append(f"{phase:<12}{breakdown[phase]:>14.4e}{breakdown[phase] / denom:>9.1%}")
+        rows.append(f"{'total':<12}{spent:>14.4e}{spent / denom:>9.1%}")
+        if budget is not None:
+            rows.append(f"{'budget':<12}{budget:>14.4e}{1.0:>9.1%}")
         return "\n".join(rows)
 
     # -- persistence (checkpoints) --------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"budget": self.budget, "entries": dict(self.entries), "notes": dict(self.notes)}
+        return {
+            "format": LEDGER_FORMAT,
+            "budget": self.budget,
+            "entries": dict(self.entries),
+            "selection": self.selection.to_dict() if self.selection is not None else None,
+            "training": self.training.to_dict(),
+            "notes": dict(self.notes),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "FlopLedger":
-        return cls(budget=data.get("budget"), entries=dict(data["entries"]), notes=dict(data.get("notes", {})))
+        """Read :meth:`to_dict`'s output, also from ledgers written before the typed plan existed
+        (their ``notes`` held the same facts under string keys)."""
+        entries = dict(data["entries"])
+        if "training" not in data:
+            notes, selection, training = migrate_legacy_notes(data.get("notes", {}), entries.get("selection", 0.0))
+            return cls(budget=data.get("budget"), entries=entries, notes=notes, selection=selection, training=training)
+        selection = SelectionCharge.from_dict(data["selection"]) if data.get("selection") else None
+        return cls(budget=data.get("budget"), entries=entries, notes=dict(data.get("notes", {})),
+                   selection=selection, training=TrainingPlan.from_dict(data["training"]))
 
     def save(self, path: str) -> None:
         """Write the ledger as JSON, atomically (a temporary file moved into place)."""

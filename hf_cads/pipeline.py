@@ -18,14 +18,15 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .data import build_multisource_pool, column_values, load_bbh_target, load_gsm8k, POOL_SOURCES
 from .evaluation import answers_fit, exact_match, question_answer_pairs
 from .flops import FlopLedger, FlopProfile
-from .records import RECORDS_FILE, append_record, record_from_trainer, run_key, selector_config_dict
+from .lora import DEFAULT_LORA_R, DEFAULT_LORA_TARGET_MODULES
+from .records import RECORDS_FILE, append_record, experiment_key, record_from_trainer
 from .selectors.scoring import CausalLMScorer
 from .trainer import BudgetedTrainer, BudgetedTrainingArguments
 
@@ -33,6 +34,21 @@ logger = logging.getLogger(__name__)
 
 
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
+QUICKSTART = "quickstart.yaml"
+
+
+def find_recipe(name: str, hint: str) -> Path:
+    """``recipes/<name>`` of the current directory or of the checkout; ``hint`` says what to pass instead."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        candidate = root / "recipes" / name
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"Cannot find recipes/{name}; {hint}")
+
+
+def default_recipe() -> Path:
+    """``recipes/quickstart.yaml`` of the checkout (or the current directory)."""
+    return find_recipe(QUICKSTART, "pass a recipe path: hf-cads run path/to/recipe.yaml")
 
 
 @dataclass
@@ -71,10 +87,10 @@ class RunConfig:
     eval_examples: int = 32
     exact_match_max_new_tokens: int = 8
     data_dir: str | None = None
-    lora_r: int = 8
+    lora_r: int = DEFAULT_LORA_R
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGET_MODULES))
     attn_implementation: str | None = None
     run_records: str | None = None
     dtype: str | None = None
@@ -171,16 +187,17 @@ def exact_match_applies(run: RunConfig, tokenizer: Any, test: Any) -> bool:
 def evaluate_target(model: Any, tokenizer: Any, test: Any, run: RunConfig, args: BudgetedTrainingArguments) -> tuple[dict[str, float], float]:
     """``{"target_loss": ..., "exact_match": ...}`` on the test rows (exact match only where
     :func:`exact_match_applies`) and the FLOPs that cost."""
-    ledger = FlopLedger()
-    metrics = {"target_loss": target_loss(model, tokenizer, list(test["text"]), ledger, args.per_device_eval_batch_size, args.max_seq_length)}
+    scorer = CausalLMScorer(model, tokenizer, args.per_device_eval_batch_size, args.max_seq_length, show_progress=False)
+    losses, flops = scorer.losses(list(test["text"]), desc="target loss")
+    metrics = {"target_loss": float(losses.mean())}
     if exact_match_applies(run, tokenizer, test):
         result = exact_match(
             model, tokenizer, test, max_new_tokens=run.exact_match_max_new_tokens,
             batch_size=args.per_device_eval_batch_size, max_length=args.max_seq_length,
         )
-        ledger.charge("eval", result.flops)
+        flops += result.flops
         metrics["exact_match"] = result.accuracy
-    return metrics, ledger.entries["eval"]
+    return metrics, float(flops)
 
 
 @dataclass
@@ -294,10 +311,10 @@ def run_setup(run: RunConfig, args: BudgetedTrainingArguments) -> dict[str, Any]
 
 def expected_run_key(run: RunConfig, args: BudgetedTrainingArguments) -> str:
     """The key the record of this run will carry, computed without running it."""
-    config = selector_config_dict(args.selector, args.selector_kwargs, args.seed)
-    return run_key(
-        args.selector, config, args.selection_fraction, args.selection_k, args.seed,
-        run.model_name_or_path, run.target, run_setup(run, args),
+    setup = {k: v for k, v in run_setup(run, args).items() if k != "flop_budget"}
+    return experiment_key(
+        args.selector, args.selector_kwargs, args.seed, args.selection_fraction, args.selection_k,
+        run.model_name_or_path, run.target, args.flop_budget, setup,
     )
 
 
@@ -348,6 +365,7 @@ def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments, input
         "selector": args.selector,
         "selector_config": selection.config if selection else None,
         "k": len(selection) if selection else len(pool),
+        "duplicates_dropped": ledger.selection.duplicates_dropped if ledger.selection is not None else 0,
         "selected_sources": _count(column_values(selection.dataset, "source")) if selection else _count(column_values(pool, "source")),
         "train_steps": trainer.state.global_step,
         "train_loss": float(train_output.training_loss),
@@ -367,7 +385,7 @@ def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments, input
         record = record_from_trainer(
             trainer, after, model=run.model_name_or_path, target=run.target,
             baseline_metrics=before, setup=run_setup(run, args),
-            seconds=report["seconds"], key=expected_run_key(run, args),
+            seconds=report["seconds"],
         )
         append_record(run_records_path(run, args), record)
     return report
@@ -381,19 +399,17 @@ def _count(values: list[str]) -> dict[str, int]:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    ledger = FlopLedger(budget=report["ledger"].get("budget"))
-    for phase in ("selection", "train", "eval"):
-        ledger.entries[phase] = report["ledger"][phase]
     lines = [
         f"target: {report['target']}   model: {report['model']}   selector: {report['selector']}",
-        f"pool: {report['pool_size']} rows -> selected {report['k']}  {report['selected_sources']}",
+        f"pool: {report['pool_size']} rows -> selected {report['k']}  {report['selected_sources']}"
+        + (f"  ({report['duplicates_dropped']} duplicated rows dropped)" if report.get("duplicates_dropped") else ""),
         f"train steps: {report['train_steps']}   train loss: {report['train_loss']:.4f}",
         f"target loss before: {report['target_loss_before']:.4f}   after: {report['target_loss_after']:.4f}   "
         f"(ppl {math.exp(report['target_loss_before']):.2f} -> {math.exp(report['target_loss_after']):.2f})",
         f"exact match before: {report['exact_match_before']:.3f}   after: {report['exact_match_after']:.3f}"
         if "exact_match_after" in report else "",
         "FLOP ledger:",
-        ledger.format_table(),
+        FlopLedger.format_breakdown(report["ledger"]),
         f"wall time: {report['seconds']} s",
         f"run record appended to {report['run_records']} (hf-cads plan reads it)" if "run_records" in report else "",
     ]

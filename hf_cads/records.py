@@ -35,17 +35,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .flops import FlopProfile
+from .selectors import build_selector, get_selector_class
+from .selectors.base import result_options
+from .selectors.budget import matmul_params, selection_model_params  # noqa: F401  (re-exported: their former home)
 
 logger = logging.getLogger(__name__)
 
 RECORDS_FILE = "runs.jsonl"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: keys hash the selector options marked as affecting the result (``SelectorConfig`` field
+metadata) and the requested options rather than resolved ones; records of version 1 get their key
+recomputed this way when read, so a sweep still recognises the runs they record."""
 NO_SELECTION = "full"
 """Label of runs that train on the whole pool (no selector)."""
-
-# Options that change how a selector runs but not what it selects.
-_NON_SEMANTIC_OPTIONS = frozenset({"show_progress", "gradient_method", "gradient_buffer_mb"})
 
 
 @dataclass
@@ -72,6 +74,8 @@ class RunRecord:
         flop_budget: the cap the run trained under (``None``: fixed epochs, no cap).
         setup: further settings that make two runs different experiments (pool, epochs, ...).
         key: identifies the experiment for skip detection (default: a hash of the fields above).
+        duplicates_dropped: pool rows the selector did not score because they repeat an earlier
+            row's text (``deduplicate="drop"``).
     """
 
     selector: str | None
@@ -99,6 +103,7 @@ class RunRecord:
     seconds: float | None = None
     time: str = ""
     key: str = ""
+    duplicates_dropped: int = 0
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -118,9 +123,13 @@ class RunRecord:
         if not self.time:
             self.time = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         if not self.key:
-            self.key = run_key(
-                self.selector, self.selector_config, self.selection_fraction, self.selection_k, self.seed,
-                self.model, self.target, {"flop_budget": self.flop_budget, "pool_size": self.pool_size, **self.setup},
+            config = self.selector_config
+            if "selector_kwargs" in self.setup and _is_registered(self.selector):
+                config = None  # the requested options identify the run (CADS resolves train_budget from the budget)
+            self.key = experiment_key(
+                self.selector, self.setup.get("selector_kwargs"), self.seed, self.selection_fraction, self.selection_k,
+                self.model, self.target, self.flop_budget, {k: v for k, v in self.setup.items() if k != "selector_kwargs"},
+                selector_config=config,
             )
 
     def selector_config_overrides(self) -> dict[str, Any]:
@@ -142,8 +151,12 @@ class RunRecord:
                          and f.default_factory is dataclasses.MISSING and f.name not in data)
         if missing:
             raise ValueError(f"run record lacks field(s) {missing}")
+        values = {name: value for name, value in data.items() if name in known}
+        if int(data.get("schema_version", 1)) < SCHEMA_VERSION:
+            # Keys of older records were hashed another way: recompute them the current way.
+            values.update(key="", schema_version=SCHEMA_VERSION)
         # Records written by newer versions may carry extra fields; keep what this version knows.
-        return cls(**{name: value for name, value in data.items() if name in known})
+        return cls(**values)
 
 
 # -- identity ----------------------------------------------------------------------------------
@@ -163,11 +176,13 @@ def run_key(
     setup: Mapping[str, Any] | None = None,
 ) -> str:
     """A short hash naming one experiment: selector + canonical config + fraction/k + seed + model +
-    target + setup (budget, pool, epochs, ...). Two runs with the same key are repeats."""
-    config = {k: v for k, v in (selector_config or {}).items() if k not in _NON_SEMANTIC_OPTIONS}
+    target + setup (budget, pool, epochs, ...). Two runs with the same key are repeats. Options the
+    selector's config marks as not affecting the result (``show_progress``, ``cache_dir``, ...) are
+    left out."""
     identity = {
+        "version": SCHEMA_VERSION,
         "selector": selector,
-        "config": config,
+        "config": _result_options(selector, selector_config or {}),
         "fraction": None if selection_fraction is None else float(selection_fraction),
         "k": selection_k,
         "seed": int(seed),
@@ -182,46 +197,53 @@ def run_label(selector: str | None, selector_kwargs: Mapping[str, Any] | None = 
     """``bm25`` or, with options the user set, ``bm25[aggregate=max]`` (seed and display options left out)."""
     if selector is None:
         return NO_SELECTION
-    options = {k: v for k, v in (selector_kwargs or {}).items() if k not in _NON_SEMANTIC_OPTIONS | {"seed"}}
+    options = {k: v for k, v in _result_options(selector, selector_kwargs or {}).items() if k != "seed"}
     if not options:
         return selector
     return f"{selector}[{','.join(f'{k}={v}' for k, v in sorted(options.items()))}]"
+
+
+def _is_registered(selector: str | None) -> bool:
+    try:
+        get_selector_class(selector)
+    except ValueError:
+        return False
+    return True
+
+
+def _result_options(selector: str | None, options: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        config_class = get_selector_class(selector).config_class if selector else None
+    except ValueError:  # a selector registered in another program: keep every option
+        config_class = None
+    return result_options(config_class, options) if config_class is not None else dict(options)
+
+
+def experiment_key(
+    selector: str | None,
+    selector_kwargs: Mapping[str, Any] | None,
+    seed: int,
+    selection_fraction: float | None,
+    selection_k: int | None,
+    model: str,
+    target: str | None,
+    flop_budget: float | None,
+    setup: Mapping[str, Any] | None = None,
+    *,
+    selector_config: Mapping[str, Any] | None = None,
+) -> str:
+    """The run key, computed one way: before a run (:func:`hf_cads.pipeline.expected_run_key`) and
+    by :class:`RunRecord` after it. The selector's configuration is the one its requested options
+    build (``selector_config`` when given instead), plus the budget and the rest of ``setup``."""
+    config = selector_config if selector_config is not None else selector_config_dict(selector, selector_kwargs, seed)
+    return run_key(selector, config, selection_fraction, selection_k, seed, model, target, {"flop_budget": flop_budget, **dict(setup or {})})
 
 
 def selector_config_dict(selector: str | None, selector_kwargs: Mapping[str, Any] | None, seed: int) -> dict[str, Any]:
     """The configuration :class:`~hf_cads.BudgetedTrainer` builds for ``selector`` (no model is loaded)."""
     if selector is None:
         return {}
-    from .selectors import get_selector
-
-    options = dict(selector_kwargs or {})
-    options.setdefault("seed", seed)
-    return get_selector(selector, **options).config.to_dict()
-
-
-# -- sizes -------------------------------------------------------------------------------------
-def matmul_params(model: Any) -> int:
-    """Matmul parameters of a transformers model (also inside a peft or sentence-transformers
-    wrapper), LoRA adapters excluded; 0 for ``None``."""
-    if model is None:
-        return 0
-    from transformers import PreTrainedModel
-
-    inner = model if getattr(model, "config", None) is not None else None
-    if inner is None and hasattr(model, "modules"):
-        inner = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
-    if inner is None:
-        raise TypeError(f"Cannot count the parameters of {type(model).__name__}: it holds no transformers model.")
-    profile = FlopProfile.from_model(inner)
-    return sum(layer.macs_per_token for layer in profile.linears if "lora_" not in layer.name)
-
-
-def selection_model_params(selector: Any) -> int:
-    """Matmul parameters of the model a selector scored with (0 for model-free selectors)."""
-    model = getattr(selector, "model", None)
-    if model is None or not getattr(selector, "uses_model", False):
-        return 0
-    return matmul_params(model)
+    return build_selector(selector, selector_kwargs, seed=seed).config.to_dict()
 
 
 # -- building records --------------------------------------------------------------------------
@@ -252,10 +274,11 @@ def record_from_trainer(
         selector_config=selection.config if selection is not None else {},
         model=model_name,
         model_params=matmul_params(trainer.model),
-        selection_model_params=int(ledger.notes.get("selection_model_params", 0)),
+        selection_model_params=ledger.selection.model_params if ledger.selection is not None else 0,
         pool_size=pool_size,
         k=k,
-        tokens_trained=int(ledger.notes.get("tokens_trained", 0)),
+        tokens_trained=int(ledger.training.tokens_trained),
+        duplicates_dropped=ledger.selection.duplicates_dropped if ledger.selection is not None else 0,
         selection_flops=selection_cost(ledger),
         train_flops=ledger.entries["train"],
         eval_flops=ledger.entries["eval"],
@@ -267,7 +290,8 @@ def record_from_trainer(
         selection_k=args.selection_k,
         flop_budget=ledger.budget,
         train_steps=int(trainer.state.global_step),
-        setup={"selector_kwargs": dict(args.selector_kwargs or {}), **dict(setup or {})},
+        # Without a setup (a BudgetedTrainer on its own) the pool is told apart by its size.
+        setup={"selector_kwargs": dict(args.selector_kwargs or {}), **(dict(setup) if setup is not None else {"pool_size": pool_size})},
         seconds=seconds,
         key=key,
     )
@@ -276,9 +300,8 @@ def record_from_trainer(
 def selection_cost(ledger: Any) -> float:
     """FLOPs of the run's selection: the ledger's ``selection`` phase or, when the scores came whole
     from the cache (charged 0), the FLOPs computing them cost."""
-    cache = ledger.notes.get("selection_cache") or {}
-    if cache.get("hit"):
-        return ledger.entries["selection"] + float(cache.get("original_flops", 0.0))
+    if ledger.selection is not None and ledger.selection.cache_hit:
+        return ledger.entries["selection"] + float(ledger.selection.cache.get("original_flops", 0.0))
     return ledger.entries["selection"]
 
 

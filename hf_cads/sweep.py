@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
@@ -281,34 +280,3 @@ def _plan_and_plot(records_path: Path, spec: SweepSpec, runs: list[SweepRun], bu
         return None, f"no plan: {err}"
     plot = Path(spec.plot) if spec.plot else records_path.with_name(records_path.stem + "_planner.png")
     return plot_plan(plan, plot), plan.format()
-
-
-def sweep_command(argv: Sequence[str]) -> int:
-    """``hf-cads sweep SWEEP.yaml [--budget FLOPS] [--option value ...]``: run the grid, record, plot."""
-    parser = argparse.ArgumentParser(prog="hf-cads sweep", description=sweep_command.__doc__)
-    parser.add_argument("sweep_file", nargs="?", default=None, help="sweep YAML (default recipes/sweep.yaml)")
-    parser.add_argument("--budget", type=float, default=None, help="also recommend a selector for this FLOP budget")
-    options, overrides = parser.parse_known_args(list(argv))
-    sweep_file = Path(options.sweep_file) if options.sweep_file else _default_sweep()
-    summary = run_sweep(sweep_file, overrides, budget=options.budget)
-    from accelerate import PartialState
-
-    if not PartialState().is_main_process:
-        return 0
-    if summary.report:
-        print(summary.report)
-    print(f"\nrecords: {summary.records_path}  ({summary.ran} ran, {summary.skipped} already recorded, "
-          f"{len(summary.failed)} failed)")
-    if summary.plot_path:
-        print(f"plot: {summary.plot_path}")
-    for description, error in summary.failed.items():
-        print(f"failed: {description}: {error}")
-    return 1 if summary.failed else 0
-
-
-def _default_sweep() -> Path:
-    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        candidate = root / "recipes" / "sweep.yaml"
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError("Cannot find recipes/sweep.yaml; pass a sweep file: hf-cads sweep path/to/sweep.yaml")

@@ -5,6 +5,12 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# `make test` also runs the determinism tests at one thread (HF_CADS_TEST_THREADS=1 with OMP_NUM_THREADS=1):
+# results must not depend on how many threads the float reductions were split over.
+if os.environ.get("HF_CADS_TEST_THREADS"):
+    torch.set_num_threads(int(os.environ["HF_CADS_TEST_THREADS"]))
 
 from hf_cads.data import default_data_dir  # noqa: E402
 from hf_cads.testing import tiny_causal_lm, tiny_tokenizer  # noqa: E402

@@ -139,5 +139,5 @@ def test_budgeted_trainer_records_a_cached_selection(tmp_path, small_pool, bbh_t
     first, second = trainer(), trainer()
     spent = first.flop_ledger.entries["selection"]
     assert spent > 0 and second.flop_ledger.entries["selection"] == 0
-    assert second.flop_ledger.notes["selection_cache"]["hit"] and second.flop_ledger.notes["selection_cache"]["original_flops"] == spent
+    assert second.flop_ledger.selection.cache_hit and second.flop_ledger.selection.cache["original_flops"] == spent
     assert second.selection_result.indices.tolist() == first.selection_result.indices.tolist()

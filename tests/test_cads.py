@@ -5,7 +5,7 @@ from datasets import Dataset
 
 from hf_cads import get_selector
 from hf_cads.selectors.cads import CADSSelector, allocate_by_mixture
-from hf_cads.selectors.cads_backends import TensorBackend, linear_stack_profile
+from hf_cads.selectors.cads_backends import TensorBackend
 from hf_cads.selectors.cads_core import TruncatedGaussianPolicy, annealed_sigma
 from hf_cads.selectors.cads_predictor import LossPredictor
 from hf_cads.testing import tiny_causal_lm
@@ -110,9 +110,13 @@ def test_budgeted_trainer_runs_cads_and_charges_it(tmp_path, small_pool, bbh_tar
 
 
 # -- bad input ---------------------------------------------------------------------------------
-def test_train_budget_is_required():
+def test_train_budget_is_required_when_cads_runs_alone(small_pool, bbh_target, tokenizer, tiny_lm):
+    # Without a budget to derive it from (BudgetedTrainer's flop_budget), CADS cannot plan.
+    selector = get_selector("cads-e", model=tiny_lm, tokenizer=tokenizer, show_progress=False)
     with pytest.raises(ValueError, match="CADS needs train_budget="):
-        get_selector("cads-e")
+        selector.estimate_flops(small_pool, bbh_target[0])
+    with pytest.raises(ValueError, match="CADS needs train_budget="):
+        selector.select(small_pool, target=bbh_target[0])
 
 
 def test_cads_s_needs_a_source_column_with_several_sources(small_pool, bbh_target, tokenizer, tiny_lm):
@@ -155,12 +159,17 @@ def test_registry_aliases():
 
 
 # -- the algorithm finds real signal on small tensor tasks -------------------------------------
-def _digits_with_label_noise(rows=600, noise=0.3):
+# Each claim is a property over several seeds (data and selector seed together), with a margin: one
+# seed's value moves with the CPU's float rounding and the thread count.
+SEEDS = (0, 1, 2)
+
+
+def _digits_with_label_noise(seed, rows=600, noise=0.3):
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     features, labels = (digits.data / 16).astype(np.float32), digits.target
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     order = rng.permutation(len(labels))
     pool_idx, val_idx = order[:rows], order[rows : rows + 100]
     pool_labels = labels[pool_idx].copy()
@@ -172,36 +181,48 @@ def _digits_with_label_noise(rows=600, noise=0.3):
 
 
 def test_cads_e_keeps_clean_over_mislabelled_examples():
-    pool, target, noisy = _digits_with_label_noise()
-    backend = TensorBackend(lambda: torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)), loss="cross_entropy")
-    selector = get_selector(
-        "cads-e", backend=backend, train_budget=5e7, seed=0, batch_size=32, learning_rate=3e-3, block_size=64,
-        target_batch_size=100, outer_steps=400, lr_s=0.5, show_progress=False,
-    )
-    estimate = selector.estimate_flops(pool, target)
-    result = selector.select(pool, target=target)
-    probabilities = result.all_scores
-    assert probabilities[~noisy].mean() > probabilities[noisy].mean() + 0.15
-    assert noisy[result.indices].mean() < 0.25 < noisy.mean()
-    assert len(result) == result.extras["favoured_size"] == round(probabilities.sum())
-    assert result.flops == pytest.approx(estimate, rel=0.1)
+    # Measured on 5 seeds (Intel, 1 thread): keep-probability gap clean - noisy 0.24-0.33, noisy share
+    # of the kept rows 0.17-0.23 against 0.30-0.34 in the pool.
+    gaps, kept_noise, pool_noise = [], [], []
+    for seed in SEEDS:
+        pool, target, noisy = _digits_with_label_noise(seed)
+        backend = TensorBackend(lambda: torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)), loss="cross_entropy")
+        selector = get_selector(
+            "cads-e", backend=backend, train_budget=5e7, seed=seed, batch_size=32, learning_rate=3e-3, block_size=64,
+            target_batch_size=100, outer_steps=400, lr_s=0.5, policy_reward="objective", show_progress=False,
+        )
+        estimate = selector.estimate_flops(pool, target)
+        result = selector.select(pool, target=target)
+        probabilities = result.all_scores
+        gaps.append(probabilities[~noisy].mean() - probabilities[noisy].mean())
+        kept_noise.append(noisy[result.indices].mean())
+        pool_noise.append(noisy.mean())
+        assert len(result) == result.extras["favoured_size"] == round(probabilities.sum())
+        assert result.flops == pytest.approx(estimate, rel=0.1)
+    assert np.mean(gaps) > 0.15 and min(gaps) > 0.05, gaps
+    assert all(kept < share - 0.03 for kept, share in zip(kept_noise, pool_noise)), (kept_noise, pool_noise)
+    assert np.mean(kept_noise) < np.mean(pool_noise) - 0.06, (kept_noise, pool_noise)
 
 
 def test_cads_s_moves_the_mixture_toward_the_useful_source():
-    rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, 400)
-    y = np.concatenate([np.sin(np.pi * x[:200]), rng.normal(0, 1, 200)])  # second source: labels are noise
-    pool = Dataset.from_dict({"x": x.tolist(), "y": y.tolist(), "source": ["signal"] * 200 + ["junk"] * 200})
-    x_val = rng.uniform(-1, 1, 100)
-    target = Dataset.from_dict({"x": x_val.tolist(), "y": np.sin(np.pi * x_val).tolist()})
-    backend = TensorBackend(lambda: torch.nn.Sequential(torch.nn.Linear(1, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)))
-    result = get_selector(
-        "cads-s", backend=backend, train_budget=3e7, seed=0, batch_size=32, learning_rate=1e-2, block_size=64,
-        target_batch_size=100, outer_steps=200, show_progress=False,
-    ).select(pool, target=target)
-    assert result.extras["mixture"]["signal"] > 0.65
-    history = result.extras["history"]
-    assert history[0]["mixture"] == pytest.approx([0.5, 0.5], abs=0.01) and history[-1]["sigma"] == pytest.approx(0.05)
+    # Measured on 5 seeds: the signal source's share is 0.75-0.82 with the whole-objective reward (pool: 0.5).
+    shares = []
+    for seed in SEEDS:
+        rng = np.random.default_rng(seed)
+        x = rng.uniform(-1, 1, 400)
+        y = np.concatenate([np.sin(np.pi * x[:200]), rng.normal(0, 1, 200)])  # second source: labels are noise
+        pool = Dataset.from_dict({"x": x.tolist(), "y": y.tolist(), "source": ["signal"] * 200 + ["junk"] * 200})
+        x_val = rng.uniform(-1, 1, 100)
+        target = Dataset.from_dict({"x": x_val.tolist(), "y": np.sin(np.pi * x_val).tolist()})
+        backend = TensorBackend(lambda: torch.nn.Sequential(torch.nn.Linear(1, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)))
+        result = get_selector(
+            "cads-s", backend=backend, train_budget=3e7, seed=seed, batch_size=32, learning_rate=1e-2, block_size=64,
+            target_batch_size=100, outer_steps=200, policy_reward="objective", show_progress=False,
+        ).select(pool, target=target)
+        shares.append(result.extras["mixture"]["signal"])
+        history = result.extras["history"]
+        assert history[0]["mixture"] == pytest.approx([0.5, 0.5], abs=0.01) and history[-1]["sigma"] == pytest.approx(0.05)
+    assert min(shares) > 0.6 and np.mean(shares) > 0.68, shares
 
 
 def test_tensor_backend_bad_columns():
@@ -209,28 +230,3 @@ def test_tensor_backend_bad_columns():
     backend = TensorBackend(lambda: torch.nn.Linear(1, 1))
     with pytest.raises(ValueError, match="no 'x' column.*feature_column"):
         get_selector("cads-e", backend=backend, train_budget=1e6).select(pool, target=pool)
-
-
-def test_cads_s_validation_reward_favours_high_frequency_data_at_a_large_budget():
-    # The spectral-bias setting of benchmarks/cads_spectral_bias.py at a budget (1000 steps) large enough to
-    # learn the high-frequency part: only the source with it ("high") carries the full target function.
-    rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, 800)
-    low, full = np.sin(np.pi * x), np.sin(np.pi * x) + np.sin(8 * np.pi * x)
-    pool = Dataset.from_dict({"x": x.tolist(), "y": np.concatenate([low[:400], full[400:]]).tolist(), "source": ["low"] * 400 + ["high"] * 400})
-    x_val = rng.uniform(-1, 1, 400)
-    target = Dataset.from_dict({"x": x_val.tolist(), "y": (np.sin(np.pi * x_val) + np.sin(8 * np.pi * x_val)).tolist()})
-
-    def mlp():
-        return torch.nn.Sequential(torch.nn.Linear(1, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
-
-    step_flops = linear_stack_profile(mlp()).train_step_flops(32, 1)
-    shares = {}
-    for reward in ("validation", "objective"):
-        result = get_selector(
-            "cads-s", backend=TensorBackend(mlp), train_budget=1000 * step_flops, seed=0, batch_size=32, learning_rate=1e-2,
-            block_size=64, target_batch_size=128, outer_steps=3000, alpha=30.0, lr_s=0.1, policy_reward=reward, show_progress=False,
-        ).select(pool, target=target)
-        shares[reward] = result.extras["mixture"]["high"]
-    # The whole objective also rewards masks for a low training loss of their own, i.e. the easy source.
-    assert shares["validation"] > 0.6 > 0.45 > shares["objective"], shares

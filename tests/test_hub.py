@@ -12,7 +12,7 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCa
 
 from hf_cads import BudgetedTrainer, BudgetedTrainingArguments, get_selector
 from hf_cads.cli import main
-from hf_cads.hub import DatasetReference, push_saved_selection, save_selection
+from hf_cads.hub import DatasetReference, push_saved_selection, push_selection, save_selection
 from hf_cads.testing import tiny_causal_lm
 
 FAKE_TOKEN = "hf_" + "Q7x" * 12
@@ -70,7 +70,7 @@ def reload(folder, config="default", tmp_path=None):
 
 def test_local_dir_reloads_rows_and_card(bm25_selection, small_pool, bbh_target, tmp_path):
     result, validation = bm25_selection, bbh_target[0]
-    folder = result.push_to_hub("me/bbh-bm25", parent=small_pool, target=validation, flop_budget=BUDGET, local_dir=tmp_path / "subset")
+    folder = push_selection(result, "me/bbh-bm25", parent=small_pool, target=validation, flop_budget=BUDGET, local_dir=tmp_path / "subset")
 
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
         "README.md", "data/train-00000-of-00001.parquet"
@@ -133,7 +133,7 @@ def test_push_uploads_exactly_the_local_dir_and_never_the_token(bm25_selection, 
         local = save_selection(result, tmp_path / "local", parent=small_pool, target=validation, repo_id="me/subset", flop_budget=BUDGET)
         api = FakeHubApi(tmp_path)
         with caplog.at_level(logging.DEBUG):
-            commit = result.push_to_hub("me/subset", parent=small_pool, target=validation, flop_budget=BUDGET, token=FAKE_TOKEN, api=api)
+            commit = push_selection(result, "me/subset", parent=small_pool, target=validation, flop_budget=BUDGET, token=FAKE_TOKEN, api=api)
     finally:
         del result.extras["auth_token"]
     assert commit.commit_url.endswith("/1")
@@ -146,12 +146,12 @@ def test_push_uploads_exactly_the_local_dir_and_never_the_token(bm25_selection, 
 
     # A second config joins the repository; the first one is refused unless overwrite=True.
     other = get_selector("random", seed=1, show_progress=False).select(small_pool, k=5)
-    other.push_to_hub("me/subset", parent=small_pool, config_name="random-5", api=api)
+    push_selection(other, "me/subset", parent=small_pool, config_name="random-5", api=api)
     assert [e["config_name"] for e in DatasetCard.load(api.checkout(tmp_path / "hub2") / "README.md").data.hf_cads] == ["default", "random-5"]
     with pytest.raises(FileExistsError, match=r"me/subset already has config\(s\) \['default'\]"):
-        other.push_to_hub("me/subset", parent=small_pool, api=api)
+        push_selection(other, "me/subset", parent=small_pool, api=api)
     api.files["data/train-00001-of-00002.parquet"] = b"stale shard of an earlier upload"
-    other.push_to_hub("me/subset", parent=small_pool, api=api, overwrite=True)
+    push_selection(other, "me/subset", parent=small_pool, api=api, overwrite=True)
     assert any(isinstance(op, CommitOperationDelete) and op.path_in_repo == "data/train-00001-of-00002.parquet" for op in api.commits[-1])
     assert reload(api.checkout(tmp_path / "hub3"), tmp_path=tmp_path)["pool_index"] == other.indices.tolist()
     assert sum(isinstance(op, CommitOperationAdd) for op in api.commits[-1]) == 2
@@ -204,7 +204,7 @@ def test_model_card_gets_the_budget_section(small_pool, bbh_target, tokenizer, t
     trainer.create_model_card()
     assert "not pushed to the Hub" in card_path.read_text()
 
-    trainer.selection_result.push_to_hub("me/subset", parent=small_pool, ledger=trainer.flop_ledger, api=FakeHubApi(tmp_path))
+    push_selection(trainer.selection_result, "me/subset", parent=small_pool, ledger=trainer.flop_ledger, api=FakeHubApi(tmp_path))
     trainer.create_model_card()
     trainer.create_model_card()  # replaces its section, does not stack a second one
     card = ModelCard.load(card_path)

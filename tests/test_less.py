@@ -14,7 +14,7 @@ from hf_cads.selectors.gradients import (
     adam_update_direction,
 )
 from hf_cads.selectors.scoring import TokenBatcher
-from hf_cads.testing import tiny_causal_lm
+from hf_cads.testing import assert_close_at_scale, tiny_causal_lm
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Small and fast, but enough projection dimensions for the JL noise to stay below the signal.
@@ -65,8 +65,8 @@ def test_vectorised_per_example_gradients_equal_a_backward_loop(tokenizer, small
     vectorised = PerExampleGradients(model, method=method)(batch.input_ids, batch.attention_mask)
     loop = PerExampleGradients(model, method="loop")(batch.input_ids, batch.attention_mask)
     assert vectorised.shape == (6, sum(p.numel() for p in model.parameters() if p.requires_grad))
-    assert torch.allclose(vectorised, loop, rtol=1e-4, atol=1e-7)
     assert loop.abs().max() > 1e-3
+    assert_close_at_scale(vectorised, loop, rel=1e-5, what=f"{method} vs loop gradients")
     # rows differ: these really are per-example gradients, not one batch gradient repeated
     assert not torch.allclose(vectorised[0], vectorised[1])
 
@@ -79,8 +79,8 @@ def test_trainable_parameters_outside_linear_layers_fall_back_to_vmap(tokenizer)
     batch = batcher.pad(batcher.tokenize(["a b c d e f", "true and false", "x"]), range(3))
     auto = PerExampleGradients(model)
     assert auto.method == "vmap"
-    assert torch.allclose(auto(batch.input_ids, batch.attention_mask),
-                          PerExampleGradients(model, method="loop")(batch.input_ids, batch.attention_mask), rtol=1e-4, atol=1e-7)
+    assert_close_at_scale(auto(batch.input_ids, batch.attention_mask),
+                          PerExampleGradients(model, method="loop")(batch.input_ids, batch.attention_mask), rel=1e-5)
     with pytest.raises(ValueError, match="input_layernorm.*method='vmap'"):
         PerExampleGradients(model, method="linear")
 
@@ -94,7 +94,7 @@ def test_random_projection_is_seeded_chunked_and_norm_preserving():
         out = projection(vectors)
         assert torch.equal(out, RandomProjection(50_000, 512, seed=3, kind=kind)(vectors))
         # the matrix does not depend on how many vectors are projected at once
-        assert torch.allclose(torch.cat([projection(vectors[:2]), projection(vectors[2:])]), out, rtol=1e-5, atol=1e-3)
+        assert_close_at_scale(torch.cat([projection(vectors[:2]), projection(vectors[2:])]), out, rel=1e-5)
         assert not torch.allclose(out, RandomProjection(50_000, 512, seed=4, kind=kind)(vectors))
         ratio = out.norm(dim=1) / vectors.norm(dim=1)
         assert torch.all((ratio > 0.85) & (ratio < 1.15)), ratio  # JL scaling keeps norms
@@ -202,7 +202,7 @@ def test_interrupted_run_resumes_from_its_shards(task_pool, tokenizer, tmp_path)
     second = selector.select(pool, target=target, k=10)
     assert computed == [16]  # only the missing shard
     assert second.extras["resumed_feature_files"] == len(stored) - 1
-    assert np.allclose(second.all_scores, first.all_scores, atol=1e-6)
+    assert_close_at_scale(second.all_scores, first.all_scores, rel=1e-4, what="LESS scores")
     assert second.flops == pytest.approx(first.flops)
     with pytest.raises(ValueError, match="different run"):
         get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **dict(options, projection_dim=128)).select(
@@ -247,7 +247,7 @@ def test_budgeted_trainer_charges_less_warmup_and_features(tmp_path, task_pool, 
     ledger = trainer.flop_ledger
     assert trainer.selection_result.selector == "less" and len(trainer.selection_result) == 16
     assert ledger.entries["selection"] == pytest.approx(trainer.selection_result.flops) == pytest.approx(selection)
-    stages = ledger.notes["selection_flops"]
+    stages = ledger.selection.stages
     assert stages["warmup"] > 0 and stages["pool_gradients"] > 0 and stages["projection"] > 0
     assert sum(stages.values()) == pytest.approx(ledger.entries["selection"])
     trainer.train()
@@ -292,3 +292,15 @@ def test_feature_dir_of_something_else_is_refused(tokenizer, task_pool, tmp_path
 def test_bad_options(option):
     with pytest.raises(ValueError, match=next(iter(option))):
         get_selector("less", **option)
+
+
+def test_less_matching_holds_over_seeds(task_pool, tokenizer):
+    # Measured on 5 seeds (model and selector seed together): every seed's top 30 is all dyck_languages.
+    pool, targets = task_pool
+    sources = np.array(pool["source"])
+    for seed in (0, 1, 2):
+        selector = get_selector("less", model=tiny_causal_lm(tokenizer, seed=seed), tokenizer=tokenizer, **dict(FAST, seed=seed))
+        result = selector.select(pool, target=targets["dyck_languages"], k=30)
+        assert np.mean(sources[result.indices] == "dyck_languages") >= 0.8, seed
+        mean_score = {s: result.all_scores[sources == s].mean() for s in set(sources)}
+        assert max(mean_score, key=mean_score.get) == "dyck_languages", (seed, mean_score)

@@ -7,7 +7,6 @@ import pytest
 from hf_cads.cli import main
 from hf_cads.planner import (
     PerformanceFit,
-    _value_at_scale,
     break_even_ratios,
     fit_performance_curve,
     fit_selectors,
@@ -15,6 +14,7 @@ from hf_cads.planner import (
     pareto_frontier,
     recommend,
 )
+from hf_cads.planner.recommend import _value_at_scale
 from hf_cads.records import RunRecord, append_record, read_records, recorded_keys, run_key
 
 C_FULL = 1e15

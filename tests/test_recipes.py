@@ -27,7 +27,8 @@ def relative(path):
 
 def test_the_recipe_family_is_there():
     names = {relative(p) for p in RUN_RECIPES}
-    assert {"llama-3-8b/qlora-bm25.yaml", "llama-3-8b/qlora-less.yaml", "llama-3-8b/qlora-cads-s.yaml", "smollm2-135m/lora-bm25.yaml"} <= names
+    assert {"llama-3-8b/qlora-bm25.yaml", "llama-3-8b/qlora-less.yaml", "llama-3-8b/qlora-cads-s.yaml", "smollm2-135m/lora-bm25.yaml",
+             "smollm2-135m/lora-embedding-gtr-t5.yaml"} <= names
     assert {p.stem for p in ACCELERATE_CONFIGS} == set(DISTRIBUTED_TYPES)
 
 

@@ -117,3 +117,32 @@ def test_vectorised_bm25_equals_rank_bm25(small_pool, bbh_target):
     reference = BM25Okapi(documents, k1=1.2, b=0.6)
     expected = np.stack([reference.get_scores(q) for q in queries])
     assert np.allclose(okapi_bm25_scores(documents, queries, k1=1.2, b=0.6), expected)
+
+
+def test_duplicated_rows_are_dropped_and_indices_point_at_the_original_rows(math_vs_code, tokenizer, caplog):
+    pool, target = math_vs_code
+    # Real pools repeat rows: add exact copies of 10 rows at the end (and one repeated twice).
+    repeated = [3, 5, 8, 13, 21, 34, 55, 60, 70, 75, 5]
+    with_copies = concatenate_datasets([pool, pool.select(repeated)])
+    n = len(pool)
+    reference = get_selector("bm25").select(pool, target=target, k=20)
+    with caplog.at_level("INFO", logger="hf_cads.selectors.base"):
+        result = get_selector("bm25").select(with_copies, target=target, k=20)
+    assert "Dropped 11 duplicated pool row(s)" in caplog.text
+    # the copies were never scored or chosen: the same rows as without them, by their original index
+    assert result.indices.tolist() == reference.indices.tolist()
+    assert result.dataset[INDEX_COLUMN] == result.indices.tolist()
+    assert result.dataset["text"] == [with_copies[int(i)]["text"] for i in result.indices]
+    assert np.isnan(result.all_scores[n:]).all() and np.array_equal(result.all_scores[:n], reference.all_scores)
+    assert result.pool_size == len(with_copies) and result.flops == reference.flops
+    dedup = result.extras["deduplication"]
+    assert dedup["dropped"] == 11 and dedup["column"] == "text" and dedup["examples"][0] == [3, n]
+    # fraction counts unique rows; per-row extras (perplexity's losses) follow the original rows too
+    model = tiny_causal_lm(tokenizer)
+    ppl = get_selector("perplexity", model=model, tokenizer=tokenizer, max_length=64, show_progress=False)
+    chosen = ppl.select(with_copies, fraction=0.25)
+    assert len(chosen) == 20 and chosen.indices.max() < n
+    assert np.isnan(chosen.extras["loss"][n:]).all() and np.allclose(chosen.extras["loss"][:n], -chosen.all_scores[:n])
+    # allow_duplicates keeps every copy
+    kept = get_selector("random", allow_duplicates=True).select(with_copies, k=len(with_copies))
+    assert len(kept) == len(with_copies) and "deduplication" not in kept.extras

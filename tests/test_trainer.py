@@ -56,3 +56,30 @@ def test_full_finetune_without_selector(tmp_path, small_pool, tokenizer, tiny_lm
     trainer.train()
     assert 0.95 * 4e10 <= trainer.flop_ledger.spent <= 4e10
     assert trainer.flop_ledger.entries["selection"] == 0
+
+
+def test_duplicated_pool_rows_are_dropped_recorded_and_carded(tmp_path, small_pool, bbh_target, tokenizer, tiny_lm):
+    from datasets import concatenate_datasets
+
+    from hf_cads import push_selection, record_from_trainer
+    from hf_cads.testing import tiny_causal_lm
+
+    pool = concatenate_datasets([small_pool, small_pool.select(range(7))])  # 7 exact copies
+    args = make_args(tmp_path, flop_budget=3e10, selector="bm25", selection_fraction=0.25, deduplicate="drop")
+    assert args.selector_kwargs == {"deduplicate": "drop"}  # the recipe key travels as the selector option
+    trainer = BudgetedTrainer(
+        model=tiny_lm, args=args, train_dataset=pool, processing_class=tokenizer,
+        selection_target=bbh_target[0], peft_config=lora(),
+    )
+    charge = trainer.flop_ledger.selection
+    assert charge.duplicates_dropped == 7 and charge.k == round(0.25 * len(small_pool))
+    assert trainer.selection_result.indices.max() < len(small_pool)  # no copy was chosen
+    trainer.train()
+    assert record_from_trainer(trainer, {"target_loss": 1.0}).duplicates_dropped == 7
+    folder = push_selection(trainer.selection_result, "me/subset", parent=pool, local_dir=tmp_path / "subset")
+    assert "| duplicated parent rows dropped before scoring | 7 |" in (folder / "README.md").read_text()
+    with pytest.raises(ValueError, match="7 duplicated row"):
+        BudgetedTrainer(
+            model=tiny_causal_lm(tokenizer), args=make_args(tmp_path, flop_budget=3e10, selector="bm25", selection_fraction=0.25, deduplicate="error"),
+            train_dataset=pool, processing_class=tokenizer, selection_target=bbh_target[0], peft_config=lora(),
+        )

@@ -21,10 +21,11 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
 
+from .._version import __version__
 from ..cache import ScoreCache, model_identity, resolve_cache_dir
 from ..data import column_values
 from ..distributed import Processes, current_processes
@@ -47,8 +48,11 @@ class SelectorConfig:
         batch_size: examples per forward pass for model-based selectors.
         max_length: token limit per example for model-based selectors.
         show_progress: show a tqdm bar while scoring.
-        allow_duplicates: accept a pool with repeated rows (by default an error: a duplicate
-            would be scored, chosen and trained on twice).
+        deduplicate: what to do with pool rows whose text repeats an earlier row's: ``"drop"``
+            (default) scores and selects only the first copy, logs how many were dropped and
+            reports them in ``SelectionResult.extras["deduplication"]``; ``"error"`` refuses the
+            pool. Either way a duplicate is never scored, chosen and trained on twice.
+        allow_duplicates: keep every copy of a repeated row (overrides ``deduplicate``).
         shard_size: rows per shard for selectors that score rows independently: the unit of work
             spread over processes, and of caching and resuming. The shards, and so the scores,
             do not depend on the number of processes.
@@ -57,21 +61,45 @@ class SelectorConfig:
             interrupted run resumes from its last finished shard.
     """
 
-    cache_ignored_fields: ClassVar[frozenset[str]] = frozenset({"show_progress", "cache_dir"})
-    """Options that do not change the scores, so a cache written with other values still applies."""
-
     text_column: str | None = None
     target_text_column: str | None = None
     seed: int = 42
     batch_size: int = 8
     max_length: int = 512
-    show_progress: bool = True
+    show_progress: bool = field(default=True, metadata={"affects_result": False})
+    deduplicate: Literal["drop", "error"] = "drop"
     allow_duplicates: bool = False
     shard_size: int = 1024
-    cache_dir: str | None = None
+    cache_dir: str | None = field(default=None, metadata={"affects_result": False})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def result_options(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the options that do not change what is selected (see
+        :func:`affects_result`): what score-cache keys, feature fingerprints and run keys hash."""
+        return result_options(type(self), self.to_dict())
+
+
+def affects_result(config_class: type[SelectorConfig], name: str) -> bool:
+    """Whether option ``name`` of ``config_class`` can change the scores or the selection.
+
+    Declared once, on the field: ``field(default=..., metadata={"affects_result": False})`` marks
+    an option that only changes how a selector runs (progress bars, cache folders, memory/speed
+    trade-offs with the same values). Fields without the mark, and names the class does not know,
+    affect the result.
+
+    Example:
+        >>> affects_result(SelectorConfig, "show_progress"), affects_result(SelectorConfig, "seed")
+        (False, True)
+    """
+    known = {f.name: f for f in dataclasses.fields(config_class)}
+    return name not in known or known[name].metadata.get("affects_result", True)
+
+
+def result_options(config_class: type[SelectorConfig], options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` without those :func:`affects_result` says do not change the result."""
+    return {name: value for name, value in options.items() if affects_result(config_class, name)}
 
 
 @dataclass
@@ -107,6 +135,9 @@ class SelectionResult:
         config: the selector's full configuration.
         all_scores: the score of every pool row (for histograms and cards).
         extras: selector-specific details (e.g. CADS-S's learned mixture).
+
+    Share it on the Hub with :func:`hf_cads.hub.push_selection` (``push_selection(result, repo_id,
+    parent=pool)``).
     """
 
     dataset: Any
@@ -121,28 +152,6 @@ class SelectionResult:
 
     def __len__(self) -> int:
         return len(self.indices)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "selector": self.selector,
-            "k": len(self.indices),
-            "pool_size": self.pool_size,
-            "fraction": len(self.indices) / self.pool_size,
-            "selection_flops": self.flops,
-            "score_mean": float(np.mean(self.scores)) if len(self.scores) else float("nan"),
-        }
-
-    def push_to_hub(self, repo_id: str, *, parent: Any, local_dir: str | None = None, **options: Any) -> Any:
-        """Upload the chosen rows (with ``score`` and ``pool_index``) and a dataset card to ``repo_id``;
-        with ``local_dir``, only write there exactly what would be uploaded. ``parent`` is the pool
-        selected from (or its Hub id); see :func:`hf_cads.hub.push_selection` for the options.
-
-        Example:
-            >>> result.push_to_hub("me/bbh-bm25", parent=pool, target=validation, local_dir="subset")  # doctest: +SKIP
-        """
-        from ..hub import push_selection
-
-        return push_selection(self, repo_id, parent=parent, local_dir=local_dir, **options)
 
 
 def resolve_k(pool_size: int, k: int | None, fraction: float | None) -> int:
@@ -183,11 +192,11 @@ def validate_dataset(dataset: Any, role: str) -> None:
         raise ValueError(f"The {role} dataset is empty (0 rows); pass a dataset with at least one row.")
 
 
-def check_no_duplicates(pool: Any, text_column: str | None) -> None:
-    """Refuse a pool whose text column repeats rows, naming the first repeats and the fix."""
+def duplicate_rows(pool: Any, text_column: str | None) -> tuple[str | None, list[tuple[int, int]]]:
+    """The text column checked and every ``(first copy, repeat)`` pair of rows whose text repeats."""
     column = text_column or next((c for c in ("text", "messages") if c in pool.column_names), None)
     if column is None or column not in pool.column_names:
-        return  # the selector's own text extraction reports the missing column
+        return None, []  # the selector's own text extraction reports the missing column
     seen: dict[str, int] = {}
     repeats: list[tuple[int, int]] = []
     for row, value in enumerate(column_values(pool, column)):
@@ -196,12 +205,56 @@ def check_no_duplicates(pool: Any, text_column: str | None) -> None:
             repeats.append((seen[key], row))
         else:
             seen[key] = row
+    return column, repeats
+
+
+def check_no_duplicates(pool: Any, text_column: str | None) -> None:
+    """Refuse a pool whose text column repeats rows, naming the first repeats and the fix."""
+    column, repeats = duplicate_rows(pool, text_column)
     if repeats:
         raise ValueError(
             f"The pool has {len(repeats)} duplicated row(s) in column {column!r} (first pairs: {repeats[:3]}); "
-            "each copy would be scored, selected and trained on. Deduplicate the pool first "
-            "(e.g. keep the first of each text) or pass allow_duplicates=True."
+            "each copy would be scored, selected and trained on. Pass deduplicate='drop' to keep the first "
+            "copy of each, deduplicate the pool first, or pass allow_duplicates=True to keep every copy."
         )
+
+
+@dataclass
+class Deduplication:
+    """Pool rows dropped as repeats of an earlier row (``deduplicate="drop"``)."""
+
+    column: str
+    kept_rows: np.ndarray
+    """Original pool indices of the rows scored, ascending."""
+    repeats: list[tuple[int, int]]
+    """``(first copy, dropped repeat)`` pairs of original pool indices."""
+
+    @property
+    def dropped(self) -> int:
+        return len(self.repeats)
+
+    def to_original(self, values: np.ndarray, pool_size: int) -> np.ndarray:
+        """Spread per-row values of the deduplicated pool over the original rows (NaN on dropped ones)."""
+        full = np.full((pool_size, *values.shape[1:]), np.nan, dtype=np.float64)
+        full[self.kept_rows] = values
+        return full
+
+    def summary(self) -> dict[str, Any]:
+        return {"column": self.column, "dropped": self.dropped, "examples": [list(pair) for pair in self.repeats[:5]]}
+
+
+def deduplicate_pool(pool: Any, text_column: str | None) -> Deduplication | None:
+    """Which rows to keep when only the first copy of a repeated text is scored (``None``: no repeats)."""
+    column, repeats = duplicate_rows(pool, text_column)
+    if not repeats:
+        return None
+    dropped = {row for _, row in repeats}
+    kept = np.asarray([row for row in range(len(pool)) if row not in dropped], dtype=np.int64)
+    logger.info(
+        "Dropped %d duplicated pool row(s) (same %r as an earlier row; first pairs %s); selecting from %d unique rows.",
+        len(repeats), column, repeats[:3], len(kept),
+    )
+    return Deduplication(column, kept, repeats)
 
 
 class Selector(ABC):
@@ -255,6 +308,8 @@ class Selector(ABC):
         shard_size = self.config.shard_size
         if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
             raise ValueError(f"shard_size must be a whole number of rows >= 1, got {shard_size!r}.")
+        if self.config.deduplicate not in ("drop", "error"):
+            raise ValueError(f"deduplicate must be 'drop' or 'error', got {self.config.deduplicate!r}.")
 
     # -- to implement ---------------------------------------------------------------------------
     def score(self, pool: Any, target: Any | None) -> ScoreOutput:
@@ -303,17 +358,19 @@ class Selector(ABC):
 
     def cache_description(self, pool: Any, target: Any | None) -> dict[str, Any]:
         """Everything the scores depend on; its hash is the cache key."""
-        from .. import __version__
-
-        ignored = set(self.config.cache_ignored_fields)
         return {
             "hf_cads": __version__,
             "selector": self.name or type(self).__qualname__,
-            "config": {name: value for name, value in self.config.to_dict().items() if name not in ignored},
+            "config": self.config.result_options(),
             "pool": {"fingerprint": getattr(pool, "_fingerprint", None), "rows": len(pool)},
             "target": None if target is None else {"fingerprint": getattr(target, "_fingerprint", None), "rows": len(target)},
             "model": self.model_identity(),
         }
+
+    def fit_to_budget(self, available_flops: float, pool: Any, target: Any | None) -> None:
+        """Size the selector's own budget-dependent options to ``available_flops`` (selection plus
+        training), before :meth:`estimate_flops`. Most selectors have none; CADS derives its
+        training budget ``C`` from it unless ``train_budget`` was given."""
 
     @abstractmethod
     def estimate_flops(self, pool: Any, target: Any | None) -> float:
@@ -326,7 +383,7 @@ class Selector(ABC):
 
     def validate_inputs(self, pool: Any, target: Any | None) -> None:
         validate_dataset(pool, "pool")
-        if not self.config.allow_duplicates:
+        if not self.config.allow_duplicates and self.config.deduplicate == "error":
             check_no_duplicates(pool, self.config.text_column)
         if self.requires_target:
             if target is None:
@@ -342,21 +399,52 @@ class Selector(ABC):
         k: int | None = None,
         fraction: float | None = None,
     ) -> SelectionResult:
-        """Score ``pool`` against ``target`` and keep ``k`` rows (or ``fraction`` of the pool)."""
+        """Score ``pool`` against ``target`` and keep ``k`` rows (or ``fraction`` of the pool).
+
+        Repeated rows are dropped first (``deduplicate="drop"``): ``k`` / ``fraction`` then count
+        unique rows, while ``indices`` and ``pool_index`` still point at rows of ``pool``.
+        """
         self.validate_inputs(pool, target)
-        size = None if (k is None and fraction is None and self.chooses_own_size) else resolve_k(len(pool), k, fraction)
-        output = self.score_pool(pool, target)
+        unique, dedup = self.unique_pool(pool)
+        size = None if (k is None and fraction is None and self.chooses_own_size) else self._resolve_size(unique, dedup, k, fraction)
+        output = self.score_pool(unique, target)
         scores = np.asarray(output.scores, dtype=np.float64)
-        if scores.shape != (len(pool),):
-            raise RuntimeError(f"{type(self).__name__}.score returned {scores.shape} scores for {len(pool)} rows.")
+        if scores.shape != (len(unique),):
+            raise RuntimeError(f"{type(self).__name__}.score returned {scores.shape} scores for {len(unique)} rows.")
         if np.isnan(scores).any():
-            bad = np.flatnonzero(np.isnan(scores))[:5].tolist()
+            bad = np.flatnonzero(np.isnan(scores))[:5]
+            bad = (bad if dedup is None else dedup.kept_rows[bad]).tolist()
             raise ValueError(
                 f"The {self.name!r} selector produced NaN scores for pool rows {bad}; check those rows "
                 "(empty or non-text content) or the selection model (a NaN loss means broken weights)."
             )
-        indices = np.asarray(self.choose(scores, size, pool, output.extras), dtype=np.int64)
+        indices = np.asarray(self.choose(scores, size, unique, output.extras), dtype=np.int64)
+        if dedup is not None:
+            indices = dedup.kept_rows[indices]
+            scores = dedup.to_original(scores, len(pool))
+            extras = {
+                name: dedup.to_original(value, len(pool)) if _is_per_row(value, len(unique)) else value
+                for name, value in output.extras.items()
+            }
+            output = ScoreOutput(output.scores, output.flops, {**extras, "deduplication": dedup.summary()})
         return build_result(self, pool, indices, scores, output)
+
+    def unique_pool(self, pool: Any) -> tuple[Any, Deduplication | None]:
+        """The rows :meth:`select` scores: ``pool`` without repeated rows under ``deduplicate="drop"``
+        (a view, nothing copied), and what was dropped. Estimate costs on this pool."""
+        if self.config.allow_duplicates or self.config.deduplicate == "error":
+            return pool, None
+        dedup = deduplicate_pool(pool, self.config.text_column)
+        return (pool, None) if dedup is None else (pool.select(dedup.kept_rows.tolist()), dedup)
+
+    @staticmethod
+    def _resolve_size(unique: Any, dedup: Deduplication | None, k: int | None, fraction: float | None) -> int:
+        try:
+            return resolve_k(len(unique), k, fraction)
+        except ValueError as err:
+            if dedup is None:
+                raise
+            raise ValueError(f"{str(err).rstrip('.')}: the pool has {len(unique)} unique rows after dropping {dedup.dropped} duplicates.") from None
 
     def score_pool(self, pool: Any, target: Any | None) -> ScoreOutput:
         """:meth:`score` as :meth:`select` runs it: from the cache when it holds these scores,
@@ -439,6 +527,10 @@ class Selector(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
+
+
+def _is_per_row(value: Any, rows: int) -> bool:
+    return isinstance(value, np.ndarray) and value.ndim >= 1 and len(value) == rows and np.issubdtype(value.dtype, np.number)
 
 
 def check_shard_output(selector: Selector, output: ScoreOutput, rows: range) -> ScoreOutput:

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -25,9 +26,12 @@ import numpy as np
 
 from ..data import column_values
 from ..flops import validate_budget
+from ..lora import DEFAULT_LORA_R, DEFAULT_LORA_TARGET_MODULES, lora_options
+from .budget import solve_budget_split
 from .base import ScoreOutput, Selector, SelectorConfig, top_k_indices
 from .cads_backends import CausalLMBackend
-from .cads_core import CADSOutcome, CADSPlan, plan_cads, run_cads
+from .cads_core import CADSPlan, plan_cads
+from .cads_loop import CADSOutcome, run_cads
 from .perplexity import CausalLMSelectorMixin
 from .registry import register_selector
 
@@ -39,7 +43,10 @@ class CADSSelectorConfig(SelectorConfig):
     Args:
         granularity: ``example`` (CADS-E: a keep-probability per row) or ``source`` (CADS-S: a kept
             fraction per value of ``source_column``).
-        train_budget: ``C``, the training FLOPs the selected subset will get downstream. Required.
+        train_budget: ``C``, the training FLOPs the selected subset will get downstream. Required when CADS
+            is used alone; inside :class:`~hf_cads.BudgetedTrainer` (or ``hf-cads select`` with a
+            ``flop_budget``) it defaults to what the budget leaves after CADS's own cost: the ``C`` with
+            ``C + overhead(C) = flop_budget`` (see :meth:`CADSSelector.fit_to_budget`).
         alpha: weight of the penalty ``(L_tr(theta, m) - l(|m|))^2`` tying ``theta`` to what a budget-``C``
             run on ``m`` would reach.
         penalty: ``one_sided`` (default) penalises a training loss above the budget-``C`` level,
@@ -90,6 +97,7 @@ class CADSSelectorConfig(SelectorConfig):
         learning_rate: Adam step size of the pilot runs and of ``theta`` (use the downstream one).
         source_column: pool column naming each row's source (CADS-S).
         model_name_or_path: LM to select with when no model object is passed.
+        lora_config: a peft ``LoraConfig`` to take ``lora_r`` and ``lora_target_modules`` from instead.
         lora_r / lora_target_modules: the LoRA adapters CADS trains on its private copy of the LM
             (``lora_r=0``: full finetuning of the copy).
     """
@@ -119,10 +127,14 @@ class CADSSelectorConfig(SelectorConfig):
     learning_rate: float = 1e-3
     source_column: str = "source"
     model_name_or_path: str = "smollm2-135m-instruct"
-    lora_r: int = 8
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    lora_r: int = DEFAULT_LORA_R
+    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGET_MODULES))
+    lora_config: Any = field(default=None, metadata={"affects_result": False})
 
     def __post_init__(self) -> None:
+        if self.lora_config is not None:  # a peft LoraConfig sets the rank and layers (and is not kept)
+            options = lora_options(self.lora_config)
+            self.lora_r, self.lora_target_modules, self.lora_config = options["lora_r"], list(options["lora_target_modules"]), None
         if self.granularity not in ("example", "source"):
             raise ValueError(f"granularity must be 'example' (CADS-E) or 'source' (CADS-S), got {self.granularity!r}.")
         if self.penalty not in ("squared", "one_sided"):
@@ -133,12 +145,8 @@ class CADSSelectorConfig(SelectorConfig):
             raise ValueError(f"baseline must be 'moving_average' or 'step', got {self.baseline!r}.")
         if self.policy_reward not in ("objective", "validation", "transfer"):
             raise ValueError(f"policy_reward must be 'objective', 'validation' or 'transfer', got {self.policy_reward!r}.")
-        if self.train_budget is None:
-            raise ValueError(
-                "CADS needs train_budget= (the FLOPs C the downstream training will get): the best subset depends "
-                "on it. With BudgetedTrainer pass selector_kwargs={'train_budget': ...}."
-            )
-        self.train_budget = validate_budget(self.train_budget)
+        if self.train_budget is not None:
+            self.train_budget = validate_budget(self.train_budget)
         positive = {"alpha": self.alpha, "A": self.A, "lr_s": self.lr_s, "learning_rate": self.learning_rate,
                     "sigma_start": self.sigma_start, "sigma_end": self.sigma_end}
         for name, value in positive.items():
@@ -245,7 +253,27 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
 
     def plan(self, pool: Any, target: Any) -> CADSPlan:
         """The pilot runs and outer-loop length CADS will use, and their estimated FLOPs."""
+        self._require_train_budget()
         return plan_cads(self._task(pool, target), self.config, self._num_sources(pool))
+
+    def _require_train_budget(self) -> None:
+        if self.config.train_budget is None:
+            raise ValueError(
+                "CADS needs train_budget= (the FLOPs C the downstream training will get): the best subset depends "
+                "on it. Pass train_budget=, or run CADS inside BudgetedTrainer with a flop_budget (C is then "
+                "what the budget leaves after CADS's own cost)."
+            )
+
+    def fit_to_budget(self, available_flops: float, pool: Any, target: Any | None) -> None:
+        """Unless ``train_budget`` is set: set it to the ``C`` with ``C + overhead(C) = available_flops``,
+        where ``overhead(C)`` is CADS's estimated cost when it plans for a training budget ``C`` (the
+        pilots and the outer loop grow with ``C``), so selection plus training spend the whole budget."""
+        if self.config.train_budget is not None:
+            return
+        task = self._task(pool, target)
+        sources = self._num_sources(pool)
+        overhead = lambda c: plan_cads(task, dataclasses.replace(self.config, train_budget=c), sources).estimated_flops  # noqa: E731
+        self.config.train_budget = solve_budget_split(overhead, available_flops)
 
     # -- Selector contract -----------------------------------------------------------------------
     def estimate_flops(self, pool: Any, target: Any | None) -> float:
@@ -253,6 +281,7 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
         return self.plan(pool, target).estimated_flops
 
     def score(self, pool: Any, target: Any | None) -> ScoreOutput:
+        self._require_train_budget()
         task = self._task(pool, target)
         plan = plan_cads(task, self.config, self._num_sources(pool))
         codes, names = self._source_codes(pool) if self.config.granularity == "source" else (None, None)

@@ -24,6 +24,7 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 
 from ..flops import FlopProfile, LinearLayer
+from ..lora import DEFAULT_LORA_R, DEFAULT_LORA_TARGET_MODULES
 from .cads_core import POOL
 from .scoring import TokenBatcher, check_next_token_targets, masked_token_losses
 
@@ -167,8 +168,8 @@ class CausalLMBackend:
 
     model: Any
     tokenizer: Any
-    lora_r: int = 8
-    lora_target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    lora_r: int = DEFAULT_LORA_R
+    lora_target_modules: Sequence[str] = DEFAULT_LORA_TARGET_MODULES
     text_column: str | None = None
     target_text_column: str | None = None
 

@@ -63,7 +63,9 @@ class EmbeddingSelector(Selector):
         return TokenBatcher(encoder.tokenizer, batch_size=self.config.batch_size, max_length=max_length)
 
     def _profile(self) -> FlopProfile:
-        return FlopProfile.from_config(self._encoder()[0].auto_model.config)
+        # From the loaded modules, so the charge follows what encode runs (a T5 encoder without its
+        # decoder, a Dense head after pooling, a decoder-only model without its LM head).
+        return FlopProfile.from_sentence_encoder(self._encoder())
 
     def _texts(self, pool: Any, target: Any) -> tuple[list[str], list[str]]:
         column = self.config.target_text_column or self.config.text_column

@@ -47,10 +47,12 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 
+from ..cache import atomic_write, weights_digest
+from ..lora import DEFAULT_LORA_R, DEFAULT_LORA_TARGET_MODULES, lora_options
 from ..data import column_values, get_texts
 from ..flops import FlopProfile, matmul_flops
 from .base import ScoreOutput, Selector, SelectorConfig
@@ -59,9 +61,8 @@ from .perplexity import CausalLMSelectorMixin
 from .registry import register_selector
 from .scoring import TokenBatcher, check_next_token_targets, masked_token_losses
 
-STORE_FORMAT = 1
+STORE_FORMAT = 2
 # Options that change neither the features nor the scores; a resumed run may change them.
-_NOT_FINGERPRINTED = ("show_progress", "feature_dir", "gradient_buffer_mb", "gradient_method")
 
 
 @dataclass
@@ -76,6 +77,7 @@ class LESSSelectorConfig(SelectorConfig):
         warmup_batch_size: sequences per warmup optimizer step (default: ``batch_size``).
         learning_rate: peak warmup learning rate (paper: 2e-5).
         lr_warmup_ratio: share of warmup steps with a linearly rising learning rate (paper: 0.03).
+        lora_config: a peft ``LoraConfig`` to take the four LoRA options below from instead.
         lora_r / lora_alpha / lora_dropout / lora_target_modules: the LoRA adapters trained in the
             warmup; their parameters are the ones gradients are taken of (paper: rank 128 with
             alpha 512 on q/k/v/o for 7B models; rank 8 keeps the same alpha/r ratio for small ones).
@@ -100,24 +102,24 @@ class LESSSelectorConfig(SelectorConfig):
     warmup_batch_size: int | None = None
     learning_rate: float = 2e-5
     lr_warmup_ratio: float = 0.03
-    lora_r: int = 8
+    lora_r: int = DEFAULT_LORA_R
     lora_alpha: float = 32.0
     lora_dropout: float = 0.1
-    lora_target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    lora_target_modules: Sequence[str] = DEFAULT_LORA_TARGET_MODULES
+    lora_config: Any = field(default=None, metadata={"affects_result": False})
     projection_dim: int = 8192
     projection_type: Literal["rademacher", "gaussian"] = "rademacher"
     subtask_column: str | None = None
-    feature_dir: str | None = None
+    feature_dir: str | None = field(default=None, metadata={"affects_result": False})
     shard_size: int = 1024
     feature_dtype: Literal["float16", "float32"] = "float16"
-    gradient_buffer_mb: float = 256.0
-    gradient_method: GradientMethod = "auto"
-
-    cache_ignored_fields: ClassVar[frozenset[str]] = SelectorConfig.cache_ignored_fields | frozenset(
-        {"gradient_method", "gradient_buffer_mb"}
-    )
+    gradient_buffer_mb: float = field(default=256.0, metadata={"affects_result": False})
+    gradient_method: GradientMethod = field(default="auto", metadata={"affects_result": False})
 
     def __post_init__(self) -> None:
+        if self.lora_config is not None:  # a peft LoraConfig sets the four LoRA options (and is not kept)
+            vars(self).update(lora_options(self.lora_config), lora_config=None)
+
         def positive_int(name: str, value: Any, hint: str) -> None:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer ({hint}), got {value!r}.")
@@ -208,6 +210,12 @@ class FeatureStore:
         manifest = self.root / "manifest.json"
         if manifest.exists():
             stored = json.loads(manifest.read_text(encoding="utf-8"))
+            if stored.get("format") != STORE_FORMAT:
+                raise ValueError(
+                    f"feature_dir {str(self.root)!r} holds LESS features written by another hf_cads version (feature-store "
+                    f"format {stored.get('format')}, this version writes {STORE_FORMAT}, with another fingerprint); they "
+                    "are not reused. Delete the folder or pass a new one."
+                )
             if stored.get("fingerprint") != fingerprint:
                 raise ValueError(
                     f"feature_dir {str(self.root)!r} holds LESS features of a different run (other model, options, "
@@ -218,7 +226,7 @@ class FeatureStore:
                 raise ValueError(
                     f"feature_dir {str(self.root)!r} is not empty and was not written by LESS; pass an empty or new folder."
                 )
-            _atomic_write(manifest, lambda handle: handle.write(json.dumps(
+            atomic_write(manifest, lambda handle: handle.write(json.dumps(
                 {"format": STORE_FORMAT, "fingerprint": fingerprint, **description}, indent=2, default=str
             ).encode("utf-8")))
 
@@ -236,7 +244,7 @@ class FeatureStore:
     def save_checkpoint(self, checkpoint: WarmupCheckpoint) -> None:
         import torch
 
-        _atomic_write(self.checkpoint_path(checkpoint.epoch), lambda handle: torch.save(checkpoint.to_dict(), handle))
+        atomic_write(self.checkpoint_path(checkpoint.epoch), lambda handle: torch.save(checkpoint.to_dict(), handle))
 
     def features_path(self, checkpoint: int, name: str) -> Path:
         return self.root / "features" / f"checkpoint-{checkpoint}" / f"{name}.npy"
@@ -245,19 +253,10 @@ class FeatureStore:
         return self.features_path(checkpoint, name).exists()
 
     def save_features(self, checkpoint: int, name: str, features: np.ndarray) -> None:
-        _atomic_write(self.features_path(checkpoint, name), lambda handle: np.save(handle, features))
+        atomic_write(self.features_path(checkpoint, name), lambda handle: np.save(handle, features))
 
     def load_features(self, checkpoint: int, name: str) -> np.ndarray:
         return np.load(self.features_path(checkpoint, name), mmap_mode="r")
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file and rename, so a killed run never leaves a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".partial")
-    with open(temporary, "wb") as handle:
-        write(handle)
-    os.replace(temporary, path)
 
 
 def linear_schedule(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -329,7 +328,7 @@ class LESSSelector(CausalLMSelectorMixin, Selector):
             base, _ = self._load_model()
             self._lora_model = self._with_fresh_lora(base)
             self._initial_lora = {n: p.detach().clone() for n, p in trainable_parameters(self._lora_model).items()}
-            self._model_fingerprint = _model_fingerprint(self._lora_model)
+            self._model_fingerprint = weights_digest(self._lora_model)
         return self._lora_model
 
     def _with_fresh_lora(self, model: Any) -> Any:
@@ -651,7 +650,7 @@ class LESSSelector(CausalLMSelectorMixin, Selector):
         """A hash of everything the features depend on: model, options, tokenised pool and target."""
         self.selection_model()
         digest = hashlib.sha256()
-        options = {k: v for k, v in self.config.to_dict().items() if k not in _NOT_FINGERPRINTED}
+        options = self.config.result_options()
         digest.update(json.dumps(options, sort_keys=True, default=str).encode("utf-8"))
         digest.update(self._model_fingerprint.encode("utf-8"))
         for part in (inputs.pool_ids, inputs.target_ids):
@@ -712,17 +711,3 @@ def _set_adam_state(optimizer: Any, params: dict[str, Any], checkpoint: WarmupCh
             "exp_avg": checkpoint.exp_avg[name].to(parameter.device, parameter.dtype).clone(),
             "exp_avg_sq": checkpoint.exp_avg_sq[name].to(parameter.device, parameter.dtype).clone(),
         }
-
-
-def _model_fingerprint(model: Any) -> str:
-    """A cheap content hash of a model: names, shapes, and per-tensor sums and samples."""
-    import torch
-
-    digest = hashlib.sha256()
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            flat = tensor.detach().reshape(-1)
-            sample = flat[:: max(1, flat.numel() // 64)].double().cpu().numpy()
-            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}{float(flat.double().sum())}".encode("utf-8"))
-            digest.update(sample.tobytes())
-    return digest.hexdigest()

@@ -109,7 +109,7 @@ def run_training(model_dir: str, output_dir: str) -> dict:
     trainer.train()
     return {
         "ledger": trainer.flop_ledger.breakdown(),
-        "notes": {k: v for k, v in trainer.flop_ledger.notes.items() if isinstance(v, (int, float, bool, str))},
+        "training": trainer.flop_ledger.training.to_dict(),
         "local_costs": trainer.local_costs,
         "local_batches": trainer.local_batches,
         "steps": trainer.state.global_step,

@@ -1,0 +1,121 @@
+"""The typed budget plan a :class:`~hf_cads.flops.FlopLedger` carries beside its FLOPs by phase.
+
+:class:`SelectionCharge` says what the selection cost and chose (written by
+:func:`hf_cads.selectors.select_within_budget`); :class:`TrainingPlan` what the budget planned for
+training and what happened (written by :class:`~hf_cads.BudgetedTrainer`). The report, the run
+record and the model card read these fields; checkpoints keep them (``flop_ledger.json``).
+
+Example:
+    >>> plan = TrainingPlan(planned_steps=10, expected_step_flops=2e9)
+    >>> plan.planned_flops
+    20000000000.0
+    >>> TrainingPlan.from_dict(plan.to_dict()) == plan
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+@dataclass
+class SelectionCharge:
+    """What one selection cost and chose.
+
+    Args:
+        selector: registry name of the selector.
+        k / pool_size: rows kept and candidate rows.
+        estimated_flops: the selector's estimate, checked against the budget before any work.
+        flops: FLOPs charged to the ledger's ``selection`` phase (0 when the scores came whole from
+            the score cache).
+        model_params: matmul parameters of the model the selector scored with (0: none).
+        cache: the score cache's report (``hit``, ``dir``, ``original_flops``, ...), when one was used.
+        stages: FLOPs by stage for selectors that report them (LESS: warmup, features, projection).
+        duplicates_dropped: pool rows not scored because they repeat an earlier row's text
+            (``deduplicate="drop"``).
+    """
+
+    selector: str
+    k: int
+    pool_size: int
+    estimated_flops: float
+    flops: float
+    model_params: int = 0
+    cache: dict[str, Any] | None = None
+    stages: dict[str, float] = field(default_factory=dict)
+    duplicates_dropped: int = 0
+
+    @property
+    def cache_hit(self) -> bool:
+        return bool(self.cache and self.cache.get("hit"))
+
+    @property
+    def cost(self) -> float:
+        """What this selection costs to compute: :attr:`flops`, or on a cache hit what computing the
+        cached scores cost (the planner compares selections by this, not by what a rerun paid)."""
+        if self.cache_hit:
+            return self.flops + float(self.cache.get("original_flops", 0.0))
+        return self.flops
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SelectionCharge":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in data.items() if name in known})
+
+
+@dataclass
+class TrainingPlan:
+    """How the budget sized training, and how training ended.
+
+    Args:
+        planned_steps: optimizer steps the remaining budget pays for (plus one step of slack), set
+            as ``max_steps``; ``None`` when training is not capped.
+        expected_step_flops: mean FLOPs of one optimizer step, estimated before training.
+        stopped_by_budget: training ended because the next step would have exceeded the budget.
+        tokens_trained: non-padding tokens in the optimizer steps taken (all processes).
+    """
+
+    planned_steps: int | None = None
+    expected_step_flops: float | None = None
+    stopped_by_budget: bool = False
+    tokens_trained: int = 0
+
+    @property
+    def planned_flops(self) -> float | None:
+        if not self.planned_steps or not self.expected_step_flops:
+            return None
+        return float(self.planned_steps) * float(self.expected_step_flops)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainingPlan":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in data.items() if name in known})
+
+
+# Keys under which ledgers written before these types existed kept the same facts in `notes`.
+LEGACY_TRAINING_NOTES = ("planned_steps", "expected_step_flops", "stopped_by_budget", "tokens_trained")
+LEGACY_SELECTION_NOTES = ("selector", "k", "pool_size", "selection_model_params", "selection_cache", "selection_flops")
+
+
+def migrate_legacy_notes(notes: Mapping[str, Any], selection_flops: float) -> tuple[dict[str, Any], SelectionCharge | None, TrainingPlan]:
+    """Split an old ledger's free-form ``notes`` into ``(remaining notes, SelectionCharge, TrainingPlan)``."""
+    notes = dict(notes)
+    training = TrainingPlan.from_dict({key: notes.pop(key) for key in LEGACY_TRAINING_NOTES if key in notes})
+    old = {key: notes.pop(key) for key in LEGACY_SELECTION_NOTES if key in notes}
+    selection = None
+    if "selector" in old:
+        selection = SelectionCharge(
+            selector=old["selector"], k=int(old.get("k", 0)), pool_size=int(old.get("pool_size", 0)),
+            estimated_flops=float(selection_flops), flops=float(selection_flops),
+            model_params=int(old.get("selection_model_params", 0)), cache=old.get("selection_cache"),
+            stages={k: float(v) for k, v in (old.get("selection_flops") or {}).items()},
+        )
+    return notes, selection, training

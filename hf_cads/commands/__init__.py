@@ -1,0 +1,62 @@
+"""``hf-cads`` command line: one module per verb, each with ``main(argv) -> exit code``.
+
+    hf-cads run [RECIPE.yaml] [--option value ...]   # default: recipes/quickstart.yaml
+    hf-cads selectors                               # list registered selectors
+    hf-cads plan RUNS.jsonl --budget 3e15           # selector + subset size for a budget, plot
+    hf-cads sweep [SWEEP.yaml]                      # selectors x fractions x seeds -> run records
+    hf-cads select [RECIPE.yaml] --local-dir DIR    # selection only -> parquet shards + dataset card
+    hf-cads push DIR REPO_ID                        # upload a selection folder to a Hub dataset repo
+
+The top layer of the package: nothing in ``hf_cads`` imports it. A verb's module is imported only
+when that verb runs, so ``hf-cads selectors`` does not load what ``hf-cads run`` needs. Adding a
+verb is one module here plus one line in :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from typing import Callable, Sequence
+
+COMMANDS: dict[str, str] = {
+    "run": "select + budgeted finetune from a recipe (default recipes/quickstart.yaml)",
+    "selectors": "list the registered selectors",
+    "plan": "which selector and how much data for a FLOP budget (from run records)",
+    "sweep": "run selectors x fractions x seeds from a sweep YAML, record and plot",
+    "select": "run a recipe's selector only; write the subset + dataset card to --local-dir",
+    "push": "upload a selection folder (from `hf-cads select`) to a Hub dataset repo",
+}
+"""Verb -> one-line help; the verb's code is ``hf_cads.commands.<verb>.main``."""
+
+
+def command(name: str) -> Callable[[Sequence[str]], int]:
+    """The ``main`` function of the verb ``name``."""
+    return importlib.import_module(f"{__name__}.{name}").main
+
+
+def usage() -> str:
+    lines = ["usage: hf-cads COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<10} {help_text}" for name, help_text in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``hf-cads ARGV``; returns the exit code (2 for bad input, with the error on stderr)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in COMMANDS:
+        if argv and argv[0] not in {"-h", "--help"}:
+            print(f"hf-cads: unknown command {argv[0]!r}; choose from {sorted(COMMANDS)}", file=sys.stderr)
+            print(usage(), file=sys.stderr)
+            return 2
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return int(command(name)(rest) or 0)
+    except (ValueError, TypeError, FileNotFoundError, OSError, ImportError) as err:
+        print(f"hf-cads {name}: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,55 @@
+"""``hf-cads plan RUNS.jsonl --budget 3e15``: which selector and how much data for a FLOP budget."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+from ..planner import make_plan, plot_plan
+from ..records import read_records
+
+
+def _parse_selection_costs(values: Sequence[str]) -> dict[str, float]:
+    costs = {}
+    for value in values:
+        label, sep, number = value.rpartition("=")
+        try:
+            costs[label] = float(number)
+        except ValueError:
+            label = ""
+        if not sep or not label:
+            raise ValueError(f"--selection-cost takes LABEL=FLOPS (e.g. perplexity=2e14), got {value!r}.")
+    return costs
+
+
+def main(argv: Sequence[str]) -> int:
+    """``hf-cads plan RUNS.jsonl --budget 3e15``: fit, recommend, report break-even, write the plot."""
+    parser = argparse.ArgumentParser(prog="hf-cads plan", description=main.__doc__)
+    parser.add_argument("records", help="run-record file (JSON lines) written by hf-cads run / sweep")
+    parser.add_argument("--budget", type=float, help="FLOPs per finetune (selection + training), e.g. 3e15")
+    parser.add_argument("--metric", default="target_loss", help="record metric to optimise (default target_loss)")
+    direction = parser.add_mutually_exclusive_group()
+    direction.add_argument("--higher-is-better", dest="higher", action="store_true", default=None)
+    direction.add_argument("--lower-is-better", dest="higher", action="store_false")
+    parser.add_argument("--targets", type=int, default=1, help="finetunes sharing one selection (divides its cost)")
+    parser.add_argument("--selection-cost", action="append", default=[], metavar="LABEL=FLOPS",
+                        help="override a selector's selection cost (repeatable)")
+    parser.add_argument("--confidence", type=float, default=0.9, help="interval level (default 0.9)")
+    parser.add_argument("--no-baseline", action="store_true", help="do not anchor curves at the untrained metric")
+    parser.add_argument("--model", help="use only records of this model")
+    parser.add_argument("--target", help="use only records of this target")
+    parser.add_argument("--plot", help="PNG path (default: <records>_planner.png beside the records)")
+    options = parser.parse_args(list(argv))
+    if options.targets < 1:
+        raise ValueError(f"--targets must be >= 1, got {options.targets}.")
+    records = read_records(options.records)
+    plan = make_plan(
+        records, metric=options.metric, budget=options.budget, higher_is_better=options.higher, targets=options.targets,
+        selection_costs=_parse_selection_costs(options.selection_cost), confidence=options.confidence,
+        include_baseline=not options.no_baseline, model=options.model, target=options.target,
+    )
+    print(plan.format())
+    plot = Path(options.plot) if options.plot else Path(options.records).with_name(Path(options.records).stem + "_planner.png")
+    print(f"\nplot: {plot_plan(plan, plot)}")
+    return 0

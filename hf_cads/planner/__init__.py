@@ -1,0 +1,67 @@
+"""Compute-optimal planning: "I have K FLOPs — which selector, and how much data?".
+
+From the run records of earlier runs (:mod:`hf_cads.records`) the planner fits, per selector, the
+parametric performance model of the compute-constrained data-selection analysis
+
+    P(C) = (P_max - P0) * (1 - exp(-lambda * C / C_full)) + P0,     C = c * k + C_select,
+
+where ``c`` is the training cost of one selected example, ``k`` the subset size, ``C_select`` the
+selector's cost and ``C_full = c * |pool|`` the cost of training on the whole pool. ``P0`` is the
+metric with no training and ``P_max`` the asymptote: above ``P0`` for metrics where higher is better
+(accuracy), below it for losses. It then
+
+- finds the Pareto frontier of all runs (the best metric reached at each total FLOPs),
+- recommends the selector and ``k`` that maximise the predicted metric under a budget, with an
+  interval from the fit's parameter covariance (delta method),
+- amortises selection cost over ``T`` targets (one selection, ``T`` finetunes), and
+- reports the break-even training-to-selection model size ratio at which each expensive selector
+  (perplexity, LESS, CADS) overtakes the cheap ones, and
+- draws it all: FLOPs on a log x axis, one colour per selector, scatter = runs, curves = fits,
+  dashed = frontier.
+
+The fit uses :func:`scipy.optimize.curve_fit` with box bounds ``0 <= P0 <= P_max`` (mirrored for
+losses: ``0 <= P_max <= P0``) and ``lambda >= 0``. The analysis fitted with Levenberg–Marquardt,
+which takes no bounds; with bounds scipy uses its trust-region reflective method (``trf``), so
+that is what runs here, from several starting values of ``lambda``.
+
+Example:
+    >>> import numpy as np
+    >>> from hf_cads.planner import fit_performance_curve, recommend
+    >>> flops = np.linspace(0.05, 1.0, 12) * 1e15
+    >>> accuracy = 0.2 + 0.5 * (1 - np.exp(-3 * flops / 1e15))
+    >>> fit = fit_performance_curve(flops, accuracy, c_full=1e15, label="bm25",
+    ...                             cost_per_example=1e12, pool_size=1000)
+    >>> round(fit.p0, 3), round(fit.p_max, 3), round(fit.lam, 3)
+    (0.2, 0.7, 3.0)
+    >>> selector, k, predicted, interval = recommend(4e14, {"bm25": fit})
+    >>> selector, k
+    ('bm25', 400)
+"""
+
+from .fit import EXPENSIVE_SELECTORS, PerformanceFit, fit_performance_curve, fit_selectors, lower_is_better, select_records
+from .frontier import pareto_frontier
+from .plot import plot_plan
+from .recommend import BreakEven, PlanOption, Recommendation, affordable_k, break_even_ratios, option_at_budget, recommend
+from .report import Plan, make_plan
+from ..records import NO_SELECTION
+
+__all__ = [
+    "BreakEven",
+    "EXPENSIVE_SELECTORS",
+    "NO_SELECTION",
+    "PerformanceFit",
+    "Plan",
+    "PlanOption",
+    "Recommendation",
+    "affordable_k",
+    "break_even_ratios",
+    "fit_performance_curve",
+    "fit_selectors",
+    "lower_is_better",
+    "make_plan",
+    "option_at_budget",
+    "pareto_frontier",
+    "plot_plan",
+    "recommend",
+    "select_records",
+]

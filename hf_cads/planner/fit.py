@@ -1,0 +1,261 @@
+"""Fitting the performance model ``P(C)`` to run records (one curve per selector label).
+
+See :mod:`hf_cads.planner` for the model and the fitting method.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..records import RunRecord
+
+logger = logging.getLogger(__name__)
+
+EXPENSIVE_SELECTORS = ("perplexity", "less", "cads", "cads-e", "cads-s")
+"""Selectors that score every pool row with a language model (forward passes or gradients)."""
+
+_LOWER_IS_BETTER_WORDS = ("loss", "perplexity", "ppl", "error", "wer", "cer", "nll")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Guess the direction of a metric from its name: losses, perplexities and error rates go down."""
+    name = metric.lower()
+    return any(word in name for word in _LOWER_IS_BETTER_WORDS)
+
+
+# -- the performance model ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class PerformanceFit:
+    """A fitted ``P(C)`` curve of one selector, with what the planner needs to map ``k`` to FLOPs.
+
+    Attributes:
+        label: the selector configuration (run records' ``label``).
+        p0 / p_max / lam: the fitted ``P0``, ``P_max`` (asymptote) and ``lambda``.
+        covariance: 3x3 covariance of ``(p0, p_max, lam)``.
+        c_full: FLOPs of training on the whole pool (normalises ``C``).
+        higher_is_better: direction of the metric.
+        cost_per_example: training FLOPs per selected example, ``c``.
+        selection_flops: the selector's measured cost on this pool, ``C_select``.
+        pool_size: candidate rows (the largest possible ``k``).
+        model_params / selection_model_params: matmul parameters of the trained and the selection model.
+        num_points / rmse: size and residual of the fit.
+    """
+
+    label: str
+    p0: float
+    p_max: float
+    lam: float
+    covariance: np.ndarray
+    c_full: float
+    higher_is_better: bool = True
+    cost_per_example: float = float("nan")
+    selection_flops: float = 0.0
+    pool_size: int = 0
+    model_params: int = 0
+    selection_model_params: int = 0
+    selector: str | None = None
+    num_points: int = 0
+    rmse: float = float("nan")
+
+    def predict(self, flops: Any) -> np.ndarray:
+        """``P(C)`` at total FLOPs ``flops`` (scalar or array)."""
+        decay = np.exp(-self.lam * np.asarray(flops, dtype=np.float64) / self.c_full)
+        return self.p_max - (self.p_max - self.p0) * decay
+
+    def gradient(self, flops: Any) -> np.ndarray:
+        """``dP/d(p0, p_max, lam)`` at ``flops``: shape ``(..., 3)``."""
+        x = np.asarray(flops, dtype=np.float64) / self.c_full
+        decay = np.exp(-self.lam * x)
+        return np.stack([decay, 1.0 - decay, (self.p_max - self.p0) * x * decay], axis=-1)
+
+    def stderr(self, flops: Any) -> np.ndarray:
+        """Standard error of the fitted curve at ``flops`` (delta method on :attr:`covariance`)."""
+        grad = self.gradient(flops)
+        variance = np.einsum("...i,ij,...j->...", grad, self.covariance, grad)
+        return np.sqrt(np.maximum(variance, 0.0))
+
+    def interval(self, flops: Any, confidence: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+        """Two-sided ``confidence`` interval of the curve at ``flops`` (normal approximation)."""
+        from scipy.stats import norm
+
+        if not 0 < confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {confidence}.")
+        z = norm.ppf(0.5 + confidence / 2)
+        centre, spread = self.predict(flops), z * self.stderr(flops)
+        return centre - spread, centre + spread
+
+    @property
+    def parameter_errors(self) -> dict[str, float]:
+        """One standard error of ``p0``, ``p_max`` and ``lam``."""
+        errors = np.sqrt(np.maximum(np.diag(self.covariance), 0.0))
+        return dict(zip(("p0", "p_max", "lam"), errors.tolist()))
+
+    def flops_for_k(self, k: Any) -> np.ndarray:
+        """``C = c * k + C_select``: the compute at which the fit predicts a subset of ``k`` rows."""
+        return self.cost_per_example * np.asarray(k, dtype=np.float64) + self.selection_flops
+
+    def predict_k(self, k: Any) -> np.ndarray:
+        """Predicted metric after training on the selector's best ``k`` rows."""
+        return self.predict(self.flops_for_k(k))
+
+    def score(self, value: Any) -> np.ndarray:
+        """``value`` oriented so that larger is better."""
+        value = np.asarray(value, dtype=np.float64)
+        return value if self.higher_is_better else -value
+
+
+def fit_performance_curve(
+    flops: Sequence[float],
+    metric: Sequence[float],
+    c_full: float,
+    *,
+    higher_is_better: bool = True,
+    label: str = "",
+    **attributes: Any,
+) -> PerformanceFit:
+    """Fit ``P(C)`` to ``(flops, metric)`` points by bounded non-linear least squares.
+
+    Parameters are fitted as ``(a, delta, lambda) >= 0`` with ``P0 = a, P_max = a + delta`` (higher
+    is better) or ``P_max = a, P0 = a + delta`` (lower is better), which are exactly the bounds
+    ``0 <= P0 <= P_max`` (mirrored) and ``lambda >= 0``. If a metric value is negative the lower
+    bound of ``a`` is dropped. ``attributes`` fill the other :class:`PerformanceFit` fields.
+
+    Raises:
+        ValueError: fewer than 4 points (3 parameters plus one degree of freedom for the
+            uncertainty), non-finite values, or ``c_full <= 0``.
+    """
+    from scipy.optimize import OptimizeWarning, curve_fit
+
+    x_flops = np.asarray(flops, dtype=np.float64)
+    y = np.asarray(metric, dtype=np.float64)
+    if x_flops.shape != y.shape or x_flops.ndim != 1:
+        raise ValueError(f"flops and metric must be 1-d and of equal length, got {x_flops.shape} and {y.shape}.")
+    if len(y) < 4:
+        raise ValueError(
+            f"Fitting {label or 'a selector'} needs at least 4 runs (3 parameters + 1 for the uncertainty), "
+            f"got {len(y)}; run more fractions or seeds (hf-cads sweep)."
+        )
+    if not (np.isfinite(x_flops).all() and np.isfinite(y).all()):
+        raise ValueError(f"FLOPs and metric values of {label or 'the runs'} must be finite.")
+    if (x_flops < 0).any():
+        raise ValueError("FLOPs must be >= 0.")
+    if not (math.isfinite(c_full) and c_full > 0):
+        raise ValueError(f"c_full (cost of training on the whole pool) must be > 0, got {c_full!r}.")
+    x = x_flops / c_full
+
+    def curve(x: np.ndarray, a: float, delta: float, lam: float) -> np.ndarray:
+        rise = 1.0 - np.exp(-lam * x)
+        return a + delta * rise if higher_is_better else a + delta * (1.0 - rise)
+
+    lower_a = 0.0 if (y >= 0).all() else -np.inf
+    bounds = ([lower_a, 0.0, 0.0], [np.inf, np.inf, np.inf])
+    start_value = float(y[np.argmin(x)])
+    best_value = float(y.max() if higher_is_better else y.min())
+    # a is P0 (higher is better) or the asymptote P_max (lower is better).
+    a0 = start_value if higher_is_better else best_value
+    a0 = max(a0, 0.0) if lower_a == 0.0 else a0
+    delta0 = max(abs(best_value - start_value), 1e-6 * max(1.0, abs(best_value)))
+    positive_x = x[x > 0]
+    span = (positive_x.min(), positive_x.max()) if len(positive_x) else (1.0, 1.0)
+    lambda_starts = np.geomspace(0.1 / span[1], 10.0 / span[0], 9)
+
+    best: tuple[float, np.ndarray, np.ndarray] | None = None
+    for lam0 in lambda_starts:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", OptimizeWarning)
+                params, pcov = curve_fit(
+                    curve, x, y, p0=[a0, delta0, lam0], bounds=bounds, method="trf", maxfev=20000
+                )
+        except (RuntimeError, ValueError):
+            continue
+        sse = float(np.sum((curve(x, *params) - y) ** 2))
+        if best is None or sse < best[0]:
+            best = (sse, params, pcov)
+    if best is None:
+        raise ValueError(f"The fit of {label or 'the runs'} did not converge from any starting point.")
+    sse, (a, delta, lam), pcov = best
+    # (p0, p_max, lam) = J @ (a, delta, lam)
+    jacobian = np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) if higher_is_better else np.array(
+        [[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+    )
+    p0, p_max, _ = jacobian @ np.array([a, delta, lam])
+    covariance = jacobian @ np.asarray(pcov, dtype=np.float64) @ jacobian.T
+    if not np.isfinite(covariance).all():
+        logger.warning("The fit of %s has undetermined parameters (a curve flat in the data?): intervals are infinite.", label)
+        covariance = np.where(np.isfinite(covariance), covariance, np.inf)
+    return PerformanceFit(
+        label=label, p0=float(p0), p_max=float(p_max), lam=float(lam), covariance=covariance, c_full=float(c_full),
+        higher_is_better=higher_is_better, num_points=len(y), rmse=math.sqrt(sse / len(y)), **attributes,
+    )
+
+
+# -- records -> fits ---------------------------------------------------------------------------
+def select_records(
+    records: Sequence[RunRecord], metric: str, *, model: str | None = None, target: str | None = None
+) -> list[RunRecord]:
+    """The records that measured ``metric`` for one (model, target); several pairs need a choice."""
+    with_metric = [r for r in records if metric in r.metrics]
+    if not with_metric:
+        available = sorted({name for r in records for name in r.metrics})
+        raise ValueError(f"No run record has the metric {metric!r}; recorded metrics: {available}. Pass --metric.")
+    chosen = [r for r in with_metric if (model is None or r.model == model) and (target is None or r.target == target)]
+    pairs = sorted({(r.model, str(r.target)) for r in chosen})
+    if not chosen:
+        raise ValueError(f"No record matches model={model!r}, target={target!r}; recorded (model, target) pairs: "
+                         f"{sorted({(r.model, str(r.target)) for r in with_metric})}.")
+    if len(pairs) > 1:
+        raise ValueError(f"The records mix (model, target) pairs {pairs}; curves only compare runs of one pair. "
+                         "Pass --model and --target (or model=/target=).")
+    return chosen
+
+
+def fit_selectors(
+    records: Sequence[RunRecord],
+    metric: str = "target_loss",
+    *,
+    higher_is_better: bool | None = None,
+    include_baseline: bool = True,
+) -> tuple[dict[str, PerformanceFit], dict[str, str]]:
+    """Fit one curve per record label. Returns ``(fits, skipped)`` where ``skipped`` says why a
+    label got no curve (too few runs, no convergence).
+
+    With ``include_baseline`` the metric measured before training (``baseline_metrics``, zero
+    FLOPs) is one more point of every curve, anchoring ``P0``. ``C_full`` is shared by all curves:
+    the median training cost per example times the pool size.
+    """
+    higher = (not lower_is_better(metric)) if higher_is_better is None else higher_is_better
+    usable = [r for r in records if metric in r.metrics and r.k > 0]
+    if not usable:
+        raise ValueError(f"No run record with k > 0 measured {metric!r}.")
+    pool_size = int(np.median([r.pool_size for r in usable]))
+    c_full = float(np.median([r.train_flops / r.k for r in usable])) * pool_size
+    fits: dict[str, PerformanceFit] = {}
+    skipped: dict[str, str] = {}
+    for label in sorted({r.label for r in usable}):
+        group = [r for r in usable if r.label == label]
+        flops = [r.total_flops for r in group]
+        values = [r.metrics[metric] for r in group]
+        baselines = [r.baseline_metrics[metric] for r in group if metric in r.baseline_metrics]
+        if include_baseline and baselines:
+            flops.append(0.0)
+            values.append(float(np.mean(baselines)))
+        try:
+            fits[label] = fit_performance_curve(
+                flops, values, c_full, higher_is_better=higher, label=label,
+                cost_per_example=float(np.median([r.train_flops / r.k for r in group])),
+                selection_flops=float(np.median([r.selection_flops for r in group])),
+                pool_size=int(np.median([r.pool_size for r in group])),
+                model_params=int(np.median([r.model_params for r in group])),
+                selection_model_params=int(np.median([r.selection_model_params for r in group])),
+                selector=group[0].selector,
+            )
+        except ValueError as err:
+            skipped[label] = str(err)
+    return fits, skipped

@@ -1,0 +1,74 @@
+"""``BudgetedTrainingArguments``: ``TrainingArguments`` plus the compute budget and the data selector."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from ..flops import validate_budget
+from ..selectors import get_selector_class
+
+
+@dataclass
+class BudgetedTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus the compute budget and the data selector.
+
+    Args:
+        flop_budget: total FLOPs for selection + training (e.g. ``3e15``). ``None`` records FLOPs
+            without a cap.
+        selector: registry name of the selector (``random``, ``bm25``, ``embedding``, ``perplexity``,
+            ...); ``None`` trains on ``train_dataset`` as given.
+        selection_fraction / selection_k: how much of the pool to keep (one of them).
+        selector_kwargs: options of the selector's config (dict, or JSON string on the CLI).
+        max_seq_length: token limit when the trainer tokenises a text dataset.
+        text_column: column holding the text (default ``text``, else chat ``messages``).
+        deduplicate: ``"drop"`` or ``"error"``: what the selector does with pool rows that repeat
+            an earlier row (the selector's ``deduplicate`` option, set from a recipe's top level;
+            ``None`` keeps the selector's default, ``"drop"``).
+    """
+
+    flop_budget: float | None = field(default=None, metadata={"help": "Total FLOPs for selection + training."})
+    selector: str | None = field(default=None, metadata={"help": "Registered selector name, e.g. bm25."})
+    selection_fraction: float | None = field(default=None, metadata={"help": "Share of the pool to keep, in (0, 1]."})
+    selection_k: int | None = field(default=None, metadata={"help": "Number of pool rows to keep."})
+    selector_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Selector options as a dict or JSON string, e.g. '{\"aggregate\": \"max\"}'."}
+    )
+    max_seq_length: int = field(default=512, metadata={"help": "Token limit when tokenising text datasets."})
+    text_column: str | None = field(default=None, metadata={"help": "Text column (default: text, else messages)."})
+    deduplicate: str | None = field(
+        default=None, metadata={"help": "Repeated pool rows: drop (keep the first copy; the default) or error."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.flop_budget is not None:
+            self.flop_budget = validate_budget(self.flop_budget)
+        if isinstance(self.selector_kwargs, str):
+            try:
+                self.selector_kwargs = json.loads(self.selector_kwargs) if self.selector_kwargs.strip() else {}
+            except json.JSONDecodeError as err:
+                raise ValueError(f"selector_kwargs must be a JSON object, got {self.selector_kwargs!r}: {err}.") from err
+        if self.selector_kwargs is not None and not isinstance(self.selector_kwargs, dict):
+            raise TypeError(f"selector_kwargs must be a dict, got {type(self.selector_kwargs).__name__}.")
+        if self.deduplicate is not None:
+            self._fold_into_selector_kwargs("deduplicate", self.deduplicate, ("drop", "error"))
+        if self.selector is not None:
+            get_selector_class(self.selector)  # unknown names fail here, listing the registered ones
+            if self.selection_fraction is None and self.selection_k is None and not get_selector_class(self.selector).chooses_own_size:
+                raise ValueError(f"selector={self.selector!r} needs selection_fraction or selection_k.")
+        if self.max_seq_length < 2:
+            raise ValueError(f"max_seq_length must be >= 2, got {self.max_seq_length}.")
+
+    def _fold_into_selector_kwargs(self, name: str, value: str, allowed: tuple[str, ...]) -> None:
+        # A top-level recipe key for a selector option: it travels in selector_kwargs, so run keys,
+        # labels and every selection path see it exactly as if it had been written there.
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}.")
+        options = dict(self.selector_kwargs or {})
+        if options.get(name, value) != value:
+            raise ValueError(f"{name}={value!r} and selector_kwargs[{name!r}]={options[name]!r} disagree; set it once.")
+        options[name] = value
+        self.selector_kwargs = options

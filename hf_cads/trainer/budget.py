@@ -1,0 +1,206 @@
+"""The FLOP-budget behaviour of :class:`~hf_cads.BudgetedTrainer`, as a mixin any ``transformers.Trainer``
+subclass can take (e.g. a TRL trainer): ``class MyTrainer(FlopBudgetMixin, SFTTrainer)``.
+
+The mixin keeps one :class:`~hf_cads.flops.FlopLedger` (``self.flop_ledger``), sizes training to what
+the budget leaves (:meth:`FlopBudgetMixin.plan_training`, a :class:`~hf_cads.budget.TrainingPlan`),
+checks before every optimizer step that its exact cost (from the prefetched micro-batches, all
+processes summed) still fits and stops at the cap, charges training and evaluation FLOPs, writes the
+ledger into every checkpoint and restores it on resume, and after ``train()`` appends a run record
+when ``self.run_records`` names a file. The class using it calls :meth:`FlopBudgetMixin.init_budget`
+in its ``__init__`` before ``Trainer.__init__``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from ..budget import TrainingPlan
+from ..flops import FlopLedger, FlopProfile
+from ..records import append_record, record_from_trainer, trainer_metrics
+
+logger = logging.getLogger(__name__)
+
+LEDGER_FILE = "flop_ledger.json"
+
+
+def mean_step_flops(
+    profile: FlopProfile,
+    lengths: Any,
+    micro_batch: int,
+    accumulation: int = 1,
+    *,
+    seed: int = 0,
+    epochs: int = 3,
+    gradient_checkpointing: bool = False,
+) -> float:
+    """Mean FLOPs of one optimizer step when rows of these token ``lengths`` are shuffled into
+    right-padded micro-batches (``epochs`` simulated epochs): what a step costs before training.
+
+    Example:
+        >>> from transformers import LlamaConfig
+        >>> profile = FlopProfile.from_config(LlamaConfig(hidden_size=64, intermediate_size=128,
+        ...     num_hidden_layers=2, num_attention_heads=4, vocab_size=100))
+        >>> mean_step_flops(profile, [10, 10, 10, 10], micro_batch=2) == profile.train_step_flops(2, 10)
+        True
+    """
+    lengths = np.asarray(lengths)
+    rng = np.random.default_rng(seed)
+    step_costs = []
+    for _ in range(epochs):
+        order = rng.permutation(len(lengths))
+        costs = [
+            profile.train_step_flops(len(chunk), int(lengths[chunk].max()), gradient_checkpointing=gradient_checkpointing)
+            for chunk in (order[i : i + micro_batch] for i in range(0, len(order), micro_batch))
+        ]
+        step_costs += [sum(costs[i : i + accumulation]) for i in range(0, len(costs), accumulation)]
+    return float(np.mean(step_costs))
+
+
+class FlopBudgetMixin:
+    """FLOP-budgeted training for a transformers.Trainer subclass (see the module docstring)."""
+
+    flop_ledger: FlopLedger
+    flop_profile: FlopProfile
+    run_records: str | os.PathLike | None
+
+    def init_budget(self, budget: float | None, model: Any, run_records: str | os.PathLike | None = None) -> None:
+        """Set up the ledger and the model's FLOP profile; call before Trainer.__init__."""
+        self.flop_ledger = FlopLedger(budget=budget)
+        self.flop_profile = FlopProfile.from_model(model)
+        self.run_records = run_records
+        self._pending_charges: list[float] = []
+
+    # -- sizing ---------------------------------------------------------------------------------
+    def _micro_batch_flops(self, input_ids: Any) -> float:
+        batch, seq = int(input_ids.shape[0]), int(input_ids.shape[1])
+        return self.flop_profile.train_step_flops(batch, seq, gradient_checkpointing=bool(self.args.gradient_checkpointing))
+
+    def expected_step_flops(self, epochs: int = 3) -> float:
+        """Mean FLOPs of one optimizer step over simulated shuffled epochs (lengths from the data)."""
+        return mean_step_flops(
+            self.flop_profile, [len(ids) for ids in self.train_dataset["input_ids"]],
+            self.args.per_device_train_batch_size * max(1, self.args.world_size), self.args.gradient_accumulation_steps,
+            seed=self.args.seed, epochs=epochs, gradient_checkpointing=bool(self.args.gradient_checkpointing),
+        )
+
+    def plan_training(self) -> TrainingPlan:
+        """Size training to the FLOPs the ledger has left: sets args.max_steps and
+        flop_ledger.training; an error when not even one step fits."""
+        remaining = self.flop_ledger.remaining
+        per_step = self.expected_step_flops()
+        steps = int(remaining // per_step)
+        if steps < 1:
+            raise ValueError(
+                f"After selection ({self.flop_ledger.entries['selection']:.4g} FLOPs) only {remaining:.4g} of the "
+                f"{self.flop_ledger.budget:.4g} FLOP budget remain, less than one training step (~{per_step:.4g} "
+                "FLOPs). Raise flop_budget or lower the batch size / max_seq_length."
+            )
+        # One step of slack: the hard cap in get_batch_samples ends training exactly at the budget,
+        # and a few cheaper-than-average steps should not end it early.
+        self.args.max_steps = int(math.ceil(remaining / per_step)) + 1
+        self.flop_ledger.training.planned_steps = self.args.max_steps
+        self.flop_ledger.training.expected_step_flops = per_step
+        logger.info("FLOP budget sizes training to ~%d optimizer steps of ~%.4g FLOPs", steps, per_step)
+        return self.flop_ledger.training
+
+    # -- enforcement and charging ---------------------------------------------------------------
+    def _global_sum(self, values: list[float]) -> list[float]:
+        if self.accelerator.num_processes <= 1:
+            return values
+        import torch
+
+        local = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        return self.accelerator.reduce(local, reduction="sum").tolist()
+
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
+        batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in batch_samples)
+        *costs, tokens = self._global_sum([self._micro_batch_flops(b["input_ids"]) for b in batch_samples] + [float(tokens)])
+        if not self.flop_ledger.can_afford(sum(costs)):
+            logger.info(
+                "Stopping: the next step (%.4g FLOPs) would exceed the budget (%.4g of %.4g spent).",
+                sum(costs), self.flop_ledger.spent, self.flop_ledger.budget,
+            )
+            self.control.should_training_stop = True
+            self.flop_ledger.training.stopped_by_budget = True
+            return [], None
+        self._pending_charges = list(costs)
+        self.flop_ledger.training.tokens_trained += int(tokens)
+        return batch_samples, num_items
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        charge = self._pending_charges.pop(0) if self._pending_charges else self._global_sum([self._micro_batch_flops(inputs["input_ids"])])[0]
+        self.flop_ledger.charge("train", charge)
+        return loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Adds the ledger (selection/train FLOPs, share of budget used) to every log entry."""
+        logs["flops_selection"] = self.flop_ledger.entries["selection"]
+        logs["flops_train"] = self.flop_ledger.entries["train"]
+        if self.flop_ledger.budget is not None:
+            logs["flops_budget_used"] = self.flop_ledger.spent / self.flop_ledger.budget
+        super().log(logs, *args, **kwargs)
+
+    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        return int(self._micro_batch_flops(inputs["input_ids"]))
+
+    def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None) -> Any:
+        output = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        ids = inputs["input_ids"]
+        self.flop_ledger.charge("eval", self._global_sum([self.flop_profile.forward_flops(int(ids.shape[0]), int(ids.shape[1]))])[0])
+        return output
+
+    # -- checkpoints carry the ledger -----------------------------------------------------------
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        # The ledger goes in before Trainer writes trainer_state.json, so a process killed while
+        # saving never leaves a checkpoint that looks complete but has no ledger.
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save:
+            os.makedirs(folder, exist_ok=True)
+            self.flop_ledger.save(os.path.join(folder, LEDGER_FILE))
+        super()._save_checkpoint(model, trial)
+
+    def restore_ledger(self, checkpoint: str) -> None:
+        """Take over the ledger of a checkpoint written by this mixin (also ledgers of older versions)."""
+        path = os.path.join(checkpoint, LEDGER_FILE)
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"Checkpoint {checkpoint!r} has no {LEDGER_FILE}; it was not written by BudgetedTrainer, so the "
+                "FLOPs it spent are unknown. Resume from a BudgetedTrainer checkpoint or start afresh."
+            )
+        restored = FlopLedger.load(path)
+        if restored.budget != self.flop_ledger.budget:
+            raise ValueError(
+                f"Checkpoint ledger budget {restored.budget} differs from flop_budget {self.flop_ledger.budget}; "
+                "resume with the same flop_budget."
+            )
+        self.flop_ledger.entries.update(restored.entries)
+        self.flop_ledger.notes.update(restored.notes)
+        self.flop_ledger.training = restored.training
+        if restored.selection is not None:
+            self.flop_ledger.selection = restored.selection
+        if restored.training.planned_steps:
+            # Sized from this run's selection charge, max_steps may differ (e.g. 0 FLOPs for a cached
+            # selection); the checkpoint's plan keeps the learning-rate schedule of the original run.
+            self.args.max_steps = int(restored.training.planned_steps)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        if isinstance(checkpoint, str):
+            self.restore_ledger(checkpoint)
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, *args, **kwargs)
+        if self.run_records is not None and self.is_world_process_zero():
+            append_record(self.run_records, record_from_trainer(self, trainer_metrics(self, output), seconds=output.metrics.get("train_runtime")))
+        return output
