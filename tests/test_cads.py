@@ -142,7 +142,7 @@ def test_budget_too_small_for_the_pilot_runs(small_pool, bbh_target, tokenizer, 
         ({"num_sampling_points": 1}, "num_sampling_points must be >= 2"),
         ({"samples_per_step": 1}, "samples_per_step must be >= 2"),
         ({"alpha": 0}, "alpha must be a finite number > 0"),
-        ({"policy_reward": "loss"}, "policy_reward must be 'objective' or 'validation'"),
+        ({"policy_reward": "loss"}, "policy_reward must be 'objective', 'validation' or 'transfer'"),
         ({"train_budget": -5}, "flop_budget must be a finite number > 0"),
     ],
 )
@@ -229,3 +229,43 @@ def test_tensor_backend_bad_columns():
     backend = TensorBackend(lambda: torch.nn.Linear(1, 1))
     with pytest.raises(ValueError, match="no 'x' column.*feature_column"):
         get_selector("cads-e", backend=backend, train_budget=1e6).select(pool, target=pool)
+
+
+# -- first-order lookahead ---------------------------------------------------------------------
+def test_first_order_lookahead_matches_the_exact_step_and_charges_what_it_estimates():
+    from hf_cads.selectors.cads import CADSSelectorConfig
+    from hf_cads.selectors.cads_core import AdamTheta
+    from hf_cads.selectors.cads_loop import ExampleMasks, step_masks
+
+    pool, target, _ = _digits_with_label_noise(seed=0, rows=200)
+    backend = TensorBackend(lambda: torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)), loss="cross_entropy")
+    flat = LossPredictor.fit([10, 200], [0.5, 2.0])
+    for reward in ("objective", "transfer"):
+        rewards = {}
+        for lookahead in ("exact", "first_order"):
+            config = CADSSelectorConfig(train_budget=1e7, block_size=32, samples_per_step=8, learning_rate=1e-4, policy_reward=reward, lookahead=lookahead)
+            task = backend.prepare(pool, target, config)
+            masks, theta = ExampleMasks(task.num_rows, config), AdamTheta(task.parameters(), config.learning_rate)
+            rng = np.random.default_rng(0)
+            masks.start_step(rng, 0, 0.3)
+            scored = step_masks(task, masks, theta, flat, np.arange(32), config, rng)  # the same masks: same draws
+            rewards[lookahead] = np.asarray(scored.rewards) - scored.val_loss
+        exact, first_order = rewards["exact"], rewards["first_order"]
+        spread = np.abs(exact - exact.mean()).max()
+        assert spread > 0 and np.abs(first_order - exact).max() < 0.1 * spread, (reward, exact, first_order)
+
+    # CADS-S on a first-order step: the charged FLOPs are the planned ones, far below the exact lookahead's.
+    pool = Dataset.from_dict({"x": np.linspace(-1, 1, 120).tolist(), "y": np.zeros(120).tolist(), "source": ["a", "b", "c"] * 40})
+    backend = TensorBackend(lambda: torch.nn.Sequential(torch.nn.Linear(1, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)))
+    spent = {}
+    for lookahead in ("exact", "first_order"):
+        selector = get_selector(
+            "cads-s", backend=backend, train_budget=3e6, seed=0, batch_size=16, block_size=12, target_batch_size=20,
+            samples_per_step=8, outer_steps=5, lookahead=lookahead, baseline="step", show_progress=False,
+        )
+        estimate = selector.estimate_flops(pool, pool)
+        result = selector.select(pool, target=pool)
+        assert result.extras["overhead_outer_flops"] == pytest.approx(selector.last_outcome.plan.outer_flops, rel=1e-9)
+        assert result.flops == pytest.approx(estimate, rel=0.05)
+        spent[lookahead] = result.extras["overhead_outer_flops"]
+    assert spent["first_order"] < spent["exact"] / 2

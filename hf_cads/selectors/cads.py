@@ -62,6 +62,14 @@ class CADSSelectorConfig(SelectorConfig):
             which is where the budget enters) and no longer rewards a mask for its own training-loss level,
             which the size-only predictor ``l(|m|)`` cannot compare across sources of different difficulty
             (see benchmarks/cads_spectral_bias.py).
+        lookahead: how a mask's objective after ``theta``'s step on it is measured. ``exact``: take the
+            step, run the target rows (and, for the objective reward, the mask's rows) forward, undo it;
+            every mask costs a training step and one or two forward passes. ``first_order``: one batched
+            pass computes per-example gradients of a shared set of candidate rows (CADS-E: the block;
+            CADS-S: ``block_size // num_sources`` rows per source) and the target gradient ``g_val``, and a
+            mask's losses after the step ``u`` are ``L + g . u`` (``g_val . u`` for the validation loss):
+            an outer step then costs two training steps however many masks it scores, so
+            ``samples_per_step`` can be raised for free.
         num_sampling_points: pilot runs (subset sizes) the loss predictor is fitted from.
         min_sampling_fraction: smallest pilot subset, as a share of the pool (sizes are log-spaced up to the pool).
         A: pilot down-scaling: a pilot emulating ``|m|`` rows trains on ``|m| / A`` rows for ``C / A``
@@ -76,6 +84,11 @@ class CADSSelectorConfig(SelectorConfig):
             mask (fine for small tensor tasks, too slow for LMs).
         target_batch_size: target rows per outer step (shared by that step's masks).
         lr_s: step size of the selection parameters ``s`` (``s_i`` or the source means ``mu_j``).
+        baseline: what a mask's reward is compared with. ``moving_average``: ``b``, a moving average of past
+            steps' mean rewards. ``step``: the mean reward of the step's other masks (leave-one-out); the
+            masks of a step share the target rows, so the step-to-step variation of the target loss (a
+            larger noise than the differences between masks when ``target_batch_size`` is a small share of
+            the target set) cancels.
         baseline_momentum: momentum of the moving-average baseline ``b`` (and of the advantage scale).
         normalize_advantage: divide advantages by their running RMS, so ``lr_s`` does not depend on the
             loss scale.
@@ -93,7 +106,8 @@ class CADSSelectorConfig(SelectorConfig):
     train_budget: float | None = field(default=None, metadata={"per_run": True})
     alpha: float = 1.0
     penalty: Literal["squared", "one_sided"] = "one_sided"
-    policy_reward: Literal["objective", "validation"] = "objective"
+    policy_reward: Literal["objective", "validation", "transfer"] = "objective"
+    lookahead: Literal["exact", "first_order"] = "exact"
     num_sampling_points: int = 5
     min_sampling_fraction: float = 0.05
     A: float = 10.0
@@ -104,6 +118,7 @@ class CADSSelectorConfig(SelectorConfig):
     block_size: int | None = 32
     target_batch_size: int = 32
     lr_s: float = 0.05
+    baseline: Literal["moving_average", "step"] = "moving_average"
     baseline_momentum: float = 0.9
     normalize_advantage: bool = True
     init_probability: float = 0.5
@@ -124,8 +139,12 @@ class CADSSelectorConfig(SelectorConfig):
             raise ValueError(f"granularity must be 'example' (CADS-E) or 'source' (CADS-S), got {self.granularity!r}.")
         if self.penalty not in ("squared", "one_sided"):
             raise ValueError(f"penalty must be 'squared' or 'one_sided', got {self.penalty!r}.")
-        if self.policy_reward not in ("objective", "validation"):
-            raise ValueError(f"policy_reward must be 'objective' or 'validation', got {self.policy_reward!r}.")
+        if self.lookahead not in ("exact", "first_order"):
+            raise ValueError(f"lookahead must be 'exact' or 'first_order', got {self.lookahead!r}.")
+        if self.baseline not in ("moving_average", "step"):
+            raise ValueError(f"baseline must be 'moving_average' or 'step', got {self.baseline!r}.")
+        if self.policy_reward not in ("objective", "validation", "transfer"):
+            raise ValueError(f"policy_reward must be 'objective', 'validation' or 'transfer', got {self.policy_reward!r}.")
         if self.train_budget is not None:
             self.train_budget = validate_budget(self.train_budget)
         positive = {"alpha": self.alpha, "A": self.A, "lr_s": self.lr_s, "learning_rate": self.learning_rate,
@@ -212,6 +231,9 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
             )
         return codes.astype(np.int64), names.tolist()
 
+    def _num_sources(self, pool: Any) -> int | None:
+        return len(self._source_codes(pool)[1]) if self.config.granularity == "source" else None
+
     def _task(self, pool: Any, target: Any) -> Any:
         key = (getattr(pool, "_fingerprint", str(id(pool))), getattr(target, "_fingerprint", str(id(target))))
         if self._prepared is None or self._prepared[0] != key:
@@ -232,7 +254,7 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
     def plan(self, pool: Any, target: Any) -> CADSPlan:
         """The pilot runs and outer-loop length CADS will use, and their estimated FLOPs."""
         self._require_train_budget()
-        return plan_cads(self._task(pool, target), self.config)
+        return plan_cads(self._task(pool, target), self.config, self._num_sources(pool))
 
     def _require_train_budget(self) -> None:
         if self.config.train_budget is None:
@@ -249,7 +271,8 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
         if self.config.train_budget is not None:
             return
         task = self._task(pool, target)
-        overhead = lambda c: plan_cads(task, dataclasses.replace(self.config, train_budget=c)).estimated_flops  # noqa: E731
+        sources = self._num_sources(pool)
+        overhead = lambda c: plan_cads(task, dataclasses.replace(self.config, train_budget=c), sources).estimated_flops  # noqa: E731
         self.config.train_budget = solve_budget_split(overhead, available_flops)
 
     # -- Selector contract -----------------------------------------------------------------------
@@ -260,7 +283,7 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
     def score(self, pool: Any, target: Any | None) -> ScoreOutput:
         self._require_train_budget()
         task = self._task(pool, target)
-        plan = plan_cads(task, self.config)
+        plan = plan_cads(task, self.config, self._num_sources(pool))
         codes, names = self._source_codes(pool) if self.config.granularity == "source" else (None, None)
         outcome = run_cads(task, plan, self.config, source_codes=codes, source_names=names)
         self.last_outcome = outcome

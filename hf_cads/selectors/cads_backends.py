@@ -132,6 +132,22 @@ class TensorTask:
         grads = list(torch.autograd.grad(value, self.parameters())) if with_grad else None
         return float(value.detach()), grads, self.cost(rows, split, with_grad)
 
+    def per_example(self, rows: np.ndarray, split: str) -> tuple[np.ndarray, Any, float]:
+        import torch
+        from torch.func import functional_call, grad_and_value, vmap
+
+        features, labels = self.data[split]
+        index = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        params = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+
+        def one(values: dict[str, Any], x: Any, y: Any) -> Any:
+            return self._per_example(functional_call(self.model, values, (x[None],)), y[None])[0]
+
+        grads, losses = vmap(grad_and_value(one), in_dims=(None, 0, 0))(params, features[index], labels[index])
+        flat = torch.cat([grads[n].reshape(len(index), -1) for n in names], dim=1)
+        return losses.detach().numpy().astype(np.float64), flat, self.cost(rows, split, True)
+
     def cost(self, rows: np.ndarray, split: str, with_grad: bool) -> float:
         count = len(rows)
         return self.profile.train_step_flops(count, 1) if with_grad else self.profile.forward_flops(count, 1)
@@ -207,6 +223,7 @@ class CausalLMTask:
         self.num_rows = len(self.token_ids[POOL])
         self.num_target_rows = len(self.token_ids["target"])
         self.device = next(model.parameters()).device
+        self._gradients: Any = None  # PerExampleGradients, built on first use (first-order lookahead)
 
     def parameters(self) -> list[Any]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -236,6 +253,27 @@ class CausalLMTask:
                 flops += self.profile.forward_flops(*batch.shape)
             total += float(summed.detach())
         return total, grads, flops
+
+    def per_example(self, rows: np.ndarray, split: str) -> tuple[np.ndarray, Any, float]:
+        """Per-example losses and LoRA gradients in the same length-sorted micro-batches as :meth:`loss`."""
+        import torch
+
+        from .gradients import PerExampleGradients
+
+        if self._gradients is None:
+            self._gradients = PerExampleGradients(self.model)
+        subset = self._subset(rows, split)
+        losses = np.zeros(len(subset))
+        grads = None
+        flops = 0.0
+        for batch in self.batcher.batches(subset):
+            batch_losses, batch_grads = self._gradients.losses_and_gradients(batch.input_ids.to(self.device), batch.attention_mask.to(self.device))
+            if grads is None:
+                grads = torch.zeros((len(subset), batch_grads.shape[1]), dtype=batch_grads.dtype, device=batch_grads.device)
+            grads[torch.as_tensor(batch.rows, device=grads.device)] = batch_grads
+            losses[batch.rows] = batch_losses.float().cpu().numpy()
+            flops += self.profile.train_step_flops(*batch.shape)
+        return losses, grads, flops
 
     def cost(self, rows: np.ndarray, split: str, with_grad: bool) -> float:
         shapes = self.batcher.padded_shapes(self._subset(rows, split))

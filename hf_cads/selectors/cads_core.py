@@ -70,6 +70,12 @@ class CADSTask(Protocol):
     def cost(self, rows: np.ndarray, split: str, with_grad: bool) -> float:
         """FLOPs :meth:`loss` would spend on these rows, without running the model."""
 
+    def per_example(self, rows: np.ndarray, split: str) -> tuple[np.ndarray, Any, float]:
+        """``(per-example losses, flattened per-example gradients (len(rows) x num_params), FLOPs spent)``.
+
+        Needed by ``lookahead="first_order"`` only; costs what ``cost(rows, split, True)`` says.
+        """
+
 
 # -- selection distributions -------------------------------------------------------------------
 class BernoulliMaskPolicy:
@@ -189,11 +195,22 @@ class AdamTheta:
             -self.lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + self.eps) for m, v in zip(first, second)
         ]
 
-    def apply_lookahead(self, grads: Sequence[Any]) -> list[Any]:
-        """Move the parameters by the step ``grads`` would cause; returns the step so it can be undone."""
+    def gradient_step(self, grads: Sequence[Any]) -> list[Any]:
+        """``-lr * g``: a plain gradient step on ``grads`` alone. Linear in ``grads``, unlike :meth:`preview`:
+        Adam's normalisation by the new gradient favours small gradients whatever their direction, and
+        its second moments are ~0 on coordinates that have not moved yet (LoRA's A at init)."""
+        return [-self.lr * g for g in grads]
+
+    def preview(self, grads: Sequence[Any]) -> list[Any]:
+        """The step ``grads`` would cause, without moving the parameters."""
+        return self._update(*self._moments(grads))
+
+    def apply_lookahead(self, grads: Sequence[Any], plain: bool = False) -> list[Any]:
+        """Move the parameters by the step ``grads`` would cause (Adam's, or with ``plain`` :meth:`gradient_step`);
+        returns the step so it can be undone."""
         import torch
 
-        update = self._update(*self._moments(grads))
+        update = self.gradient_step(grads) if plain else self.preview(grads)
         with torch.no_grad():
             for p, u in zip(self.params, update):
                 p.add_(u)
@@ -274,11 +291,38 @@ def _mean_cost(task: CADSTask, split: str, size: int, with_grad: bool, rng: np.r
     return float(np.mean([task.cost(rng.choice(total, size, replace=False), split, with_grad) for _ in range(draws)]))
 
 
-def plan_cads(task: CADSTask, config: Any) -> CADSPlan:
+def candidate_count(num_rows: int, config: Any, num_sources: int | None) -> int:
+    """Rows whose per-example gradients one first-order outer step computes (all masks are scored on them).
+
+    CADS-E: the block. CADS-S: ``block_size // num_sources`` rows of every source (at least one each).
+    """
+    if config.granularity == "example" or not num_sources:
+        return num_rows if config.block_size is None else min(config.block_size, num_rows)
+    if config.block_size is None:
+        return num_rows
+    return num_sources * max(1, config.block_size // num_sources)
+
+
+def first_order_mixing_flops(masks: int, candidates: int, num_params: int) -> float:
+    """FLOPs of turning per-example gradients into each mask's gradient and first-order losses.
+
+    ``masks x candidates`` weights times ``candidates x params`` gradients, then two dot products per mask.
+    """
+    from ..flops import matmul_flops
+
+    return float(matmul_flops(masks, candidates, num_params) + 2 * matmul_flops(masks, num_params, 1))
+
+
+def task_num_params(task: CADSTask) -> int:
+    return int(sum(p.numel() for p in task.parameters()))
+
+
+def plan_cads(task: CADSTask, config: Any, num_sources: int | None = None) -> CADSPlan:
     """Fix the pilot runs and the outer-loop length for ``config`` and check that the budget allows them.
 
-    Raises a ``ValueError`` that names the fix when ``train_budget`` cannot pay for one training step
-    of a pilot, or when ``gamma * train_budget`` cannot pay for one outer step.
+    ``num_sources`` (CADS-S) sizes a first-order step's candidate rows. Raises a ``ValueError`` that
+    names the fix when ``train_budget`` cannot pay for one training step of a pilot, or when
+    ``gamma * train_budget`` cannot pay for one outer step.
     """
     budget = float(config.train_budget)
     num_rows = task.num_rows
@@ -309,11 +353,19 @@ def plan_cads(task: CADSTask, config: Any) -> CADSPlan:
     else:
         rows_per_mask = int(round(0.5 * num_rows)) if config.block_size is None else min(config.block_size, num_rows)
     target_rows = min(config.target_batch_size, task.num_target_rows)
-    step_flops = _mean_cost(task, TARGET, target_rows, True, rng) + config.samples_per_step * (
-        _mean_cost(task, POOL, rows_per_mask, True, rng)
-        + _mean_cost(task, POOL, rows_per_mask, False, rng)
-        + _mean_cost(task, TARGET, target_rows, False, rng)
-    )
+    if config.lookahead == "first_order":
+        candidates = candidate_count(task.num_rows, config, num_sources)
+        step_flops = (
+            _mean_cost(task, TARGET, target_rows, True, rng)
+            + _mean_cost(task, POOL, candidates, True, rng)
+            + first_order_mixing_flops(config.samples_per_step, candidates, task_num_params(task))
+        )
+    else:
+        # The post-step forward on the mask's rows only feeds the penalty term of the reward.
+        post_step_train = _mean_cost(task, POOL, rows_per_mask, False, rng) if config.policy_reward == "objective" else 0.0
+        step_flops = _mean_cost(task, TARGET, target_rows, True, rng) + config.samples_per_step * (
+            _mean_cost(task, POOL, rows_per_mask, True, rng) + post_step_train + _mean_cost(task, TARGET, target_rows, False, rng)
+        )
     if config.outer_steps is not None:
         outer_steps = int(config.outer_steps)
     else:

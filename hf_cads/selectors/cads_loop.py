@@ -12,7 +12,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .cads_core import POOL, TARGET, AdamTheta, BernoulliMaskPolicy, CADSPlan, CADSTask, TruncatedGaussianPolicy, annealed_sigma
+from .cads_core import (
+    POOL, TARGET, AdamTheta, BernoulliMaskPolicy, CADSPlan, CADSTask, TruncatedGaussianPolicy, annealed_sigma, first_order_mixing_flops,
+)
 from .cads_predictor import LossPredictor
 
 logger = logging.getLogger(__name__)
@@ -135,6 +137,16 @@ class ExampleMasks:
         size = self.num_rows * mask.sum() / len(self.block_rows)
         return self.block_rows[mask], float(size), self.policy.log_prob_grad(self.block_rows, mask)
 
+    def candidates(self) -> np.ndarray:
+        """The rows every mask of this step is drawn from (first-order lookahead)."""
+        return self.block_rows
+
+    def sample_weights(self, rng: np.random.Generator) -> tuple[np.ndarray, float, np.ndarray]:
+        """``(weight of each candidate row in the mask's mean loss, |m|, score)``: the mask's rows, equally weighted."""
+        mask = self.policy.sample(rng, self.block_rows)
+        size = self.num_rows * mask.sum() / len(self.block_rows)
+        return mask / mask.sum(), float(size), self.policy.log_prob_grad(self.block_rows, mask)
+
     def update(self, grad: np.ndarray, lr: float) -> None:
         # Natural-gradient step: the raw score grows like 1 / (s(1-s)) near the bounds.
         self.policy.step(self.block_rows, self.policy.fisher_inverse(self.block_rows) * grad, lr)
@@ -155,9 +167,30 @@ class SourceMasks:
         self.policy = TruncatedGaussianPolicy(num_sources, config.init_probability)
         self.block_size = config.block_size
         self.sigma = config.sigma_start
+        self.first_order = config.lookahead == "first_order"
+        self.per_source = None if config.block_size is None else max(1, config.block_size // num_sources)
+        self.candidate_rows = np.concatenate(self.rows)
+        self.candidate_source = np.concatenate([np.full(len(r), j) for j, r in enumerate(self.rows)])
 
     def start_step(self, rng: np.random.Generator, step: int, sigma: float) -> None:
         self.sigma = sigma
+        if self.first_order and self.per_source is not None:
+            # A stratified draw: every source is represented, so any mixture can be scored on these rows.
+            picked = [rng.choice(r, min(self.per_source, len(r)), replace=False) for r in self.rows]
+            self.candidate_rows = np.concatenate(picked)
+            self.candidate_source = np.concatenate([np.full(len(r), j) for j, r in enumerate(picked)])
+
+    def candidates(self) -> np.ndarray:
+        return self.candidate_rows
+
+    def sample_weights(self, rng: np.random.Generator) -> tuple[np.ndarray, float, np.ndarray]:
+        """The mixture's expected mask gradient: source ``j``'s share spread over its candidate rows."""
+        ratios = self.policy.sample(rng, self.sigma)
+        kept = ratios * self.sizes
+        share = kept / kept.sum() if kept.sum() > 0 else self.sizes / self.sizes.sum()
+        counts = np.bincount(self.candidate_source, minlength=len(self.rows)).astype(np.float64)
+        weights = share[self.candidate_source] / counts[self.candidate_source]
+        return weights, max(float(kept.sum()), 1.0), self.policy.log_prob_grad(ratios, self.sigma)
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, float, np.ndarray]:
         ratios = self.policy.sample(rng, self.sigma)
@@ -199,58 +232,133 @@ def run_pilots(task: CADSTask, plan: CADSPlan, config: Any, rng: np.random.Gener
     return pilots, spent
 
 
-def outer_step(
-    task: CADSTask, theta: AdamTheta, masks: Any, predictor: LossPredictor, config: Any, rng: np.random.Generator, val_rows: np.ndarray
-) -> tuple[dict[str, float], np.ndarray, list[np.ndarray], float]:
-    """One outer step on ``theta``: for each sampled mask a look-ahead step on the CADS objective and
-    its reward after the step, then the mean step. Returns ``(record, rewards, score-function
-    gradients, FLOPs)``; the caller updates the selection parameters from the rewards."""
+@dataclass
+class ScoredMasks:
+    """One outer step's sampled masks: their objective after ``theta``'s step, reward and score."""
+
+    val_loss: float
+    objectives: list[float]
+    penalties: list[float]
+    rewards: list[float]
+    scores: list[np.ndarray]
+    mean_grads: list[Any]
+    flops: float
+
+
+def _gap(train_loss: float, predicted: float, two_sided: bool) -> float:
+    return train_loss - predicted if two_sided else max(train_loss - predicted, 0.0)
+
+
+def step_masks(task: CADSTask, masks: Any, theta: AdamTheta, predictor: LossPredictor, val_rows: np.ndarray, config: Any, rng: np.random.Generator) -> ScoredMasks:
+    """Sample ``samples_per_step`` masks and score each by the objective after the step ``theta`` takes on it."""
+    if config.lookahead == "first_order":
+        return _step_masks_first_order(task, masks, theta, predictor, val_rows, config, rng)
+    return _step_masks_exact(task, masks, theta, predictor, val_rows, config, rng)
+
+
+def _step_masks_exact(task: CADSTask, masks: Any, theta: AdamTheta, predictor: LossPredictor, val_rows: np.ndarray, config: Any, rng: np.random.Generator) -> ScoredMasks:
+    """Each mask: a real look-ahead step of ``theta``, then forward passes on the target (and mask) rows."""
     import torch
 
-    params = task.parameters()
     alpha, samples = float(config.alpha), config.samples_per_step
     two_sided = config.penalty == "squared"
-    val_loss, val_grads, outer_flops = task.loss(val_rows, TARGET, True)
-    objectives, penalties, rewards, scores = [], [], [], []
-    mean_grads = [torch.zeros_like(p) for p in params]
+    reward_objective = config.policy_reward == "objective"
+    transfer = config.policy_reward == "transfer"
+    params = task.parameters()
+    val_loss, val_grads, spent = task.loss(val_rows, TARGET, True)
+    out = ScoredMasks(float(val_loss), [], [], [], [], [torch.zeros_like(p) for p in params], 0.0)
     for _ in range(samples):
         rows, size, score = masks.sample(rng)
         predicted = predictor(size)
         train_loss, train_grads, flops = task.loss(rows, POOL, True)
         # Gradient of L_val + alpha * (L_tr - l)^2: a training step on the mask, scaled by how far its
         # loss is above (or below) what a budget-C run would reach.
-        gap = train_loss - predicted if two_sided else max(train_loss - predicted, 0.0)
+        gap = _gap(train_loss, predicted, two_sided)
         grads = [gv + 2.0 * alpha * gap * gt for gv, gt in zip(val_grads, train_grads)]
-        update = theta.apply_lookahead(grads)
+        update = theta.apply_lookahead(train_grads, plain=True) if transfer else theta.apply_lookahead(grads)
         new_val, _, flops_val = task.loss(val_rows, TARGET, False)
-        new_train, _, flops_train = task.loss(rows, POOL, False)
+        if reward_objective:
+            new_train, _, flops_train = task.loss(rows, POOL, False)
+            new_gap = _gap(new_train, predicted, two_sided)
+        else:  # the validation reward never looks at the mask's loss after the step: save that forward
+            new_gap, flops_train = gap, 0.0
         theta.undo(update)
-        outer_flops += flops + flops_val + flops_train
-        new_gap = new_train - predicted if two_sided else max(new_train - predicted, 0.0)
-        penalties.append(new_gap**2)
-        objectives.append(new_val + alpha * penalties[-1])
-        rewards.append(objectives[-1] if config.policy_reward == "objective" else new_val)
-        scores.append(score)
-        for acc, g in zip(mean_grads, grads):
+        spent += flops + flops_val + flops_train
+        out.penalties.append(new_gap**2)
+        out.objectives.append(new_val + alpha * out.penalties[-1])
+        out.rewards.append(out.objectives[-1] if reward_objective else new_val)
+        out.scores.append(score)
+        for acc, g in zip(out.mean_grads, grads):
             acc.add_(g, alpha=1.0 / samples)
-    theta.step(mean_grads)
-    record = {"objective": float(np.mean(objectives)), "val_loss": float(val_loss), "penalty": float(np.mean(penalties))}
-    return record, np.asarray(rewards), scores, float(outer_flops)
+    out.flops = spent
+    return out
+
+
+def _step_masks_first_order(task: CADSTask, masks: Any, theta: AdamTheta, predictor: LossPredictor, val_rows: np.ndarray, config: Any, rng: np.random.Generator) -> ScoredMasks:
+    """All masks from one batched pass: per-example gradients ``G`` of the candidate rows and the target gradient ``g_val``.
+
+    A mask with row weights ``w`` has loss ``w . losses`` and gradient ``w G``; ``theta``'s step on it is
+    ``u = Adam(g_val + 2 alpha gap w G)`` and the losses after it are taken to first order,
+    ``L_val + g_val . u`` and ``L_tr + (w G) . u``. Cost: one training step on the candidates and one on
+    the target rows, however many masks are scored.
+    """
+    import torch
+
+    alpha, samples = float(config.alpha), config.samples_per_step
+    two_sided = config.penalty == "squared"
+    reward_objective = config.policy_reward == "objective"
+    transfer = config.policy_reward == "transfer"
+    params = task.parameters()
+    shapes = [p.shape for p in params]
+    sizes = [p.numel() for p in params]
+    val_loss, val_grads, spent = task.loss(val_rows, TARGET, True)
+    g_val = torch.cat([g.reshape(-1) for g in val_grads])
+    candidates = masks.candidates()
+    losses, per_example, flops = task.per_example(candidates, POOL)
+    spent += flops
+    drawn = [masks.sample_weights(rng) for _ in range(samples)]
+    weights = np.stack([w for w, _, _ in drawn])
+    train_losses = weights @ np.asarray(losses, dtype=np.float64)
+    train_grads = torch.as_tensor(weights, dtype=per_example.dtype, device=per_example.device) @ per_example
+    spent += first_order_mixing_flops(samples, len(candidates), per_example.shape[1])
+    out = ScoredMasks(float(val_loss), [], [], [], [], [], spent)
+    mean_grad = torch.zeros_like(g_val)
+    for k, (_, size, score) in enumerate(drawn):
+        predicted = predictor(size)
+        gap = _gap(float(train_losses[k]), predicted, two_sided)
+        grad = g_val + 2.0 * alpha * gap * train_grads[k]
+        step = theta.gradient_step if transfer else theta.preview
+        update = torch.cat([u.reshape(-1) for u in step([g.view(shape) for g, shape in zip((train_grads[k] if transfer else grad).split(sizes), shapes)])])
+        new_val = float(val_loss) + float(g_val @ update)
+        new_gap = _gap(float(train_losses[k]) + float(train_grads[k] @ update), predicted, two_sided)
+        out.penalties.append(new_gap**2)
+        out.objectives.append(new_val + alpha * out.penalties[-1])
+        out.rewards.append(out.objectives[-1] if reward_objective else new_val)
+        out.scores.append(score)
+        mean_grad.add_(grad, alpha=1.0 / samples)
+    out.mean_grads = [g.view(shape) for g, shape in zip(mean_grad.split(sizes), shapes)]
+    return out
 
 
 class AdvantageBaseline:
-    """Advantages ``f(m) - b`` of an outer step's rewards against a moving-average baseline ``b``,
+    """Advantages ``f(m) - b`` of an outer step's rewards against a moving-average baseline ``b`` (or, with
+    ``kind="step"``, the mean of the step's other rewards),
     divided by their running RMS when ``normalize`` (so ``lr_s`` does not depend on the loss scale)."""
 
-    def __init__(self, momentum: float, normalize: bool) -> None:
-        self.momentum, self.normalize = momentum, normalize
+    def __init__(self, momentum: float, normalize: bool, kind: str = "moving_average") -> None:
+        self.momentum, self.normalize, self.kind = momentum, normalize, kind
         self.baseline: float | None = None
         self.scale: float | None = None
 
     def __call__(self, rewards: np.ndarray) -> np.ndarray:
         values = np.asarray(rewards, dtype=np.float64)
         self.baseline = float(values.mean()) if self.baseline is None else self.baseline
-        advantages = values - self.baseline
+        if self.kind == "step":
+            # Leave-one-out mean of this step's masks: they share the target rows (and block), so
+            # whatever those add to every reward (a hard target batch) cancels exactly.
+            advantages = values - (values.sum() - values) / (len(values) - 1)
+        else:
+            advantages = values - self.baseline
         if self.normalize:
             rms = float(np.sqrt(np.mean(advantages**2)))
             self.scale = rms if self.scale is None else self.momentum * self.scale + (1 - self.momentum) * rms
@@ -289,7 +397,7 @@ def run_cads(
     theta = AdamTheta(params, config.learning_rate)
     warmup_steps = int(config.warmup_fraction * plan.outer_steps)
     target_rows = min(config.target_batch_size, task.num_target_rows)
-    advantages = AdvantageBaseline(config.baseline_momentum, config.normalize_advantage)
+    advantages = AdvantageBaseline(config.baseline_momentum, config.normalize_advantage, config.baseline)
     outer_flops = 0.0
     history: list[dict[str, Any]] = []
     progress = tqdm(range(plan.outer_steps), desc=f"CADS-{'E' if by_example else 'S'} outer loop", disable=not config.show_progress)
@@ -297,9 +405,14 @@ def run_cads(
         policy_step = step - warmup_steps
         masks.start_step(rng, step, annealed_sigma(max(policy_step, 0), plan.outer_steps - warmup_steps, config.sigma_start, config.sigma_end))
         val_rows = rng.choice(task.num_target_rows, target_rows, replace=False)
-        record, rewards, scores, flops = outer_step(task, theta, masks, predictor, config, rng, val_rows)
-        outer_flops += flops
-        record = {"step": step, **record}
+        scored = step_masks(task, masks, theta, predictor, val_rows, config, rng)
+        theta.step(scored.mean_grads)
+        outer_flops += scored.flops
+        rewards, scores = np.asarray(scored.rewards), scored.scores
+        record = {
+            "step": step, "objective": float(np.mean(scored.objectives)), "val_loss": scored.val_loss,
+            "penalty": float(np.mean(scored.penalties)),
+        }
         # During warm-up only theta moves: until it reaches the budget-C loss level the penalty rewards
         # whatever data theta already fits, which says nothing about the budget.
         if policy_step >= 0:

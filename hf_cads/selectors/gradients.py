@@ -91,6 +91,13 @@ class PerExampleGradients:
         return int(sum(math.prod(shape) for shape in self.shapes))
 
     def __call__(self, input_ids: Any, attention_mask: Any) -> Any:
+        return self.losses_and_gradients(input_ids, attention_mask)[1]
+
+    def losses_and_gradients(self, input_ids: Any, attention_mask: Any) -> tuple[Any, Any]:
+        """``(per-example losses (batch,), flattened per-example gradients (batch x num_params))``.
+
+        The losses come from the same forward pass as the gradients, at no extra cost.
+        """
         was_training = self.model.training
         self.model.eval()
         try:
@@ -117,11 +124,11 @@ class PerExampleGradients:
 
     def _vmap(self, input_ids: Any, attention_mask: Any) -> Any:
         import torch
-        from torch.func import grad, vmap
+        from torch.func import grad_and_value, vmap
 
-        per_example = vmap(grad(self._example_loss), in_dims=(None, 0, 0))
-        grads = per_example(self._current_params(), input_ids, attention_mask)
-        return torch.cat([grads[name].reshape(input_ids.shape[0], -1) for name in self.names], dim=1)
+        per_example = vmap(grad_and_value(self._example_loss), in_dims=(None, 0, 0))
+        grads, losses = per_example(self._current_params(), input_ids, attention_mask)
+        return losses.detach(), torch.cat([grads[name].reshape(input_ids.shape[0], -1) for name in self.names], dim=1)
 
     def _linear(self, input_ids: Any, attention_mask: Any) -> Any:
         import torch
@@ -139,7 +146,8 @@ class PerExampleGradients:
                 handle.remove()
         # Rows are independent, so the gradient of the summed loss w.r.t. row b's activations is
         # exactly the gradient of row b's own loss.
-        loss = masked_token_losses(logits, input_ids, attention_mask).sum()
+        losses = masked_token_losses(logits, input_ids, attention_mask)
+        loss = losses.sum()
         outputs = [output for _, _, output in calls]
         output_grads = torch.autograd.grad(loss, outputs, allow_unused=True)
         batch = input_ids.shape[0]
@@ -160,14 +168,14 @@ class PerExampleGradients:
             if value is None:  # the parameter did not influence the loss
                 value = torch.zeros((batch, *shape), dtype=logits.dtype, device=logits.device)
             flat.append(value.reshape(batch, -1))
-        return torch.cat(flat, dim=1)
+        return losses.detach(), torch.cat(flat, dim=1)
 
     def _loop(self, input_ids: Any, attention_mask: Any) -> Any:
         import torch
 
         params = dict(self.model.named_parameters())
         wrt = [params[name] for name in self.names]
-        rows = []
+        rows, losses = [], []
         for row in range(input_ids.shape[0]):
             length = int(attention_mask[row].sum())
             ids = input_ids[row : row + 1, :length]
@@ -175,7 +183,8 @@ class PerExampleGradients:
             loss = masked_token_losses(logits, ids, attention_mask[row : row + 1, :length])[0]
             grads = torch.autograd.grad(loss, wrt)
             rows.append(torch.cat([g.reshape(-1) for g in grads]))
-        return torch.stack(rows)
+            losses.append(loss.detach())
+        return torch.stack(losses), torch.stack(rows)
 
 
 def _linear_owners(model: Any, names: list[str]) -> tuple[dict[Any, tuple[str | None, str | None]], list[str]]:
