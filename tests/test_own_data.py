@@ -272,3 +272,15 @@ def test_completion_only_target_loss_matches_the_models_own_loss(tokenizer, tiny
         for row, features in enumerate(encoded):
             expected = tiny_lm(input_ids=torch.tensor([features["input_ids"]]), labels=torch.tensor([features["labels"]])).loss.item()
             assert abs(masked[row] - expected) <= 1e-4 * max(1.0, abs(expected))
+
+
+def test_exact_match_prompts_of_chat_rows_end_with_the_generation_prompt(tokenizer):
+    from datasets import Dataset
+
+    from hf_cads.sources import prompt_answer_pairs
+
+    chat = Dataset.from_dict({"messages": [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+                                            {"role": "assistant", "content": " 4 "}]]})
+    prompts, answers = prompt_answer_pairs(chat, tokenizer)
+    expected = tokenizer.apply_chat_template(chat[0]["messages"][:2], tokenize=False, add_generation_prompt=True)
+    assert prompts == [expected] and expected.endswith("<|assistant|>") and answers == ["4"]
