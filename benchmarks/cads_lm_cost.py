@@ -36,7 +36,8 @@ def main() -> None:
 
     from cads_lm_common import load_setting
     from hf_cads import get_selector
-    from hf_cads.selectors.cads_core import AdamTheta, SourceMasks, plan_cads, step_masks
+    from hf_cads.selectors.cads_core import AdamTheta, plan_cads
+    from hf_cads.selectors.cads_loop import SourceMasks, step_masks
     from hf_cads.selectors.cads_predictor import LossPredictor
 
     torch.set_num_threads(args.threads)

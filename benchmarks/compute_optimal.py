@@ -323,7 +323,8 @@ def run_grid(
 ) -> dict[str, Any]:
     """Run every not-yet-recorded run of the (selected part of the) grid, block by block; a failed
     run is reported, not raised. Returns counts, failures, the CADS budgets and the pool's report."""
-    from hf_cads.pipeline import RunInputs, load_target, run_budgeted_finetune
+    from hf_cads.pipeline import RunInputs, run_budgeted_finetune
+    from hf_cads.sources import load_preset_target
     from hf_cads.records import read_records
 
     unknown = sorted(set(selectors or ()) - set(SELECTORS))
@@ -350,7 +351,7 @@ def run_grid(
         if not todo:
             continue
         model, tokenizer = models.get(train_model)
-        validation, test = load_target(todo[0].run)
+        validation, test = load_preset_target(todo[0].run.target, todo[0].run.data_dir)
         inputs = RunInputs(validation, test.select(range(min(setup.eval_examples, len(test)))), pool, model, tokenizer)
         for position, item in enumerate(todo, start=1):
             print(f"[{short_name(train_model)} {target} seed {seed}: {position}/{len(todo)}] {item.description}", flush=True)

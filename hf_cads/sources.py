@@ -327,6 +327,17 @@ def target_preset(target: str, data_dir: Any = None) -> str | None:
     return name
 
 
+def load_preset_target(preset: str, data_dir: Any = None) -> tuple[Any, Any]:
+    """``(validation, test)`` of a built-in target: GSM8K's first 8 test rows and the rest, or a BBH
+    task's chain-of-thought exemplars and its examples."""
+    from .data import load_bbh_target, load_gsm8k
+
+    if preset == "gsm8k":
+        full = load_gsm8k("test", data_dir)
+        return full.select(range(8)), full.select(range(8, len(full)))
+    return load_bbh_target(preset, data_dir)
+
+
 def load_task_data(
     target: Any, pool: Any = None, eval_set: Any = None, *, data_dir: Any = None, pool_sources: Any = None,
     max_per_source: int | None = None, max_pool_chars: int | None = None, eval_examples: int = 32, seed: int = 0,
@@ -343,13 +354,9 @@ def load_task_data(
     descriptions: dict[str, str] = {}
     formats: dict[str, str] = {}
     preset = target_preset(target, data_dir)
-    if preset == "gsm8k":
-        full = load_gsm8k("test", data_dir)
-        validation, test = full.select(range(8)), full.select(range(8, len(full)))
-        descriptions["target"] = "gsm8k validation set"
-    elif preset is not None:
-        validation, test = load_bbh_target(preset, data_dir)
-        descriptions["target"] = f"BBH {preset} validation set (chain-of-thought exemplars)"
+    if preset is not None:
+        validation, test = load_preset_target(preset, data_dir)
+        descriptions["target"] = "gsm8k validation set" if preset == "gsm8k" else f"BBH {preset} validation set (chain-of-thought exemplars)"
     else:
         validation, formats["target"] = load_examples(target, "target")
         descriptions["target"] = parse_source(target, "target").describe()
