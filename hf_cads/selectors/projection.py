@@ -242,16 +242,19 @@ def projection_agreement(
     - ``top_overlap``: rows are scored as LESS does, by their mean cosine with the target vectors;
       the share of the top ``top_fraction`` of the pool (at least one row) under ``projection``
       that is also in the top under ``reference`` (e.g. the dense Gaussian projection);
-    - ``top_overlap_exact``: the same against the scores of the unprojected vectors.
+    - ``top_overlap_exact``: the same against the scores of the unprojected vectors;
+    - ``top_exact_score_gain``: the exact mean score of the chosen rows above the pool's mean, as a
+      share of the exact top's (1.0: as good as selecting with unprojected gradients).
 
     Example:
         >>> import torch
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
         <torch._C.Generator object at ...>
-        >>> pool, target = torch.randn(40, 5000) + 1.0, torch.randn(4, 5000) + 1.0
+        >>> basis = torch.randn(8, 5000)  # gradients share a few directions, so their cosines vary
+        >>> pool, target = torch.randn(40, 8) @ basis, torch.randn(4, 8) @ basis
         >>> agreement = projection_agreement(pool, target, SparseProjection(5000, 1024), RandomProjection(5000, 1024, kind="gaussian"))
-        >>> agreement["cosine_correlation"] > 0.9
-        True
+        >>> agreement["cosine_correlation"] > 0.95, agreement["top_exact_score_gain"] > 0.9
+        (True, True)
     """
     import torch
 
@@ -275,9 +278,14 @@ def projection_agreement(
         return set(torch.topk(scores, k).indices.tolist())
 
     chosen = top(projected)
+    exact_scores = (exact[:rows] @ exact[rows:].T).mean(dim=1).double()
+    best = exact_scores[sorted(top(exact))].mean()
     return {
         "cosine_correlation": correlation,
         "top_overlap": len(chosen & top(referenced)) / k,
         "top_overlap_exact": len(chosen & top(exact)) / k,
+        # How much of the best achievable gain in exact score over the pool mean the chosen rows keep:
+        # 1.0 when they are as good as the exact top, 0.0 when no better than a random subset.
+        "top_exact_score_gain": float((exact_scores[sorted(chosen)].mean() - exact_scores.mean()) / (best - exact_scores.mean())),
         "top_rows": float(k),
     }
