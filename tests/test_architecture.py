@@ -39,7 +39,7 @@ def copy_package(tmp_path: Path) -> Path:
     "module, upward",
     [
         ("selectors/base.py", "from ..hub import push_selection"),  # the import this contract removed
-        ("flops.py", "from .trainer import BudgetedTrainer"),
+        ("flops/ledger.py", "from ..trainer import BudgetedTrainer"),
         ("trainer/trainer.py", "from ..planner import make_plan"),
         ("records.py", "from .commands import main"),
     ],
