@@ -1,10 +1,8 @@
 """FLOP accounting: analytic cost estimates for transformer models and a budget ledger.
 
-The estimates count the floating point operations of matrix multiplications (2 per multiply-add),
-which is what dominates LLM compute and what :class:`torch.utils.flop_counter.FlopCounterMode`
-measures. Unlike the common ``6 * N * tokens`` rule they include the attention score term
-(``QK^T`` and ``AV``, quadratic in the sequence length) and they know that LoRA leaves the base
-weights frozen, so their backward pass needs input gradients only (no weight-gradient matmuls).
+By job: :mod:`~hf_cads.flops.profile` (:class:`FlopProfile`: what a forward, backward, training step
+or generation costs, attention and frozen LoRA base weights included; BM25 and matmul cost
+formulas) and :mod:`~hf_cads.flops.ledger` (:class:`FlopLedger`: FLOPs spent by phase under a hard cap).
 
 Example:
     >>> from transformers import LlamaConfig

@@ -17,7 +17,7 @@ Example:
 from .inputs import Decontamination, RunInputs, decontaminate_run_data, load_run_data, load_run_inputs, model_load_options
 from .recipe import (
     DECONTAMINATE_MODES, MODEL_DTYPES, QUICKSTART, TRAINERS, RunConfig, default_recipe, find_recipe, parse_recipe,
-    recipe_from_dict,
+    read_yaml_file, recipe_from_dict,
 )
 from .run import (
     build_trainer, evaluate_target, exact_match_applies, expected_run_key, format_report, resolve_trainer,
@@ -44,6 +44,7 @@ __all__ = [
     "load_run_inputs",
     "model_load_options",
     "parse_recipe",
+    "read_yaml_file",
     "recipe_from_dict",
     "resolve_trainer",
     "run_budgeted_finetune",

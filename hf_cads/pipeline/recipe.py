@@ -139,17 +139,24 @@ class RunConfig:
             raise ValueError("load_in_4bit (QLoRA) trains LoRA adapters on frozen 4-bit weights; set lora_r > 0.")
 
 
-def parse_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[RunConfig, BudgetedTrainingArguments]:
-    """Read a recipe YAML into ``(RunConfig, BudgetedTrainingArguments)``; ``overrides`` are CLI flags."""
+def read_yaml_file(path: str | os.PathLike, what: str, missing_hint: str) -> Any:
+    """The YAML document at ``path``, with errors naming ``what`` (e.g. ``Recipe``) and the file for a
+    missing file (``missing_hint`` says what to pass instead) or invalid YAML."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Recipe {str(path)!r} does not exist; pass the path to a recipe YAML (see recipes/).")
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist; {missing_hint}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ValueError(f"Recipe {str(path)!r} is not valid YAML: {err}") from err
+        raise ValueError(f"{what} {str(path)!r} is not valid YAML: {err}") from err
+
+
+def parse_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[RunConfig, BudgetedTrainingArguments]:
+    """Read a recipe YAML into ``(RunConfig, BudgetedTrainingArguments)``; ``overrides`` are CLI flags."""
+    path = Path(path)
+    data = read_yaml_file(path, "Recipe", "pass the path to a recipe YAML (see recipes/).")
     if not isinstance(data, dict):
         raise ValueError(f"Recipe {str(path)!r} must be a YAML mapping of option: value, got {type(data).__name__}.")
     return recipe_from_dict(data, overrides, source=str(path))
