@@ -62,3 +62,4 @@ def test_commands_are_imported_by_nothing_in_the_package():
             continue
         text = path.read_text(encoding="utf-8")
         assert ".commands" not in text and "hf_cads.cli" not in text, path
+
