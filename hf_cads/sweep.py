@@ -139,17 +139,10 @@ class SweepSummary:
 
 def load_sweep(path: str | os.PathLike, overrides: Sequence[str] | None = None) -> tuple[list[SweepRun], SweepSpec, Path]:
     """Read a sweep file into its runs (in order: seed, selector, size), the spec and the records path."""
-    import yaml
-
-    from .pipeline import recipe_from_dict, run_records_path
+    from .pipeline import read_yaml_file, recipe_from_dict, run_records_path
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Sweep file {str(path)!r} does not exist; pass a sweep YAML (see recipes/sweep.yaml).")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ValueError(f"Sweep file {str(path)!r} is not valid YAML: {err}") from err
+    data = read_yaml_file(path, "Sweep file", "pass a sweep YAML (see recipes/sweep.yaml).")
     if not isinstance(data, dict) or SWEEP_SECTION not in data:
         raise ValueError(f"Sweep file {str(path)!r} must be a recipe mapping with a '{SWEEP_SECTION}:' section.")
     spec = SweepSpec.from_dict(data.pop(SWEEP_SECTION), str(path))

@@ -39,7 +39,7 @@ def copy_package(tmp_path: Path) -> Path:
     "module, upward",
     [
         ("selectors/base.py", "from ..hub import push_selection"),  # the import this contract removed
-        ("flops.py", "from .trainer import BudgetedTrainer"),
+        ("flops/ledger.py", "from ..trainer import BudgetedTrainer"),
         ("trainer/trainer.py", "from ..planner import make_plan"),
         ("records.py", "from .commands import main"),
     ],
@@ -62,3 +62,4 @@ def test_commands_are_imported_by_nothing_in_the_package():
             continue
         text = path.read_text(encoding="utf-8")
         assert ".commands" not in text and "hf_cads.cli" not in text, path
+

@@ -126,7 +126,7 @@ def test_duplicated_rows_are_dropped_and_indices_point_at_the_original_rows(math
     with_copies = concatenate_datasets([pool, pool.select(repeated)])
     n = len(pool)
     reference = get_selector("bm25").select(pool, target=target, k=20)
-    with caplog.at_level("INFO", logger="hf_cads.selectors.base"):
+    with caplog.at_level("INFO", logger="hf_cads.selectors"):
         result = get_selector("bm25").select(with_copies, target=target, k=20)
     assert "Dropped 11 duplicated pool row(s)" in caplog.text
     # the copies were never scored or chosen: the same rows as without them, by their original index

@@ -16,208 +16,47 @@ process), and with ``cache_dir`` stores every shard so reruns reuse and killed r
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .._version import __version__
 from ..cache import ScoreCache, model_identity, resolve_cache_dir
-from ..data import column_values, get_texts
 from ..distributed import Processes, current_processes
+from .config import SelectorConfig, affects_result, build_config, family_options, result_options
+from .dedup import Deduplication, check_no_duplicates, deduplicate_pool, duplicate_rows, unique_pool
+from .result import (
+    INDEX_COLUMN, SCORE_COLUMN, PreparedScoring, ScoreOutput, SelectionResult, is_per_row, resolve_k, restore_pool_rows,
+    top_k_indices,
+)
 
 logger = logging.getLogger(__name__)
 
-INDEX_COLUMN = "pool_index"
-SCORE_COLUMN = "score"
-
-
-@dataclass
-class SelectorConfig:
-    """Options every selector understands.
-
-    Args:
-        text_column: pool column holding the text to score. ``None`` picks ``text`` or, failing
-            that, chat ``messages`` rendered with the tokenizer's chat template.
-        target_text_column: the same for the target set (defaults to ``text_column``'s rule).
-        seed: makes every random choice reproducible.
-        batch_size: examples per forward pass for model-based selectors.
-        max_length: token limit per example for model-based selectors.
-        show_progress: show a tqdm bar while scoring.
-        deduplicate: what to do with pool rows whose text repeats an earlier row's: ``"drop"``
-            (default) scores and selects only the first copy, logs how many were dropped and
-            reports them in ``SelectionResult.extras["deduplication"]``; ``"error"`` refuses the
-            pool. Either way a duplicate is never scored, chosen and trained on twice.
-        allow_duplicates: keep every copy of a repeated row (overrides ``deduplicate``).
-        shard_size: rows per shard for selectors that score rows independently: the unit of work
-            spread over processes, and of caching and resuming. The shards, and so the scores,
-            do not depend on the number of processes.
-        cache_dir: folder to cache scores in (default ``$HF_CADS_CACHE``, else no cache). A rerun
-            on the same pool, target, options and model reuses them and charges no FLOPs; an
-            interrupted run resumes from its last finished shard.
-    """
-
-    text_column: str | None = None
-    target_text_column: str | None = None
-    seed: int = field(default=42, metadata={"per_run": True})
-    batch_size: int = 8
-    max_length: int = 512
-    show_progress: bool = field(default=True, metadata={"affects_result": False})
-    deduplicate: Literal["drop", "error"] = "drop"
-    allow_duplicates: bool = False
-    shard_size: int = 1024
-    cache_dir: str | None = field(default=None, metadata={"affects_result": False})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def result_options(self) -> dict[str, Any]:
-        """:meth:`to_dict` without the options that do not change what is selected (see
-        :func:`affects_result`): what score-cache keys, feature fingerprints and run keys hash."""
-        return result_options(type(self), self.to_dict())
-
-
-def affects_result(config_class: type[SelectorConfig], name: str) -> bool:
-    """Whether option ``name`` of ``config_class`` can change the scores or the selection.
-
-    Declared once, on the field: ``field(default=..., metadata={"affects_result": False})`` marks
-    an option that only changes how a selector runs (progress bars, cache folders, memory/speed
-    trade-offs with the same values). Fields without the mark, and names the class does not know,
-    affect the result.
-
-    Example:
-        >>> affects_result(SelectorConfig, "show_progress"), affects_result(SelectorConfig, "seed")
-        (False, True)
-    """
-    known = {f.name: f for f in dataclasses.fields(config_class)}
-    return name not in known or known[name].metadata.get("affects_result", True)
-
-
-def result_options(config_class: type[SelectorConfig], options: Mapping[str, Any]) -> dict[str, Any]:
-    """``options`` without those :func:`affects_result` says do not change the result."""
-    return {name: value for name, value in options.items() if affects_result(config_class, name)}
-
-
-def family_options(config_class: type[SelectorConfig], options: Mapping[str, Any]) -> dict[str, Any]:
-    """The options that make a selector *family* (one planner curve): those that change the result,
-    differ from the field's default, and are not set per run.
-
-    Options marked ``field(metadata={"per_run": True})`` (the seed, CADS's ``train_budget``, which
-    follows from each run's subset size) vary from run to run within one family.
-
-    Example:
-        >>> family_options(SelectorConfig, {"seed": 3, "max_length": 512, "batch_size": 4, "cache_dir": "/c"})
-        {'batch_size': 4}
-    """
-    fields = {f.name: f for f in dataclasses.fields(config_class)}
-    kept = {}
-    for name, value in result_options(config_class, options).items():
-        spec = fields.get(name)
-        if spec is not None:
-            if spec.metadata.get("per_run", False):
-                continue
-            default = spec.default if spec.default is not dataclasses.MISSING else (
-                spec.default_factory() if spec.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
-            if _same_value(value, default):
-                continue
-        kept[name] = value
-    return kept
-
-
-def _same_value(value: Any, default: Any) -> bool:
-    if default is dataclasses.MISSING:
-        return False
-    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
-        return list(value) == list(default)
-    if isinstance(value, bool) or isinstance(default, bool):
-        return value is default  # 1 == True, but an option set to 1 is not the default True
-    try:
-        return bool(value == default)
-    except Exception:  # values without a usable ==
-        return False
-
-
-@dataclass
-class ScoreOutput:
-    """What :meth:`Selector.score` returns: one score per pool row and the FLOPs spent."""
-
-    scores: np.ndarray
-    flops: float
-    extras: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class PreparedScoring:
-    """What :meth:`Selector.prepare` computes once for the whole pool and target (e.g. BM25's IDF,
-    the target embedding), and the FLOPs that cost. It is sent to every process, so keep it
-    picklable and small (no model objects)."""
-
-    state: Any = None
-    flops: float = 0.0
-
-
-@dataclass
-class SelectionResult:
-    """The outcome of :meth:`Selector.select`.
-
-    Attributes:
-        dataset: the chosen rows in their original pool order, with a ``score`` column and the
-            original row index in ``pool_index``.
-        indices: chosen pool row indices, ascending.
-        scores: the chosen rows' scores, aligned with ``indices`` and ``dataset``.
-        flops: FLOPs spent scoring (what the budget is charged).
-        selector: registry name of the selector.
-        config: the selector's full configuration.
-        all_scores: the score of every pool row (for histograms and cards).
-        extras: selector-specific details (e.g. CADS-S's learned mixture).
-
-    Share it on the Hub with :func:`hf_cads.hub.push_selection` (``push_selection(result, repo_id,
-    parent=pool)``).
-    """
-
-    dataset: Any
-    indices: np.ndarray
-    scores: np.ndarray
-    flops: float
-    selector: str
-    config: dict[str, Any]
-    pool_size: int
-    all_scores: np.ndarray | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def resolve_k(pool_size: int, k: int | None, fraction: float | None) -> int:
-    """Turn ``k`` or ``fraction`` into a row count, with errors that say what to pass instead."""
-    if k is not None and fraction is not None:
-        raise ValueError("Pass either k or fraction, not both.")
-    if k is None and fraction is None:
-        raise ValueError("Pass k (number of rows to keep) or fraction (share of the pool, in (0, 1]).")
-    if k is not None:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise TypeError(f"k must be an integer number of rows, got {type(k).__name__} {k!r}.")
-        if k <= 0:
-            raise ValueError(f"k must be >= 1, got {k}.")
-        if k > pool_size:
-            raise ValueError(f"k={k} is larger than the pool ({pool_size} rows); pass k <= {pool_size} or a fraction.")
-        return int(k)
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not math.isfinite(fraction):
-        raise TypeError(f"fraction must be a number in (0, 1], got {fraction!r}.")
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
-    return max(1, int(round(fraction * pool_size)))
-
-
-def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` highest scores, ties broken by the lower index, returned ascending."""
-    order = np.lexsort((np.arange(len(scores)), -np.asarray(scores, dtype=np.float64)))
-    return np.sort(order[:k])
+__all__ = [  # the selector contract; config, result and dedup names stay importable from here
+    "INDEX_COLUMN",
+    "SCORE_COLUMN",
+    "Deduplication",
+    "PreparedScoring",
+    "ScoreOutput",
+    "SelectionResult",
+    "Selector",
+    "SelectorConfig",
+    "affects_result",
+    "build_config",
+    "build_result",
+    "check_no_duplicates",
+    "check_shard_output",
+    "deduplicate_pool",
+    "duplicate_rows",
+    "family_options",
+    "resolve_k",
+    "restore_pool_rows",
+    "result_options",
+    "top_k_indices",
+    "validate_dataset",
+]
 
 
 def validate_dataset(dataset: Any, role: str) -> None:
@@ -231,75 +70,6 @@ def validate_dataset(dataset: Any, role: str) -> None:
         raise ValueError(f"The {role} dataset is empty (0 rows); pass a dataset with at least one row.")
 
 
-def duplicate_rows(pool: Any, text_column: str | None) -> tuple[str | None, list[tuple[int, int]]]:
-    """The text column checked and every ``(first copy, repeat)`` pair of rows whose text repeats."""
-    column = text_column or next((c for c in ("text", "messages") if c in pool.column_names), None)
-    if column is None and {"prompt", "completion"} <= set(pool.column_names):
-        column, values = "prompt+completion", get_texts(pool, role="pool")
-    elif column is None or column not in pool.column_names:
-        return None, []  # the selector's own text extraction reports the missing column
-    else:
-        values = column_values(pool, column)
-    seen: dict[str, int] = {}
-    repeats: list[tuple[int, int]] = []
-    for row, value in enumerate(values):
-        key = value if isinstance(value, str) else repr(value)
-        if key in seen:
-            repeats.append((seen[key], row))
-        else:
-            seen[key] = row
-    return column, repeats
-
-
-def check_no_duplicates(pool: Any, text_column: str | None) -> None:
-    """Refuse a pool whose text column repeats rows, naming the first repeats and the fix."""
-    column, repeats = duplicate_rows(pool, text_column)
-    if repeats:
-        raise ValueError(
-            f"The pool has {len(repeats)} duplicated row(s) in column {column!r} (first pairs: {repeats[:3]}); "
-            "each copy would be scored, selected and trained on. Pass deduplicate='drop' to keep the first "
-            "copy of each, deduplicate the pool first, or pass allow_duplicates=True to keep every copy."
-        )
-
-
-@dataclass
-class Deduplication:
-    """Pool rows dropped as repeats of an earlier row (``deduplicate="drop"``)."""
-
-    column: str
-    kept_rows: np.ndarray
-    """Original pool indices of the rows scored, ascending."""
-    repeats: list[tuple[int, int]]
-    """``(first copy, dropped repeat)`` pairs of original pool indices."""
-
-    @property
-    def dropped(self) -> int:
-        return len(self.repeats)
-
-    def to_original(self, values: np.ndarray, pool_size: int) -> np.ndarray:
-        """Spread per-row values of the deduplicated pool over the original rows (NaN on dropped ones)."""
-        full = np.full((pool_size, *values.shape[1:]), np.nan, dtype=np.float64)
-        full[self.kept_rows] = values
-        return full
-
-    def summary(self) -> dict[str, Any]:
-        return {"column": self.column, "dropped": self.dropped, "examples": [list(pair) for pair in self.repeats[:5]]}
-
-
-def deduplicate_pool(pool: Any, text_column: str | None) -> Deduplication | None:
-    """Which rows to keep when only the first copy of a repeated text is scored (``None``: no repeats)."""
-    column, repeats = duplicate_rows(pool, text_column)
-    if not repeats:
-        return None
-    dropped = {row for _, row in repeats}
-    kept = np.asarray([row for row in range(len(pool)) if row not in dropped], dtype=np.int64)
-    logger.info(
-        "Dropped %d duplicated pool row(s) (same %r as an earlier row; first pairs %s); selecting from %d unique rows.",
-        len(repeats), column, repeats[:3], len(kept),
-    )
-    return Deduplication(column, kept, repeats)
-
-
 class Selector(ABC):
     """Base class of all selectors. See the module docstring for the contract.
 
@@ -309,7 +79,7 @@ class Selector(ABC):
         >>> pool = Dataset.from_dict({"text": ["a cat sat", "stock prices fell", "the cat ran"]})
         >>> target = Dataset.from_dict({"text": ["my cat"]})
         >>> result = get_selector("bm25").select(pool, target=target, k=2)
-        >>> list(result.indices)
+        >>> result.indices.tolist()
         [0, 2]
     """
 
@@ -475,7 +245,7 @@ class Selector(ABC):
             indices = dedup.kept_rows[indices]
             scores = dedup.to_original(scores, len(pool))
             extras = {
-                name: dedup.to_original(value, len(pool)) if _is_per_row(value, len(unique)) else value
+                name: dedup.to_original(value, len(pool)) if is_per_row(value, len(unique)) else value
                 for name, value in output.extras.items()
             }
             output = ScoreOutput(output.scores, output.flops, {**extras, "deduplication": dedup.summary()})
@@ -484,10 +254,7 @@ class Selector(ABC):
     def unique_pool(self, pool: Any) -> tuple[Any, Deduplication | None]:
         """The rows :meth:`select` scores: ``pool`` without repeated rows under ``deduplicate="drop"``
         (a view, nothing copied), and what was dropped. Estimate costs on this pool."""
-        if self.config.allow_duplicates or self.config.deduplicate == "error":
-            return pool, None
-        dedup = deduplicate_pool(pool, self.config.text_column)
-        return (pool, None) if dedup is None else (pool.select(dedup.kept_rows.tolist()), dedup)
+        return unique_pool(pool, self.config)
 
     @staticmethod
     def _resolve_size(unique: Any, dedup: Deduplication | None, k: int | None, fraction: float | None) -> int:
@@ -581,10 +348,6 @@ class Selector(ABC):
         return f"{type(self).__name__}({self.config})"
 
 
-def _is_per_row(value: Any, rows: int) -> bool:
-    return isinstance(value, np.ndarray) and value.ndim >= 1 and len(value) == rows and np.issubdtype(value.dtype, np.number)
-
-
 def check_shard_output(selector: Selector, output: ScoreOutput, rows: range) -> ScoreOutput:
     """A shard's scores as float64, with clear errors for wrong lengths and non-per-row extras."""
     scores = np.asarray(output.scores, dtype=np.float64)
@@ -623,36 +386,3 @@ def build_result(selector: Selector, pool: Any, indices: np.ndarray, scores: np.
         all_scores=scores,
         extras=dict(output.extras),
     )
-
-
-def restore_pool_rows(result: SelectionResult, parent: Any, kept_rows: Sequence[int], extras: Mapping[str, Any]) -> SelectionResult:
-    """A selection made on ``parent.select(kept_rows)`` (e.g. a decontaminated pool) re-expressed on
-    ``parent``: ``indices`` and ``pool_index`` point at ``parent``'s rows, per-row scores are NaN on
-    the rows left out, and ``extras`` (what was left out and why) are added."""
-    kept = np.asarray(kept_rows, dtype=np.int64)
-    if len(kept) != result.pool_size:
-        raise ValueError(f"kept_rows has {len(kept)} rows but the selection was made from {result.pool_size}.")
-    indices = kept[result.indices]
-
-    def spread(values: np.ndarray) -> np.ndarray:
-        full = np.full((len(parent), *values.shape[1:]), np.nan, dtype=np.float64)
-        full[kept] = values
-        return full
-
-    dataset = result.dataset.remove_columns(INDEX_COLUMN).add_column(INDEX_COLUMN, indices.tolist())
-    new_extras = {name: spread(value) if _is_per_row(value, result.pool_size) else value for name, value in result.extras.items()}
-    return dataclasses.replace(
-        result, dataset=dataset, indices=indices, pool_size=len(parent),
-        all_scores=spread(result.all_scores) if result.all_scores is not None else None, extras={**new_extras, **extras},
-    )
-
-
-def build_config(config_class: type[SelectorConfig], options: dict[str, Any], name: str) -> SelectorConfig:
-    """Instantiate ``config_class`` from keyword options, naming unknown ones and the valid set."""
-    valid = {f.name for f in dataclasses.fields(config_class)}
-    unknown = sorted(set(options) - valid)
-    if unknown:
-        raise TypeError(
-            f"Unknown option(s) {unknown} for selector {name!r}; valid options are {sorted(valid)}."
-        )
-    return config_class(**options)

@@ -6,8 +6,8 @@ the budget leaves (:meth:`FlopBudgetMixin.plan_training`, a :class:`~hf_cads.bud
 checks before every optimizer step that its exact cost (from the prefetched micro-batches, all
 processes summed) still fits and stops at the cap, charges training and evaluation FLOPs, writes the
 ledger into every checkpoint and restores it on resume, and after ``train()`` appends a run record
-when ``self.run_records`` names a file. The class using it calls :meth:`FlopBudgetMixin.init_budget`
-in its ``__init__`` before ``Trainer.__init__``.
+when ``self.run_records`` names a file. The class using it calls :meth:`FlopBudgetMixin.init_budget_and_select`
+(or, without selection, :meth:`FlopBudgetMixin.init_budget`) in its ``__init__`` before ``Trainer.__init__``.
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ class FlopBudgetMixin:
     flop_ledger: FlopLedger
     flop_profile: FlopProfile
     run_records: str | os.PathLike | None
+    selection_result: SelectionResult | None
 
     def init_budget(self, budget: float | None, model: Any, run_records: str | os.PathLike | None = None) -> None:
         """Set up the ledger and the model's FLOP profile; call before Trainer.__init__."""
@@ -110,6 +111,19 @@ class FlopBudgetMixin:
         self.flop_profile = FlopProfile.from_model(model)
         self.run_records = run_records
         self._pending_charges: list[float] = []
+
+    def init_budget_and_select(
+        self, args: Any, model: Any, tokenizer: Any, train_dataset: Any, selection_target: Any = None,
+        selector_model: Any = None, run_records: str | os.PathLike | None = None,
+    ) -> Any:
+        """:meth:`init_budget` with ``args.flop_budget``, then, when ``args.selector`` is set and there is a
+        ``train_dataset``, :meth:`select_training_data` from it against ``selection_target``. Returns the
+        rows to train on (``train_dataset`` itself without a selector); call before Trainer.__init__."""
+        self.init_budget(args.flop_budget, model, run_records)
+        self.selection_result = None
+        if train_dataset is not None and args.selector is not None:
+            train_dataset = self.select_training_data(args, model, tokenizer, train_dataset, selection_target, selector_model)
+        return train_dataset
 
     # -- selection ------------------------------------------------------------------------------
     def select_training_data(self, args: Any, model: Any, tokenizer: Any, pool: Any, target: Any, selector_model: Any = None) -> Any:
@@ -122,7 +136,7 @@ class FlopBudgetMixin:
         result, _ = select_within_budget(
             selector, pool, target, self.flop_ledger, k=args.selection_k, fraction=args.selection_fraction,
         )
-        self.selection_result: SelectionResult | None = result
+        self.selection_result = result
         return result.dataset
 
     # -- sizing ---------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import Any
 from trl import SFTConfig, SFTTrainer
 
 from ..flops import FlopProfile
-from ..selectors import SelectionResult, get_selector_class
+from ..selectors import get_selector_class
 from .arguments import BudgetFields
 from .budget import FlopBudgetMixin, check_quantized_model_has_adapters
 from .trainer import BudgetedTrainer
@@ -87,10 +87,9 @@ class BudgetedSFTTrainer(FlopBudgetMixin, SFTTrainer):
         # is left to SFTTrainer (peft_config below), which also prepares quantised models for it.
         model, processing_class = BudgetedTrainer._prepare_model(model, processing_class, None, args.seed)
         check_quantized_model_has_adapters(model, peft_config)
-        self.init_budget(args.flop_budget, model, run_records)
-        self.selection_result: SelectionResult | None = None
-        if train_dataset is not None and args.selector is not None:
-            train_dataset = self.select_training_data(args, model, processing_class, train_dataset, selection_target, selector_model)
+        train_dataset = self.init_budget_and_select(
+            args, model, processing_class, train_dataset, selection_target, selector_model, run_records
+        )
         super().__init__(
             model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
             eval_dataset=eval_dataset, processing_class=processing_class, peft_config=peft_config, **kwargs,

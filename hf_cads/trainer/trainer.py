@@ -25,7 +25,6 @@ from typing import Any
 from transformers import Trainer
 
 from ..lora import with_default_target_modules
-from ..selectors import SelectionResult
 from .arguments import BudgetedTrainingArguments
 from .budget import FlopBudgetMixin, check_quantized_model_has_adapters
 from .data import CausalLMCollator, tokenize_for_causal_lm
@@ -70,10 +69,9 @@ class BudgetedTrainer(FlopBudgetMixin, Trainer):
     ) -> None:
         args = self._check_arguments(args)
         model, processing_class = self._prepare_model(model, processing_class, peft_config, args.seed)
-        self.init_budget(args.flop_budget, model, run_records)
-        self.selection_result: SelectionResult | None = None
-        if train_dataset is not None and args.selector is not None:
-            train_dataset = self.select_training_data(args, model, processing_class, train_dataset, selection_target, selector_model)
+        train_dataset = self.init_budget_and_select(
+            args, model, processing_class, train_dataset, selection_target, selector_model, run_records
+        )
         train_dataset, eval_dataset = self._tokenize(args, processing_class, train_dataset, eval_dataset)
         if data_collator is None and processing_class is not None:
             pad = processing_class.pad_token_id if processing_class.pad_token_id is not None else processing_class.eos_token_id
