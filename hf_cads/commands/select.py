@@ -209,8 +209,9 @@ def describe_path(selector: Selector, chosen: TargetSelections) -> str:
     if chosen.path == ONE_PASS:
         return f"{selector.name} for {count} in one pass: pool features computed once, target gradients per target"
     if chosen.path == SCORED_ONCE:
+        where = "a temporary score cache (set cache_dir to keep it)" if chosen.score_cache_temporary else f"the score cache {chosen.score_cache}"
         return (f"{selector.name} does not use the target: the pool is scored once and the other {len(chosen.charges) - 1} "
-                f"target(s) read those scores from the score cache ({chosen.score_cache})")
+                f"target(s) read those scores from {where}")
     cache = f"score cache {chosen.score_cache}" if chosen.score_cache else "no score cache (set cache_dir to reuse scores on a rerun)"
     return f"{selector.name} has no multi-target path: one selection per target ({count}; {cache})"
 

@@ -197,7 +197,8 @@ class TargetSelections:
     """What :func:`select_for_targets` chose and charged, per target name (in the order given).
 
     ``path`` is one of :data:`MULTI_TARGET_PATHS`; ``estimated_flops`` the total the budget was
-    checked against; ``score_cache`` the score-cache folder the ``scored once`` path read from.
+    checked against; ``score_cache`` the selector's score-cache folder, or the temporary one (since
+    removed, ``score_cache_temporary``) the ``scored once`` path read from.
     """
 
     results: dict[str, SelectionResult]
@@ -205,6 +206,7 @@ class TargetSelections:
     path: str
     estimated_flops: float
     score_cache: str | None = None
+    score_cache_temporary: bool = False
 
     @property
     def flops(self) -> float:
@@ -303,7 +305,8 @@ def select_for_targets(
     if ledger is not None:
         for charge in charges.values():
             ledger.charge("selection", charge.flops)
-    return TargetSelections(results, charges, path, total, score_cache=cache_folder)
+    temporary = cache_folder is not None and resolve_cache_dir(selector.config.cache_dir) is None
+    return TargetSelections(results, charges, path, total, score_cache=cache_folder, score_cache_temporary=temporary)
 
 
 @contextlib.contextmanager
