@@ -103,7 +103,7 @@ class Plan:
                                                     if row["runs_with_split"] else ""))
                     rows.append((name[label], f"{row['selection_flops']:.3g}", f"{row['pool_flops']:.3g}" if split else "-",
                                  f"{row['target_flops']:.3g}" if split else "-", f"{row['per_target']:.3g}", rule))
-                lines.append(_table(rows))
+                lines += [_table(rows), ""]
             if self.recommendation is None:
                 lines.append(f"  {self.recommendation_error}")
             else:
