@@ -21,6 +21,7 @@ from .selectors import (
     get_selector,
     list_selectors,
     register_selector,
+    select_for_targets,
     select_within_budget,
 )
 from .hub import DatasetReference, push_selection
@@ -69,5 +70,6 @@ __all__ = [
     "recommend",
     "record_from_trainer",
     "register_selector",
+    "select_for_targets",
     "select_within_budget",
 ]

@@ -37,6 +37,11 @@ class SelectionCharge:
             (``deduplicate="drop"``).
         feature_index: LESS's report when it reused stored pool features (``dir``,
             ``reused_flops``: what computing them cost; they are not charged again).
+        flops_split: what computing this selection costs, split into ``pool`` (work that depends
+            on the pool alone, e.g. LESS's warmup and pool gradient features, which a selection for
+            another target on the same pool reuses) and ``target`` (this target's own work), counted
+            whether charged here or reused from a feature index or an earlier target; ``None`` for
+            selectors that do not report one. The planner amortises ``pool`` over ``--targets``.
     """
 
     selector: str
@@ -49,6 +54,7 @@ class SelectionCharge:
     stages: dict[str, float] = field(default_factory=dict)
     duplicates_dropped: int = 0
     feature_index: dict[str, Any] | None = None
+    flops_split: dict[str, float] | None = None
 
     @property
     def cache_hit(self) -> bool:
@@ -56,11 +62,20 @@ class SelectionCharge:
 
     @property
     def cost(self) -> float:
-        """What this selection costs to compute: :attr:`flops`, or on a cache hit what computing the
-        cached scores cost (the planner compares selections by this, not by what a rerun paid)."""
+        """What this selection costs to compute: :attr:`flops`, or what computing the reused parts
+        cost too: the cached scores on a cache hit, the pool features reused from an index or an
+        earlier target (:attr:`flops_split`). The planner compares selections by this, not by what a
+        rerun paid."""
+        if self.flops_split:
+            return float(sum(self.flops_split.values()))
         if self.cache_hit:
             return self.flops + float(self.cache.get("original_flops", 0.0))
         return self.flops
+
+    @property
+    def pool_flops(self) -> float | None:
+        """The part of :attr:`cost` that depends on the pool alone (``None``: not reported)."""
+        return float(self.flops_split["pool"]) if self.flops_split else None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

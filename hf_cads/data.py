@@ -218,7 +218,7 @@ def format_qa(question: str, answer: str) -> str:
 
 
 def build_multisource_pool(
-    target_task: str | None = None,
+    target_task: str | Sequence[str] | None = None,
     data_dir: str | os.PathLike | None = None,
     sources: Sequence[str] = POOL_SOURCES,
     max_per_source: int | None = None,
@@ -226,7 +226,8 @@ def build_multisource_pool(
     seed: int = 0,
 ) -> Any:
     """The multi-source training pool: GSM8K train, Code Alpaca, Alpaca seeds and the BBH tasks
-    other than ``target_task``, with ``text``, ``messages`` and ``source`` columns.
+    other than ``target_task`` (one task or several: every target of a multi-target selection),
+    with ``text``, ``messages`` and ``source`` columns.
 
     ``max_per_source`` subsamples each source (seeded) to keep CPU runs short; ``max_chars`` drops
     rows whose text is longer.
@@ -237,8 +238,9 @@ def build_multisource_pool(
     if unknown or not sources:
         raise ValueError(f"Unknown pool source(s) {unknown or sources}; choose from {list(POOL_SOURCES)}.")
     root = resolve_data_dir(data_dir)
-    if target_task is not None:
-        _check_task(target_task, root)
+    excluded = [target_task] if isinstance(target_task, str) else list(target_task or [])
+    for task in excluded:
+        _check_task(task, root)
     parts = []
     for source in sources:
         rows: list[dict[str, Any]] = []
@@ -259,7 +261,7 @@ def build_multisource_pool(
                     rows.append({"prompt": prompt, "response": instance["output"], "subtask": row["name"]})
         elif source == "bbh":
             for task in bbh_tasks(root):
-                if task == target_task:
+                if task in excluded:
                     continue
                 for row in load_bbh_examples(task, root):
                     rows.append({"prompt": row["input"], "response": row["target"], "subtask": task})

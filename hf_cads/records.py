@@ -79,6 +79,11 @@ class RunRecord:
             row's text (``deduplicate="drop"``).
         contaminated_dropped: pool rows left out before selection because they overlap eval rows
             (``decontaminate: drop``, see :mod:`hf_cads.decontamination`).
+        selection_split: ``selection_flops`` split into ``pool`` (work on the pool alone, e.g. LESS's
+            warmup and pool features, which selections for other targets on the same pool reuse)
+            and ``target`` (this target's own work), as the selector measured it
+            (:attr:`hf_cads.budget.SelectionCharge.flops_split`); ``None`` when it reports none. The
+            planner amortises the ``pool`` part over ``--targets``.
     """
 
     selector: str | None
@@ -108,6 +113,7 @@ class RunRecord:
     key: str = ""
     duplicates_dropped: int = 0
     contaminated_dropped: int = 0
+    selection_split: dict[str, float] | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -120,6 +126,10 @@ class RunRecord:
             self.total_flops = self.selection_flops + self.train_flops
         if self.k < 0 or self.pool_size < 0 or (self.pool_size and self.k > self.pool_size):
             raise ValueError(f"RunRecord needs 0 <= k <= pool_size, got k={self.k}, pool_size={self.pool_size}.")
+        if self.selection_split is not None:
+            self.selection_split = {str(name): float(value) for name, value in self.selection_split.items()}
+            if set(self.selection_split) != {"pool", "target"} or min(self.selection_split.values()) < 0:
+                raise ValueError(f"RunRecord.selection_split must be {{'pool': FLOPs, 'target': FLOPs}} (both >= 0), got {self.selection_split!r}.")
         self.metrics = {str(name): float(value) for name, value in self.metrics.items()}
         self.baseline_metrics = {str(name): float(value) for name, value in self.baseline_metrics.items()}
         if self.label is None:
@@ -300,6 +310,7 @@ def record_from_trainer(
         duplicates_dropped=ledger.selection.duplicates_dropped if ledger.selection is not None else 0,
         contaminated_dropped=int(((selection.extras if selection is not None else {}).get("decontamination") or {}).get("pool_rows_dropped", 0)),
         selection_flops=selection_cost(ledger),
+        selection_split=dict(ledger.selection.flops_split) if ledger.selection is not None and ledger.selection.flops_split else None,
         train_flops=ledger.entries["train"],
         eval_flops=ledger.entries["eval"],
         metrics=dict(metrics),
@@ -318,10 +329,12 @@ def record_from_trainer(
 
 
 def selection_cost(ledger: Any) -> float:
-    """FLOPs of the run's selection: the ledger's ``selection`` phase or, when the scores came whole
-    from the cache (charged 0), the FLOPs computing them cost."""
-    if ledger.selection is not None and ledger.selection.cache_hit:
-        return ledger.entries["selection"] + float(ledger.selection.cache.get("original_flops", 0.0))
+    """FLOPs of the run's selection: the ledger's ``selection`` phase or, when parts were reused
+    (scores from the cache, LESS pool features from its index; charged 0), what computing them cost
+    (:attr:`hf_cads.budget.SelectionCharge.cost`)."""
+    charge = ledger.selection
+    if charge is not None and (charge.cache_hit or charge.flops_split):
+        return ledger.entries["selection"] - charge.flops + charge.cost
     return ledger.entries["selection"]
 
 

@@ -29,7 +29,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .data import example_segments
 
@@ -349,11 +349,64 @@ def load_task_data(
     target is split (seeded): ``min(eval_examples, half its rows)`` rows to test on, the rest to
     select for.
     """
-    from .data import build_multisource_pool, load_bbh_target, load_gsm8k, POOL_SOURCES
+    return load_targets_data(
+        [target], pool, eval_set, data_dir=data_dir, pool_sources=pool_sources, max_per_source=max_per_source,
+        max_pool_chars=max_pool_chars, eval_examples=eval_examples, seed=seed,
+    )[0]
 
+
+def load_targets_data(
+    targets: Sequence[Any], pool: Any = None, eval_set: Any = None, *, data_dir: Any = None, pool_sources: Any = None,
+    max_per_source: int | None = None, max_pool_chars: int | None = None, eval_examples: int = 32, seed: int = 0,
+) -> list[TaskData]:
+    """:func:`load_task_data` for several targets that share one pool (``hf-cads select --targets``):
+    one :class:`TaskData` per target, in order, all holding the same pool object. The shared-data
+    pool leaves out the BBH task of every built-in target.
+
+    Example:
+        >>> dyck, boolean = load_targets_data(["dyck_languages", "boolean_expressions"], max_per_source=50)  # doctest: +SKIP
+        >>> dyck.pool is boolean.pool  # doctest: +SKIP
+        True
+    """
+    if not targets:
+        raise ValueError("Name at least one target (a file, a folder, a Hub id or a built-in target such as gsm8k).")
+    loaded = [_load_target(target, eval_set, data_dir, eval_examples, seed) for target in targets]
+    presets = [preset for preset, *_ in loaded]
+    if pool is None or pool == POOL_PRESET:
+        from .data import build_multisource_pool, POOL_SOURCES
+
+        excluded = [preset for preset in presets if preset not in (None, "gsm8k")]
+        pool_data = build_multisource_pool(
+            excluded, data_dir, sources=pool_sources or POOL_SOURCES, max_per_source=max_per_source,
+            max_chars=max_pool_chars, seed=seed,
+        )
+        pool_description = (
+            f"hf_cads shared pool [{', '.join(pool_sources or POOL_SOURCES)}] "
+            f"(max_per_source={max_per_source}, max_pool_chars={max_pool_chars}, seed={seed})"
+        )
+        pool_format = None
+        if "gsm8k" in presets and "gsm8k" in (pool_sources or POOL_SOURCES):
+            logger.warning("GSM8K train is in the pool for a GSM8K target: it is in-distribution data, not leakage of test rows.")
+    else:
+        pool_data, pool_format = load_examples(pool, "pool")
+        pool_description = parse_source(pool, "pool").describe()
+    tasks = []
+    for preset, validation, test, descriptions, formats in loaded:
+        formats = dict(formats, **({"pool": pool_format} if pool_format else {}))
+        test = test.select(range(min(eval_examples, len(test))))
+        tasks.append(TaskData(validation, test, pool_data, {**descriptions, "pool": pool_description}, formats,
+                              presets=preset is not None and not formats))
+    return tasks
+
+
+def _load_target(
+    target: Any, eval_set: Any, data_dir: Any, eval_examples: int, seed: int
+) -> tuple[str | None, Any, Any, dict[str, str], dict[str, str]]:
+    """One target's ``(preset, validation, test, descriptions, formats)``; test not yet cut to ``eval_examples``."""
     descriptions: dict[str, str] = {}
     formats: dict[str, str] = {}
     preset = target_preset(target, data_dir)
+    test = None
     if preset is not None:
         validation, test = load_preset_target(preset, data_dir)
         descriptions["target"] = "gsm8k validation set" if preset == "gsm8k" else f"BBH {preset} validation set (chain-of-thought exemplars)"
@@ -370,25 +423,10 @@ def load_task_data(
     if eval_set is not None:
         test, formats["eval"] = load_examples(eval_set, "eval")
         descriptions["eval"] = parse_source(eval_set, "eval").describe()
-    if pool is None or pool == POOL_PRESET:
-        pool_data = build_multisource_pool(
-            None if preset in (None, "gsm8k") else preset, data_dir, sources=pool_sources or POOL_SOURCES,
-            max_per_source=max_per_source, max_chars=max_pool_chars, seed=seed,
-        )
-        descriptions["pool"] = (
-            f"hf_cads shared pool [{', '.join(pool_sources or POOL_SOURCES)}] "
-            f"(max_per_source={max_per_source}, max_pool_chars={max_pool_chars}, seed={seed})"
-        )
-        if preset == "gsm8k" and "gsm8k" in (pool_sources or POOL_SOURCES):
-            logger.warning("GSM8K train is in the pool for a GSM8K target: it is in-distribution data, not leakage of test rows.")
-    else:
-        pool_data, formats["pool"] = load_examples(pool, "pool")
-        descriptions["pool"] = parse_source(pool, "pool").describe()
-    test = test.select(range(min(eval_examples, len(test))))
-    return TaskData(validation, test, pool_data, descriptions, formats, presets=preset is not None and not formats)
+    return preset, validation, test, descriptions, formats
 
 
 __all__ = [
     "CHAT_ROLES", "DataSource", "FORMATS", "check_messages", "detect_format", "example_segments", "load_examples",
-    "load_source", "load_task_data", "parse_source", "prompt_answer_pairs", "standardise", "target_preset", "TaskData",
+    "load_source", "load_targets_data", "load_task_data", "parse_source", "prompt_answer_pairs", "standardise", "target_preset", "TaskData",
 ]

@@ -260,8 +260,15 @@ def test_budgeted_trainer_charges_less_warmup_and_features(tmp_path, task_pool, 
     stages = ledger.selection.stages
     assert stages["warmup"] > 0 and stages["pool_gradients"] > 0 and stages["projection"] > 0
     assert sum(stages.values()) == pytest.approx(ledger.entries["selection"])
+    split = ledger.selection.flops_split  # pool part (warmup + pool features + their projection) and the target's part
+    assert split["pool"] > 5 * split["target"] > 0 and split["pool"] + split["target"] == pytest.approx(ledger.entries["selection"])
+    assert split["pool"] > stages["warmup"] + stages["pool_gradients"]
     trainer.train()
     assert ledger.spent <= budget and ledger.entries["train"] > 0
+    from hf_cads.records import record_from_trainer
+
+    record = record_from_trainer(trainer, {"target_loss": 1.0})
+    assert record.selection_split == split and record.selection_flops == pytest.approx(ledger.entries["selection"])
 
 
 # -- bad input ---------------------------------------------------------------------------------
@@ -413,6 +420,10 @@ def test_a_second_target_reuses_the_pool_features(task_pool, tokenizer, tmp_path
     # what was reused: warmup + pool gradients and projection (the first run's minus its target part)
     pool_projection = original["projection"] - breakdown["projection"]
     assert index["reused_flops"] == pytest.approx(original["warmup"] + original["pool_gradients"] + pool_projection)
+    # the split counts the reused pool features at what they cost: the same as the first selection's pool part
+    assert second.extras["flops_split"]["pool"] == pytest.approx(first.extras["flops_split"]["pool"], rel=1e-9)
+    assert second.extras["flops_split"]["target"] == pytest.approx(second.flops, rel=1e-9)
+    assert first.extras["flops_split"]["pool"] == pytest.approx(index["reused_flops"], rel=1e-9)
     # several targets in one pass, without an index: the same scores; the shared work is charged once
     both = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **dict(options, feature_dir=None)).select_many(
         pool, {"dyck": dyck, "boolean": boolean}, k=30

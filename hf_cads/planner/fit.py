@@ -42,6 +42,11 @@ class PerformanceFit:
         higher_is_better: direction of the metric.
         cost_per_example: training FLOPs per selected example, ``c``.
         selection_flops: the selector's measured cost on this pool, ``C_select``.
+        selection_pool_flops: the part of ``C_select`` that depends on the pool alone (LESS's
+            warmup and pool features), measured by every run of the family (records'
+            ``selection_split``); ``None`` when some run has no split. With ``--targets T`` the
+            planner charges a target ``pool / T + (C_select - pool)`` (else ``C_select / T``).
+        split_runs: how many of the family's runs carry a measured split.
         pool_size: candidate rows (the largest possible ``k``).
         model_params / selection_model_params: matmul parameters of the trained and the selection model.
         num_points / rmse: size and residual of the fit.
@@ -56,12 +61,21 @@ class PerformanceFit:
     higher_is_better: bool = True
     cost_per_example: float = float("nan")
     selection_flops: float = 0.0
+    selection_pool_flops: float | None = None
+    split_runs: int = 0
     pool_size: int = 0
     model_params: int = 0
     selection_model_params: int = 0
     selector: str | None = None
     num_points: int = 0
     rmse: float = float("nan")
+
+    @property
+    def selection_pool_share(self) -> float | None:
+        """Share of the selection cost that depends on the pool alone (``None``: not measured)."""
+        if self.selection_pool_flops is None:
+            return None
+        return min(1.0, self.selection_pool_flops / self.selection_flops) if self.selection_flops > 0 else 1.0
 
     def predict(self, flops: Any) -> np.ndarray:
         """``P(C)`` at total FLOPs ``flops`` (scalar or array)."""
@@ -251,6 +265,8 @@ def fit_selectors(
                 flops, values, c_full, higher_is_better=higher, label=label,
                 cost_per_example=float(np.median([r.train_flops / r.k for r in group])),
                 selection_flops=float(np.median([r.selection_flops for r in group])),
+                selection_pool_flops=_pool_flops(group),
+                split_runs=sum(r.selection_split is not None for r in group),
                 pool_size=int(np.median([r.pool_size for r in group])),
                 model_params=int(np.median([r.model_params for r in group])),
                 selection_model_params=int(np.median([r.selection_model_params for r in group])),
@@ -259,3 +275,10 @@ def fit_selectors(
         except ValueError as err:
             skipped[label] = str(err)
     return fits, skipped
+
+
+def _pool_flops(group: Sequence[RunRecord]) -> float | None:
+    """Median pool part of the runs' measured selection splits; ``None`` unless every run has one."""
+    if not group or any(r.selection_split is None for r in group):
+        return None
+    return float(np.median([r.selection_split["pool"] for r in group]))  # type: ignore[index]

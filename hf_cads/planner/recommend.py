@@ -56,15 +56,37 @@ class Recommendation:
         return next(option for option in self.options if option.label == self.selector)
 
 
+def amortised_selection_flops(fit: PerformanceFit, selection_cost: float, targets: int = 1) -> float:
+    """What one of ``targets`` finetunes that select from the same pool pays for selection.
+
+    With a measured split (:attr:`PerformanceFit.selection_pool_share`, e.g. LESS: warmup and pool
+    features paid once, target gradients per target) it is ``pool / targets + target``, the split
+    taken in the measured proportion of ``selection_cost``; without one, ``selection_cost / targets``
+    (the whole selection shared).
+
+    Example:
+        >>> fit = PerformanceFit("less", 0.0, 1.0, 1.0, np.zeros((3, 3)), 1.0, selection_flops=10.0, selection_pool_flops=8.0)
+        >>> amortised_selection_flops(fit, 10.0, targets=4)  # 8 / 4 + 2
+        4.0
+    """
+    share = fit.selection_pool_share
+    if share is None:
+        return selection_cost / targets
+    pool = share * selection_cost
+    return pool / targets + (selection_cost - pool)
+
+
 def affordable_k(fit: PerformanceFit, budget: float, selection_cost: float, targets: int = 1) -> int:
-    """The largest ``k <= pool_size`` with ``c * k + selection_cost / targets <= budget`` (0 if none)."""
-    spendable = budget - selection_cost / targets
+    """The largest ``k <= pool_size`` with ``c * k + S <= budget`` (0 if none), ``S`` the selection
+    cost per target (:func:`amortised_selection_flops`)."""
+    selection = amortised_selection_flops(fit, selection_cost, targets)
+    spendable = budget - selection
     if spendable <= 0 or not fit.cost_per_example > 0:
         return 0
     k = min(fit.pool_size, int(math.floor(spendable / fit.cost_per_example)))
-    while k > 0 and fit.cost_per_example * k + selection_cost / targets > budget:
+    while k > 0 and fit.cost_per_example * k + selection > budget:
         k -= 1  # floor() of a ratio can land one above in floating point
-    while k < fit.pool_size and fit.cost_per_example * (k + 1) + selection_cost / targets <= budget:
+    while k < fit.pool_size and fit.cost_per_example * (k + 1) + selection <= budget:
         k += 1
     return max(k, 0)
 
@@ -86,8 +108,8 @@ def option_at_budget(
     train = fit.cost_per_example * k
     return PlanOption(
         label=fit.label, k=k, fraction=k / fit.pool_size, predicted=float(fit.predict(at)),
-        interval=(float(low), float(high)), selection_flops=cost / targets, train_flops=train,
-        total_flops=train + cost / targets,
+        interval=(float(low), float(high)), selection_flops=amortised_selection_flops(fit, cost, targets), train_flops=train,
+        total_flops=train + amortised_selection_flops(fit, cost, targets),
     )
 
 
@@ -127,7 +149,7 @@ def recommend(
     for label, fit in fits.items():
         option = option_at_budget(fit, budget, costs.get(label), targets, confidence)
         if option is None:
-            need = costs.get(label, fit.selection_flops) / targets + fit.cost_per_example
+            need = amortised_selection_flops(fit, costs.get(label, fit.selection_flops), targets) + fit.cost_per_example
             infeasible[label] = f"needs at least {need:.3g} FLOPs (selection + one example)"
         else:
             options.append(option)
@@ -169,7 +191,7 @@ class BreakEven:
 
 def _value_at_scale(fit: PerformanceFit, budget: float, selection_cost: float, targets: int, scale: float) -> float:
     """Oriented (larger = better) predicted metric with the training model ``scale`` x larger."""
-    spendable = budget - selection_cost / (targets * scale)
+    spendable = budget - amortised_selection_flops(fit, selection_cost, targets) / scale
     if spendable < fit.cost_per_example:  # not even one example: no finetune possible
         return -np.inf
     k = min(float(fit.pool_size), spendable / fit.cost_per_example)
@@ -221,7 +243,7 @@ def break_even_ratios(
         reference = fit.model_params / fit.selection_model_params if fit.selection_model_params else float("nan")
         results.append(BreakEven(
             selector=label, versus=versus, scale=scale, ratio=scale * reference if reference == reference else float("nan"),
-            reference_ratio=reference, selection_share=costs[label] / targets / budget,
+            reference_ratio=reference, selection_share=amortised_selection_flops(fit, costs[label], targets) / budget,
         ))
     return results
 

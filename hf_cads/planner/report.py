@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 from ..records import RunRecord
 from .fit import PerformanceFit, fit_selectors, lower_is_better, select_records
 from .frontier import pareto_frontier
-from .recommend import BreakEven, Recommendation, break_even_ratios, recommend
+from .recommend import BreakEven, Recommendation, amortised_selection_flops, break_even_ratios, recommend
 
 # -- the whole plan ----------------------------------------------------------------------------
 @dataclass
@@ -29,6 +29,29 @@ class Plan:
     break_even: list[BreakEven] = field(default_factory=list)
     budget: float | None = None
     targets: int = 1
+    selection_costs: dict[str, float] = field(default_factory=dict)
+    """Selection costs given instead of the measured ones (``--selection-cost``), by family."""
+
+    def selection_cost(self, label: str) -> float:
+        """The family's selection cost: the one given in :attr:`selection_costs`, else the measured one."""
+        return float(self.selection_costs.get(label, self.fits[label].selection_flops))
+
+    def amortisation(self) -> dict[str, dict[str, Any]]:
+        """Per fitted family, what one of :attr:`targets` finetunes pays for selection and by which
+        rule: ``pool / T + target`` from a measured split, else the whole cost ``/ T``."""
+        rows = {}
+        for label, fit in self.fits.items():
+            cost, share = self.selection_cost(label), fit.selection_pool_share
+            rows[label] = {
+                "selection_flops": cost,
+                "pool_flops": None if share is None else share * cost,
+                "target_flops": None if share is None else (1 - share) * cost,
+                "per_target": amortised_selection_flops(fit, cost, self.targets),
+                "rule": "pool / T + target (measured split)" if share is not None else "C_select / T (no measured split)",
+                "runs_with_split": fit.split_runs,
+                "runs": fit_runs(self.records, label),
+            }
+        return rows
 
     def format(self) -> str:
         """Human-readable tables (at most :data:`REPORT_WIDTH` columns): fits, the option of each
@@ -67,6 +90,20 @@ class Plan:
         if self.budget is not None:
             amortised = f", selection amortised over {self.targets} targets" if self.targets > 1 else ""
             lines += ["", f"at a budget of {self.budget:.3g} FLOPs per target{amortised}:"]
+            if self.targets > 1 and self.fits:
+                lines.append(_wrap(
+                    f"selection per target: a measured split (run records' selection_split: LESS's warmup and pool features "
+                    f"are paid once, its target gradients per target) amortises only the pool part, pool / {self.targets} + "
+                    f"target; without one the whole selection cost is divided by {self.targets}.", first="  ", indent="  "))
+                rows = [("selector", "C_select", "pool part", "target part", "per target", "rule")]
+                for label, row in self.amortisation().items():
+                    split = row["pool_flops"] is not None
+                    rule = "measured split" if split else (
+                        "no split: C_select / T" + (f" ({row['runs_with_split']} of {row['runs']} runs have one)"
+                                                    if row["runs_with_split"] else ""))
+                    rows.append((name[label], f"{row['selection_flops']:.3g}", f"{row['pool_flops']:.3g}" if split else "-",
+                                 f"{row['target_flops']:.3g}" if split else "-", f"{row['per_target']:.3g}", rule))
+                lines += [_table(rows), ""]
             if self.recommendation is None:
                 lines.append(f"  {self.recommendation_error}")
             else:
@@ -114,6 +151,7 @@ class Plan:
                 "fit": None if fit is None else {
                     "p0": fit.p0, "p_max": fit.p_max, "lambda": fit.lam, "rmse": fit.rmse, "errors": fit.parameter_errors,
                     "cost_per_example": fit.cost_per_example, "selection_flops": fit.selection_flops, "c_full": fit.c_full,
+                    "selection_pool_flops": fit.selection_pool_flops, "split_runs": fit.split_runs,
                 },
                 "no_fit_reason": self.skipped.get(label),
             }
@@ -123,6 +161,7 @@ class Plan:
             "higher_is_better": self.higher_is_better,
             "budget": self.budget,
             "targets": self.targets,
+            "selection_per_target": self.amortisation(),
             "families": families,
             "frontier": [{"label": r.label, "k": r.k, "seed": r.seed, "total_flops": r.total_flops,
                           "metric": r.metrics[self.metric]} for r in self.frontier],
@@ -166,6 +205,11 @@ def display_names(labels: Sequence[str], width: int = LABEL_WIDTH) -> dict[str, 
     return names
 
 
+def fit_runs(records: Sequence[RunRecord], label: str) -> int:
+    """How many of ``records`` belong to the family ``label``."""
+    return sum(r.label == label for r in records)
+
+
 def _wrap(text: str, indent: str = "  ", first: str = "") -> str:
     return "\n".join(textwrap.wrap(text, width=REPORT_WIDTH, initial_indent=first, subsequent_indent=indent,
                                    break_on_hyphens=False, break_long_words=True))
@@ -202,7 +246,8 @@ def make_plan(
     higher = (not lower_is_better(metric)) if higher_is_better is None else higher_is_better
     fits, skipped = fit_selectors(chosen, metric, higher_is_better=higher, include_baseline=include_baseline)
     indices = pareto_frontier([r.total_flops for r in chosen], [r.metrics[metric] for r in chosen], higher)
-    plan = Plan(chosen, metric, higher, fits, skipped, [chosen[i] for i in indices], budget=budget, targets=targets)
+    plan = Plan(chosen, metric, higher, fits, skipped, [chosen[i] for i in indices], budget=budget, targets=targets,
+                selection_costs=dict(selection_costs or {}))
     if budget is not None and fits:
         try:
             plan.recommendation = recommend(budget, fits, selection_costs, targets=targets, confidence=confidence)

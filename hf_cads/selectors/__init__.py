@@ -4,7 +4,7 @@ Importing this package registers the built-in selectors.
 """
 
 from .base import INDEX_COLUMN, SCORE_COLUMN, PreparedScoring, ScoreOutput, SelectionResult, Selector, SelectorConfig, resolve_k, top_k_indices
-from .budget import build_selector, select_within_budget, solve_budget_split
+from .budget import MULTI_TARGET_PATHS, TargetSelections, build_selector, select_for_targets, select_within_budget, solve_budget_split
 from .bm25 import BM25Selector, BM25SelectorConfig
 from .cads import CADSSelector, CADSSelectorConfig
 from .cads_backends import CausalLMBackend, TensorBackend
@@ -37,8 +37,11 @@ __all__ = [
     "Selector",
     "SelectorConfig",
     "build_selector",
+    "select_for_targets",
     "select_within_budget",
     "solve_budget_split",
+    "MULTI_TARGET_PATHS",
+    "TargetSelections",
     "get_selector",
     "get_selector_class",
     "list_selectors",

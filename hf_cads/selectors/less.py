@@ -186,6 +186,13 @@ class LESSSelector(LESSFeatures, Selector):
     def estimate_flops(self, pool: Any, target: Any | None) -> float:
         return float(sum(self.flops_breakdown(self._inputs(pool, target)).values()))
 
+    def estimate_flops_split(self, pool: Any, target: Any | None) -> dict[str, float]:
+        """:meth:`estimate_flops` as ``{"pool": ..., "target": ...}``: the warmup and pool features (paid
+        once for any number of targets; 0 when a complete index holds them) and this target's share."""
+        inputs = self._inputs(pool, target)
+        shared = sum(self.flops_breakdown(LESSInputs(inputs.pool_ids, [], np.zeros(0, dtype=np.int64), [])).values())
+        return {"pool": float(shared), "target": float(sum(self.flops_breakdown(inputs).values()) - shared)}
+
     def score(self, pool: Any, target: Any | None) -> ScoreOutput:
         return self.score_many(pool, [target])[0]
 
@@ -256,6 +263,8 @@ class LESSSelector(LESSFeatures, Selector):
             original = index.original_flops if reuse else {}
         reused_flops = (self._warmup_flops(pool_ids) - warmup_flops) + sum(by_shard[n]["reused_flops"] for n in range(len(shards)))
         resumed = sum(by_shard[n]["resumed"] for n in range(len(shards)))
+        # What the warmup and pool features cost, charged here or reused: paid once for any number of targets.
+        pool_flops = warmup_flops + sum(pool_charged.values()) + reused_flops
         sharding = {
             "shards": len(shards),
             "shard_size": int(config.shard_size),
@@ -290,6 +299,8 @@ class LESSSelector(LESSFeatures, Selector):
                     "original_flops": original,
                 },
                 "sharding": sharding,
+                "flops_split": {"pool": pool_flops, "target": float(sum(breakdown.values())) + state["reused_flops"]
+                                - (pool_flops - reused_flops if first else 0.0)},
             }
             outputs.append(ScoreOutput(subtask_scores.max(axis=1), float(sum(breakdown.values())), extras))
         return outputs
