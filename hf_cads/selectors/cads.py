@@ -31,7 +31,7 @@ from .budget import solve_budget_split
 from .base import ScoreOutput, Selector, SelectorConfig, top_k_indices
 from .cads_backends import CausalLMBackend
 from .cads_core import CADSPlan, plan_cads
-from .cads_loop import CADSOutcome, run_cads
+from .cads_loop import CADSOutcome, default_policy_lr, run_cads
 from .perplexity import CausalLMSelectorMixin
 from .registry import register_selector
 
@@ -56,12 +56,16 @@ class CADSSelectorConfig(SelectorConfig):
             small budgets (high ``l``) it rewards data the model fits badly, e.g. mislabelled rows
             (see benchmarks/cads_digits.py).
         policy_reward: what the policy-gradient step on ``s`` scores a sampled mask ``m`` by, measured after
-            the look-ahead step ``theta`` takes on ``m``. ``objective`` (default): the whole CADS objective,
+            the look-ahead step ``theta`` takes on ``m``. ``auto`` (default): ``transfer`` for a language
+            model, ``objective`` for a custom (tensor) backend, the ones measured to find the signal there
+            (README: "CADS"). ``objective``: the whole CADS objective,
             ``L_val + alpha * gap^2``. ``validation``: ``L_val`` alone; the penalty then acts only through
             ``theta``'s step (a mask trains ``theta`` as far as its loss is above the budget-``C`` level,
             which is where the budget enters) and no longer rewards a mask for its own training-loss level,
             which the size-only predictor ``l(|m|)`` cannot compare across sources of different difficulty
-            (see benchmarks/cads_spectral_bias.py).
+            (see benchmarks/cads_spectral_bias.py). ``transfer``: ``L_val`` after a plain gradient step on the
+            mask's training loss alone (``-lr * g_val . g_m`` to first order): how well the mask's data
+            transfers to the target; on a GSM8K target it is the reward that prefers the pool's GSM8K rows.
         lookahead: how a mask's objective after ``theta``'s step on it is measured. ``exact``: take the
             step, run the target rows (and, for the objective reward, the mask's rows) forward, undo it;
             every mask costs a training step and one or two forward passes. ``first_order``: one batched
@@ -69,7 +73,8 @@ class CADSSelectorConfig(SelectorConfig):
             CADS-S: ``block_size // num_sources`` rows per source) and the target gradient ``g_val``, and a
             mask's losses after the step ``u`` are ``L + g . u`` (``g_val . u`` for the validation loss):
             an outer step then costs two training steps however many masks it scores, so
-            ``samples_per_step`` can be raised for free.
+            ``samples_per_step`` can be raised for free. ``auto`` (default): ``first_order`` for a language
+            model, ``exact`` for a custom backend.
         num_sampling_points: pilot runs (subset sizes) the loss predictor is fitted from.
         min_sampling_fraction: smallest pilot subset, as a share of the pool (sizes are log-spaced up to the pool).
         A: pilot down-scaling: a pilot emulating ``|m|`` rows trains on ``|m| / A`` rows for ``C / A``
@@ -78,17 +83,21 @@ class CADSSelectorConfig(SelectorConfig):
         outer_steps: number of outer (policy-gradient) steps; ``None`` derives it from ``gamma``.
         warmup_fraction: share of the outer steps that update only ``theta`` (``s`` frozen) so ``theta``
             first reaches the budget-``C`` loss level the penalty asks for.
-        samples_per_step: masks sampled per outer step.
+        samples_per_step: masks sampled per outer step (``None``: 32 with the first-order lookahead, where
+            masks cost almost nothing, else 4).
         block_size: rows a sampled mask trains ``theta`` on. CADS-E draws its mask over a random block of
             this many rows; CADS-S draws this many rows from the sampled mixture. ``None``: the whole
             mask (fine for small tensor tasks, too slow for LMs).
         target_batch_size: target rows per outer step (shared by that step's masks).
-        lr_s: step size of the selection parameters ``s`` (``s_i`` or the source means ``mu_j``).
+        lr_s: step size of the selection parameters ``s`` (``s_i`` or the source means ``mu_j``). ``None``:
+            0.05 for a custom backend; for a language model ``max(0.05, 10 / policy steps)``, so a short outer loop (an LM's, sized by ``gamma``) can still
+            move the mixture: at 0.05 its ~10 steps moved the source means by ~0.02.
         baseline: what a mask's reward is compared with. ``moving_average``: ``b``, a moving average of past
             steps' mean rewards. ``step``: the mean reward of the step's other masks (leave-one-out); the
             masks of a step share the target rows, so the step-to-step variation of the target loss (a
             larger noise than the differences between masks when ``target_batch_size`` is a small share of
-            the target set) cancels.
+            the target set) cancels. ``auto`` (default): ``step`` for a language model, ``moving_average``
+            for a custom backend.
         baseline_momentum: momentum of the moving-average baseline ``b`` (and of the advantage scale).
         normalize_advantage: divide advantages by their running RMS, so ``lr_s`` does not depend on the
             loss scale.
@@ -106,19 +115,19 @@ class CADSSelectorConfig(SelectorConfig):
     train_budget: float | None = field(default=None, metadata={"per_run": True})
     alpha: float = 1.0
     penalty: Literal["squared", "one_sided"] = "one_sided"
-    policy_reward: Literal["objective", "validation", "transfer"] = "objective"
-    lookahead: Literal["exact", "first_order"] = "exact"
+    policy_reward: Literal["auto", "objective", "validation", "transfer"] = "auto"
+    lookahead: Literal["auto", "exact", "first_order"] = "auto"
     num_sampling_points: int = 5
     min_sampling_fraction: float = 0.05
     A: float = 10.0
     gamma: float = 0.1
     outer_steps: int | None = None
     warmup_fraction: float = 0.2
-    samples_per_step: int = 4
+    samples_per_step: int | None = None
     block_size: int | None = 32
     target_batch_size: int = 32
-    lr_s: float = 0.05
-    baseline: Literal["moving_average", "step"] = "moving_average"
+    lr_s: float | None = None
+    baseline: Literal["auto", "moving_average", "step"] = "auto"
     baseline_momentum: float = 0.9
     normalize_advantage: bool = True
     init_probability: float = 0.5
@@ -139,16 +148,18 @@ class CADSSelectorConfig(SelectorConfig):
             raise ValueError(f"granularity must be 'example' (CADS-E) or 'source' (CADS-S), got {self.granularity!r}.")
         if self.penalty not in ("squared", "one_sided"):
             raise ValueError(f"penalty must be 'squared' or 'one_sided', got {self.penalty!r}.")
-        if self.lookahead not in ("exact", "first_order"):
-            raise ValueError(f"lookahead must be 'exact' or 'first_order', got {self.lookahead!r}.")
-        if self.baseline not in ("moving_average", "step"):
-            raise ValueError(f"baseline must be 'moving_average' or 'step', got {self.baseline!r}.")
-        if self.policy_reward not in ("objective", "validation", "transfer"):
-            raise ValueError(f"policy_reward must be 'objective', 'validation' or 'transfer', got {self.policy_reward!r}.")
+        if self.lookahead not in ("auto", "exact", "first_order"):
+            raise ValueError(f"lookahead must be 'auto', 'exact' or 'first_order', got {self.lookahead!r}.")
+        if self.baseline not in ("auto", "moving_average", "step"):
+            raise ValueError(f"baseline must be 'auto', 'moving_average' or 'step', got {self.baseline!r}.")
+        if self.policy_reward not in ("auto", "objective", "validation", "transfer"):
+            raise ValueError(f"policy_reward must be 'auto', 'objective', 'validation' or 'transfer', got {self.policy_reward!r}.")
         if self.train_budget is not None:
             self.train_budget = validate_budget(self.train_budget)
-        positive = {"alpha": self.alpha, "A": self.A, "lr_s": self.lr_s, "learning_rate": self.learning_rate,
+        positive = {"alpha": self.alpha, "A": self.A, "learning_rate": self.learning_rate,
                     "sigma_start": self.sigma_start, "sigma_end": self.sigma_end}
+        if self.lr_s is not None:
+            positive["lr_s"] = self.lr_s
         for name, value in positive.items():
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
@@ -160,10 +171,9 @@ class CADSSelectorConfig(SelectorConfig):
             raise ValueError(f"min_sampling_fraction must be in (0, 1), got {self.min_sampling_fraction}.")
         if self.outer_steps is not None and self.outer_steps < 1:
             raise ValueError(f"outer_steps must be >= 1 or None (derived from gamma), got {self.outer_steps}.")
-        for name in ("samples_per_step", "target_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.samples_per_step < 2:
+        if self.target_batch_size < 1:
+            raise ValueError(f"target_batch_size must be >= 1, got {self.target_batch_size}.")
+        if self.samples_per_step is not None and self.samples_per_step < 2:
             raise ValueError(f"samples_per_step must be >= 2 so masks can be compared, got {self.samples_per_step}.")
         if self.block_size is not None and self.block_size < 1:
             raise ValueError(f"block_size must be >= 1 or None (whole mask), got {self.block_size}.")
@@ -247,6 +257,24 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
             self._prepared = (key, backend.prepare(pool, target, self.config))
         return self._prepared[1]
 
+    def run_config(self) -> CADSSelectorConfig:
+        """The config CADS runs with: ``"auto"`` options resolved for this selector's backend (a language
+        model: the first-order lookahead with 32 masks a step, the transfer reward and the step baseline; a
+        custom tensor backend: the exact lookahead with 4 masks, the whole-objective reward and the
+        moving-average baseline)."""
+        config = self.config
+        language_model = self.backend is None
+        lookahead = config.lookahead if config.lookahead != "auto" else ("first_order" if language_model else "exact")
+        return dataclasses.replace(
+            config,
+            lookahead=lookahead,
+            policy_reward=config.policy_reward if config.policy_reward != "auto" else ("transfer" if language_model else "objective"),
+            samples_per_step=config.samples_per_step or (32 if lookahead == "first_order" else 4),
+            baseline=config.baseline if config.baseline != "auto" else ("step" if language_model else "moving_average"),
+            # A tensor task's outer loop runs hundreds of steps; an LM's (None) is sized by its steps.
+            lr_s=config.lr_s if config.lr_s is not None or language_model else 0.05,
+        )
+
     def model_identity(self) -> dict[str, Any]:
         # A custom backend is not described by the config; its repr keeps score caches apart.
         return super().model_identity() if self.backend is None else {"backend": repr(self.backend)}
@@ -254,7 +282,7 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
     def plan(self, pool: Any, target: Any) -> CADSPlan:
         """The pilot runs and outer-loop length CADS will use, and their estimated FLOPs."""
         self._require_train_budget()
-        return plan_cads(self._task(pool, target), self.config, self._num_sources(pool))
+        return plan_cads(self._task(pool, target), self.run_config(), self._num_sources(pool))
 
     def _require_train_budget(self) -> None:
         if self.config.train_budget is None:
@@ -272,7 +300,7 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
             return
         task = self._task(pool, target)
         sources = self._num_sources(pool)
-        overhead = lambda c: plan_cads(task, dataclasses.replace(self.config, train_budget=c), sources).estimated_flops  # noqa: E731
+        overhead = lambda c: plan_cads(task, dataclasses.replace(self.run_config(), train_budget=c), sources).estimated_flops  # noqa: E731
         self.config.train_budget = solve_budget_split(overhead, available_flops)
 
     # -- Selector contract -----------------------------------------------------------------------
@@ -283,11 +311,18 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
     def score(self, pool: Any, target: Any | None) -> ScoreOutput:
         self._require_train_budget()
         task = self._task(pool, target)
-        plan = plan_cads(task, self.config, self._num_sources(pool))
-        codes, names = self._source_codes(pool) if self.config.granularity == "source" else (None, None)
-        outcome = run_cads(task, plan, self.config, source_codes=codes, source_names=names)
+        config = self.run_config()
+        plan = plan_cads(task, config, self._num_sources(pool))
+        codes, names = self._source_codes(pool) if config.granularity == "source" else (None, None)
+        outcome = run_cads(task, plan, config, source_codes=codes, source_names=names)
         self.last_outcome = outcome
         extras = outcome.extras()
+        warmup_steps = int(config.warmup_fraction * plan.outer_steps)
+        extras["run_options"] = {
+            "policy_reward": config.policy_reward, "lookahead": config.lookahead, "samples_per_step": config.samples_per_step,
+            "baseline": config.baseline,
+            "lr_s": config.lr_s if config.lr_s is not None else default_policy_lr(plan.outer_steps - warmup_steps),
+        }
         if outcome.probabilities is not None:
             scores = outcome.probabilities
         else:

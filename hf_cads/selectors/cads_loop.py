@@ -340,6 +340,13 @@ def _step_masks_first_order(task: CADSTask, masks: Any, theta: AdamTheta, predic
     return out
 
 
+def default_policy_lr(policy_steps: int) -> float:
+    """``lr_s`` when none is given: 0.05 for a long outer loop, larger for a short one (an LM's outer loop
+    sized by ``gamma`` has ~10 steps, in which 0.05 moves a source mean by ~0.02), so that
+    ``lr_s * steps`` stays >= 10."""
+    return max(0.05, 10.0 / max(1, policy_steps))
+
+
 class AdvantageBaseline:
     """Advantages ``f(m) - b`` of an outer step's rewards against a moving-average baseline ``b`` (or, with
     ``kind="step"``, the mean of the step's other rewards),
@@ -396,6 +403,7 @@ def run_cads(
         masks = SourceMasks(np.asarray(source_codes), len(source_names), config)
     theta = AdamTheta(params, config.learning_rate)
     warmup_steps = int(config.warmup_fraction * plan.outer_steps)
+    lr_s = config.lr_s if config.lr_s is not None else default_policy_lr(plan.outer_steps - warmup_steps)
     target_rows = min(config.target_batch_size, task.num_target_rows)
     advantages = AdvantageBaseline(config.baseline_momentum, config.normalize_advantage, config.baseline)
     outer_flops = 0.0
@@ -416,7 +424,7 @@ def run_cads(
         # During warm-up only theta moves: until it reaches the budget-C loss level the penalty rewards
         # whatever data theta already fits, which says nothing about the budget.
         if policy_step >= 0:
-            masks.update(np.mean([a * g for a, g in zip(advantages(rewards), scores)], axis=0), config.lr_s)
+            masks.update(np.mean([a * g for a, g in zip(advantages(rewards), scores)], axis=0), lr_s)
         else:
             record["warmup"] = True
         record.update(masks.record())
