@@ -250,10 +250,19 @@ def quality_gate(args, selector, token_ids, target_ids, checkpoint, device) -> d
             out[torch.as_tensor(batch.rows, device=device)] = grads
         return out
 
-    pool_vectors, target_vectors = exact(token_ids[: args.gate_rows], True), exact(target_ids, False)
+    cache = Path(args.gate_cache) if args.gate_cache else None
+    if cache is not None and cache.exists():
+        stacked, rows = torch.load(cache)
+        print(f"exact gradients of {rows} pool rows read from {cache}", flush=True)
+    else:
+        pool_vectors = exact(token_ids[: args.gate_rows], True)
+        stacked, rows = torch.cat([pool_vectors, exact(target_ids, False)]), len(pool_vectors)
+        del pool_vectors  # one copy of pool x parameters is what fits at 1,000 rows
+        if cache is not None:
+            torch.save((stacked, rows), cache)
+    pool_vectors, target_vectors = stacked[:rows], stacked[rows:]
     dim = gradients.num_params
     reference = RandomProjection(dim, args.projection_dim, seed=1000, kind="gaussian")
-    stacked = torch.cat([pool_vectors, target_vectors])
     referenced = reference(stacked)  # one pass over the dense matrix, reused for every comparison
 
     def cached(vectors):
@@ -298,6 +307,7 @@ def main() -> None:
     parser.add_argument("--memory_rows", type=int, default=64, help="part 2: rows of the larger memory measurement")
     parser.add_argument("--gate_rows", type=int, default=64, help="part 3: pool rows of the quality gate (0 skips it)")
     parser.add_argument("--projection_dim", type=int, default=8192)
+    parser.add_argument("--gate_cache", help="part 3: file to keep the exact gradients in (reused when it exists)")
     parser.add_argument("--gate_dims", type=int, nargs="*", default=[32768, 131072],
                         help="part 3: further sparse-projection dimensions to gate (the sparse cost does not grow with them)")
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -357,9 +367,9 @@ def main() -> None:
         "max_tokens": args.seq,
         "mean_tokens": float(np.mean([len(ids) for ids in token_ids[: args.pool_rows]])),
         "batch_size": args.batch,
-        "projections": None,
+        "projections": previous.get("projections") if not args.pool_rows else None,
         "goal_feature_ratio": GOAL_FEATURE_RATIO,
-        "quality_gate": None,
+        "quality_gate": previous.get("quality_gate") if not args.gate_rows else None,
         "feature_flops_match_estimate": bool(np.isclose(charged, selector.feature_flops(token_ids[: args.batch]), rtol=1e-9)),
     }
     # Parts are written as they finish, so a run cut short on a loaded machine keeps what it measured.

@@ -261,24 +261,31 @@ def projection_agreement(
     vectors = torch.cat([pool_vectors, target_vectors]).float()
     rows = pool_vectors.shape[0]
 
-    def unit(x: Any) -> Any:
-        return torch.nn.functional.normalize(x, dim=-1)
+    def cosine_matrix(x: Any) -> Any:
+        # From the Gram matrix, so no normalised copy of the (possibly pool x millions) vectors is made.
+        gram = (x @ x.T).double()
+        norms = gram.diagonal().clamp_min(1e-300).sqrt()
+        return gram / norms[:, None] / norms[None, :]
 
-    exact, projected, referenced = unit(vectors), unit(projection(vectors)), unit(reference(vectors))
+    def project_in_row_chunks(x: Any, rows_per_call: int = 256) -> Any:
+        # Projections are row-wise linear maps; chunking bounds their intermediates by the chunk.
+        return torch.cat([projection(x[start : start + rows_per_call]) for start in range(0, len(x), rows_per_call)])
+
+    exact, projected, referenced = cosine_matrix(vectors), cosine_matrix(project_in_row_chunks(vectors)), cosine_matrix(reference(vectors))
     pairs = torch.triu_indices(len(vectors), len(vectors), offset=1)
 
     def cosines(x: Any) -> Any:
-        return (x @ x.T)[pairs[0], pairs[1]].double()
+        return x[pairs[0], pairs[1]]
 
     correlation = float(torch.corrcoef(torch.stack([cosines(exact), cosines(projected)]))[0, 1])
     k = max(1, int(round(top_fraction * rows)))
 
     def top(x: Any) -> set[int]:
-        scores = (x[:rows] @ x[rows:].T).mean(dim=1)
+        scores = x[:rows, rows:].mean(dim=1)
         return set(torch.topk(scores, k).indices.tolist())
 
     chosen = top(projected)
-    exact_scores = (exact[:rows] @ exact[rows:].T).mean(dim=1).double()
+    exact_scores = exact[:rows, rows:].mean(dim=1)
     best = exact_scores[sorted(top(exact))].mean()
     return {
         "cosine_correlation": correlation,
