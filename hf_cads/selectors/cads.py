@@ -31,7 +31,7 @@ from .budget import solve_budget_split
 from .base import ScoreOutput, Selector, SelectorConfig, top_k_indices
 from .cads_backends import CausalLMBackend
 from .cads_core import CADSPlan, plan_cads
-from .cads_loop import CADSOutcome, default_policy_lr, run_cads
+from .cads_loop import CADSOutcome, run_cads
 from .perplexity import CausalLMSelectorMixin
 from .registry import register_selector
 
@@ -90,8 +90,8 @@ class CADSSelectorConfig(SelectorConfig):
             mask (fine for small tensor tasks, too slow for LMs).
         target_batch_size: target rows per outer step (shared by that step's masks).
         lr_s: step size of the selection parameters ``s`` (``s_i`` or the source means ``mu_j``). ``None``:
-            0.05 for a custom backend; for a language model ``max(0.05, 10 / policy steps)``, so a short outer loop (an LM's, sized by ``gamma``) can still
-            move the mixture: at 0.05 its ~10 steps moved the source means by ~0.02.
+            0.05 for a custom backend; for a language model ``max(0.05, 10 / policy steps)``, so a short
+            outer loop (an LM's, sized by ``gamma``) can still move the mixture: at 0.05 its ~10 steps moved the source means by ~0.02.
         baseline: what a mask's reward is compared with. ``moving_average``: ``b``, a moving average of past
             steps' mean rewards. ``step``: the mean reward of the step's other masks (leave-one-out); the
             masks of a step share the target rows, so the step-to-step variation of the target loss (a
@@ -300,7 +300,8 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
             return
         task = self._task(pool, target)
         sources = self._num_sources(pool)
-        overhead = lambda c: plan_cads(task, dataclasses.replace(self.run_config(), train_budget=c), sources).estimated_flops  # noqa: E731
+        config = self.run_config()
+        overhead = lambda c: plan_cads(task, dataclasses.replace(config, train_budget=c), sources).estimated_flops  # noqa: E731
         self.config.train_budget = solve_budget_split(overhead, available_flops)
 
     # -- Selector contract -----------------------------------------------------------------------
@@ -317,11 +318,9 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
         outcome = run_cads(task, plan, config, source_codes=codes, source_names=names)
         self.last_outcome = outcome
         extras = outcome.extras()
-        warmup_steps = int(config.warmup_fraction * plan.outer_steps)
         extras["run_options"] = {
             "policy_reward": config.policy_reward, "lookahead": config.lookahead, "samples_per_step": config.samples_per_step,
-            "baseline": config.baseline,
-            "lr_s": config.lr_s if config.lr_s is not None else default_policy_lr(plan.outer_steps - warmup_steps),
+            "baseline": config.baseline, "lr_s": outcome.policy_lr,
         }
         if outcome.probabilities is not None:
             scores = outcome.probabilities

@@ -33,6 +33,7 @@ class CADSOutcome:
         predictor: the fitted loss predictor; ``pilots`` the measurements behind it.
         flops / pilot_flops / outer_flops: FLOPs actually spent.
         history: per outer step, the mean objective, validation loss and penalty (and mixture / mean ``s``).
+        policy_lr: the ``lr_s`` the policy steps used (``config.lr_s`` or :func:`default_policy_lr`).
     """
 
     granularity: str
@@ -47,6 +48,7 @@ class CADSOutcome:
     source_ratios: np.ndarray | None = None
     mixture: dict[str, float] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    policy_lr: float | None = None
 
     @property
     def flops(self) -> float:
@@ -435,14 +437,14 @@ def run_cads(
     if isinstance(masks, ExampleMasks):
         probabilities = masks.policy.probabilities.copy()
         favoured = int(np.clip(round(probabilities.sum()), 1, task.num_rows))
-        outcome = CADSOutcome("example", plan, predictor, pilots, pilot_flops, outer_flops, favoured, probabilities=probabilities, history=history)
+        outcome = CADSOutcome("example", plan, predictor, pilots, pilot_flops, outer_flops, favoured, probabilities=probabilities, history=history, policy_lr=lr_s)
     else:
         mixture = masks.policy.mixture(masks.sizes)
         favoured = int(max(1, np.rint(masks.policy.means * masks.sizes).sum()))
         outcome = CADSOutcome(
             "source", plan, predictor, pilots, pilot_flops, outer_flops, favoured,
             source_names=list(source_names or []), source_ratios=masks.policy.means.copy(),
-            mixture=dict(zip(source_names or [], mixture.tolist())), history=history,
+            mixture=dict(zip(source_names or [], mixture.tolist())), history=history, policy_lr=lr_s,
         )
     message = (
         f"CADS-{'E' if by_example else 'S'} overhead: {outcome.flops:.4g} FLOPs = {outcome.flops / plan.train_budget:.3f} x C "

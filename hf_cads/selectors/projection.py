@@ -280,17 +280,19 @@ def projection_agreement(
     correlation = float(torch.corrcoef(torch.stack([cosines(exact), cosines(projected)]))[0, 1])
     k = max(1, int(round(top_fraction * rows)))
 
-    def top(x: Any) -> set[int]:
-        scores = x[:rows, rows:].mean(dim=1)
-        return set(torch.topk(scores, k).indices.tolist())
+    def scores(x: Any) -> Any:  # LESS's score: mean cosine with the target rows
+        return x[:rows, rows:].mean(dim=1)
 
-    chosen = top(projected)
-    exact_scores = exact[:rows, rows:].mean(dim=1)
-    best = exact_scores[sorted(top(exact))].mean()
+    def top(row_scores: Any) -> set[int]:
+        return set(torch.topk(row_scores, k).indices.tolist())
+
+    exact_scores = scores(exact)
+    chosen, exact_top = top(scores(projected)), top(exact_scores)
+    best = exact_scores[sorted(exact_top)].mean()
     return {
         "cosine_correlation": correlation,
-        "top_overlap": len(chosen & top(referenced)) / k,
-        "top_overlap_exact": len(chosen & top(exact)) / k,
+        "top_overlap": len(chosen & top(scores(referenced))) / k,
+        "top_overlap_exact": len(chosen & exact_top) / k,
         # How much of the best achievable gain in exact score over the pool mean the chosen rows keep:
         # 1.0 when they are as good as the exact top, 0.0 when no better than a random subset.
         "top_exact_score_gain": float((exact_scores[sorted(chosen)].mean() - exact_scores.mean()) / (best - exact_scores.mean())),
