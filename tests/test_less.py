@@ -8,6 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from hf_cads import BudgetedTrainer, BudgetedTrainingArguments, LESSSelector, get_selector
 from hf_cads.data import load_bbh_examples
 from hf_cads.selectors.gradients import PerExampleGradients, adam_update_direction
+from hf_cads.selectors.less import linear_schedule
 from hf_cads.selectors.projection import (
     PROJECTION_CHUNK_ELEMENTS,
     RandomProjection,
@@ -269,6 +270,22 @@ def test_budgeted_trainer_charges_less_warmup_and_features(tmp_path, task_pool, 
 
     record = record_from_trainer(trainer, {"target_loss": 1.0})
     assert record.selection_split == split and record.selection_flops == pytest.approx(ledger.entries["selection"])
+
+
+def test_a_one_step_warmup_still_trains_and_scores(task_pool, tokenizer):
+    # 16 rows x warmup_fraction 0.05 = one warmup batch: a schedule rising from exactly 0 would give that
+    # step (the whole epoch) learning rate 0, and every score would be 0.
+    for total in range(1, 6):
+        for ramp in range(0, total + 1):
+            assert all(linear_schedule(step, total, ramp) > 0 for step in range(total)), (total, ramp)
+    pool, targets = task_pool
+    options = dict(FAST, warmup_fraction=0.05, warmup_epochs=1)
+    result = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **options).select(
+        pool.select(range(16)), target=targets["dyck_languages"].select(range(4)), k=4
+    )
+    assert len(result.extras["checkpoint_learning_rates"]) == 1 and result.extras["checkpoint_learning_rates"][0] > 0
+    scores = np.asarray(result.all_scores)
+    assert np.abs(scores).max() > 0 and np.ptp(scores) > 0
 
 
 # -- bad input ---------------------------------------------------------------------------------

@@ -390,6 +390,10 @@ class LESSSelector(LESSFeatures, Selector):
                 done[number] = item
         return done
 
+    def cache_description(self, pool: Any, target: Any | None) -> dict[str, Any]:
+        # Scores cached by a version whose warmup trained differently must not be served.
+        return {**super().cache_description(pool, target), "feature_format": INDEX_FORMAT}
+
     # -- storage --------------------------------------------------------------------------------
     def index_description(self, pool_ids: Sequence[Sequence[int]]) -> dict[str, Any]:
         """What the warmup checkpoints and pool features depend on: model, options, projection, pool."""

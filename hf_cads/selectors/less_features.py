@@ -79,9 +79,15 @@ class WarmupCheckpoint:
 
 
 def linear_schedule(step: int, total_steps: int, warmup_steps: int) -> float:
-    """Learning-rate multiplier at ``step``: linear rise over ``warmup_steps``, then linear decay to 0."""
+    """Learning-rate multiplier at ``step``: linear rise over ``warmup_steps``, then linear decay toward 0.
+
+    Positive at every step ``< total_steps``: a short warmup (one step, on a small pool) still trains,
+    and every epoch's mean learning rate, its checkpoint's weight in the scores, is above zero. (A rise
+    from exactly 0, as ``transformers``' schedule does, would make a one-step warmup a no-op and every
+    LESS score 0.)
+    """
     if step < warmup_steps:
-        return step / max(1, warmup_steps)
+        return (step + 1) / (warmup_steps + 1)
     return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 

@@ -41,7 +41,7 @@ from ..cache import atomic_write
 
 logger = logging.getLogger(__name__)
 
-INDEX_FORMAT = 2
+INDEX_FORMAT = 3  # 3: the warmup's learning rate no longer starts at 0 (see linear_schedule)
 MANIFEST = "manifest.json"
 UNIT_NORM_TOLERANCE = 1e-2
 """How far a stored feature's norm may be from 1 (float16 storage rounds it by ~1e-3)."""
