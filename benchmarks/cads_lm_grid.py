@@ -53,15 +53,14 @@ def grid_mixtures(sources: list[str], own: str) -> dict[str, dict[str, float]]:
 
 
 def training_rows(pool_sources: np.ndarray, mixture: dict[str, float], count: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` pool rows in the mixture's proportions (largest remainder); a source smaller than its
-    share is cycled through in a fresh random order each pass, so rows repeat as evenly as possible."""
+    """``count`` pool rows in the mixture's proportions (``allocate_by_mixture``, uncapped: rows may repeat);
+    a source smaller than its share is cycled through in a fresh random order each pass, so rows repeat
+    as evenly as possible."""
+    from hf_cads.selectors.cads import allocate_by_mixture
+
     names = sorted(mixture)
     weights = np.array([max(mixture[n], 0.0) for n in names])
-    weights = weights / weights.sum()
-    exact = weights * count
-    counts = np.floor(exact).astype(int)
-    for i in np.argsort(-(exact - counts))[: count - counts.sum()]:
-        counts[i] += 1
+    counts = allocate_by_mixture(count, weights, np.full(len(names), count))
     rows = []
     for name, n in zip(names, counts):
         members = np.flatnonzero(pool_sources == name)
@@ -110,10 +109,12 @@ def learn_cads_mixture(setting, budget_steps: int, seed: int) -> dict:
             "cads_seconds": time.time() - started, "from": "this run"}
 
 
+def read_records() -> list[dict]:
+    return [json.loads(line) for line in LOG.read_text().splitlines() if line.strip()] if LOG.exists() else []
+
+
 def finished() -> set[tuple]:
-    if not LOG.exists():
-        return set()
-    return {(r["target"], r["budget_steps"], r["seed"], r["mixture_name"]) for r in map(json.loads, LOG.read_text().splitlines()) if r}
+    return {(r["target"], r["budget_steps"], r["seed"], r["mixture_name"]) for r in read_records()}
 
 
 def jobs(seeds: list[int], budgets: list[int], mixtures: dict[str, dict[str, float]]) -> list[tuple[int, int, str]]:
@@ -141,18 +142,15 @@ EQUAL_TOTAL = ("uniform, CADS-S's total FLOPs", "grid's best, CADS-S's total FLO
 def equal_total_run(target: str, budget_steps: int, seed: int, name: str) -> tuple[dict[str, float], float] | None:
     """The mixture and training steps of an equal-total-FLOPs run: uniform, or the mixture with the lowest
     mean test loss at ``budget_steps`` so far, trained for CADS-S's C plus overhead (this seed's CADS-S run)."""
-    records = [json.loads(line) for line in LOG.read_text().splitlines() if line.strip()]
+    records = read_records()
     cads = [r for r in records if (r["target"], r["budget_steps"], r["seed"], r["mixture_name"]) == (target, budget_steps, seed, "CADS-S")]
     if not cads:
         return None
     total_steps = cads[0]["total_flops"] / cads[0]["step_flops"]
-    grid = [r for r in records if r["target"] == target and r["budget_steps"] == budget_steps and r["mixture_name"] not in ("CADS-S", *EQUAL_TOTAL)]
-    if name == EQUAL_TOTAL[0]:
-        mixture = next((r["mixture"] for r in grid if r["mixture_name"] == "uniform"), None)
-    else:
-        means = {n: np.mean([r["test_loss"] for r in grid if r["mixture_name"] == n]) for n in {r["mixture_name"] for r in grid}}
-        best = min(means, key=means.get) if means else None
-        mixture = next((r["mixture"] for r in grid if r["mixture_name"] == best), None)
+    grid = {n: m for (t, b, n), m in _mean_losses(records).items()
+            if t == target and b == budget_steps and n not in ("CADS-S", *EQUAL_TOTAL)}
+    chosen = "uniform" if name == EQUAL_TOTAL[0] else min(grid, key=lambda n: grid[n]["mean"], default=None)
+    mixture = grid[chosen]["records"][0]["mixture"] if chosen in grid else None
     return (mixture, total_steps) if mixture else None
 
 
@@ -213,9 +211,9 @@ def _mixture_text(mixture: dict[str, float]) -> str:
 
 
 def report() -> None:
-    if not LOG.exists():
+    records = read_records()
+    if not records:
         return
-    records = [json.loads(line) for line in LOG.read_text().splitlines() if line.strip()]
     means = _mean_losses(records)
     targets = sorted({r["target"] for r in records})
     lines = [
