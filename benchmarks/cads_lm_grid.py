@@ -87,11 +87,8 @@ def train_and_score(setting, mixture: dict[str, float], budget_steps: float, see
 
 def easy_case_mixture(seed: int, budget_steps: int) -> dict | None:
     """CADS-S's GSM8K mixture from the easy-case benchmark (same pool, model and options), if it ran."""
-    if not EASY_LOG.exists():
-        return None
-    for line in EASY_LOG.read_text().splitlines():
-        r = json.loads(line) if line.strip() else None
-        if r and (r["variant"], r["seed"], r["budget_steps"], r["outer_steps"]) == ("s-tr-fo", seed, budget_steps, CADS_OUTER_STEPS):
+    for r in read_records(EASY_LOG):
+        if (r["variant"], r["seed"], r["budget_steps"], r["outer_steps"]) == ("s-tr-fo", seed, budget_steps, CADS_OUTER_STEPS):
             return {"mixture": r["mixture"], "overhead_multiple_of_budget": r["overhead_multiple_of_budget"],
                     "cads_seconds": r["seconds"], "from": "cads_lm_easy.jsonl"}
     return None
@@ -109,8 +106,9 @@ def learn_cads_mixture(setting, budget_steps: int, seed: int) -> dict:
             "cads_seconds": time.time() - started, "from": "this run"}
 
 
-def read_records() -> list[dict]:
-    return [json.loads(line) for line in LOG.read_text().splitlines() if line.strip()] if LOG.exists() else []
+def read_records(path: Path = LOG) -> list[dict]:
+    """One dict per non-blank line of a JSON-lines results log (none if it does not exist yet)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def finished() -> set[tuple]:
