@@ -404,10 +404,11 @@ def sync_flat_rows(setup: Setup, extras: dict[str, dict[str, Any]] | None = None
             have.add(row["key"])
     new = [{**flat_row(setup, r), **(extras or {}).get(r.key, {})} for r in read_records(setup.records_path)
            if r.key not in have and r.model in setup.models]
-    if new:
-        with setup.flat_path.open("a", encoding="utf-8") as handle:
-            for row in new:
-                handle.write(json.dumps(row, sort_keys=False) + "\n")
+    if new or len(rows) < sum(1 for line in lines if line.strip()):
+        # Rewritten whole and renamed into place, so the file holds one row per run even after a race.
+        scratch = setup.flat_path.with_name(f"{setup.flat_path.name}.{os.getpid()}.tmp")
+        scratch.write_text("".join(json.dumps(row, sort_keys=False) + "\n" for row in rows + new), encoding="utf-8")
+        os.replace(scratch, setup.flat_path)
     return rows + new
 
 

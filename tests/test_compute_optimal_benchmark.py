@@ -223,3 +223,8 @@ def test_two_training_models_share_one_selection_model_and_the_flat_records_resu
     again = compute_optimal.run_benchmark(setup, train_models=[str(other)], resamples=0)
     assert (again["timing"]["ran"], again["timing"]["skipped"]) == (0, 4)
     assert len(setup.flat_path.read_text().splitlines()) == 8
+    # Two processes syncing at once can each append a row: the next sync leaves one row per run.
+    lines = setup.flat_path.read_text().splitlines()
+    setup.flat_path.write_text("\n".join(lines + lines[:2]) + "\n")
+    assert len(compute_optimal.sync_flat_rows(setup)) == 8
+    assert [json.loads(line)["key"] for line in setup.flat_path.read_text().splitlines()] == [row["key"] for row in rows]

@@ -56,6 +56,36 @@ def test_fit_respects_bounds_and_rejects_too_few_points():
         fit_performance_curve(flops, [0.1, 0.2, 0.3, 0.4, 0.5], 0.0)
 
 
+@pytest.mark.parametrize("shape", ["curve", "step", "line", "wrong-way"])
+def test_fit_reaches_the_bounded_least_squares_minimum_on_awkward_data(shape):
+    """Few points shaped like a step (one jump), a straight line or the wrong direction are what
+    bootstrap resamples of small sweeps look like: the fit must still be the bounded minimum, no worse
+    than scipy's curve_fit started from many values of lambda."""
+    from scipy.optimize import curve_fit
+
+    def model(x, a, delta, lam):
+        return a + delta * (1 - np.exp(-lam * x))
+
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        x = np.sort(np.concatenate([[0.0], rng.uniform(0.02, 0.6, 5)]))
+        base = {"curve": 0.3 + 0.3 * (1 - np.exp(-4 * x)), "step": np.where(x > 0, 0.55, 0.4),
+                "line": 0.4 + 0.3 * x, "wrong-way": 0.6 - 0.2 * x}[shape]
+        y = base + rng.normal(0, 0.02, len(x))
+        fit = fit_performance_curve(x * C_FULL, y, C_FULL, higher_is_better=True)
+        assert 0 <= fit.p0 <= fit.p_max and fit.lam > 0
+        sse = fit.rmse**2 * len(x)
+        assert sse == pytest.approx(float(np.sum((fit.predict(x * C_FULL) - y) ** 2)), rel=1e-9, abs=1e-15)
+        best_reference = np.inf
+        for lam0 in np.geomspace(0.01, 1e4, 13):
+            try:
+                params, _ = curve_fit(model, x, y, p0=[y[0], 0.1, lam0], bounds=([0, 0, 0], [np.inf] * 3), maxfev=2000)
+            except RuntimeError:
+                continue
+            best_reference = min(best_reference, float(np.sum((model(x, *params) - y) ** 2)))
+        assert sse <= best_reference * (1 + 1e-4) + 1e-12, (shape, seed, sse, best_reference)
+
+
 def test_delta_method_interval_matches_parameter_sampling():
     rng = np.random.default_rng(1)
     flops = np.geomspace(0.02, 1.0, 12) * C_FULL

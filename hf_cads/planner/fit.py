@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -124,6 +123,30 @@ class PerformanceFit:
         return value if self.higher_is_better else -value
 
 
+def _linear_part(g: np.ndarray, y: np.ndarray, lower_a: float) -> tuple[float, float, float]:
+    """``(a, delta, sse)`` of the least-squares ``y ~ a + delta * g`` with ``delta >= 0`` and
+    ``a >= lower_a``. The problem is a convex quadratic in two variables, so its minimum is the best
+    feasible one among the unconstrained minima of the four faces of the box."""
+    candidates: list[tuple[float, float]] = [(float(y.mean()), 0.0)]
+    g_centred = g - g.mean()
+    spread = float(g_centred @ g_centred)
+    if spread > 0:
+        delta = float(g_centred @ (y - y.mean())) / spread
+        candidates.append((float(y.mean() - delta * g.mean()), delta))
+    if math.isfinite(lower_a):
+        norm = float(g @ g)
+        candidates += [(lower_a, 0.0), (lower_a, float(g @ (y - lower_a)) / norm if norm > 0 else 0.0)]
+    best = (float("nan"), float("nan"), float("inf"))
+    for a, delta in candidates:
+        if delta < 0 or a < lower_a:
+            continue
+        residual = y - a - delta * g
+        sse = float(residual @ residual)
+        if sse < best[2]:
+            best = (a, delta, sse)
+    return best  # never empty: (mean, 0) is feasible when lower_a is -inf, (lower_a, 0) otherwise
+
+
 def fit_performance_curve(
     flops: Sequence[float],
     metric: Sequence[float],
@@ -133,18 +156,23 @@ def fit_performance_curve(
     label: str = "",
     **attributes: Any,
 ) -> PerformanceFit:
-    """Fit ``P(C)`` to ``(flops, metric)`` points by bounded non-linear least squares.
+    """Fit ``P(C)`` to ``(flops, metric)`` points by bounded least squares.
 
-    Parameters are fitted as ``(a, delta, lambda) >= 0`` with ``P0 = a, P_max = a + delta`` (higher
-    is better) or ``P_max = a, P0 = a + delta`` (lower is better), which are exactly the bounds
-    ``0 <= P0 <= P_max`` (mirrored) and ``lambda >= 0``. If a metric value is negative the lower
-    bound of ``a`` is dropped. ``attributes`` fill the other :class:`PerformanceFit` fields.
+    Parameters are fitted as ``(a, delta, lambda)`` with ``P0 = a, P_max = a + delta`` (higher is
+    better) or ``P_max = a, P0 = a + delta`` (lower is better), ``delta >= 0`` and ``a >= 0``, which
+    are exactly the bounds ``0 <= P0 <= P_max`` (mirrored). If a metric value is negative the lower
+    bound of ``a`` is dropped. For a fixed ``lambda`` the curve is linear in ``(a, delta)``, solved in
+    closed form; the sum of squares profiled over ``lambda`` is searched on a log grid spanning
+    ``1e-4 / max(x)`` to ``1e4 / min(x)`` (``x = C / C_full``) and refined around its minimum
+    (variable projection). The covariance is ``s^2 (J^T J)^-1`` at the optimum, ``s^2`` the residual
+    variance, as in :func:`scipy.optimize.curve_fit`. ``attributes`` fill the other
+    :class:`PerformanceFit` fields.
 
     Raises:
         ValueError: fewer than 4 points (3 parameters plus one degree of freedom for the
             uncertainty), non-finite values, or ``c_full <= 0``.
     """
-    from scipy.optimize import OptimizeWarning, curve_fit
+    from scipy.optimize import minimize_scalar
 
     x_flops = np.asarray(flops, dtype=np.float64)
     y = np.asarray(metric, dtype=np.float64)
@@ -162,45 +190,45 @@ def fit_performance_curve(
     if not (math.isfinite(c_full) and c_full > 0):
         raise ValueError(f"c_full (cost of training on the whole pool) must be > 0, got {c_full!r}.")
     x = x_flops / c_full
-
-    def curve(x: np.ndarray, a: float, delta: float, lam: float) -> np.ndarray:
-        rise = 1.0 - np.exp(-lam * x)
-        return a + delta * rise if higher_is_better else a + delta * (1.0 - rise)
-
     lower_a = 0.0 if (y >= 0).all() else -np.inf
-    bounds = ([lower_a, 0.0, 0.0], [np.inf, np.inf, np.inf])
-    start_value = float(y[np.argmin(x)])
-    best_value = float(y.max() if higher_is_better else y.min())
-    # a is P0 (higher is better) or the asymptote P_max (lower is better).
-    a0 = start_value if higher_is_better else best_value
-    a0 = max(a0, 0.0) if lower_a == 0.0 else a0
-    delta0 = max(abs(best_value - start_value), 1e-6 * max(1.0, abs(best_value)))
-    positive_x = x[x > 0]
-    span = (positive_x.min(), positive_x.max()) if len(positive_x) else (1.0, 1.0)
-    lambda_starts = np.geomspace(0.1 / span[1], 10.0 / span[0], 9)
 
-    best: tuple[float, np.ndarray, np.ndarray] | None = None
-    for lam0 in lambda_starts:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", OptimizeWarning)
-                params, pcov = curve_fit(
-                    curve, x, y, p0=[a0, delta0, lam0], bounds=bounds, method="trf", maxfev=20000
-                )
-        except (RuntimeError, ValueError):
-            continue
-        sse = float(np.sum((curve(x, *params) - y) ** 2))
-        if best is None or sse < best[0]:
-            best = (sse, params, pcov)
-    if best is None:
-        raise ValueError(f"The fit of {label or 'the runs'} did not converge from any starting point.")
-    sse, (a, delta, lam), pcov = best
-    # (p0, p_max, lam) = J @ (a, delta, lam)
+    def shape(lam: float) -> np.ndarray:
+        """The curve's non-linear part: ``P = a + delta * shape``."""
+        decay = np.exp(-lam * x)
+        return 1.0 - decay if higher_is_better else decay
+
+    def profile(log_lam: float) -> float:
+        return _linear_part(shape(math.exp(log_lam)), y, lower_a)[2]
+
+    positive_x = x[x > 0]
+    span = (float(positive_x.min()), float(positive_x.max())) if len(positive_x) else (1.0, 1.0)
+    grid = np.linspace(math.log(1e-4 / span[1]), math.log(1e4 / span[0]), 97)
+    sse_grid = np.array([profile(v) for v in grid])
+    # The first grid minimum, so that ties (a flat profile) resolve the same way on every machine.
+    i = int(np.flatnonzero(sse_grid <= sse_grid.min() * (1 + 1e-12) + 1e-300)[0])
+    low, high = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    refined = minimize_scalar(profile, bounds=(low, high), method="bounded", options={"xatol": 1e-8})
+    log_lam = float(refined.x) if refined.fun <= sse_grid[i] else float(grid[i])
+    lam = math.exp(log_lam)
+    g = shape(lam)
+    a, delta, sse = _linear_part(g, y, lower_a)
+
+    # Jacobian of the curve in (a, delta, lam), then the covariance mapped to (p0, p_max, lam).
+    decay = np.exp(-lam * x)
+    d_lam = delta * x * decay if higher_is_better else -delta * x * decay
+    jac = np.column_stack([np.ones_like(x), g, d_lam])
+    _, singular, vt = np.linalg.svd(jac, full_matrices=False)
+    threshold = np.finfo(np.float64).eps * max(jac.shape) * singular[0]
+    if (singular > threshold).all():
+        pcov = (vt.T / singular**2) @ vt * (sse / (len(y) - 3))
+    else:
+        pcov = np.full((3, 3), np.inf)
     jacobian = np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) if higher_is_better else np.array(
         [[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
     )
     p0, p_max, _ = jacobian @ np.array([a, delta, lam])
-    covariance = jacobian @ np.asarray(pcov, dtype=np.float64) @ jacobian.T
+    with np.errstate(invalid="ignore"):  # inf * 0 in an undetermined covariance
+        covariance = jacobian @ pcov @ jacobian.T
     if not np.isfinite(covariance).all():
         logger.warning("The fit of %s has undetermined parameters (a curve flat in the data?): intervals are infinite.", label)
         covariance = np.where(np.isfinite(covariance), covariance, np.inf)

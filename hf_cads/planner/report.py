@@ -70,7 +70,7 @@ class Plan:
         lines += [
             "",
             "fits  P(C) = (P_max - P0) * (1 - exp(-lambda * C / C_full)) + P0,  C = c*k + C_select",
-            "      (bounded least squares, scipy trust-region reflective; +- 1 s.e.)",
+            "      (bounded least squares, variable projection over lambda; +- 1 s.e.)",
         ]
         rows = [("selector", "runs", "P0", "P_max", "lambda", "rmse", "c/example", "C_select", "C_full")]
         for label, fit in self.fits.items():
