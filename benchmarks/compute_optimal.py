@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import os
 import platform
@@ -564,9 +565,17 @@ def bootstrap_fits(
     unit = "seeds" if len({r.seed for r in records}) > 1 else "runs"
     rng = np.random.default_rng(seed)
     samples = []
-    for _ in range(resamples):
-        sample_fits, _ = fit_selectors(_resample(records, rng), metric, higher_is_better=higher)
-        samples.append(sample_fits)
+    # A resample's curve can be undetermined (a step, a line); only its predictions are used, so the
+    # planner's warning about its parameter intervals would be noise here.
+    fit_log = logging.getLogger("hf_cads.planner.fit")
+    level = fit_log.level
+    fit_log.setLevel(logging.ERROR)
+    try:
+        for _ in range(resamples):
+            sample_fits, _ = fit_selectors(_resample(records, rng), metric, higher_is_better=higher)
+            samples.append(sample_fits)
+    finally:
+        fit_log.setLevel(level)
     return fits, skipped, samples, unit
 
 
@@ -853,7 +862,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.{digits}g}"
+        return f"{value + 0.0:.{digits}g}"  # + 0.0: -0.0 prints as 0
     return str(value)
 
 
