@@ -397,14 +397,16 @@ def sync_flat_rows(setup: Setup, extras: dict[str, dict[str, Any]] | None = None
     if not setup.records_path.is_file():
         return []
     lines = setup.flat_path.read_text().splitlines() if setup.flat_path.is_file() else []
-    # A report written while a run appends could add a row twice: the first one counts.
+    records = [r for r in read_records(setup.records_path) if r.model in setup.models]
+    recorded = {r.key for r in records}
+    # A report written while a run appends could add a row twice: the first one counts, and a row
+    # without a run record (the records are the truth) is dropped.
     rows, have = [], set()
     for row in (json.loads(line) for line in lines if line.strip()):
-        if row["key"] not in have:
+        if row["key"] not in have and row["key"] in recorded:
             rows.append(row)
             have.add(row["key"])
-    new = [{**flat_row(setup, r), **(extras or {}).get(r.key, {})} for r in read_records(setup.records_path)
-           if r.key not in have and r.model in setup.models]
+    new = [{**flat_row(setup, r), **(extras or {}).get(r.key, {})} for r in records if r.key not in have]
     if new or len(rows) < sum(1 for line in lines if line.strip()):
         # Rewritten whole and renamed into place, so the file holds one row per run even after a race.
         scratch = setup.flat_path.with_name(f"{setup.flat_path.name}.{os.getpid()}.tmp")
