@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import math
 import os
 import platform
@@ -569,15 +568,11 @@ def bootstrap_fits(
     samples = []
     # A resample's curve can be undetermined (a step, a line); only its predictions are used, so the
     # planner's warning about its parameter intervals would be noise here.
-    fit_log = logging.getLogger("hf_cads.planner.fit")
-    level = fit_log.level
-    fit_log.setLevel(logging.ERROR)
-    try:
-        for _ in range(resamples):
-            sample_fits, _ = fit_selectors(_resample(records, rng), metric, higher_is_better=higher)
-            samples.append(sample_fits)
-    finally:
-        fit_log.setLevel(level)
+    for _ in range(resamples):
+        sample_fits, _ = fit_selectors(
+            _resample(records, rng), metric, higher_is_better=higher, warn_undetermined=False
+        )
+        samples.append(sample_fits)
     return fits, skipped, samples, unit
 
 

@@ -223,6 +223,22 @@ def test_fit_selectors_from_records_recovers_each_curve():
     assert fits["perplexity"].c_full == 4e14
 
 
+def test_undetermined_fit_warns_unless_asked_not_to(caplog):
+    """A step (every trained run at one value) leaves lambda undetermined: infinite intervals and a
+    warning, which bootstrap callers that use only predictions can turn off."""
+    records = [r for r in synthetic_records(np.random.default_rng(4)) if r.selector == "random"]
+    for r in records:
+        r.metrics["accuracy"] = 0.5
+    with caplog.at_level("WARNING", logger="hf_cads.planner.fit"):
+        fits, _ = fit_selectors(records, "accuracy")
+    assert "undetermined parameters" in caplog.text and np.isinf(fits["random"].covariance).all()
+    assert fits["random"].predict([4e14])[0] == pytest.approx(0.5, abs=1e-6)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_cads.planner.fit"):
+        quiet, _ = fit_selectors(records, "accuracy", warn_undetermined=False)
+    assert caplog.text == "" and np.isinf(quiet["random"].covariance).all()
+
+
 def test_records_file_round_trip_keys_and_damaged_lines(tmp_path, caplog):
     path = tmp_path / "runs.jsonl"
     records = synthetic_records(np.random.default_rng(3))[:3]

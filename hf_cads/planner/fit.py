@@ -154,6 +154,7 @@ def fit_performance_curve(
     *,
     higher_is_better: bool = True,
     label: str = "",
+    warn_undetermined: bool = True,
     **attributes: Any,
 ) -> PerformanceFit:
     """Fit ``P(C)`` to ``(flops, metric)`` points by bounded least squares.
@@ -166,7 +167,9 @@ def fit_performance_curve(
     ``1e-4 / max(x)`` to ``1e4 / min(x)`` (``x = C / C_full``) and refined around its minimum
     (variable projection). The covariance is ``s^2 (J^T J)^-1`` at the optimum, ``s^2`` the residual
     variance, as in :func:`scipy.optimize.curve_fit`. ``attributes`` fill the other
-    :class:`PerformanceFit` fields.
+    :class:`PerformanceFit` fields. A fit whose parameters the data cannot determine (a step, a
+    line) gets infinite intervals and a logged warning; ``warn_undetermined=False`` drops the warning,
+    for callers that use only the predictions (bootstrap resamples).
 
     Raises:
         ValueError: fewer than 4 points (3 parameters plus one degree of freedom for the
@@ -230,7 +233,10 @@ def fit_performance_curve(
     with np.errstate(invalid="ignore"):  # inf * 0 in an undetermined covariance
         covariance = jacobian @ pcov @ jacobian.T
     if not np.isfinite(covariance).all():
-        logger.warning("The fit of %s has undetermined parameters (a curve flat in the data?): intervals are infinite.", label)
+        if warn_undetermined:
+            logger.warning(
+                "The fit of %s has undetermined parameters (a curve flat in the data?): intervals are infinite.", label
+            )
         covariance = np.where(np.isfinite(covariance), covariance, np.inf)
     return PerformanceFit(
         label=label, p0=float(p0), p_max=float(p_max), lam=float(lam), covariance=covariance, c_full=float(c_full),
@@ -264,13 +270,20 @@ def fit_selectors(
     *,
     higher_is_better: bool | None = None,
     include_baseline: bool = True,
+    warn_undetermined: bool = True,
 ) -> tuple[dict[str, PerformanceFit], dict[str, str]]:
     """Fit one curve per record label. Returns ``(fits, skipped)`` where ``skipped`` says why a
     label got no curve (too few runs, no convergence).
 
     With ``include_baseline`` the metric measured before training (``baseline_metrics``, zero
     FLOPs) is one more point of every curve, anchoring ``P0``. ``C_full`` is shared by all curves:
-    the median training cost per example times the pool size.
+    the median training cost per example times the pool size. ``warn_undetermined`` is passed to
+    :func:`fit_performance_curve`.
+
+    Example:
+        >>> from hf_cads import read_records
+        >>> fits, skipped = fit_selectors(read_records("runs.jsonl"), "target_loss")  # doctest: +SKIP
+        >>> fits["bm25"].predict([1e15])  # doctest: +SKIP
     """
     higher = (not lower_is_better(metric)) if higher_is_better is None else higher_is_better
     usable = [r for r in records if metric in r.metrics and r.k > 0]
@@ -290,7 +303,7 @@ def fit_selectors(
             values.append(float(np.mean(baselines)))
         try:
             fits[label] = fit_performance_curve(
-                flops, values, c_full, higher_is_better=higher, label=label,
+                flops, values, c_full, higher_is_better=higher, label=label, warn_undetermined=warn_undetermined,
                 cost_per_example=float(np.median([r.train_flops / r.k for r in group])),
                 selection_flops=float(np.median([r.selection_flops for r in group])),
                 selection_pool_flops=_pool_flops(group),
