@@ -27,8 +27,8 @@ at worst the run in progress is lost), and scores that do not depend on the subs
 embedding, perplexity, LESS) are computed once per pool and reused from the score cache
 (``$HF_CADS_CACHE``, default ``outputs/<name>/score_cache``); the record of a run that reused them
 still carries their full cost. The grid runs in blocks of (target, seed, training model), each block
-all selectors x fractions, so a partial run is usable early: the first target's seed 0 for both
-models, then its other seeds, then the next target. CADS is run per subset size, with
+all selectors x fractions, so a partial run is usable early: seed 0 of every target for both
+models, then seed 1 of every target, then seed 2. CADS is run per subset size, with
 ``train_budget`` = the training FLOPs of that size (it optimises the subset for that budget).
 
 Writes ``benchmarks/results/<name>.{json,md}`` (``name`` = ``compute_optimal_full`` or
@@ -253,12 +253,13 @@ def grid_blocks(
     seeds: Sequence[int] | None = None,
     train_models: Sequence[str] | None = None,
 ) -> list[tuple[str, int, str]]:
-    """``(target, seed, training model)`` blocks in run order: target by target, seed by seed, every
-    training model, so the first blocks already compare all selectors on both models."""
+    """``(target, seed, training model)`` blocks in run order: seed by seed, every target, every
+    training model, so the first blocks already compare all selectors on both models and every
+    target (one seed), and each further seed adds power to all of them."""
     unknown = sorted(set(train_models or ()) - set(setup.models))
     if unknown:
         raise ValueError(f"Unknown training model(s) {unknown}; this setup trains {list(setup.models)}.")
-    return [(target, seed, model) for target in targets or setup.targets for seed in seeds or setup.seeds
+    return [(target, seed, model) for seed in seeds or setup.seeds for target in targets or setup.targets
             for model in train_models or setup.models]
 
 

@@ -228,3 +228,17 @@ def test_two_training_models_share_one_selection_model_and_the_flat_records_resu
     setup.flat_path.write_text("\n".join(lines + lines[:2]) + "\n")
     assert len(compute_optimal.sync_flat_rows(setup)) == 8
     assert [json.loads(line)["key"] for line in setup.flat_path.read_text().splitlines()] == [row["key"] for row in rows]
+
+
+def test_full_grid_runs_seed_by_seed_so_partial_results_cover_every_target(compute_optimal):
+    blocks = compute_optimal.grid_blocks(compute_optimal.FULL)
+    setup = compute_optimal.FULL
+    assert len(blocks) == len(set(blocks)) == len(setup.targets) * len(setup.seeds) * len(setup.models)
+    first = blocks[: len(setup.targets) * len(setup.models)]
+    assert {seed for _, seed, _ in first} == {0}
+    assert {(target, model) for target, _, model in first} == {(t, m) for t in setup.targets for m in setup.models}
+    assert [seed for _, seed, _ in blocks] == sorted(seed for _, seed, _ in blocks)
+    only_gemma = compute_optimal.grid_blocks(setup, train_models=["gemma3-270m"], seeds=[1])
+    assert only_gemma == [(target, 1, "gemma3-270m") for target in setup.targets]
+    with pytest.raises(ValueError, match="Unknown training model"):
+        compute_optimal.grid_blocks(setup, train_models=["gpt2"])
