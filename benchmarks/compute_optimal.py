@@ -631,7 +631,7 @@ def regret_table(
             mine = [p for p in affordable if p["selector"] == rec.selector]
             followed = max(mine, key=lambda p: sign * p["value"], default=None)
             row.update(planner_selector=rec.selector, planner_k=rec.k, planner_predicted=rec.predicted,
-                       planner_interval=list(rec.interval),
+                       planner_interval=list(rec.interval), planner_extrapolation=rec.chosen.extrapolation,
                        followed_value=followed["value"] if followed else None,
                        regret=(sign * (best["value"] - followed["value"])) if (best and followed) else None)
         rows.append(row)
@@ -874,13 +874,16 @@ def _ratio(value: float) -> str:
 
 def summary_tables(summary: dict[str, Any]) -> list[str]:
     """The headline tables: frontier selector and planner regret per budget, crossover ratios."""
+    from hf_cads.planner import EXTRAPOLATION_WARNING
+
     lines = ["## Frontier selectors per budget, and the planner's regret", "",
              "Budgets are multiples of C_full, the FLOPs of training the model on the whole pool once. 'Frontier' is "
              "the best measured configuration within the budget (mean over seeds, 95% t-interval; 'untrained' = "
              "not finetuning at all beats every finetune within the budget); 'planner' is "
              "the planner's recommendation from the fitted curves; regret = frontier value - the best affordable "
              "measured value of the recommended selector (metric units, 0 = the planner picked the frontier's "
-             "selector or one as good).", "",
+             "selector or one as good). A k more than 2x the largest measured k of its selector is marked: there the "
+             "recommendation extrapolates the fitted curve.", "",
              "| model | target | metric | budget (x C_full) | FLOPs | frontier: selector | k | value [95%] | planner: selector | k | regret |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in summary["analyses"]:
@@ -888,6 +891,8 @@ def summary_tables(summary: dict[str, Any]) -> list[str]:
             continue
         for row in a["regret"]:
             planner = (f"{row['planner_selector']} | {row['planner_k']}" if row.get("planner_selector") else "- | -")
+            if (row.get("planner_extrapolation") or 0) > EXTRAPOLATION_WARNING:
+                planner += f" ({row['planner_extrapolation']:.1f}x the largest measured k)"
             lines.append(f"| {short_name(a['model'])} | {a['target']} | {a['metric']} | {row['budget_multiple']:g} | "
                          f"{row['budget']:.3g} | {_fmt(row['best_selector'])} | {_fmt(row['best_k'])} | "
                          f"{_fmt(row['best_value'])} {_interval(row['best_interval'])} | {planner} | {_fmt(row.get('regret'), 3)} |")

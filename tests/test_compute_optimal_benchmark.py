@@ -170,6 +170,9 @@ def test_analysis_bootstrap_frontier_regret_and_crossover_on_synthetic_records(c
             assert row["regret"] >= 0
             if row["planner_selector"] == row["best_selector"]:
                 assert row["regret"] == 0
+        if row.get("planner_selector"):
+            measured = max(r.k for r in records if r.label == row["planner_selector"])
+            assert row["planner_extrapolation"] == pytest.approx(row["planner_k"] / measured)
 
     # Crossover: the dearer the selection, the larger the train / selection size ratio needed; flags are
     # monotone in the ratio; a free selection with the fastest curve is on the frontier from 1x.

@@ -282,6 +282,18 @@ def test_plan_command_prints_table_and_writes_plot(tmp_path, capsys):
     assert "LABEL=FLOPS" in capsys.readouterr().err
 
 
+def test_plan_warns_when_the_recommended_k_is_far_beyond_the_measured_runs():
+    """Fitted on k <= 40 only, a budget that affords ~190 rows is a recommendation from the curve's
+    shape alone: the report says so; a budget within ~2x of the data gets no warning."""
+    records = [r for r in synthetic_records(np.random.default_rng(5)) if r.k <= 40 and r.selector != "perplexity"]
+    far = make_plan(records, metric="accuracy", budget=1.9e14)
+    assert far.recommendation.chosen.measured_k == 40 and far.recommendation.chosen.extrapolation > 4
+    assert f"k={far.recommendation.k} is" in far.format() and "extrapolates its fitted curve" in far.format()
+    assert far.to_dict()["recommendation"]["largest_measured_k"] == 40
+    near = make_plan(records, metric="accuracy", budget=6e13)
+    assert near.recommendation.chosen.extrapolation <= 2 and "extrapolates" not in near.format()
+
+
 def test_plan_refuses_mixed_models(tmp_path):
     records = synthetic_records(np.random.default_rng(5))
     other = RunRecord(**{**records[0].to_dict(), "model": "other", "key": ""})

@@ -44,12 +44,13 @@ from .fit import EXPENSIVE_SELECTORS, PerformanceFit, fit_performance_curve, fit
 from .frontier import pareto_frontier
 from .plot import plot_plan
 from .recommend import BreakEven, PlanOption, Recommendation, affordable_k, break_even_ratios, option_at_budget, recommend
-from .report import Plan, make_plan
+from .report import EXTRAPOLATION_WARNING, Plan, make_plan
 from ..records import NO_SELECTION
 
 __all__ = [
     "BreakEven",
     "EXPENSIVE_SELECTORS",
+    "EXTRAPOLATION_WARNING",
     "NO_SELECTION",
     "PerformanceFit",
     "Plan",

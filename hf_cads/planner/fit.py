@@ -49,6 +49,7 @@ class PerformanceFit:
         pool_size: candidate rows (the largest possible ``k``).
         model_params / selection_model_params: matmul parameters of the trained and the selection model.
         num_points / rmse: size and residual of the fit.
+        max_k: the largest subset size among the fitted runs; predictions far beyond it extrapolate.
     """
 
     label: str
@@ -68,6 +69,7 @@ class PerformanceFit:
     selector: str | None = None
     num_points: int = 0
     rmse: float = float("nan")
+    max_k: int = 0
 
     @property
     def selection_pool_share(self) -> float | None:
@@ -312,6 +314,7 @@ def fit_selectors(
                 model_params=int(np.median([r.model_params for r in group])),
                 selection_model_params=int(np.median([r.selection_model_params for r in group])),
                 selector=group[0].selector,
+                max_k=max(r.k for r in group),
             )
         except ValueError as err:
             skipped[label] = str(err)

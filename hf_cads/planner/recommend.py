@@ -18,7 +18,8 @@ _SCAN_SCALES = np.logspace(-6, 9, 301)
 class PlanOption:
     """The best use of a budget with one selector: the largest affordable ``k`` (``P`` is monotone in ``C``).
 
-    ``total_flops`` is the cost per target (selection amortised over the targets).
+    ``total_flops`` is the cost per target (selection amortised over the targets); ``measured_k`` the
+    largest subset size the selector's curve was fitted on (0: unknown).
     """
 
     label: str
@@ -29,6 +30,13 @@ class PlanOption:
     selection_flops: float
     train_flops: float
     total_flops: float
+    measured_k: int = 0
+
+    @property
+    def extrapolation(self) -> float:
+        """``k`` over the largest measured ``k``: above ~2 the prediction rests on the curve's shape
+        beyond the data rather than on runs (``nan`` when the measured range is unknown)."""
+        return self.k / self.measured_k if self.measured_k > 0 else float("nan")
 
 
 @dataclass(frozen=True)
@@ -109,7 +117,7 @@ def option_at_budget(
     return PlanOption(
         label=fit.label, k=k, fraction=k / fit.pool_size, predicted=float(fit.predict(at)),
         interval=(float(low), float(high)), selection_flops=amortised_selection_flops(fit, cost, targets), train_flops=train,
-        total_flops=train + amortised_selection_flops(fit, cost, targets),
+        total_flops=train + amortised_selection_flops(fit, cost, targets), measured_k=fit.max_k,
     )
 
 

@@ -120,6 +120,12 @@ class Plan:
                     f"recommendation: {name[rec.selector]} with k={rec.k} ({rec.chosen.fraction:.1%} of the pool), predicted "
                     f"{self.metric} {rec.predicted:.4g} ({level} interval {rec.interval[0]:.4g} .. {rec.interval[1]:.4g})"
                 ))
+                if rec.chosen.extrapolation > EXTRAPOLATION_WARNING:
+                    lines.append(_wrap(
+                        f"warning: k={rec.k} is {rec.chosen.extrapolation:.1f}x the largest k measured for "
+                        f"{name[rec.selector]} ({rec.chosen.measured_k}): the prediction extrapolates its fitted curve. "
+                        "Record a run near this k (a larger fraction in hf-cads sweep) before relying on it."
+                    ))
             affordable = [r for r in self.frontier if r.total_flops <= self.budget]
             if affordable:
                 run = affordable[-1]  # the frontier improves with FLOPs: its last affordable run is the best
@@ -167,11 +173,15 @@ class Plan:
                           "metric": r.metrics[self.metric]} for r in self.frontier],
             "recommendation": None if rec is None else {
                 "selector": rec.selector, "k": rec.k, "predicted": rec.predicted, "interval": list(rec.interval),
+                "largest_measured_k": rec.chosen.measured_k,
                 "infeasible": dict(rec.infeasible),
             },
             "recommendation_error": self.recommendation_error,
         }
 
+
+EXTRAPOLATION_WARNING = 2.0
+"""A recommended ``k`` more than this many times the largest measured ``k`` gets a warning in the report."""
 
 REPORT_WIDTH = 120
 """Columns :meth:`Plan.format` stays within."""
