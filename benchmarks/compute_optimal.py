@@ -882,8 +882,8 @@ def summary_tables(summary: dict[str, Any]) -> list[str]:
              "not finetuning at all beats every finetune within the budget); 'planner' is "
              "the planner's recommendation from the fitted curves; regret = frontier value - the best affordable "
              "measured value of the recommended selector (metric units, 0 = the planner picked the frontier's "
-             "selector or one as good). A k more than 2x the largest measured k of its selector is marked: there the "
-             "recommendation extrapolates the fitted curve.", "",
+             f"selector or one as good). A k more than {EXTRAPOLATION_WARNING:g}x the largest measured k of its selector "
+             "is marked: there the recommendation extrapolates the fitted curve.", "",
              "| model | target | metric | budget (x C_full) | FLOPs | frontier: selector | k | value [95%] | planner: selector | k | regret |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in summary["analyses"]:
