@@ -494,6 +494,32 @@ BUDGET_MULTIPLES = (0.1, 0.3, 1.5)
 CROSSOVER_BUDGETS = tuple(np.geomspace(0.02, 1.0, 12).tolist())
 """Budgets (multiples of C_full) at which a selector may join the extrapolated frontier: up to C_full,
 where a cheap selector can train on the whole pool (beyond it selection has nothing left to decide)."""
+SATURATION_SHARE = 0.5
+"""A fitted curve counts as measured when its largest run reached at least this share of the predicted
+change P0 -> P_max; below it the curve's bend, and so any crossover it predicts, is extrapolated."""
+METRIC_CEILINGS = {"exact_match": 1.0}
+"""Metrics that are fractions: an asymptote above the ceiling is a line that has not bent, not a curve."""
+
+
+def fit_saturation(fit: Any, metric: str) -> dict[str, Any]:
+    """How much of its fitted curve a selector's runs actually measured.
+
+    ``gain_measured``: the share of the predicted total change (``P0 -> P_max``) reached at the
+    selector's largest measured run (``1 - exp(-lambda C / C_full)``). ``asymptote_credible``: the
+    asymptote is a value the metric can take: not pinned at the fit's bound 0 for a loss (a curve that
+    keeps falling without bound) and not above the ceiling of a fraction such as exact match.
+    ``asymptote``: the fitted ``P_max``. ``saturated``: both hold, with at least :data:`SATURATION_SHARE` measured. Three points on a curve
+    that has not bent yet fit such lines, and a line fitted to an expensive selector beats every
+    saturating cheap curve far enough out, so its crossover ratio is the fit's, not the data's.
+    """
+    largest = fit.cost_per_example * fit.max_k + fit.selection_flops
+    share = float(1.0 - math.exp(-fit.lam * largest / fit.c_full)) if fit.c_full > 0 else float("nan")
+    if fit.higher_is_better:
+        credible = fit.p_max <= METRIC_CEILINGS.get(metric, math.inf)
+    else:
+        credible = fit.p_max > 1e-9 * max(1.0, abs(fit.p0))
+    return {"gain_measured": share, "asymptote": float(fit.p_max), "asymptote_credible": bool(credible),
+            "saturated": bool(credible and share >= SATURATION_SHARE)}
 
 
 def seed_means(records: Sequence[Any], metric: str) -> list[dict[str, Any]]:
@@ -640,14 +666,15 @@ def regret_table(
 
 def crossover_ratios(
     fits: dict[str, Any], samples: Sequence[dict[str, Any]] = (), *, ratios: Sequence[float] = CROSSOVER_RATIOS,
-    budget_multiples: Sequence[float] = CROSSOVER_BUDGETS, max_samples: int = 50,
+    budget_multiples: Sequence[float] = CROSSOVER_BUDGETS, max_samples: int = 50, metric: str = "target_loss",
 ) -> dict[str, dict[str, Any]]:
     """Extrapolated train / selection model size ratio from which each LM-based selector joins the
     frontier: the smallest ratio at which, at some budget (``budget_multiples`` x C_full, training
     costs scaled with the training model while selection costs stay), its predicted metric beats
     every cheap selector's (:func:`hf_cads.planner.break_even_ratios`). ``samples`` give a 95%
     interval. Per selector: ``ratio`` (``inf``: never within 10^9 x), ``measured_ratio``, the
-    ``joins`` flag at each of ``ratios``, and the budget multiple where it first joins."""
+    ``joins`` flag at each of ``ratios``, the budget multiple where it first joins, and the selector's
+    :func:`fit_saturation` on ``metric`` (a ratio from an unsaturated fit is not a finding)."""
     def first_join(fit_set: dict[str, Any], label: str) -> tuple[float, float | None]:
         from hf_cads.planner import break_even_ratios
 
@@ -677,7 +704,7 @@ def crossover_ratios(
                 boot.append(first_join(fit_set, label)[0])
         entry: dict[str, Any] = {"ratio": ratio, "measured_ratio": measured, "budget_multiple": where,
                                  "joins": {f"{r:g}": bool(ratio <= r) for r in ratios},
-                                 "paper_ratio": PAPER_CROSSOVER.get(label)}
+                                 "paper_ratio": PAPER_CROSSOVER.get(label), **fit_saturation(fit, metric)}
         if len(boot) >= 10:
             entry["ratio_95"] = [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))]
             entry["joins_share"] = {f"{r:g}": float(np.mean([b <= r for b in boot])) for r in ratios}
@@ -776,7 +803,7 @@ def analyse(
         "fits": fit_intervals(fits, samples), "no_fit": skipped,
         "points": points, "frontier": frontier,
         "untrained": base, "regret": regret_table(fits, ([base] if base else []) + points, higher, c_full),
-        "crossover": crossover_ratios(fits, samples),
+        "crossover": crossover_ratios(fits, samples, metric=metric),
         "plan_text": plan.format(),
     }
 
@@ -902,16 +929,28 @@ def summary_tables(summary: dict[str, Any]) -> list[str]:
               "selection model (SmolLM2-135M) stays; an LM-based selector joins the frontier at the smallest ratio at "
               "which, at some budget between 0.02 and 1 x C_full, its fitted curve beats every cheap selector's "
               "(random, bm25, embedding). The measured ratio is 1 for SmolLM2 training and ~2 for Gemma-3-270M. "
-              "Reference paper (Yin & Rush): perplexity ~5x, LESS ~10x.", "",
-              "| model | target | metric | selector | crossover ratio | 95% bootstrap | joins at 1 / 2 / 5 / 10 / 20x | paper |",
-              "|---|---|---|---|---|---|---|---|"]
+              "Reference paper (Yin & Rush): perplexity ~5x, LESS ~10x. 'Fit measured' is the share of the "
+              "selector's fitted change P0 -> P_max that its largest run reached; a crossover counts only where it "
+              f"is >= {SATURATION_SHARE:g} and the asymptote is a value the metric can take (not a loss falling to 0, "
+              "not an exact match above 1). Otherwise the curve is a line through points that have not bent yet, "
+              "which beats any saturating cheap curve far enough out: such ratios are marked 'unsaturated fit' "
+              "and are not findings.", "",
+              "| model | target | metric | selector | crossover ratio | 95% bootstrap | joins at 1 / 2 / 5 / 10 / 20x | "
+              "fit measured | paper |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for a in summary["analyses"]:
         if "error" in a:
             continue
         for label, c in a["crossover"].items():
             joins = " / ".join("yes" if c["joins"][f"{r:g}"] else "no" for r in CROSSOVER_RATIOS)
-            lines.append(f"| {short_name(a['model'])} | {a['target']} | {a['metric']} | {label} | {_ratio(c['ratio'])} | "
-                         f"{_interval(c.get('ratio_95'))} | {joins} | {_fmt(c['paper_ratio'])}x |")
+            ratio = _ratio(c["ratio"])
+            measured = f"{c['gain_measured']:.2f}" if "gain_measured" in c else "-"
+            if "saturated" in c and not c["saturated"]:
+                ratio += " (unsaturated fit)"
+                if not c["asymptote_credible"]:
+                    measured += f" (asymptote {c['asymptote']:.3g})"
+            lines.append(f"| {short_name(a['model'])} | {a['target']} | {a['metric']} | {label} | {ratio} | "
+                         f"{_interval(c.get('ratio_95'))} | {joins} | {measured} | {_fmt(c['paper_ratio'])}x |")
     return lines
 
 

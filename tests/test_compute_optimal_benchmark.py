@@ -187,6 +187,27 @@ def test_analysis_bootstrap_frontier_regret_and_crossover_on_synthetic_records(c
         ratios[share] = entry["ratio"]
     assert ratios[0.0] <= 1.0 and ratios[0.0] <= ratios[0.1] <= ratios[0.6] and ratios[0.6] > 1.0
 
+    # A crossover is a finding only where the selector's runs measured its curve's bend: a free selection
+    # on a fast curve is saturated in its data; a curve that has barely moved by its largest run is not.
+    bent = co.crossover_ratios(co.bootstrap_fits(synthetic_records(selection_cost_share=0.0, noise=0.0, seeds=(0,)),
+                                                 "target_loss", resamples=0)[0])["perplexity"]
+    assert bent["saturated"] and bent["asymptote_credible"] and bent["gain_measured"] >= co.SATURATION_SHARE
+    assert bent["asymptote"] == pytest.approx(2.0, abs=0.05)  # the true curve's floor
+    straight = co.crossover_ratios(co.bootstrap_fits(
+        synthetic_records(selection_cost_share=0.0, noise=0.0, seeds=(0,), lam={"random": 2.0, "bm25": 4.0, "perplexity": 0.05}),
+        "target_loss", resamples=0)[0])["perplexity"]
+    assert not straight["saturated"] and straight["gain_measured"] < co.SATURATION_SHARE
+    # Exact match is a fraction: an asymptote above 1 is a line, whatever share it claims to have measured.
+    from hf_cads.planner import PerformanceFit
+    import numpy as np
+    line = PerformanceFit("perplexity", 0.0, 3.0, 5.0, np.zeros((3, 3)), 1e12, higher_is_better=True, cost_per_example=1e9, max_k=500)
+    assert co.fit_saturation(line, "exact_match")["gain_measured"] > 0.9
+    assert not co.fit_saturation(line, "exact_match")["asymptote_credible"] and not co.fit_saturation(line, "exact_match")["saturated"]
+    assert co.fit_saturation(line, "other_score")["saturated"]
+    table = "\n".join(co.summary_tables({"analyses": [{"model": "m", "target": "t", "metric": "target_loss", "regret": [],
+                                                          "crossover": {"perplexity": straight}}]}))
+    assert "(unsaturated fit)" in table and "fit measured" in table
+
 
 def test_two_training_models_share_one_selection_model_and_the_flat_records_resume(compute_optimal, tmp_path, tiny_model_dir, monkeypatch):
     """The full design in miniature: two training models with different tokenizers; perplexity scores
