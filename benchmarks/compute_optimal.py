@@ -494,32 +494,19 @@ BUDGET_MULTIPLES = (0.1, 0.3, 1.5)
 CROSSOVER_BUDGETS = tuple(np.geomspace(0.02, 1.0, 12).tolist())
 """Budgets (multiples of C_full) at which a selector may join the extrapolated frontier: up to C_full,
 where a cheap selector can train on the whole pool (beyond it selection has nothing left to decide)."""
-SATURATION_SHARE = 0.5
-"""A fitted curve counts as measured when its largest run reached at least this share of the predicted
-change P0 -> P_max; below it the curve's bend, and so any crossover it predicts, is extrapolated."""
-METRIC_CEILINGS = {"exact_match": 1.0}
-"""Metrics that are fractions: an asymptote above the ceiling is a line that has not bent, not a curve."""
 
 
 def fit_saturation(fit: Any, metric: str) -> dict[str, Any]:
-    """How much of its fitted curve a selector's runs actually measured.
+    """How much of its fitted curve a selector's runs measured: ``gain_measured`` (the share of the
+    predicted change ``P0 -> P_max`` reached at its largest run), the fitted ``asymptote``, and
+    ``unbent``, the planner's reason why the curve is a line rather than a measured bend
+    (:func:`hf_cads.planner.unbent_fit_reason`; ``None``: ``saturated``). A line fitted to an expensive
+    selector beats every saturating cheap curve far enough out, so its crossover ratio is the fit's,
+    not the data's."""
+    from hf_cads.planner import unbent_fit_reason
 
-    ``gain_measured``: the share of the predicted total change (``P0 -> P_max``) reached at the
-    selector's largest measured run (``1 - exp(-lambda C / C_full)``). ``asymptote_credible``: the
-    asymptote is a value the metric can take: not pinned at the fit's bound 0 for a loss (a curve that
-    keeps falling without bound) and not above the ceiling of a fraction such as exact match.
-    ``asymptote``: the fitted ``P_max``. ``saturated``: both hold, with at least :data:`SATURATION_SHARE` measured. Three points on a curve
-    that has not bent yet fit such lines, and a line fitted to an expensive selector beats every
-    saturating cheap curve far enough out, so its crossover ratio is the fit's, not the data's.
-    """
-    largest = fit.cost_per_example * fit.max_k + fit.selection_flops
-    share = float(1.0 - math.exp(-fit.lam * largest / fit.c_full)) if fit.c_full > 0 else float("nan")
-    if fit.higher_is_better:
-        credible = fit.p_max <= METRIC_CEILINGS.get(metric, math.inf)
-    else:
-        credible = fit.p_max > 1e-9 * max(1.0, abs(fit.p0))
-    return {"gain_measured": share, "asymptote": float(fit.p_max), "asymptote_credible": bool(credible),
-            "saturated": bool(credible and share >= SATURATION_SHARE)}
+    reason = unbent_fit_reason(fit, metric)
+    return {"gain_measured": fit.measured_share, "asymptote": float(fit.p_max), "unbent": reason, "saturated": reason is None}
 
 
 def seed_means(records: Sequence[Any], metric: str) -> list[dict[str, Any]]:
@@ -901,7 +888,7 @@ def _ratio(value: float) -> str:
 
 def summary_tables(summary: dict[str, Any]) -> list[str]:
     """The headline tables: frontier selector and planner regret per budget, crossover ratios."""
-    from hf_cads.planner import EXTRAPOLATION_WARNING
+    from hf_cads.planner import BENT_SHARE, EXTRAPOLATION_WARNING
 
     lines = ["## Frontier selectors per budget, and the planner's regret", "",
              "Budgets are multiples of C_full, the FLOPs of training the model on the whole pool once. 'Frontier' is "
@@ -930,11 +917,11 @@ def summary_tables(summary: dict[str, Any]) -> list[str]:
               "which, at some budget between 0.02 and 1 x C_full, its fitted curve beats every cheap selector's "
               "(random, bm25, embedding). The measured ratio is 1 for SmolLM2 training and ~2 for Gemma-3-270M. "
               "Reference paper (Yin & Rush): perplexity ~5x, LESS ~10x. 'Fit measured' is the share of the "
-              "selector's fitted change P0 -> P_max that its largest run reached; a crossover counts only where it "
-              f"is >= {SATURATION_SHARE:g} and the asymptote is a value the metric can take (not a loss falling to 0, "
-              "not an exact match above 1). Otherwise the curve is a line through points that have not bent yet, "
-              "which beats any saturating cheap curve far enough out: such ratios are marked 'unsaturated fit' "
-              "and are not findings.", "",
+              "selector's fitted change P0 -> P_max that its largest run reached. A crossover counts only where the "
+              f"runs bent the curve (>= {BENT_SHARE:g} measured, and an asymptote the metric can take: not a loss "
+              "falling to 0, not an exact match above 1; hf_cads.planner.unbent_fit_reason). Otherwise the curve is "
+              "a line through points that have not bent yet, which beats any saturating cheap curve far enough out: "
+              "such ratios are marked 'unsaturated fit' and are not findings.", "",
               "| model | target | metric | selector | crossover ratio | 95% bootstrap | joins at 1 / 2 / 5 / 10 / 20x | "
               "fit measured | paper |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -947,8 +934,7 @@ def summary_tables(summary: dict[str, Any]) -> list[str]:
             measured = f"{c['gain_measured']:.2f}" if "gain_measured" in c else "-"
             if "saturated" in c and not c["saturated"]:
                 ratio += " (unsaturated fit)"
-                if not c["asymptote_credible"]:
-                    measured += f" (asymptote {c['asymptote']:.3g})"
+                measured += f" (P_max {c['asymptote']:.3g})"
             lines.append(f"| {short_name(a['model'])} | {a['target']} | {a['metric']} | {label} | {ratio} | "
                          f"{_interval(c.get('ratio_95'))} | {joins} | {measured} | {_fmt(c['paper_ratio'])}x |")
     return lines

@@ -6,13 +6,16 @@ import pytest
 
 from hf_cads.cli import main
 from hf_cads.planner import (
+    BENT_SHARE,
     PerformanceFit,
     break_even_ratios,
     fit_performance_curve,
     fit_selectors,
     make_plan,
+    metric_ceiling,
     pareto_frontier,
     recommend,
+    unbent_fit_reason,
 )
 from hf_cads.planner.recommend import _value_at_scale
 from hf_cads.records import RunRecord, append_record, read_records, recorded_keys, run_key
@@ -292,6 +295,38 @@ def test_plan_warns_when_the_recommended_k_is_far_beyond_the_measured_runs():
     assert far.to_dict()["recommendation"]["largest_measured_k"] == 40
     near = make_plan(records, metric="accuracy", budget=6e13)
     assert near.recommendation.chosen.extrapolation <= 2 and "extrapolates" not in near.format()
+
+
+def test_plan_flags_fits_whose_runs_have_not_bent_the_curve():
+    """Runs that still improve linearly fit a line (an accuracy asymptote far above 1): the plan says
+    so, and warns when it recommends that selector; curves measured past their bend get no note."""
+    rng = np.random.default_rng(6)
+    bent = synthetic_records(rng)
+    assert make_plan(bent, metric="accuracy", budget=2e14).unbent_fits() == {}
+    straight = [RunRecord(**{**r.to_dict(), "key": "", "metrics": {"accuracy": 0.2 + 0.004 * r.k + rng.normal(0, 0.002)}})
+                for r in bent if r.selector == "bm25" and r.k <= 80]
+    plan = make_plan([r for r in bent if r.selector == "random"] + straight, metric="accuracy", budget=3e14)
+    reasons = plan.unbent_fits()
+    assert set(reasons) == {"bm25"} and "above the largest possible accuracy (1)" in reasons["bm25"]
+    text = plan.format()
+    assert "have not bent its curve" in text
+    assert plan.recommendation.selector == "bm25" and "may rest on a line" in text  # the line predicts accuracy > 1
+    families = plan.to_dict()["families"]
+    assert families["bm25"]["fit"]["unbent"] == reasons["bm25"] and families["random"]["fit"]["unbent"] is None
+    assert families["random"]["fit"]["measured_share"] >= BENT_SHARE and families["bm25"]["fit"]["largest_measured_k"] == 80
+
+
+def test_unbent_fit_reason_names_each_way_a_fit_can_be_a_line():
+    def fit(p0, p_max, lam, higher):
+        return PerformanceFit("s", p0, p_max, lam, np.zeros((3, 3)), 1e14, higher_is_better=higher, cost_per_example=1e11, max_k=250)
+
+    assert fit(4.4, 1.5, 20.0, False).measured_share == pytest.approx(1 - math.exp(-20 * 0.25))
+    assert unbent_fit_reason(fit(4.4, 1.5, 20.0, False), "target_loss") is None
+    assert "bound of the fit" in unbent_fit_reason(fit(4.4, 0.0, 0.03, False), "target_loss")
+    assert "reached only" in unbent_fit_reason(fit(4.4, 2.0, 0.5, False), "target_loss")  # 12% of its change
+    assert "above the largest possible exact_match" in unbent_fit_reason(fit(0.1, 3.0, 10.0, True), "exact_match")
+    assert unbent_fit_reason(fit(0.1, 3.0, 10.0, True), "bleu") is None  # no known ceiling
+    assert metric_ceiling("eval_accuracy") == 1.0 and metric_ceiling("target_loss") == math.inf
 
 
 def test_plan_refuses_mixed_models(tmp_path):

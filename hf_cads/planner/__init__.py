@@ -40,7 +40,17 @@ Example:
     ('bm25', 400)
 """
 
-from .fit import EXPENSIVE_SELECTORS, PerformanceFit, fit_performance_curve, fit_selectors, lower_is_better, select_records
+from .fit import (
+    BENT_SHARE,
+    EXPENSIVE_SELECTORS,
+    PerformanceFit,
+    fit_performance_curve,
+    fit_selectors,
+    lower_is_better,
+    metric_ceiling,
+    select_records,
+    unbent_fit_reason,
+)
 from .frontier import pareto_frontier
 from .plot import plot_plan
 from .recommend import BreakEven, PlanOption, Recommendation, affordable_k, break_even_ratios, option_at_budget, recommend
@@ -48,6 +58,7 @@ from .report import EXTRAPOLATION_WARNING, Plan, make_plan
 from ..records import NO_SELECTION
 
 __all__ = [
+    "BENT_SHARE",
     "BreakEven",
     "EXPENSIVE_SELECTORS",
     "EXTRAPOLATION_WARNING",
@@ -62,9 +73,11 @@ __all__ = [
     "fit_selectors",
     "lower_is_better",
     "make_plan",
+    "metric_ceiling",
     "option_at_budget",
     "pareto_frontier",
     "plot_plan",
     "recommend",
     "select_records",
+    "unbent_fit_reason",
 ]

@@ -28,6 +28,46 @@ def lower_is_better(metric: str) -> bool:
     return any(word in name for word in _LOWER_IS_BETTER_WORDS)
 
 
+_FRACTION_WORDS = ("accuracy", "exact_match", "pass@")
+BENT_SHARE = 0.5
+"""A fitted curve counts as measured when the selector's largest run reached at least this share of
+its predicted change ``P0 -> P_max`` (:func:`unbent_fit_reason`)."""
+
+
+def metric_ceiling(metric: str) -> float:
+    """The largest value a metric can take, guessed from its name: 1 for accuracies and exact match
+    (fractions), else unbounded."""
+    name = metric.lower()
+    return 1.0 if any(word in name for word in _FRACTION_WORDS) else math.inf
+
+
+def unbent_fit_reason(fit: PerformanceFit, metric: str = "") -> str | None:
+    """Why ``fit`` is a line rather than a measured curve, or ``None`` when its runs bent it.
+
+    With few runs that have not saturated yet, the least-squares curve is a straight line whose
+    asymptote sits at the fit's bound (a loss falling to 0) or past the metric's range (an exact
+    match above 1), or whose largest run reached under :data:`BENT_SHARE` of its predicted change.
+    Beyond the largest measured ``k`` such a curve keeps improving without limit, so it overtakes
+    every saturating curve far enough out: recommendations and break-even ratios that rely on it
+    extrapolate the fit, not the data.
+
+    Example:
+        >>> import numpy as np
+        >>> line = PerformanceFit("less", 4.4, 0.0, 0.03, np.zeros((3, 3)), 1e14, higher_is_better=False,
+        ...                       cost_per_example=1e11, max_k=250)
+        >>> unbent_fit_reason(line, "target_loss")
+        'its asymptote P_max = 0 is the bound of the fit (the curve keeps falling)'
+    """
+    if fit.higher_is_better and fit.p_max > metric_ceiling(metric):
+        return f"its asymptote P_max = {fit.p_max:.3g} is above the largest possible {metric or 'value'} ({metric_ceiling(metric):g})"
+    if not fit.higher_is_better and fit.p_max <= 1e-9 * max(1.0, abs(fit.p0)) and fit.p0 > 0:
+        return "its asymptote P_max = 0 is the bound of the fit (the curve keeps falling)"
+    share = fit.measured_share
+    if share == share and share < BENT_SHARE:
+        return f"its largest run (k={fit.max_k}) reached only {share:.0%} of the fitted change P0 -> P_max"
+    return None
+
+
 # -- the performance model ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class PerformanceFit:
@@ -118,6 +158,14 @@ class PerformanceFit:
     def predict_k(self, k: Any) -> np.ndarray:
         """Predicted metric after training on the selector's best ``k`` rows."""
         return self.predict(self.flops_for_k(k))
+
+    @property
+    def measured_share(self) -> float:
+        """Share of the fitted change ``P0 -> P_max`` reached at the largest measured ``k``:
+        ``1 - exp(-lambda C(max_k) / C_full)`` (``nan`` without a measured ``k``)."""
+        if self.max_k <= 0 or not self.c_full > 0:
+            return float("nan")
+        return float(1.0 - math.exp(-self.lam * float(self.flops_for_k(self.max_k)) / self.c_full))
 
     def score(self, value: Any) -> np.ndarray:
         """``value`` oriented so that larger is better."""

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 
 
 from ..records import RunRecord
-from .fit import PerformanceFit, fit_selectors, lower_is_better, select_records
+from .fit import PerformanceFit, fit_selectors, lower_is_better, select_records, unbent_fit_reason
 from .frontier import pareto_frontier
 from .recommend import BreakEven, Recommendation, amortised_selection_flops, break_even_ratios, recommend
 
@@ -83,6 +83,9 @@ class Plan:
         lines.append(_table(rows))
         for label, reason in self.skipped.items():
             lines.append(_wrap(f"(no curve for {name[label]}: {reason.replace(label, name[label])})", indent="    ", first="  "))
+        for label, reason in self.unbent_fits().items():
+            lines.append(_wrap(f"note: the runs of {name[label]} have not bent its curve: {reason}. Beyond its largest k the "
+                               "fit is a line that keeps improving; a run at a larger k decides.", indent="    ", first="  "))
         lines += ["", "Pareto frontier (best metric at each total FLOPs):"]
         lines.append(_table([("total FLOPs", self.metric, "selector", "k", "seed")] + [
             (f"{r.total_flops:.4g}", f"{r.metrics[self.metric]:.4g}", name[r.label], str(r.k), str(r.seed)) for r in self.frontier
@@ -126,6 +129,11 @@ class Plan:
                         f"{name[rec.selector]} ({rec.chosen.measured_k}): the prediction extrapolates its fitted curve. "
                         "Record a run near this k (a larger fraction in hf-cads sweep) before relying on it."
                     ))
+                if rec.selector in self.unbent_fits():
+                    lines.append(_wrap(
+                        f"warning: the fit of {name[rec.selector]} has not bent within its runs "
+                        f"({self.unbent_fits()[rec.selector]}): the recommendation may rest on a line, not a measured curve."
+                    ))
             affordable = [r for r in self.frontier if r.total_flops <= self.budget]
             if affordable:
                 run = affordable[-1]  # the frontier improves with FLOPs: its last affordable run is the best
@@ -139,7 +147,17 @@ class Plan:
                     rows.append((name.get(b.selector, b.selector), name.get(b.versus, b.versus), f"{b.selection_share:.3g}", f"{b.reference_ratio:.3g}",
                                  _ratio_text(b.ratio, b.scale), _ratio_text(b.scale, b.scale)))
                 lines.append(_table(rows))
+                unbent = [name.get(b.selector, b.selector) for b in self.break_even if b.selector in self.unbent_fits()]
+                if unbent:
+                    lines.append(_wrap(f"({', '.join(unbent)}: unbent fit, so the break-even is the fitted line's, not the data's)",
+                                       indent="   ", first="  "))
         return "\n".join(lines)
+
+    def unbent_fits(self) -> dict[str, str]:
+        """Families whose fitted curve is a line rather than a measured bend, with the reason
+        (:func:`hf_cads.planner.unbent_fit_reason`)."""
+        reasons = {label: unbent_fit_reason(fit, self.metric) for label, fit in self.fits.items()}
+        return {label: reason for label, reason in reasons.items() if reason is not None}
 
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,6 +176,8 @@ class Plan:
                     "p0": fit.p0, "p_max": fit.p_max, "lambda": fit.lam, "rmse": fit.rmse, "errors": fit.parameter_errors,
                     "cost_per_example": fit.cost_per_example, "selection_flops": fit.selection_flops, "c_full": fit.c_full,
                     "selection_pool_flops": fit.selection_pool_flops, "split_runs": fit.split_runs,
+                    "largest_measured_k": fit.max_k, "measured_share": fit.measured_share if fit.max_k > 0 else None,
+                    "unbent": unbent_fit_reason(fit, self.metric),
                 },
                 "no_fit_reason": self.skipped.get(label),
             }
