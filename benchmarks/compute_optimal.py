@@ -496,7 +496,7 @@ CROSSOVER_BUDGETS = tuple(np.geomspace(0.02, 1.0, 12).tolist())
 where a cheap selector can train on the whole pool (beyond it selection has nothing left to decide)."""
 
 
-def fit_saturation(fit: Any, metric: str) -> dict[str, Any]:
+def fit_saturation(fit: Any) -> dict[str, Any]:
     """How much of its fitted curve a selector's runs measured: ``gain_measured`` (the share of the
     predicted change ``P0 -> P_max`` reached at its largest run), the fitted ``asymptote``, and
     ``unbent``, the planner's reason why the curve is a line rather than a measured bend
@@ -505,7 +505,7 @@ def fit_saturation(fit: Any, metric: str) -> dict[str, Any]:
     not the data's."""
     from hf_cads.planner import unbent_fit_reason
 
-    reason = unbent_fit_reason(fit, metric)
+    reason = unbent_fit_reason(fit)
     return {"gain_measured": fit.measured_share, "asymptote": float(fit.p_max), "unbent": reason, "saturated": reason is None}
 
 
@@ -653,7 +653,7 @@ def regret_table(
 
 def crossover_ratios(
     fits: dict[str, Any], samples: Sequence[dict[str, Any]] = (), *, ratios: Sequence[float] = CROSSOVER_RATIOS,
-    budget_multiples: Sequence[float] = CROSSOVER_BUDGETS, max_samples: int = 50, metric: str = "target_loss",
+    budget_multiples: Sequence[float] = CROSSOVER_BUDGETS, max_samples: int = 50,
 ) -> dict[str, dict[str, Any]]:
     """Extrapolated train / selection model size ratio from which each LM-based selector joins the
     frontier: the smallest ratio at which, at some budget (``budget_multiples`` x C_full, training
@@ -661,7 +661,7 @@ def crossover_ratios(
     every cheap selector's (:func:`hf_cads.planner.break_even_ratios`). ``samples`` give a 95%
     interval. Per selector: ``ratio`` (``inf``: never within 10^9 x), ``measured_ratio``, the
     ``joins`` flag at each of ``ratios``, the budget multiple where it first joins, and the selector's
-    :func:`fit_saturation` on ``metric`` (a ratio from an unsaturated fit is not a finding)."""
+    :func:`fit_saturation` (a ratio from an unsaturated fit is not a finding)."""
     def first_join(fit_set: dict[str, Any], label: str) -> tuple[float, float | None]:
         from hf_cads.planner import break_even_ratios
 
@@ -691,7 +691,7 @@ def crossover_ratios(
                 boot.append(first_join(fit_set, label)[0])
         entry: dict[str, Any] = {"ratio": ratio, "measured_ratio": measured, "budget_multiple": where,
                                  "joins": {f"{r:g}": bool(ratio <= r) for r in ratios},
-                                 "paper_ratio": PAPER_CROSSOVER.get(label), **fit_saturation(fit, metric)}
+                                 "paper_ratio": PAPER_CROSSOVER.get(label), **fit_saturation(fit)}
         if len(boot) >= 10:
             entry["ratio_95"] = [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))]
             entry["joins_share"] = {f"{r:g}": float(np.mean([b <= r for b in boot])) for r in ratios}
@@ -790,7 +790,7 @@ def analyse(
         "fits": fit_intervals(fits, samples), "no_fit": skipped,
         "points": points, "frontier": frontier,
         "untrained": base, "regret": regret_table(fits, ([base] if base else []) + points, higher, c_full),
-        "crossover": crossover_ratios(fits, samples, metric=metric),
+        "crossover": crossover_ratios(fits, samples),
         "plan_text": plan.format(),
     }
 
@@ -918,8 +918,8 @@ def summary_tables(summary: dict[str, Any]) -> list[str]:
               "(random, bm25, embedding). The measured ratio is 1 for SmolLM2 training and ~2 for Gemma-3-270M. "
               "Reference paper (Yin & Rush): perplexity ~5x, LESS ~10x. 'Fit measured' is the share of the "
               "selector's fitted change P0 -> P_max that its largest run reached. A crossover counts only where the "
-              f"runs bent the curve (>= {BENT_SHARE:g} measured, and an asymptote the metric can take: not a loss "
-              "falling to 0, not an exact match above 1; hf_cads.planner.unbent_fit_reason). Otherwise the curve is "
+              f"runs bent the curve (>= {BENT_SHARE:g} measured, and an asymptote off the fit's bounds: not a loss "
+              "falling to 0, not an exact match rising to 1; hf_cads.planner.unbent_fit_reason). Otherwise the curve is "
               "a line through points that have not bent yet, which beats any saturating cheap curve far enough out: "
               "such ratios are marked 'unsaturated fit' and are not findings.", "",
               "| model | target | metric | selector | crossover ratio | 95% bootstrap | joins at 1 / 2 / 5 / 10 / 20x | "

@@ -298,35 +298,52 @@ def test_plan_warns_when_the_recommended_k_is_far_beyond_the_measured_runs():
 
 
 def test_plan_flags_fits_whose_runs_have_not_bent_the_curve():
-    """Runs that still improve linearly fit a line (an accuracy asymptote far above 1): the plan says
-    so, and warns when it recommends that selector; curves measured past their bend get no note."""
+    """Runs that still improve linearly fit a line stopped only by the metric's ceiling (accuracy 1):
+    the plan says so, and warns when it recommends that selector; curves measured past their bend get
+    no note."""
     rng = np.random.default_rng(6)
     bent = synthetic_records(rng)
     assert make_plan(bent, metric="accuracy", budget=2e14).unbent_fits() == {}
     straight = [RunRecord(**{**r.to_dict(), "key": "", "metrics": {"accuracy": 0.2 + 0.004 * r.k + rng.normal(0, 0.002)}})
                 for r in bent if r.selector == "bm25" and r.k <= 80]
     plan = make_plan([r for r in bent if r.selector == "random"] + straight, metric="accuracy", budget=3e14)
+    assert plan.fits["bm25"].p_max == pytest.approx(1.0) and plan.fits["bm25"].ceiling == 1.0
+    assert plan.recommendation.predicted <= 1.0  # without the ceiling this line predicted an accuracy of 1.36
     reasons = plan.unbent_fits()
-    assert set(reasons) == {"bm25"} and "above the largest possible accuracy (1)" in reasons["bm25"]
+    assert set(reasons) == {"bm25"} and "the metric's ceiling" in reasons["bm25"]
     text = plan.format()
     assert "have not bent its curve" in text
-    assert plan.recommendation.selector == "bm25" and "may rest on a line" in text  # the line predicts accuracy > 1
+    assert plan.recommendation.selector == "bm25" and "may rest on a line" in text
     families = plan.to_dict()["families"]
     assert families["bm25"]["fit"]["unbent"] == reasons["bm25"] and families["random"]["fit"]["unbent"] is None
     assert families["random"]["fit"]["measured_share"] >= BENT_SHARE and families["bm25"]["fit"]["largest_measured_k"] == 80
 
 
+def test_fit_keeps_a_fraction_below_its_ceiling_only_when_the_data_are_fractions():
+    flops = np.array([0.0, 0.1, 0.2, 0.3, 0.4]) * 1e15
+    rising = 0.2 + 1.5 * flops / 1e15  # a line that would pass 1 at 0.53 x C_full
+    bounded = fit_performance_curve(flops, rising, 1e15, ceiling=1.0)
+    assert bounded.p_max <= 1.0 + 1e-9 and bounded.ceiling == 1.0 and unbent_fit_reason(bounded) is not None
+    assert fit_performance_curve(flops, rising, 1e15).p_max > 1.0  # no ceiling given
+    percent = fit_performance_curve(flops, 100 * rising, 1e15, ceiling=1.0)  # a percentage: the ceiling cannot apply
+    assert percent.ceiling == math.inf and percent.p_max > 1.0
+    within = fit_performance_curve(flops, curve(flops, 0.2, 0.7, 3.0, c_full=1e15), 1e15, ceiling=1.0)
+    assert within.p_max == pytest.approx(0.7, abs=1e-3) and unbent_fit_reason(within) is None
+
+
 def test_unbent_fit_reason_names_each_way_a_fit_can_be_a_line():
-    def fit(p0, p_max, lam, higher):
-        return PerformanceFit("s", p0, p_max, lam, np.zeros((3, 3)), 1e14, higher_is_better=higher, cost_per_example=1e11, max_k=250)
+    def fit(p0, p_max, lam, higher, ceiling=math.inf):
+        return PerformanceFit("s", p0, p_max, lam, np.zeros((3, 3)), 1e14, higher_is_better=higher, cost_per_example=1e11,
+                              max_k=250, ceiling=ceiling)
 
     assert fit(4.4, 1.5, 20.0, False).measured_share == pytest.approx(1 - math.exp(-20 * 0.25))
-    assert unbent_fit_reason(fit(4.4, 1.5, 20.0, False), "target_loss") is None
-    assert "bound of the fit" in unbent_fit_reason(fit(4.4, 0.0, 0.03, False), "target_loss")
-    assert "reached only" in unbent_fit_reason(fit(4.4, 2.0, 0.5, False), "target_loss")  # 12% of its change
-    assert "above the largest possible exact_match" in unbent_fit_reason(fit(0.1, 3.0, 10.0, True), "exact_match")
-    assert unbent_fit_reason(fit(0.1, 3.0, 10.0, True), "bleu") is None  # no known ceiling
-    assert metric_ceiling("eval_accuracy") == 1.0 and metric_ceiling("target_loss") == math.inf
+    assert unbent_fit_reason(fit(4.4, 1.5, 20.0, False)) is None
+    assert "bound of the fit" in unbent_fit_reason(fit(4.4, 0.0, 0.03, False))
+    assert "reached only" in unbent_fit_reason(fit(4.4, 2.0, 0.5, False))  # 12% of its change
+    assert "ceiling" in unbent_fit_reason(fit(0.1, 1.0, 10.0, True, ceiling=1.0))
+    assert unbent_fit_reason(fit(0.1, 0.8, 10.0, True, ceiling=1.0)) is None
+    assert metric_ceiling("eval_accuracy") == 1.0 and metric_ceiling("exact_match") == 1.0
+    assert metric_ceiling("target_loss") == math.inf and metric_ceiling("bleu") == math.inf
 
 
 def test_plan_refuses_mixed_models(tmp_path):

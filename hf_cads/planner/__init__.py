@@ -20,7 +20,8 @@ metric with no training and ``P_max`` the asymptote: above ``P0`` for metrics wh
   dashed = frontier.
 
 The fit is bounded least squares with ``0 <= P0 <= P_max`` (mirrored for losses:
-``0 <= P_max <= P0``) and ``lambda > 0``. The analysis fitted with Levenberg–Marquardt, which takes
+``0 <= P_max <= P0``), ``P_max <= 1`` for fractions (accuracy, exact match; :func:`metric_ceiling`)
+and ``lambda > 0``. The analysis fitted with Levenberg–Marquardt, which takes
 no bounds. Here the curve is linear in ``(P0, P_max)`` for a fixed ``lambda``, so those are solved in
 closed form and ``lambda`` is searched over a log grid and refined (variable projection): the global
 minimum, found in milliseconds even when the data fit a step or a line, which matters for bootstrap

@@ -41,26 +41,26 @@ def metric_ceiling(metric: str) -> float:
     return 1.0 if any(word in name for word in _FRACTION_WORDS) else math.inf
 
 
-def unbent_fit_reason(fit: PerformanceFit, metric: str = "") -> str | None:
+def unbent_fit_reason(fit: PerformanceFit) -> str | None:
     """Why ``fit`` is a line rather than a measured curve, or ``None`` when its runs bent it.
 
-    With few runs that have not saturated yet, the least-squares curve is a straight line whose
-    asymptote sits at the fit's bound (a loss falling to 0) or past the metric's range (an exact
-    match above 1), or whose largest run reached under :data:`BENT_SHARE` of its predicted change.
-    Beyond the largest measured ``k`` such a curve keeps improving without limit, so it overtakes
-    every saturating curve far enough out: recommendations and break-even ratios that rely on it
-    extrapolate the fit, not the data.
+    With few runs that have not saturated yet, the least-squares curve is a straight line stopped
+    only by a bound of the fit: its asymptote sits at 0 for a loss (the curve keeps falling) or at
+    the metric's ceiling for an accuracy (it keeps rising to a perfect score), or its largest run
+    reached under :data:`BENT_SHARE` of its predicted change. Beyond the largest measured ``k`` such a
+    curve keeps improving at its measured pace, so it overtakes every saturating curve: recommendations
+    and break-even ratios that rely on it extrapolate the fit, not the data.
 
     Example:
         >>> import numpy as np
         >>> line = PerformanceFit("less", 4.4, 0.0, 0.03, np.zeros((3, 3)), 1e14, higher_is_better=False,
         ...                       cost_per_example=1e11, max_k=250)
-        >>> unbent_fit_reason(line, "target_loss")
+        >>> unbent_fit_reason(line)
         'its asymptote P_max = 0 is the bound of the fit (the curve keeps falling)'
     """
-    if fit.higher_is_better and fit.p_max > metric_ceiling(metric):
-        return f"its asymptote P_max = {fit.p_max:.3g} is above the largest possible {metric or 'value'} ({metric_ceiling(metric):g})"
-    if not fit.higher_is_better and fit.p_max <= 1e-9 * max(1.0, abs(fit.p0)) and fit.p0 > 0:
+    if fit.higher_is_better and math.isfinite(fit.ceiling) and fit.p_max >= fit.ceiling - 1e-9 * max(1.0, abs(fit.ceiling)):
+        return f"its asymptote P_max = {fit.p_max:.3g} is the bound of the fit, the metric's ceiling (the curve keeps rising)"
+    if not fit.higher_is_better and fit.p0 > 0 and abs(fit.p_max) <= 1e-9 * max(1.0, abs(fit.p0)):
         return "its asymptote P_max = 0 is the bound of the fit (the curve keeps falling)"
     share = fit.measured_share
     if share == share and share < BENT_SHARE:
@@ -90,6 +90,7 @@ class PerformanceFit:
         model_params / selection_model_params: matmul parameters of the trained and the selection model.
         num_points / rmse: size and residual of the fit.
         max_k: the largest subset size among the fitted runs; predictions far beyond it extrapolate.
+        ceiling: the largest value the metric can take, applied as a bound of the fit (``inf``: none).
     """
 
     label: str
@@ -110,6 +111,7 @@ class PerformanceFit:
     num_points: int = 0
     rmse: float = float("nan")
     max_k: int = 0
+    ceiling: float = math.inf
 
     @property
     def selection_pool_share(self) -> float | None:
@@ -143,7 +145,8 @@ class PerformanceFit:
             raise ValueError(f"confidence must be in (0, 1), got {confidence}.")
         z = norm.ppf(0.5 + confidence / 2)
         centre, spread = self.predict(flops), z * self.stderr(flops)
-        return centre - spread, centre + spread
+        # The metric cannot pass its ceiling (an accuracy of 1), whatever the normal approximation says.
+        return np.minimum(centre - spread, self.ceiling), np.minimum(centre + spread, self.ceiling)
 
     @property
     def parameter_errors(self) -> dict[str, float]:
@@ -173,10 +176,11 @@ class PerformanceFit:
         return value if self.higher_is_better else -value
 
 
-def _linear_part(g: np.ndarray, y: np.ndarray, lower_a: float) -> tuple[float, float, float]:
-    """``(a, delta, sse)`` of the least-squares ``y ~ a + delta * g`` with ``delta >= 0`` and
-    ``a >= lower_a``. The problem is a convex quadratic in two variables, so its minimum is the best
-    feasible one among the unconstrained minima of the four faces of the box."""
+def _linear_part(g: np.ndarray, y: np.ndarray, lower_a: float, upper: float = math.inf) -> tuple[float, float, float]:
+    """``(a, delta, sse)`` of the least-squares ``y ~ a + delta * g`` with ``delta >= 0``,
+    ``a >= lower_a`` and ``a + delta <= upper`` (the metric's ceiling). The problem is a convex
+    quadratic in two variables over a polygon, so its minimum is the best feasible one among the
+    unconstrained minimum, the minima on each edge and the vertices."""
     candidates: list[tuple[float, float]] = [(float(y.mean()), 0.0)]
     g_centred = g - g.mean()
     spread = float(g_centred @ g_centred)
@@ -186,15 +190,24 @@ def _linear_part(g: np.ndarray, y: np.ndarray, lower_a: float) -> tuple[float, f
     if math.isfinite(lower_a):
         norm = float(g @ g)
         candidates += [(lower_a, 0.0), (lower_a, float(g @ (y - lower_a)) / norm if norm > 0 else 0.0)]
+    if math.isfinite(upper):
+        # On a + delta = upper the curve is upper + delta * (g - 1).
+        h = g - 1.0
+        norm = float(h @ h)
+        on_edge = float(h @ (y - upper)) / norm if norm > 0 else 0.0
+        candidates += [(upper, 0.0), (upper - on_edge, on_edge)]
+        if math.isfinite(lower_a):
+            candidates.append((lower_a, upper - lower_a))
+    tolerance = 1e-12 * max(1.0, abs(upper)) if math.isfinite(upper) else 0.0
     best = (float("nan"), float("nan"), float("inf"))
     for a, delta in candidates:
-        if delta < 0 or a < lower_a:
+        if delta < 0 or a < lower_a or a + delta > upper + tolerance:
             continue
         residual = y - a - delta * g
         sse = float(residual @ residual)
         if sse < best[2]:
             best = (a, delta, sse)
-    return best  # never empty: (mean, 0) is feasible when lower_a is -inf, (lower_a, 0) otherwise
+    return best  # never empty: (upper, 0) or (lower_a, 0) or (mean, 0) is feasible
 
 
 def fit_performance_curve(
@@ -205,6 +218,7 @@ def fit_performance_curve(
     higher_is_better: bool = True,
     label: str = "",
     warn_undetermined: bool = True,
+    ceiling: float = math.inf,
     **attributes: Any,
 ) -> PerformanceFit:
     """Fit ``P(C)`` to ``(flops, metric)`` points by bounded least squares.
@@ -212,7 +226,11 @@ def fit_performance_curve(
     Parameters are fitted as ``(a, delta, lambda)`` with ``P0 = a, P_max = a + delta`` (higher is
     better) or ``P_max = a, P0 = a + delta`` (lower is better), ``delta >= 0`` and ``a >= 0``, which
     are exactly the bounds ``0 <= P0 <= P_max`` (mirrored). If a metric value is negative the lower
-    bound of ``a`` is dropped. For a fixed ``lambda`` the curve is linear in ``(a, delta)``, solved in
+    bound of ``a`` is dropped. ``ceiling`` is the largest value the metric can take (1 for an
+    accuracy, :func:`metric_ceiling`); when every value is within it, ``P0`` and ``P_max`` are kept
+    below it too, so that runs still rising linearly fit a curve that saturates at the ceiling rather
+    than one heading for an accuracy of 14 (the fit records the bound it applied as
+    :attr:`PerformanceFit.ceiling`). For a fixed ``lambda`` the curve is linear in ``(a, delta)``, solved in
     closed form; the sum of squares profiled over ``lambda`` is searched on a log grid spanning
     ``1e-4 / max(x)`` to ``1e4 / min(x)`` (``x = C / C_full``) and refined around its minimum
     (variable projection). The covariance is ``s^2 (J^T J)^-1`` at the optimum, ``s^2`` the residual
@@ -244,6 +262,7 @@ def fit_performance_curve(
         raise ValueError(f"c_full (cost of training on the whole pool) must be > 0, got {c_full!r}.")
     x = x_flops / c_full
     lower_a = 0.0 if (y >= 0).all() else -np.inf
+    upper = float(ceiling) if (y <= ceiling).all() else math.inf
 
     def shape(lam: float) -> np.ndarray:
         """The curve's non-linear part: ``P = a + delta * shape``."""
@@ -251,7 +270,7 @@ def fit_performance_curve(
         return 1.0 - decay if higher_is_better else decay
 
     def profile(log_lam: float) -> float:
-        return _linear_part(shape(math.exp(log_lam)), y, lower_a)[2]
+        return _linear_part(shape(math.exp(log_lam)), y, lower_a, upper)[2]
 
     positive_x = x[x > 0]
     span = (float(positive_x.min()), float(positive_x.max())) if len(positive_x) else (1.0, 1.0)
@@ -264,7 +283,7 @@ def fit_performance_curve(
     log_lam = float(refined.x) if refined.fun <= sse_grid[i] else float(grid[i])
     lam = math.exp(log_lam)
     g = shape(lam)
-    a, delta, sse = _linear_part(g, y, lower_a)
+    a, delta, sse = _linear_part(g, y, lower_a, upper)
 
     # Jacobian of the curve in (a, delta, lam), then the covariance mapped to (p0, p_max, lam).
     decay = np.exp(-lam * x)
@@ -290,7 +309,7 @@ def fit_performance_curve(
         covariance = np.where(np.isfinite(covariance), covariance, np.inf)
     return PerformanceFit(
         label=label, p0=float(p0), p_max=float(p_max), lam=float(lam), covariance=covariance, c_full=float(c_full),
-        higher_is_better=higher_is_better, num_points=len(y), rmse=math.sqrt(sse / len(y)), **attributes,
+        higher_is_better=higher_is_better, num_points=len(y), rmse=math.sqrt(sse / len(y)), ceiling=upper, **attributes,
     )
 
 
@@ -354,7 +373,7 @@ def fit_selectors(
         try:
             fits[label] = fit_performance_curve(
                 flops, values, c_full, higher_is_better=higher, label=label, warn_undetermined=warn_undetermined,
-                cost_per_example=float(np.median([r.train_flops / r.k for r in group])),
+                ceiling=metric_ceiling(metric), cost_per_example=float(np.median([r.train_flops / r.k for r in group])),
                 selection_flops=float(np.median([r.selection_flops for r in group])),
                 selection_pool_flops=_pool_flops(group),
                 split_runs=sum(r.selection_split is not None for r in group),

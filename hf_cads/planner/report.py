@@ -156,7 +156,7 @@ class Plan:
     def unbent_fits(self) -> dict[str, str]:
         """Families whose fitted curve is a line rather than a measured bend, with the reason
         (:func:`hf_cads.planner.unbent_fit_reason`)."""
-        reasons = {label: unbent_fit_reason(fit, self.metric) for label, fit in self.fits.items()}
+        reasons = {label: unbent_fit_reason(fit) for label, fit in self.fits.items()}
         return {label: reason for label, reason in reasons.items() if reason is not None}
 
 
@@ -177,7 +177,7 @@ class Plan:
                     "cost_per_example": fit.cost_per_example, "selection_flops": fit.selection_flops, "c_full": fit.c_full,
                     "selection_pool_flops": fit.selection_pool_flops, "split_runs": fit.split_runs,
                     "largest_measured_k": fit.max_k, "measured_share": fit.measured_share if fit.max_k > 0 else None,
-                    "unbent": unbent_fit_reason(fit, self.metric),
+                    "unbent": unbent_fit_reason(fit),
                 },
                 "no_fit_reason": self.skipped.get(label),
             }
