@@ -81,9 +81,10 @@ class Plan:
                 f"{fit.selection_flops:.3g}", f"{fit.c_full:.3g}",
             ))
         lines.append(_table(rows))
+        unbent = self.unbent_fits()
         for label, reason in self.skipped.items():
             lines.append(_wrap(f"(no curve for {name[label]}: {reason.replace(label, name[label])})", indent="    ", first="  "))
-        for label, reason in self.unbent_fits().items():
+        for label, reason in unbent.items():
             lines.append(_wrap(f"note: the runs of {name[label]} have not bent its curve: {reason}. Beyond its largest k the "
                                "fit is a line that keeps improving; a run at a larger k decides.", indent="    ", first="  "))
         lines += ["", "Pareto frontier (best metric at each total FLOPs):"]
@@ -129,10 +130,10 @@ class Plan:
                         f"{name[rec.selector]} ({rec.chosen.measured_k}): the prediction extrapolates its fitted curve. "
                         "Record a run near this k (a larger fraction in hf-cads sweep) before relying on it."
                     ))
-                if rec.selector in self.unbent_fits():
+                if rec.selector in unbent:
                     lines.append(_wrap(
                         f"warning: the fit of {name[rec.selector]} has not bent within its runs "
-                        f"({self.unbent_fits()[rec.selector]}): the recommendation may rest on a line, not a measured curve."
+                        f"({unbent[rec.selector]}): the recommendation may rest on a line, not a measured curve."
                     ))
             affordable = [r for r in self.frontier if r.total_flops <= self.budget]
             if affordable:
@@ -147,9 +148,9 @@ class Plan:
                     rows.append((name.get(b.selector, b.selector), name.get(b.versus, b.versus), f"{b.selection_share:.3g}", f"{b.reference_ratio:.3g}",
                                  _ratio_text(b.ratio, b.scale), _ratio_text(b.scale, b.scale)))
                 lines.append(_table(rows))
-                unbent = [name.get(b.selector, b.selector) for b in self.break_even if b.selector in self.unbent_fits()]
-                if unbent:
-                    lines.append(_wrap(f"({', '.join(unbent)}: unbent fit, so the break-even is the fitted line's, not the data's)",
+                on_lines = [name.get(b.selector, b.selector) for b in self.break_even if b.selector in unbent]
+                if on_lines:
+                    lines.append(_wrap(f"({', '.join(on_lines)}: unbent fit, so the break-even is the fitted line's, not the data's)",
                                        indent="   ", first="  "))
         return "\n".join(lines)
 
@@ -176,7 +177,7 @@ class Plan:
                     "p0": fit.p0, "p_max": fit.p_max, "lambda": fit.lam, "rmse": fit.rmse, "errors": fit.parameter_errors,
                     "cost_per_example": fit.cost_per_example, "selection_flops": fit.selection_flops, "c_full": fit.c_full,
                     "selection_pool_flops": fit.selection_pool_flops, "split_runs": fit.split_runs,
-                    "largest_measured_k": fit.max_k, "measured_share": fit.measured_share if fit.max_k > 0 else None,
+                    "largest_measured_k": fit.max_k, "measured_share": fit.measured_share if fit.measured_share == fit.measured_share else None,
                     "unbent": unbent_fit_reason(fit),
                 },
                 "no_fit_reason": self.skipped.get(label),
