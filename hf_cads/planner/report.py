@@ -169,6 +169,7 @@ class Plan:
         for label in sorted({r.label for r in self.records}):
             group = [r for r in self.records if r.label == label]
             fit = self.fits.get(label)
+            share = math.nan if fit is None else fit.measured_share
             families[label] = {
                 "selector": group[0].selector,
                 "runs": len(group),
@@ -177,7 +178,7 @@ class Plan:
                     "p0": fit.p0, "p_max": fit.p_max, "lambda": fit.lam, "rmse": fit.rmse, "errors": fit.parameter_errors,
                     "cost_per_example": fit.cost_per_example, "selection_flops": fit.selection_flops, "c_full": fit.c_full,
                     "selection_pool_flops": fit.selection_pool_flops, "split_runs": fit.split_runs,
-                    "largest_measured_k": fit.max_k, "measured_share": fit.measured_share if fit.measured_share == fit.measured_share else None,
+                    "largest_measured_k": fit.max_k, "measured_share": None if math.isnan(share) else share,
                     "unbent": unbent_fit_reason(fit),
                 },
                 "no_fit_reason": self.skipped.get(label),
