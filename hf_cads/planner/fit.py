@@ -63,7 +63,7 @@ def unbent_fit_reason(fit: PerformanceFit) -> str | None:
     if not fit.higher_is_better and fit.p0 > 0 and abs(fit.p_max) <= 1e-9 * max(1.0, abs(fit.p0)):
         return "its asymptote P_max = 0 is the bound of the fit (the curve keeps falling)"
     share = fit.measured_share
-    if share == share and share < BENT_SHARE:
+    if not math.isnan(share) and share < BENT_SHARE:
         return f"its largest run (k={fit.max_k}) reached only {share:.0%} of the fitted change P0 -> P_max"
     return None
 
