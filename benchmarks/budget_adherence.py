@@ -48,24 +48,51 @@ def main() -> None:
                 model = tiny_causal_lm(tokenizer, hidden_size=128, intermediate_size=344, num_hidden_layers=4)
             with tempfile.TemporaryDirectory() as out:
                 args = BudgetedTrainingArguments(
-                    output_dir=out, flop_budget=budget, selector="bm25", selection_fraction=0.5,
-                    per_device_train_batch_size=4, gradient_accumulation_steps=accumulation, max_seq_length=128,
-                    learning_rate=1e-3, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=0,
+                    output_dir=out,
+                    flop_budget=budget,
+                    selector="bm25",
+                    selection_fraction=0.5,
+                    per_device_train_batch_size=4,
+                    gradient_accumulation_steps=accumulation,
+                    max_seq_length=128,
+                    learning_rate=1e-3,
+                    save_strategy="no",
+                    report_to="none",
+                    use_cpu=True,
+                    disable_tqdm=True,
+                    seed=0,
                 )
-                trainer = BudgetedTrainer(model=model, args=args, train_dataset=pool, processing_class=tokenizer,
-                                          selection_target=validation, peft_config=LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
+                trainer = BudgetedTrainer(
+                    model=model,
+                    args=args,
+                    train_dataset=pool,
+                    processing_class=tokenizer,
+                    selection_target=validation,
+                    peft_config=LoraConfig(r=8, target_modules=["q_proj", "v_proj"]),
+                )
                 trainer.train()
             ledger = trainer.flop_ledger
-            rows.append({"budget": budget, "gradient_accumulation": accumulation, "spent": ledger.spent,
-                         "ratio": ledger.spent / budget, "steps": trainer.state.global_step,
-                         "selection_flops": ledger.entries["selection"]})
+            rows.append(
+                {
+                    "budget": budget,
+                    "gradient_accumulation": accumulation,
+                    "spent": ledger.spent,
+                    "ratio": ledger.spent / budget,
+                    "steps": trainer.state.global_step,
+                    "selection_flops": ledger.entries["selection"],
+                }
+            )
             print(rows[-1], flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "budget_adherence.json").write_text(json.dumps({"model": options.model or "llama-4L-128d (config)", "rows": rows}, indent=2))
+    (RESULTS / "budget_adherence.json").write_text(
+        json.dumps({"model": options.model or "llama-4L-128d (config)", "rows": rows}, indent=2)
+    )
     lines = ["| budget | grad. accumulation | steps | spent / budget | goal 0.97-1.00 |", "|---|---|---|---|---|"]
     for r in rows:
         ok = 0.97 <= r["ratio"] <= 1.0
-        lines.append(f"| {r['budget']:.1e} | {r['gradient_accumulation']} | {r['steps']} | {r['ratio']:.4f} | {'yes' if ok else 'NO'} |")
+        lines.append(
+            f"| {r['budget']:.1e} | {r['gradient_accumulation']} | {r['steps']} | {r['ratio']:.4f} | {'yes' if ok else 'NO'} |"
+        )
     (RESULTS / "budget_adherence.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -3,8 +3,9 @@ FLOP budget and evaluate it on a test set, with the same code CADS itself uses f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +18,15 @@ class Seeded:
 
 
 def train_and_evaluate(
-    model_factory: Callable[[], Any], loss: str, pool: Any, test: Any, rows: Any, budget: float, seed: int, lr: float, batch_size: int
+    model_factory: Callable[[], Any],
+    loss: str,
+    pool: Any,
+    test: Any,
+    rows: Any,
+    budget: float,
+    seed: int,
+    lr: float,
+    batch_size: int,
 ) -> dict[str, float]:
     """Train a fresh model (seeded) on ``rows`` of ``pool`` until ``budget`` FLOPs; test loss (and accuracy)."""
     import torch

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from cads_common import train_and_evaluate
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -46,10 +45,13 @@ def make_data(noise: float, seed: int = 0):
     pool_labels = labels[pool_idx].copy()
     noisy = rng.random(len(pool_idx)) < noise
     pool_labels[noisy] = (pool_labels[noisy] + rng.integers(1, 10, noisy.sum())) % 10  # always a wrong label
-    pool = Dataset.from_dict({
-        "x": features[pool_idx].tolist(), "y": pool_labels.tolist(),
-        "source": np.where(noisy, "noisy", "clean").tolist(),
-    })
+    pool = Dataset.from_dict(
+        {
+            "x": features[pool_idx].tolist(),
+            "y": pool_labels.tolist(),
+            "source": np.where(noisy, "noisy", "clean").tolist(),
+        }
+    )
     validation = Dataset.from_dict({"x": features[val_idx].tolist(), "y": labels[val_idx].tolist()})
     test = Dataset.from_dict({"x": features[test_idx].tolist(), "y": labels[test_idx].tolist()})
     return pool, validation, test
@@ -64,11 +66,18 @@ def mlp():
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--passes", type=float, nargs="*", default=[0.5, 2.0, 8.0, 32.0], help="budgets, in passes over the pool")
+    parser.add_argument(
+        "--passes", type=float, nargs="*", default=[0.5, 2.0, 8.0, 32.0], help="budgets, in passes over the pool"
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--noise", type=float, default=0.3)
     parser.add_argument("--outer-steps", type=int, default=1000)
-    parser.add_argument("--gamma", type=float, default=None, help="size the outer loop by gamma (the paper's 2*gamma*C) instead of --outer-steps")
+    parser.add_argument(
+        "--gamma",
+        type=float,
+        default=None,
+        help="size the outer loop by gamma (the paper's 2*gamma*C) instead of --outer-steps",
+    )
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--penalty", default="one_sided", choices=["squared", "one_sided"])
     parser.add_argument("--policy-reward", default="objective", choices=["objective", "validation"])
@@ -97,10 +106,22 @@ def main() -> None:
         chosen_sizes, noisy_share, overheads, loo = [], [], [], []
         for seed in seeds:
             selector = get_selector(
-                "cads-e", backend=TensorBackend(mlp, loss="cross_entropy"), train_budget=budget, seed=seed,
-                batch_size=batch_size, learning_rate=lr, block_size=64, target_batch_size=150,
-                outer_steps=None if args.gamma is not None else args.outer_steps, gamma=args.gamma or 0.1, alpha=args.alpha, penalty=args.penalty,
-                policy_reward=args.policy_reward, lr_s=args.lr_s, A=10, show_progress=False,
+                "cads-e",
+                backend=TensorBackend(mlp, loss="cross_entropy"),
+                train_budget=budget,
+                seed=seed,
+                batch_size=batch_size,
+                learning_rate=lr,
+                block_size=64,
+                target_batch_size=150,
+                outer_steps=None if args.gamma is not None else args.outer_steps,
+                gamma=args.gamma or 0.1,
+                alpha=args.alpha,
+                penalty=args.penalty,
+                policy_reward=args.policy_reward,
+                lr_s=args.lr_s,
+                A=10,
+                show_progress=False,
             )
             result = selector.select(pool, target=validation)
             chosen = result.indices
@@ -110,13 +131,19 @@ def main() -> None:
             loo.append(result.extras["loss_predictor_loo_mse"])
             random_rows = np.random.default_rng(seed).choice(len(pool), len(chosen), replace=False)
             for name, rows in (("full", np.arange(len(pool))), ("random", random_rows), ("cads-e", chosen)):
-                runs[name].append(train_and_evaluate(mlp, "cross_entropy", pool, test, rows, budget, seed, lr, batch_size))
+                runs[name].append(
+                    train_and_evaluate(mlp, "cross_entropy", pool, test, rows, budget, seed, lr, batch_size)
+                )
         record = {
-            "passes": passes, "budget_flops": budget,
+            "passes": passes,
+            "budget_flops": budget,
             "accuracy": {name: [r["test_accuracy"] for r in rs] for name, rs in runs.items()},
             "train_flops": {name: float(np.mean([r["train_flops"] for r in rs])) for name, rs in runs.items()},
-            "cads_subset_size": chosen_sizes, "cads_noisy_share": noisy_share, "pool_noisy_share": float(noisy.mean()),
-            "overhead_multiple_of_budget": float(np.mean(overheads)), "loss_predictor_loo_mse": float(np.mean(loo)),
+            "cads_subset_size": chosen_sizes,
+            "cads_noisy_share": noisy_share,
+            "pool_noisy_share": float(noisy.mean()),
+            "overhead_multiple_of_budget": float(np.mean(overheads)),
+            "loss_predictor_loo_mse": float(np.mean(loo)),
         }
         records.append(record)
         accuracy = {name: np.mean(values) for name, values in record["accuracy"].items()}
@@ -150,7 +177,9 @@ def write_outputs(records, args) -> None:
     left.legend()
     right.plot(budgets, [np.mean(r["cads_noisy_share"]) for r in records], "o-", label="noisy share in CADS-E subset")
     right.axhline(records[0]["pool_noisy_share"], color="gray", ls="--", label="noisy share in pool")
-    right.plot(budgets, [np.mean(r["cads_subset_size"]) / 1200 for r in records], "^-", label="CADS-E subset size / pool")
+    right.plot(
+        budgets, [np.mean(r["cads_subset_size"]) / 1200 for r in records], "^-", label="CADS-E subset size / pool"
+    )
     right.set_xscale("log")
     right.set_ylim(0, 1.05)
     right.set_xlabel("training budget C (FLOPs)")

@@ -39,12 +39,27 @@ def train(model_factory, tokenizer, pool, validation, flop_budget, seed, selecto
 
     with tempfile.TemporaryDirectory() as output_dir:
         args = BudgetedTrainingArguments(
-            output_dir=output_dir, flop_budget=flop_budget, selector=selector, selector_kwargs=selector_kwargs,
-            per_device_train_batch_size=8, learning_rate=3e-3, max_seq_length=128, lr_scheduler_type="constant",
-            report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True, logging_steps=10_000, seed=seed,
+            output_dir=output_dir,
+            flop_budget=flop_budget,
+            selector=selector,
+            selector_kwargs=selector_kwargs,
+            per_device_train_batch_size=8,
+            learning_rate=3e-3,
+            max_seq_length=128,
+            lr_scheduler_type="constant",
+            report_to="none",
+            use_cpu=True,
+            save_strategy="no",
+            disable_tqdm=True,
+            logging_steps=10_000,
+            seed=seed,
         )
         trainer = BudgetedTrainer(
-            model=model_factory(), args=args, train_dataset=pool, processing_class=tokenizer, selection_target=validation
+            model=model_factory(),
+            args=args,
+            train_dataset=pool,
+            processing_class=tokenizer,
+            selection_target=validation,
         )
         trainer.train()
         return trainer.model, trainer.flop_ledger.breakdown(), trainer.selection_result
@@ -56,7 +71,9 @@ def main() -> None:
     parser.add_argument("--target", default="boolean_expressions")
     parser.add_argument("--per-source", type=int, default=150)
     parser.add_argument("--test", type=int, default=64)
-    parser.add_argument("--steps", type=int, nargs="*", default=[100, 300, 1000], help="budgets C, in training steps of 8 rows")
+    parser.add_argument(
+        "--steps", type=int, nargs="*", default=[100, 300, 1000], help="budgets C, in training steps of 8 rows"
+    )
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--outer-steps", type=int, default=60)
     parser.add_argument("--lr-s", type=float, default=0.1)
@@ -93,8 +110,17 @@ def main() -> None:
     lengths = [len(ids) for ids in tokenize_for_causal_lm(pool, tokenizer, 128)["input_ids"]]
     step_flops = profile.train_step_flops(8, int(np.percentile(lengths, 90)))
     cads_options = dict(
-        granularity="source", batch_size=8, learning_rate=3e-3, max_length=128, lora_r=0, block_size=16,
-        target_batch_size=8, outer_steps=args.outer_steps, lr_s=args.lr_s, A=10, show_progress=False,
+        granularity="source",
+        batch_size=8,
+        learning_rate=3e-3,
+        max_length=128,
+        lora_r=0,
+        block_size=16,
+        target_batch_size=8,
+        outer_steps=args.outer_steps,
+        lr_s=args.lr_s,
+        A=10,
+        show_progress=False,
     )
     test_texts = list(test["text"])
     records = []
@@ -104,22 +130,36 @@ def main() -> None:
         per_seed = []
         for seed in seeds:
             options = dict(cads_options, train_budget=budget, seed=seed)
-            overhead = get_selector("cads-s", model=model_factory(), tokenizer=tokenizer, **options).estimate_flops(pool, validation)
-            model, ledger, selection = train(model_factory, tokenizer, pool, validation, budget + overhead, seed, "cads-s", options)
+            overhead = get_selector("cads-s", model=model_factory(), tokenizer=tokenizer, **options).estimate_flops(
+                pool, validation
+            )
+            model, ledger, selection = train(
+                model_factory, tokenizer, pool, validation, budget + overhead, seed, "cads-s", options
+            )
             cads = target_loss(model, tokenizer, test_texts, FlopLedger(), 16, 128)
             spent = ledger["total"]
             model, uniform_total_ledger, _ = train(model_factory, tokenizer, pool, validation, spent, seed)
             uniform_total = target_loss(model, tokenizer, test_texts, FlopLedger(), 16, 128)
             model, _, _ = train(model_factory, tokenizer, pool, validation, budget, seed)
             uniform_train = target_loss(model, tokenizer, test_texts, FlopLedger(), 16, 128)
-            per_seed.append({
-                "seed": seed, "mixture": selection.extras["mixture"], "selected_rows": len(selection),
-                "selection_flops": ledger["selection"], "cads_train_flops": ledger["train"], "cads_total_flops": spent,
-                "uniform_total_train_flops": uniform_total_ledger["train"],
-                "overhead_multiple_of_budget": selection.extras["overhead_multiple_of_budget"],
-                "loss_predictor_loo_mse": selection.extras["loss_predictor_loo_mse"],
-                "target_loss": {"cads-s": cads, "uniform (equal total)": uniform_total, "uniform (equal train)": uniform_train},
-            })
+            per_seed.append(
+                {
+                    "seed": seed,
+                    "mixture": selection.extras["mixture"],
+                    "selected_rows": len(selection),
+                    "selection_flops": ledger["selection"],
+                    "cads_train_flops": ledger["train"],
+                    "cads_total_flops": spent,
+                    "uniform_total_train_flops": uniform_total_ledger["train"],
+                    "overhead_multiple_of_budget": selection.extras["overhead_multiple_of_budget"],
+                    "loss_predictor_loo_mse": selection.extras["loss_predictor_loo_mse"],
+                    "target_loss": {
+                        "cads-s": cads,
+                        "uniform (equal total)": uniform_total,
+                        "uniform (equal train)": uniform_train,
+                    },
+                }
+            )
             print(
                 f"C={steps} steps ({budget:.3g} FLOPs) seed {seed}: mixture "
                 + ", ".join(f"{s} {selection.extras['mixture'][s]:.2f}" for s in sources)
@@ -128,13 +168,19 @@ def main() -> None:
                 f"[{time.time() - started:.0f}s]",
                 flush=True,
             )
-        records.append({
-            "steps": steps, "budget_flops": budget, "runs": per_seed,
-            "mixture_mean": {s: float(np.mean([r["mixture"][s] for r in per_seed])) for s in sources},
-            "target_loss_mean": {k: float(np.mean([r["target_loss"][k] for r in per_seed])) for k in per_seed[0]["target_loss"]},
-            "overhead_multiple_of_budget": float(np.mean([r["overhead_multiple_of_budget"] for r in per_seed])),
-            "loss_predictor_loo_mse": float(np.mean([r["loss_predictor_loo_mse"] for r in per_seed])),
-        })
+        records.append(
+            {
+                "steps": steps,
+                "budget_flops": budget,
+                "runs": per_seed,
+                "mixture_mean": {s: float(np.mean([r["mixture"][s] for r in per_seed])) for s in sources},
+                "target_loss_mean": {
+                    k: float(np.mean([r["target_loss"][k] for r in per_seed])) for k in per_seed[0]["target_loss"]
+                },
+                "overhead_multiple_of_budget": float(np.mean([r["overhead_multiple_of_budget"] for r in per_seed])),
+                "loss_predictor_loo_mse": float(np.mean([r["loss_predictor_loo_mse"] for r in per_seed])),
+            }
+        )
     write_outputs(records, sources, args, step_flops, len(pool))
 
 
@@ -169,7 +215,9 @@ def write_outputs(records, sources, args, step_flops, pool_size) -> None:
     payload = {"settings": vars(args), "train_step_flops": step_flops, "pool_size": pool_size, "records": records}
     (RESULTS / f"{args.tag}.json").write_text(json.dumps(payload, indent=2))
     lines = [
-        "| budget C (steps) | C (FLOPs) | CADS-S mixture (" + ", ".join(sources) + ") | target loss CADS-S | uniform, equal total FLOPs | uniform, equal train FLOPs | overhead (x C) | predictor LOO MSE |",
+        "| budget C (steps) | C (FLOPs) | CADS-S mixture ("
+        + ", ".join(sources)
+        + ") | target loss CADS-S | uniform, equal total FLOPs | uniform, equal train FLOPs | overhead (x C) | predictor LOO MSE |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in records:

@@ -31,8 +31,15 @@ class LMSetting:
         return steps * self.step_flops
 
 
-def load_setting(target: str = "gsm8k", per_source: int = 60, validation_rows: int = 32, test_rows: int = 64,
-                 max_length: int = 128, batch_size: int = 8, max_chars: int = 600) -> LMSetting:
+def load_setting(
+    target: str = "gsm8k",
+    per_source: int = 60,
+    validation_rows: int = 32,
+    test_rows: int = 64,
+    max_length: int = 128,
+    batch_size: int = 8,
+    max_chars: int = 600,
+) -> LMSetting:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import datasets
     import transformers
@@ -44,7 +51,9 @@ def load_setting(target: str = "gsm8k", per_source: int = 60, validation_rows: i
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
-    pool = build_multisource_pool(None if target == "gsm8k" else target, max_per_source=per_source, max_chars=max_chars, seed=0)
+    pool = build_multisource_pool(
+        None if target == "gsm8k" else target, max_per_source=per_source, max_chars=max_chars, seed=0
+    )
     examples = load_gsm8k("test") if target == "gsm8k" else load_bbh_examples(target)
     examples = examples.filter(lambda row: len(row["text"]) <= max_chars)
     validation = examples.select(range(validation_rows))

@@ -33,8 +33,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     import torch
-
     from cads_lm_common import load_setting
+
     from hf_cads import get_selector
     from hf_cads.selectors.cads_core import AdamTheta, plan_cads
     from hf_cads.selectors.cads_loop import SourceMasks, step_masks
@@ -43,8 +43,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     setting = load_setting("gsm8k", per_source=60, max_length=128)
     budget = setting.budget(args.budget_steps)
-    common = dict(granularity="source", train_budget=budget, batch_size=8, block_size=8, target_batch_size=8, max_length=128,
-                  learning_rate=1e-3, show_progress=False, seed=0)
+    common = dict(
+        granularity="source",
+        train_budget=budget,
+        batch_size=8,
+        block_size=8,
+        target_batch_size=8,
+        max_length=128,
+        learning_rate=1e-3,
+        show_progress=False,
+        seed=0,
+    )
     variants = {
         "exact": dict(common, lookahead="exact", samples_per_step=4, outer_steps=40),
         "first_order": dict(common, lookahead="first_order", samples_per_step=16),
@@ -70,10 +79,15 @@ def main() -> None:
             seconds.append(time.perf_counter() - started)
             flops.append(scored.flops)
         row = {
-            "variant": name, "samples_per_step": options["samples_per_step"], "outer_steps": plan.outer_steps,
-            "seconds_per_outer_step": float(np.mean(seconds)), "seconds_each": seconds,
-            "flops_per_outer_step": float(np.mean(flops)), "estimated_flops_per_outer_step": plan.outer_step_flops,
-            "pilot_flops": plan.pilot_flops, "outer_flops": plan.outer_flops,
+            "variant": name,
+            "samples_per_step": options["samples_per_step"],
+            "outer_steps": plan.outer_steps,
+            "seconds_per_outer_step": float(np.mean(seconds)),
+            "seconds_each": seconds,
+            "flops_per_outer_step": float(np.mean(flops)),
+            "estimated_flops_per_outer_step": plan.outer_step_flops,
+            "pilot_flops": plan.pilot_flops,
+            "outer_flops": plan.outer_flops,
             "overhead_multiple_of_C": plan.estimated_flops / budget,
             "paper_rule_multiple_of_C": plan.paper_overhead_flops / budget,
             "outer_loop_seconds": float(np.mean(seconds)) * plan.outer_steps,
@@ -82,7 +96,13 @@ def main() -> None:
         print(json.dumps({k: v for k, v in row.items() if k != "seconds_each"}), flush=True)
         del task, selector
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"settings": vars(args), "budget_flops": budget, "train_step_flops": setting.step_flops, "pool_size": len(setting.pool), "rows": rows}
+    payload = {
+        "settings": vars(args),
+        "budget_flops": budget,
+        "train_step_flops": setting.step_flops,
+        "pool_size": len(setting.pool),
+        "rows": rows,
+    }
     (RESULTS / "cads_lm_cost.json").write_text(json.dumps(payload, indent=2))
     lines = [
         f"CADS-S outer loop on SmolLM2-135M + LoRA, GSM8K target, pool {len(setting.pool)} rows, C = {args.budget_steps} steps "

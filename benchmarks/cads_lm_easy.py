@@ -41,23 +41,42 @@ VARIANTS = {
 def finished() -> set[tuple]:
     if not LOG.exists():
         return set()
-    return {(r["variant"], r["seed"], r["budget_steps"], r.get("outer_steps")) for r in map(json.loads, LOG.read_text().splitlines()) if r}
+    return {
+        (r["variant"], r["seed"], r["budget_steps"], r.get("outer_steps"))
+        for r in map(json.loads, LOG.read_text().splitlines())
+        if r
+    }
 
 
 def options_for(variant: str, budget: float, seed: int, outer_steps: int, lr_s: float) -> dict:
     granularity, reward, penalty, lookahead = VARIANTS[variant]
     return dict(
-        granularity=granularity, policy_reward=reward, penalty=penalty, lookahead=lookahead, train_budget=budget, seed=seed,
-        batch_size=8, block_size=8, target_batch_size=8, max_length=64, baseline="step", warmup_fraction=0.1,
-        samples_per_step=32 if lookahead == "first_order" else 4, outer_steps=outer_steps, lr_s=lr_s, A=40,
-        sigma_end=0.1, learning_rate=1e-3, show_progress=False,
+        granularity=granularity,
+        policy_reward=reward,
+        penalty=penalty,
+        lookahead=lookahead,
+        train_budget=budget,
+        seed=seed,
+        batch_size=8,
+        block_size=8,
+        target_batch_size=8,
+        max_length=64,
+        baseline="step",
+        warmup_fraction=0.1,
+        samples_per_step=32 if lookahead == "first_order" else 4,
+        outer_steps=outer_steps,
+        lr_s=lr_s,
+        A=40,
+        sigma_end=0.1,
+        learning_rate=1e-3,
+        show_progress=False,
     )
 
 
 def run(args) -> None:
     import torch
-
     from cads_lm_common import load_setting
+
     from hf_cads import get_selector
 
     torch.set_num_threads(1)
@@ -76,10 +95,16 @@ def run(args) -> None:
                 result = selector.select(setting.pool, target=setting.validation)
                 extras = result.extras
                 record = {
-                    "variant": variant, "seed": seed, "budget_steps": budget_steps, "outer_steps": args.outer_steps,
-                    "budget_flops": setting.budget(budget_steps), "options": {k: v for k, v in options.items() if k != "train_budget"},
-                    "pool_share_gsm8k": pool_share, "overhead_multiple_of_budget": extras["overhead_multiple_of_budget"],
-                    "loss_predictor_loo_mse": extras["loss_predictor_loo_mse"], "seconds": time.time() - started,
+                    "variant": variant,
+                    "seed": seed,
+                    "budget_steps": budget_steps,
+                    "outer_steps": args.outer_steps,
+                    "budget_flops": setting.budget(budget_steps),
+                    "options": {k: v for k, v in options.items() if k != "train_budget"},
+                    "pool_share_gsm8k": pool_share,
+                    "overhead_multiple_of_budget": extras["overhead_multiple_of_budget"],
+                    "loss_predictor_loo_mse": extras["loss_predictor_loo_mse"],
+                    "seconds": time.time() - started,
                     "pilot_losses": extras["loss_predictor"]["losses"],
                 }
                 if extras["granularity"] == "source":
@@ -89,14 +114,20 @@ def run(args) -> None:
                 else:
                     probs = np.asarray(extras["probabilities"])
                     record["keep_probability"] = {s: float(probs[sources == s].mean()) for s in setting.sources}
-                    record["gsm8k_minus_others"] = float(probs[sources == "gsm8k"].mean() - probs[sources != "gsm8k"].mean())
+                    record["gsm8k_minus_others"] = float(
+                        probs[sources == "gsm8k"].mean() - probs[sources != "gsm8k"].mean()
+                    )
                     record["selected_gsm8k_share"] = float(np.mean(sources[result.indices] == "gsm8k"))
                 record["val_loss_first_last"] = [extras["history"][0]["val_loss"], extras["history"][-1]["val_loss"]]
                 with LOG.open("a") as handle:
                     handle.write(json.dumps(record) + "\n")
                 summary = record.get("mixture") or record.get("keep_probability")
-                print(f"{variant} seed {seed} C={budget_steps}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items())
-                      + f" | overhead {record['overhead_multiple_of_budget']:.2f} x C [{record['seconds']:.0f}s]", flush=True)
+                print(
+                    f"{variant} seed {seed} C={budget_steps}: "
+                    + ", ".join(f"{k} {v:.3f}" for k, v in summary.items())
+                    + f" | overhead {record['overhead_multiple_of_budget']:.2f} x C [{record['seconds']:.0f}s]",
+                    flush=True,
+                )
     report()
 
 
@@ -119,7 +150,9 @@ def report() -> None:
         key = "gsm8k_share" if "gsm8k_share" in rs[0] else "gsm8k_minus_others"
         values = [r[key] for r in sorted(rs, key=lambda r: r["seed"])]
         lines.append(
-            f"| {variant} | {budget} | {outer} | " + " / ".join(f"{v:.3f}" for v in values) + f" | {np.mean(values):.3f} | "
+            f"| {variant} | {budget} | {outer} | "
+            + " / ".join(f"{v:.3f}" for v in values)
+            + f" | {np.mean(values):.3f} | "
             f"{np.mean([r['overhead_multiple_of_budget'] for r in rs]):.2f} |"
         )
     (RESULTS / "cads_lm_easy.md").write_text("\n".join(lines) + "\n")

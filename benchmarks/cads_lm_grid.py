@@ -52,7 +52,9 @@ def grid_mixtures(sources: list[str], own: str) -> dict[str, dict[str, float]]:
     return mixtures
 
 
-def training_rows(pool_sources: np.ndarray, mixture: dict[str, float], count: int, rng: np.random.Generator) -> np.ndarray:
+def training_rows(
+    pool_sources: np.ndarray, mixture: dict[str, float], count: int, rng: np.random.Generator
+) -> np.ndarray:
     """``count`` pool rows in the mixture's proportions (``allocate_by_mixture``, uncapped: rows may repeat);
     a source smaller than its share is cycled through in a fresh random order each pass, so rows repeat
     as evenly as possible."""
@@ -77,7 +79,9 @@ def train_and_score(setting, mixture: dict[str, float], budget_steps: float, see
     config = SimpleNamespace(seed=seed, batch_size=BATCH_SIZE, max_length=MAX_LENGTH)
     task = CausalLMBackend(setting.model, setting.tokenizer).prepare(setting.pool, setting.test, config)
     rng = np.random.default_rng(seed)
-    rows = training_rows(np.asarray(setting.pool["source"]), mixture, max(int(round(budget_steps * BATCH_SIZE)), BATCH_SIZE), rng)
+    rows = training_rows(
+        np.asarray(setting.pool["source"]), mixture, max(int(round(budget_steps * BATCH_SIZE)), BATCH_SIZE), rng
+    )
     steps, flops = (0, 0.0)
     if budget_steps > 0:
         steps, flops = train_for_budget(task, rows, setting.budget(budget_steps), LEARNING_RATE, BATCH_SIZE, rng)
@@ -88,9 +92,18 @@ def train_and_score(setting, mixture: dict[str, float], budget_steps: float, see
 def easy_case_mixture(seed: int, budget_steps: int) -> dict | None:
     """CADS-S's GSM8K mixture from the easy-case benchmark (same pool, model and options), if it ran."""
     for r in read_records(EASY_LOG):
-        if (r["variant"], r["seed"], r["budget_steps"], r["outer_steps"]) == ("s-tr-fo", seed, budget_steps, CADS_OUTER_STEPS):
-            return {"mixture": r["mixture"], "overhead_multiple_of_budget": r["overhead_multiple_of_budget"],
-                    "cads_seconds": r["seconds"], "from": "cads_lm_easy.jsonl"}
+        if (r["variant"], r["seed"], r["budget_steps"], r["outer_steps"]) == (
+            "s-tr-fo",
+            seed,
+            budget_steps,
+            CADS_OUTER_STEPS,
+        ):
+            return {
+                "mixture": r["mixture"],
+                "overhead_multiple_of_budget": r["overhead_multiple_of_budget"],
+                "cads_seconds": r["seconds"],
+                "from": "cads_lm_easy.jsonl",
+            }
     return None
 
 
@@ -101,9 +114,15 @@ def learn_cads_mixture(setting, budget_steps: int, seed: int) -> dict:
 
     started = time.time()
     options = options_for("s-tr-fo", setting.budget(budget_steps), seed, CADS_OUTER_STEPS, 1.0)
-    result = get_selector("cads", model=setting.model, tokenizer=setting.tokenizer, **options).select(setting.pool, target=setting.validation)
-    return {"mixture": result.extras["mixture"], "overhead_multiple_of_budget": result.extras["overhead_multiple_of_budget"],
-            "cads_seconds": time.time() - started, "from": "this run"}
+    result = get_selector("cads", model=setting.model, tokenizer=setting.tokenizer, **options).select(
+        setting.pool, target=setting.validation
+    )
+    return {
+        "mixture": result.extras["mixture"],
+        "overhead_multiple_of_budget": result.extras["overhead_multiple_of_budget"],
+        "cads_seconds": time.time() - started,
+        "from": "this run",
+    }
 
 
 def read_records(path: Path = LOG) -> list[dict]:
@@ -141,12 +160,19 @@ def equal_total_run(target: str, budget_steps: int, seed: int, name: str) -> tup
     """The mixture and training steps of an equal-total-FLOPs run: uniform, or the mixture with the lowest
     mean test loss at ``budget_steps`` so far, trained for CADS-S's C plus overhead (this seed's CADS-S run)."""
     records = read_records()
-    cads = [r for r in records if (r["target"], r["budget_steps"], r["seed"], r["mixture_name"]) == (target, budget_steps, seed, "CADS-S")]
+    cads = [
+        r
+        for r in records
+        if (r["target"], r["budget_steps"], r["seed"], r["mixture_name"]) == (target, budget_steps, seed, "CADS-S")
+    ]
     if not cads:
         return None
     total_steps = cads[0]["total_flops"] / cads[0]["step_flops"]
-    grid = {n: m for (t, b, n), m in _mean_losses(records).items()
-            if t == target and b == budget_steps and n not in ("CADS-S", *EQUAL_TOTAL)}
+    grid = {
+        n: m
+        for (t, b, n), m in _mean_losses(records).items()
+        if t == target and b == budget_steps and n not in ("CADS-S", *EQUAL_TOTAL)
+    }
     chosen = "uniform" if name == EQUAL_TOTAL[0] else min(grid, key=lambda n: grid[n]["mean"], default=None)
     mixture = grid[chosen]["records"][0]["mixture"] if chosen in grid else None
     return (mixture, total_steps) if mixture else None
@@ -154,7 +180,6 @@ def equal_total_run(target: str, budget_steps: int, seed: int, name: str) -> tup
 
 def run(args) -> None:
     import torch
-
     from cads_lm_common import load_setting
 
     torch.set_num_threads(1)
@@ -167,11 +192,20 @@ def run(args) -> None:
             if (target, budget_steps, seed, name) in done:
                 continue
             started = time.time()
-            record = {"target": target, "budget_steps": budget_steps, "seed": seed, "mixture_name": name,
-                      "step_flops": setting.step_flops, "pool_rows": len(setting.pool), "test_rows": len(setting.test)}
+            record = {
+                "target": target,
+                "budget_steps": budget_steps,
+                "seed": seed,
+                "mixture_name": name,
+                "step_flops": setting.step_flops,
+                "pool_rows": len(setting.pool),
+                "test_rows": len(setting.test),
+            }
             train_steps = budget_steps
             if name == "CADS-S":
-                cads = (easy_case_mixture(seed, budget_steps) if target == "gsm8k" else None) or learn_cads_mixture(setting, budget_steps, seed)
+                cads = (easy_case_mixture(seed, budget_steps) if target == "gsm8k" else None) or learn_cads_mixture(
+                    setting, budget_steps, seed
+                )
                 record.update(cads)
                 mixture = cads["mixture"]
             elif name in EQUAL_TOTAL:
@@ -189,8 +223,11 @@ def run(args) -> None:
             record["seconds"] = time.time() - started
             with LOG.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
-            print(f"{target} C={budget_steps} seed {seed} {name}: test loss {record['test_loss']:.4f} "
-                  f"({record['train_steps']} steps, {record['seconds']:.0f}s)", flush=True)
+            print(
+                f"{target} C={budget_steps} seed {seed} {name}: test loss {record['test_loss']:.4f} "
+                f"({record['train_steps']} steps, {record['seconds']:.0f}s)",
+                flush=True,
+            )
     report()
 
 
@@ -198,10 +235,16 @@ def _mean_losses(records: list[dict]) -> dict[tuple, dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         groups.setdefault((r["target"], r["budget_steps"], r["mixture_name"]), []).append(r)
-    return {key: {"losses": [r["test_loss"] for r in sorted(rs, key=lambda r: r["seed"])],
-                  "seeds": sorted(r["seed"] for r in rs), "mean": float(np.mean([r["test_loss"] for r in rs])),
-                  "total_steps": float(np.mean([r["total_flops"] / r["step_flops"] for r in rs])), "records": rs}
-            for key, rs in groups.items()}
+    return {
+        key: {
+            "losses": [r["test_loss"] for r in sorted(rs, key=lambda r: r["seed"])],
+            "seeds": sorted(r["seed"] for r in rs),
+            "mean": float(np.mean([r["test_loss"] for r in rs])),
+            "total_steps": float(np.mean([r["total_flops"] / r["step_flops"] for r in rs])),
+            "records": rs,
+        }
+        for key, rs in groups.items()
+    }
 
 
 def _mixture_text(mixture: dict[str, float]) -> str:
@@ -226,17 +269,41 @@ def report() -> None:
         lines.append(f"## {target}" + (f" (untrained: {untrained['mean']:.4f})" if untrained else ""))
         budgets = sorted({b for (t, b, _) in means if t == target and b > 0})
         for budget in budgets:
-            rows = sorted(((name, m) for (t, b, name), m in means.items() if t == target and b == budget and name not in EQUAL_TOTAL),
-                          key=lambda x: x[1]["mean"])
-            lines += ["", f"C = {budget} steps", "", "| rank | mixture | test loss per seed | mean | total (steps) |", "|---|---|---|---|---|"]
+            rows = sorted(
+                (
+                    (name, m)
+                    for (t, b, name), m in means.items()
+                    if t == target and b == budget and name not in EQUAL_TOTAL
+                ),
+                key=lambda x: x[1]["mean"],
+            )
+            lines += [
+                "",
+                f"C = {budget} steps",
+                "",
+                "| rank | mixture | test loss per seed | mean | total (steps) |",
+                "|---|---|---|---|---|",
+            ]
             for rank, (name, m) in enumerate(rows, start=1):
-                label = name if name != "CADS-S" else "**CADS-S** (" + "; ".join(_mixture_text(r["mixture"]) for r in m["records"]) + ")"
-                lines.append(f"| {rank} | {label} | " + " / ".join(f"{v:.4f}" for v in m["losses"]) + f" | {m['mean']:.4f} | {m['total_steps']:.1f} |")
+                label = (
+                    name
+                    if name != "CADS-S"
+                    else "**CADS-S** (" + "; ".join(_mixture_text(r["mixture"]) for r in m["records"]) + ")"
+                )
+                lines.append(
+                    f"| {rank} | {label} | "
+                    + " / ".join(f"{v:.4f}" for v in m["losses"])
+                    + f" | {m['mean']:.4f} | {m['total_steps']:.1f} |"
+                )
             for name in EQUAL_TOTAL:
                 m = means.get((target, budget, name))
                 if m:
                     mixtures = "; ".join(dict.fromkeys(_mixture_text(r["mixture"]) for r in m["records"]))
-                    lines.append(f"| - | {name} ({mixtures}) | " + " / ".join(f"{v:.4f}" for v in m["losses"]) + f" | {m['mean']:.4f} | {m['total_steps']:.1f} |")
+                    lines.append(
+                        f"| - | {name} ({mixtures}) | "
+                        + " / ".join(f"{v:.4f}" for v in m["losses"])
+                        + f" | {m['mean']:.4f} | {m['total_steps']:.1f} |"
+                    )
         lines += ["", *comparison_lines(means, target, budgets), ""]
     (RESULTS / "cads_lm_grid.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -248,26 +315,39 @@ def comparison_lines(means: dict[tuple, dict], target: str, budgets: list[int]) 
     out = []
     for budget in budgets:
         cads = means.get((target, budget, "CADS-S"))
-        grid = {name: m for (t, b, name), m in means.items() if t == target and b == budget and name not in ("CADS-S", *EQUAL_TOTAL)}
+        grid = {
+            name: m
+            for (t, b, name), m in means.items()
+            if t == target and b == budget and name not in ("CADS-S", *EQUAL_TOTAL)
+        }
         if not cads or "uniform" not in grid:
             continue
         best_name = min(grid, key=lambda n: grid[n]["mean"])
         rank = 1 + sum(m["mean"] < cads["mean"] for m in grid.values())
-        out.append(f"- C = {budget}, equal training FLOPs: CADS-S ranks {rank} of {len(grid) + 1}; its test loss "
-                   f"{cads['mean']:.4f} vs uniform {grid['uniform']['mean']:.4f} ({cads['mean'] - grid['uniform']['mean']:+.4f}) "
-                   f"and the grid's best, {best_name}, {grid[best_name]['mean']:.4f} ({cads['mean'] - grid[best_name]['mean']:+.4f}).")
+        out.append(
+            f"- C = {budget}, equal training FLOPs: CADS-S ranks {rank} of {len(grid) + 1}; its test loss "
+            f"{cads['mean']:.4f} vs uniform {grid['uniform']['mean']:.4f} ({cads['mean'] - grid['uniform']['mean']:+.4f}) "
+            f"and the grid's best, {best_name}, {grid[best_name]['mean']:.4f} ({cads['mean'] - grid[best_name]['mean']:+.4f})."
+        )
         # Equal total FLOPs: trained for CADS-S's C plus its overhead, on the same seeds.
         equal = [means.get((target, budget, name)) for name in EQUAL_TOTAL]
         if all(equal):
             uniform, best = equal
             seeds = sorted(set(uniform["seeds"]) & set(best["seeds"]))
             same = float(np.mean([r["test_loss"] for r in cads["records"] if r["seed"] in seeds]))
-            mean = {name: float(np.mean([r["test_loss"] for r in m["records"] if r["seed"] in seeds])) for name, m in zip(EQUAL_TOTAL, equal)}
-            out.append(f"- C = {budget}, equal total FLOPs ({cads['total_steps']:.1f} steps: CADS-S's C + overhead; seeds {seeds}): "
-                       f"CADS-S {same:.4f} vs uniform {mean[EQUAL_TOTAL[0]]:.4f} ({same - mean[EQUAL_TOTAL[0]]:+.4f}) and the "
-                       f"grid's best mixture trained as long, {mean[EQUAL_TOTAL[1]]:.4f} ({same - mean[EQUAL_TOTAL[1]]:+.4f}).")
+            mean = {
+                name: float(np.mean([r["test_loss"] for r in m["records"] if r["seed"] in seeds]))
+                for name, m in zip(EQUAL_TOTAL, equal)
+            }
+            out.append(
+                f"- C = {budget}, equal total FLOPs ({cads['total_steps']:.1f} steps: CADS-S's C + overhead; seeds {seeds}): "
+                f"CADS-S {same:.4f} vs uniform {mean[EQUAL_TOTAL[0]]:.4f} ({same - mean[EQUAL_TOTAL[0]]:+.4f}) and the "
+                f"grid's best mixture trained as long, {mean[EQUAL_TOTAL[1]]:.4f} ({same - mean[EQUAL_TOTAL[1]]:+.4f})."
+            )
         else:
-            out.append(f"- C = {budget}: CADS-S costs {cads['total_steps']:.1f} steps in total; the equal-total runs did not run.")
+            out.append(
+                f"- C = {budget}: CADS-S costs {cads['total_steps']:.1f} steps in total; the equal-total runs did not run."
+            )
     return out
 
 
@@ -279,17 +359,40 @@ def plot(means: dict[tuple, dict], targets: list[str]) -> None:
 
     fig, axes = plt.subplots(1, len(targets), figsize=(6.5 * len(targets), 4.5), squeeze=False)
     for ax, target in zip(axes[0], targets):
-        names = sorted({name for (t, b, name) in means if t == target and b > 0 and name not in ("CADS-S", *EQUAL_TOTAL)})
+        names = sorted(
+            {name for (t, b, name) in means if t == target and b > 0 and name not in ("CADS-S", *EQUAL_TOTAL)}
+        )
         for name in names:
-            points = sorted((m["total_steps"], m["mean"]) for (t, b, n), m in means.items() if t == target and n == name and b > 0)
-            ax.plot(*zip(*points), marker="o", lw=1.5 if name == "uniform" else 1, ls="--" if name == "uniform" else "-", label=name, alpha=0.85)
+            points = sorted(
+                (m["total_steps"], m["mean"]) for (t, b, n), m in means.items() if t == target and n == name and b > 0
+            )
+            ax.plot(
+                *zip(*points),
+                marker="o",
+                lw=1.5 if name == "uniform" else 1,
+                ls="--" if name == "uniform" else "-",
+                label=name,
+                alpha=0.85,
+            )
         for budget in sorted({b for (t, b, n) in means if t == target and n == "CADS-S"}):
             cads = means[(target, budget, "CADS-S")]
             trained = float(np.mean([r["train_flops"] / r["step_flops"] for r in cads["records"]]))
-            ax.annotate("", xy=(cads["total_steps"], cads["mean"]), xytext=(trained, cads["mean"]),
-                        arrowprops=dict(arrowstyle="->", color="black", lw=0.8))
+            ax.annotate(
+                "",
+                xy=(cads["total_steps"], cads["mean"]),
+                xytext=(trained, cads["mean"]),
+                arrowprops=dict(arrowstyle="->", color="black", lw=0.8),
+            )
             ax.scatter([trained], [cads["mean"]], marker="*", s=180, color="black", zorder=5)
-            ax.scatter([cads["total_steps"]], [cads["mean"]], marker="*", s=180, facecolor="white", edgecolor="black", zorder=5)
+            ax.scatter(
+                [cads["total_steps"]],
+                [cads["mean"]],
+                marker="*",
+                s=180,
+                facecolor="white",
+                edgecolor="black",
+                zorder=5,
+            )
             for name, marker in zip(EQUAL_TOTAL, ("x", "P")):
                 m = means.get((target, budget, name))
                 if m:

@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from cads_common import train_and_evaluate
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -55,11 +54,13 @@ def make_data(rows_per_source: int, frequency: float, amplitude: float, seed: in
         return low(x) + amplitude * np.sin(frequency * np.pi * x)
 
     x_low, x_high = rng.uniform(-1, 1, rows_per_source), rng.uniform(-1, 1, rows_per_source)
-    pool = Dataset.from_dict({
-        "x": np.concatenate([x_low, x_high]).tolist(),
-        "y": np.concatenate([low(x_low), full(x_high)]).tolist(),
-        "source": ["low"] * rows_per_source + ["high"] * rows_per_source,
-    })
+    pool = Dataset.from_dict(
+        {
+            "x": np.concatenate([x_low, x_high]).tolist(),
+            "y": np.concatenate([low(x_low), full(x_high)]).tolist(),
+            "source": ["low"] * rows_per_source + ["high"] * rows_per_source,
+        }
+    )
     x_val, x_test = rng.uniform(-1, 1, 400), np.linspace(-1, 1, 2000)
     validation = Dataset.from_dict({"x": x_val.tolist(), "y": full(x_val).tolist()})
     test = Dataset.from_dict({"x": x_test.tolist(), "y": full(x_test).tolist()})
@@ -92,7 +93,9 @@ def mixture_rows(pool, share_high, seed):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--steps", type=int, nargs="*", default=[30, 100, 300, 1000, 3000], help="budgets, in training steps")
+    parser.add_argument(
+        "--steps", type=int, nargs="*", default=[30, 100, 300, 1000, 3000], help="budgets, in training steps"
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--frequency", type=float, default=8.0)
     parser.add_argument("--amplitude", type=float, default=1.0)
@@ -100,7 +103,10 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=30.0)
     parser.add_argument("--lr-s", type=float, default=0.1)
     parser.add_argument(
-        "--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
+        "--variants",
+        nargs="*",
+        default=list(VARIANTS),
+        choices=list(VARIANTS),
         help="CADS-S settings to run, as penalty/policy_reward",
     )
     parser.add_argument("--tag", default="cads_spectral_bias")
@@ -123,15 +129,42 @@ def main() -> None:
     started = time.time()
     for steps in steps_list:
         budget = steps * step_flops
-        truth = {share: float(np.mean([train_and_test(pool, test, mixture_rows(pool, share, s), budget, s, lr, batch_size) for s in seeds])) for share in shares}
-        record = {"steps": steps, "budget_flops": budget, "truth_test_loss_by_share": truth, "best_share_high": min(truth, key=truth.get), "cads": {}}
+        truth = {
+            share: float(
+                np.mean(
+                    [
+                        train_and_test(pool, test, mixture_rows(pool, share, s), budget, s, lr, batch_size)
+                        for s in seeds
+                    ]
+                )
+            )
+            for share in shares
+        }
+        record = {
+            "steps": steps,
+            "budget_flops": budget,
+            "truth_test_loss_by_share": truth,
+            "best_share_high": min(truth, key=truth.get),
+            "cads": {},
+        }
         for variant in args.variants:
             learned, cads_loss, uniform_loss, overheads, loo = [], [], [], [], []
             for seed in seeds:
                 selector = get_selector(
-                    "cads-s", backend=TensorBackend(mlp), train_budget=budget, seed=seed, batch_size=batch_size,
-                    learning_rate=lr, block_size=64, target_batch_size=128, outer_steps=args.outer_steps,
-                    alpha=args.alpha, lr_s=args.lr_s, A=10, show_progress=False, **VARIANTS[variant],
+                    "cads-s",
+                    backend=TensorBackend(mlp),
+                    train_budget=budget,
+                    seed=seed,
+                    batch_size=batch_size,
+                    learning_rate=lr,
+                    block_size=64,
+                    target_batch_size=128,
+                    outer_steps=args.outer_steps,
+                    alpha=args.alpha,
+                    lr_s=args.lr_s,
+                    A=10,
+                    show_progress=False,
+                    **VARIANTS[variant],
                 )
                 result = selector.select(pool, target=validation)
                 learned.append(result.extras["mixture"]["high"])
@@ -141,9 +174,12 @@ def main() -> None:
                 uniform = np.random.default_rng(seed).choice(len(pool), len(result.indices), replace=False)
                 uniform_loss.append(train_and_test(pool, test, uniform, budget, seed, lr, batch_size))
             record["cads"][variant] = {
-                "share_high": learned, "share_high_mean": float(np.mean(learned)),
-                "subset_test_loss": float(np.mean(cads_loss)), "uniform_subset_test_loss": float(np.mean(uniform_loss)),
-                "overhead_multiple_of_budget": float(np.mean(overheads)), "loss_predictor_loo_mse": float(np.mean(loo)),
+                "share_high": learned,
+                "share_high_mean": float(np.mean(learned)),
+                "subset_test_loss": float(np.mean(cads_loss)),
+                "uniform_subset_test_loss": float(np.mean(uniform_loss)),
+                "overhead_multiple_of_budget": float(np.mean(overheads)),
+                "loss_predictor_loo_mse": float(np.mean(loo)),
             }
             print(
                 f"budget {steps:>5} steps ({budget:.3g} FLOPs): best share(high) {record['best_share_high']:.2f} | CADS-S "
@@ -171,7 +207,9 @@ def write_outputs(records, args, step_flops) -> None:
         penalty, reward = variant.split("/")
         label = f"CADS-S, {penalty} penalty, reward {reward}"
         left.errorbar(budgets, means, yerr=spread, marker="o", capsize=3, label=label)
-    left.plot(budgets, [r["best_share_high"] for r in records], "s--", color="gray", label="best fixed share (ground truth)")
+    left.plot(
+        budgets, [r["best_share_high"] for r in records], "s--", color="gray", label="best fixed share (ground truth)"
+    )
     left.set_xscale("log")
     left.set_ylim(-0.05, 1.05)
     left.set_xlabel("training budget C (FLOPs)")
@@ -180,7 +218,12 @@ def write_outputs(records, args, step_flops) -> None:
     left.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     for record in records:
         shares = sorted(record["truth_test_loss_by_share"], key=float)
-        right.plot([float(s) for s in shares], [record["truth_test_loss_by_share"][s] for s in shares], marker="o", label=f"{record['steps']} steps")
+        right.plot(
+            [float(s) for s in shares],
+            [record["truth_test_loss_by_share"][s] for s in shares],
+            marker="o",
+            label=f"{record['steps']} steps",
+        )
     right.set_xlabel("share of high-frequency source")
     right.set_ylabel("test MSE after budget-C training")
     right.set_yscale("log")

@@ -48,9 +48,10 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -65,8 +66,21 @@ LM_SELECTORS = ("perplexity", "less", "cads-e", "cads-s")
 """Selectors that score with a causal LM: the selection model."""
 QUICK_GOAL_SECONDS = 15 * 60
 METRIC_NAMES = {"target_loss": "target test loss", "exact_match": "exact-match accuracy"}
-FLAT_FIELDS = ("selector", "fraction", "k", "seed", "target", "train_model", "selection_model", "selection_flops",
-               "train_flops", "total_flops", "target_loss", "exact_match", "wall_seconds")
+FLAT_FIELDS = (
+    "selector",
+    "fraction",
+    "k",
+    "seed",
+    "target",
+    "train_model",
+    "selection_model",
+    "selection_flops",
+    "train_flops",
+    "total_flops",
+    "target_loss",
+    "exact_match",
+    "wall_seconds",
+)
 
 
 @dataclass(frozen=True)
@@ -144,29 +158,52 @@ def default_selector_options(max_seq_length: int, *, cheap: bool) -> dict[str, d
         "embedding": {"aggregate": "max", "show_progress": False},
         "perplexity": {**scoring, "batch_size": 8},
         "less": {
-            **scoring, "batch_size": 4, "warmup_epochs": 1, "warmup_fraction": 0.05,
+            **scoring,
+            "batch_size": 4,
+            "warmup_epochs": 1,
+            "warmup_fraction": 0.05,
             "projection_dim": 1024 if cheap else 2048,
         },
         "cads": {
-            **scoring, "batch_size": 1 if cheap else 4, "A": 4.0 if cheap else 10.0, "num_sampling_points": 3 if cheap else 4,
-            "min_sampling_fraction": 0.02, "outer_steps": 2 if cheap else 8, "samples_per_step": 2 if cheap else 4,
-            "block_size": 4 if cheap else 16, "target_batch_size": 3, "learning_rate": 1e-3,
+            **scoring,
+            "batch_size": 1 if cheap else 4,
+            "A": 4.0 if cheap else 10.0,
+            "num_sampling_points": 3 if cheap else 4,
+            "min_sampling_fraction": 0.02,
+            "outer_steps": 2 if cheap else 8,
+            "samples_per_step": 2 if cheap else 4,
+            "block_size": 4 if cheap else 16,
+            "target_batch_size": 3,
+            "learning_rate": 1e-3,
         },
     }
 
 
 QUICK = Setup(
-    name="compute_optimal_quick", targets=("boolean_expressions",), fractions=(0.05, 0.1, 0.2), seeds=(0,),
-    max_per_source=30, max_seq_length=128, eval_examples=24,
+    name="compute_optimal_quick",
+    targets=("boolean_expressions",),
+    fractions=(0.05, 0.1, 0.2),
+    seeds=(0,),
+    max_per_source=30,
+    max_seq_length=128,
+    eval_examples=24,
     selector_options=default_selector_options(128, cheap=True),
 )
 FULL = Setup(
-    name="compute_optimal_full", targets=("boolean_expressions", "logical_deduction_three_objects", "gsm8k"),
-    fractions=(0.05, 0.1, 0.25), seeds=(0, 1, 2), max_per_source=300, max_pool_chars=1000, min_pool_size=1000,
-    max_seq_length=256, eval_examples=100, selectors=("random", "bm25", "embedding", "perplexity", "less"),
+    name="compute_optimal_full",
+    targets=("boolean_expressions", "logical_deduction_three_objects", "gsm8k"),
+    fractions=(0.05, 0.1, 0.25),
+    seeds=(0, 1, 2),
+    max_per_source=300,
+    max_pool_chars=1000,
+    min_pool_size=1000,
+    max_seq_length=256,
+    eval_examples=100,
+    selectors=("random", "bm25", "embedding", "perplexity", "less"),
     # Gemma's 262k-token vocabulary: a batch of 16 GSM8K rows would hold ~4 GB of float32 logits.
     eval_batch_size=4,
-    train_models=("smollm2-135m-instruct", "gemma3-270m"), selection_model="smollm2-135m-instruct",
+    train_models=("smollm2-135m-instruct", "gemma3-270m"),
+    selection_model="smollm2-135m-instruct",
     selector_options=default_selector_options(256, cheap=False),
 )
 
@@ -191,8 +228,10 @@ def shared_pool(setup: Setup) -> tuple[Any, Any]:
     clean, report = decontaminate(pool, tests, min_overlap=setup.decontamination_min_overlap)
     print(report.format(), flush=True)
     if len(clean) < setup.min_pool_size:
-        raise ValueError(f"The decontaminated pool has {len(clean)} rows, fewer than min_pool_size={setup.min_pool_size}; "
-                         "raise max_per_source or max_pool_chars.")
+        raise ValueError(
+            f"The decontaminated pool has {len(clean)} rows, fewer than min_pool_size={setup.min_pool_size}; "
+            "raise max_per_source or max_pool_chars."
+        )
     return clean, report
 
 
@@ -200,14 +239,27 @@ def shared_pool(setup: Setup) -> tuple[Any, Any]:
 def base_recipe(setup: Setup, target: str, train_model: str) -> dict[str, Any]:
     """The flat recipe (RunConfig + BudgetedTrainingArguments) every run of ``target`` shares."""
     return {
-        "model_name_or_path": train_model, "target": target, "max_per_source": setup.max_per_source,
-        "max_pool_chars": setup.max_pool_chars, "eval_examples": setup.eval_examples,
-        "exact_match_max_new_tokens": setup.exact_match_max_new_tokens, "lora_r": setup.lora_r,
-        "lora_alpha": 2 * setup.lora_r, "flop_budget": None, "num_train_epochs": 1,
-        "max_seq_length": setup.max_seq_length, "per_device_train_batch_size": setup.train_batch_size,
-        "per_device_eval_batch_size": setup.eval_batch_size, "learning_rate": setup.learning_rate,
-        "lr_scheduler_type": "constant", "logging_steps": 50, "save_strategy": "no", "report_to": "none",
-        "use_cpu": True, "disable_tqdm": True, "run_records": str(setup.records_path),
+        "model_name_or_path": train_model,
+        "target": target,
+        "max_per_source": setup.max_per_source,
+        "max_pool_chars": setup.max_pool_chars,
+        "eval_examples": setup.eval_examples,
+        "exact_match_max_new_tokens": setup.exact_match_max_new_tokens,
+        "lora_r": setup.lora_r,
+        "lora_alpha": 2 * setup.lora_r,
+        "flop_budget": None,
+        "num_train_epochs": 1,
+        "max_seq_length": setup.max_seq_length,
+        "per_device_train_batch_size": setup.train_batch_size,
+        "per_device_eval_batch_size": setup.eval_batch_size,
+        "learning_rate": setup.learning_rate,
+        "lr_scheduler_type": "constant",
+        "logging_steps": 50,
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "run_records": str(setup.records_path),
     }
 
 
@@ -241,7 +293,9 @@ def training_flops_per_row(setup: Setup, pool: Any, seed: int, model_and_tokeniz
 
     model, tokenizer = model_and_tokenizer
     lengths = [len(ids) for ids in tokenize_for_causal_lm(pool, tokenizer, setup.max_seq_length)["input_ids"]]
-    profile = FlopProfile.from_config(model.config, lora=LoraSpec(setup.lora_r, tuple(RunConfig().lora_target_modules)))
+    profile = FlopProfile.from_config(
+        model.config, lora=LoraSpec(setup.lora_r, tuple(RunConfig().lora_target_modules))
+    )
     steps = math.ceil(len(lengths) / setup.train_batch_size)
     return mean_step_flops(profile, lengths, setup.train_batch_size, seed=seed) * steps / len(lengths)
 
@@ -259,13 +313,23 @@ def grid_blocks(
     unknown = sorted(set(train_models or ()) - set(setup.models))
     if unknown:
         raise ValueError(f"Unknown training model(s) {unknown}; this setup trains {list(setup.models)}.")
-    return [(target, seed, model) for seed in seeds or setup.seeds for target in targets or setup.targets
-            for model in train_models or setup.models]
+    return [
+        (target, seed, model)
+        for seed in seeds or setup.seeds
+        for target in targets or setup.targets
+        for model in train_models or setup.models
+    ]
 
 
 def block_runs(
-    setup: Setup, target: str, seed: int, train_model: str, pool: Any, *,
-    selectors: Sequence[str] | None = None, fractions: Sequence[float] | None = None,
+    setup: Setup,
+    target: str,
+    seed: int,
+    train_model: str,
+    pool: Any,
+    *,
+    selectors: Sequence[str] | None = None,
+    fractions: Sequence[float] | None = None,
     per_row: Any = None,
 ) -> tuple[list[Any], dict[str, float]]:
     """The :class:`~hf_cads.sweep.SweepRun` s of one block (selector by selector, fractions ascending)
@@ -285,8 +349,16 @@ def block_runs(
                 kwargs["train_budget"] = budget
                 cads_budgets[f"{short_name(train_model)}/{target}/seed{seed}/f{fraction:g}"] = budget
             selector_config_dict(name, kwargs, seed)  # bad options fail here, before any run
-            runs.append(sweep_run(base, SelectorSpec(name, kwargs), ("selection_fraction", fraction), seed,
-                                  setup.run_dir / short_name(train_model) / target, source=setup.name))
+            runs.append(
+                sweep_run(
+                    base,
+                    SelectorSpec(name, kwargs),
+                    ("selection_fraction", fraction),
+                    seed,
+                    setup.run_dir / short_name(train_model) / target,
+                    source=setup.name,
+                )
+            )
     return runs, cads_budgets
 
 
@@ -325,8 +397,8 @@ def run_grid(
     """Run every not-yet-recorded run of the (selected part of the) grid, block by block; a failed
     run is reported, not raised. Returns counts, failures, the CADS budgets and the pool's report."""
     from hf_cads.pipeline import RunInputs, run_budgeted_finetune
-    from hf_cads.sources import load_preset_target
     from hf_cads.records import read_records
+    from hf_cads.sources import load_preset_target
 
     unknown = sorted(set(selectors or ()) - set(SELECTORS))
     if unknown:
@@ -335,16 +407,31 @@ def run_grid(
     pool, contamination = shared_pool(setup)
     models = ModelCache()
     # A record of the same key from another pool (an earlier version of this benchmark) is another experiment.
-    done = {r.key for r in read_records(setup.records_path) if r.pool_size == len(pool)} if setup.records_path.is_file() else set()
-    outcome: dict[str, Any] = {"grid_runs": 0, "ran": 0, "skipped": 0, "failed": {}, "cads_budgets": {},
-                               "pool_size": len(pool), "decontamination": contamination.summary(),
-                               "decontamination_examples": contamination.examples(5)}
-    print(f"[{setup.name}] {len(blocks)} blocks of {len(selectors or setup.selectors) * len(fractions or setup.fractions)} "
-          f"runs; pool {len(pool)} rows; records: {setup.records_path}", flush=True)
+    done = (
+        {r.key for r in read_records(setup.records_path) if r.pool_size == len(pool)}
+        if setup.records_path.is_file()
+        else set()
+    )
+    outcome: dict[str, Any] = {
+        "grid_runs": 0,
+        "ran": 0,
+        "skipped": 0,
+        "failed": {},
+        "cads_budgets": {},
+        "pool_size": len(pool),
+        "decontamination": contamination.summary(),
+        "decontamination_examples": contamination.examples(5),
+    }
+    print(
+        f"[{setup.name}] {len(blocks)} blocks of {len(selectors or setup.selectors) * len(fractions or setup.fractions)} "
+        f"runs; pool {len(pool)} rows; records: {setup.records_path}",
+        flush=True,
+    )
     for target, seed, train_model in blocks:
         per_row = lambda: training_flops_per_row(setup, pool, seed, models.get(train_model))  # noqa: E731
-        runs, budgets = block_runs(setup, target, seed, train_model, pool, selectors=selectors, fractions=fractions,
-                                   per_row=per_row)
+        runs, budgets = block_runs(
+            setup, target, seed, train_model, pool, selectors=selectors, fractions=fractions, per_row=per_row
+        )
         outcome["cads_budgets"].update(budgets)
         outcome["grid_runs"] += len(runs)
         todo = [r for r in runs if r.key not in done]
@@ -355,7 +442,10 @@ def run_grid(
         validation, test = load_preset_target(todo[0].run.target, todo[0].run.data_dir)
         inputs = RunInputs(validation, test.select(range(min(setup.eval_examples, len(test)))), pool, model, tokenizer)
         for position, item in enumerate(todo, start=1):
-            print(f"[{short_name(train_model)} {target} seed {seed}: {position}/{len(todo)}] {item.description}", flush=True)
+            print(
+                f"[{short_name(train_model)} {target} seed {seed}: {position}/{len(todo)}] {item.description}",
+                flush=True,
+            )
             uses_selection_model = item.selector.name in LM_SELECTORS and setup.selection_model
             inputs.selector_model = models.get(setup.selection_model)[0] if uses_selection_model else None
             try:
@@ -367,25 +457,38 @@ def run_grid(
             outcome["ran"] += 1
             done.add(item.key)
             sync_flat_rows(setup, {item.key: {"cpu_seconds": report["cpu_seconds"]}})
-            print(f"    k={report['k']}  total FLOPs {report['ledger']['total']:.4g}  target loss "
-                  f"{report['target_loss_before']:.4f} -> {report['target_loss_after']:.4f}  ({report['seconds']:.0f} s)",
-                  flush=True)
+            print(
+                f"    k={report['k']}  total FLOPs {report['ledger']['total']:.4g}  target loss "
+                f"{report['target_loss_before']:.4f} -> {report['target_loss_after']:.4f}  ({report['seconds']:.0f} s)",
+                flush=True,
+            )
     return outcome
 
 
 def flat_row(setup: Setup, record: Any) -> dict[str, Any]:
     """One run as a flat JSON object (the ``<name>.jsonl`` schema: :data:`FLAT_FIELDS`, then extras)."""
     return {
-        "selector": record.selector, "fraction": record.selection_fraction, "k": record.k, "seed": record.seed,
-        "target": record.target, "train_model": record.model,
+        "selector": record.selector,
+        "fraction": record.selection_fraction,
+        "k": record.k,
+        "seed": record.seed,
+        "target": record.target,
+        "train_model": record.model,
         "selection_model": selection_model_name(setup, record.selector, record.model),
-        "selection_flops": record.selection_flops, "train_flops": record.train_flops, "total_flops": record.total_flops,
-        "target_loss": record.metrics.get("target_loss"), "exact_match": record.metrics.get("exact_match"),
-        "wall_seconds": record.seconds, "pool_size": record.pool_size, "eval_flops": record.eval_flops,
+        "selection_flops": record.selection_flops,
+        "train_flops": record.train_flops,
+        "total_flops": record.total_flops,
+        "target_loss": record.metrics.get("target_loss"),
+        "exact_match": record.metrics.get("exact_match"),
+        "wall_seconds": record.seconds,
+        "pool_size": record.pool_size,
+        "eval_flops": record.eval_flops,
         "baseline_target_loss": record.baseline_metrics.get("target_loss"),
         "baseline_exact_match": record.baseline_metrics.get("exact_match"),
-        "model_params": record.model_params, "selection_model_params": record.selection_model_params,
-        "time": record.time, "key": record.key,
+        "model_params": record.model_params,
+        "selection_model_params": record.selection_model_params,
+        "time": record.time,
+        "key": record.key,
     }
 
 
@@ -433,8 +536,9 @@ def run_benchmark(
     load_before = os.getloadavg()
     outcome: dict[str, Any] = {"grid_runs": 0, "ran": 0, "skipped": 0, "failed": {}, "cads_budgets": {}}
     if run:
-        outcome = run_grid(setup, targets=targets, selectors=selectors, fractions=fractions, seeds=seeds,
-                           train_models=train_models)
+        outcome = run_grid(
+            setup, targets=targets, selectors=selectors, fractions=fractions, seeds=seeds, train_models=train_models
+        )
     timing = {
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "grid_runs": outcome["grid_runs"],
@@ -443,13 +547,19 @@ def run_benchmark(
         "cores": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "ran": outcome["ran"], "skipped": outcome["skipped"], "failed": outcome["failed"],
+        "ran": outcome["ran"],
+        "skipped": outcome["skipped"],
+        "failed": outcome["failed"],
     }
     timing["cpu_seconds_per_core"] = round(timing["cpu_seconds"] / max(1, os.cpu_count() or 1), 1)
     pool_info = {k: outcome[k] for k in ("pool_size", "decontamination", "decontamination_examples") if k in outcome}
     if not pool_info and not previous_pool_info(setup):
         pool, report = shared_pool(setup)  # a report-only call after a killed run: describe the pool once
-        pool_info = {"pool_size": len(pool), "decontamination": report.summary(), "decontamination_examples": report.examples(5)}
+        pool_info = {
+            "pool_size": len(pool),
+            "decontamination": report.summary(),
+            "decontamination_examples": report.examples(5),
+        }
     summary = summarise(setup, timing, outcome["cads_budgets"], pool_info, resamples=resamples)
     write_results(setup, summary)
     return summary
@@ -464,8 +574,11 @@ def labelled_records(setup: Setup, pool_size: int | None = None) -> list[Any]:
 
     if not setup.records_path.is_file():
         return []
-    return [dataclasses.replace(r, label=r.selector) for r in read_records(setup.records_path)
-            if r.model in setup.models and (pool_size is None or r.pool_size == pool_size)]
+    return [
+        dataclasses.replace(r, label=r.selector)
+        for r in read_records(setup.records_path)
+        if r.model in setup.models and (pool_size is None or r.pool_size == pool_size)
+    ]
 
 
 def run_costs(setup: Setup) -> list[dict[str, Any]]:
@@ -473,7 +586,9 @@ def run_costs(setup: Setup) -> list[dict[str, Any]]:
     costs = []
     for report_path in sorted(setup.run_dir.glob("*/*/*/report.json")):
         report = json.loads(report_path.read_text())
-        costs.append({key: report.get(key) for key in ("model", "target", "selector", "k", "seed", "seconds", "cpu_seconds")})
+        costs.append(
+            {key: report.get(key) for key in ("model", "target", "selector", "k", "seed", "seconds", "cpu_seconds")}
+        )
     return costs
 
 
@@ -506,7 +621,12 @@ def fit_saturation(fit: Any) -> dict[str, Any]:
     from hf_cads.planner import unbent_fit_reason
 
     reason = unbent_fit_reason(fit)
-    return {"gain_measured": fit.measured_share, "asymptote": float(fit.p_max), "unbent": reason, "saturated": reason is None}
+    return {
+        "gain_measured": fit.measured_share,
+        "asymptote": float(fit.p_max),
+        "unbent": reason,
+        "saturated": reason is None,
+    }
 
 
 def seed_means(records: Sequence[Any], metric: str) -> list[dict[str, Any]]:
@@ -521,13 +641,24 @@ def seed_means(records: Sequence[Any], metric: str) -> list[dict[str, Any]]:
     points = []
     for (label, fraction), group in sorted(groups.items()):
         values = np.array([r.metrics[metric] for r in group])
-        half = float(student.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
-        points.append({
-            "selector": label, "fraction": fraction, "k": int(round(np.mean([r.k for r in group]))), "seeds": len(values),
-            "total_flops": float(np.mean([r.total_flops for r in group])),
-            "selection_flops": float(np.mean([r.selection_flops for r in group])),
-            "value": float(values.mean()), "low": float(values.mean() - half), "high": float(values.mean() + half),
-        })
+        half = (
+            float(student.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+            if len(values) > 1
+            else 0.0
+        )
+        points.append(
+            {
+                "selector": label,
+                "fraction": fraction,
+                "k": int(round(np.mean([r.k for r in group]))),
+                "seeds": len(values),
+                "total_flops": float(np.mean([r.total_flops for r in group])),
+                "selection_flops": float(np.mean([r.selection_flops for r in group])),
+                "value": float(values.mean()),
+                "low": float(values.mean() - half),
+                "high": float(values.mean() + half),
+            }
+        )
     return points
 
 
@@ -538,8 +669,17 @@ def untrained_point(records: Sequence[Any], metric: str) -> dict[str, Any] | Non
     if not values:
         return None
     value = float(np.mean(values))
-    return {"selector": UNTRAINED, "fraction": 0.0, "k": 0, "seeds": len({r.seed for r in records}), "total_flops": 0.0,
-            "selection_flops": 0.0, "value": value, "low": value, "high": value}
+    return {
+        "selector": UNTRAINED,
+        "fraction": 0.0,
+        "k": 0,
+        "seeds": len({r.seed for r in records}),
+        "total_flops": 0.0,
+        "selection_flops": 0.0,
+        "value": value,
+        "low": value,
+        "high": value,
+    }
 
 
 def mean_frontier(points: Sequence[dict[str, Any]], higher_is_better: bool) -> list[dict[str, Any]]:
@@ -590,7 +730,9 @@ def bootstrap_fits(
     return fits, skipped, samples, unit
 
 
-def curve_band(label: str, samples: Sequence[dict[str, Any]], flops: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def curve_band(
+    label: str, samples: Sequence[dict[str, Any]], flops: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
     """2.5% and 97.5% quantiles of the bootstrap curves of ``label`` at ``flops`` (``None``: < 10 fits)."""
     curves = [fits[label].predict(flops) for fits in samples if label in fits]
     if len(curves) < 10:
@@ -604,20 +746,33 @@ def fit_intervals(fits: dict[str, Any], samples: Sequence[dict[str, Any]]) -> di
     out = {}
     for label, fit in fits.items():
         boot = [s[label] for s in samples if label in s]
-        entry: dict[str, Any] = {"p0": fit.p0, "p_max": fit.p_max, "lambda": fit.lam, "rmse": fit.rmse,
-                                 "points": fit.num_points, "cost_per_example": fit.cost_per_example,
-                                 "selection_flops": fit.selection_flops, "c_full": fit.c_full,
-                                 "model_params": fit.model_params, "selection_model_params": fit.selection_model_params,
-                                 "bootstrap_fits": len(boot)}
+        entry: dict[str, Any] = {
+            "p0": fit.p0,
+            "p_max": fit.p_max,
+            "lambda": fit.lam,
+            "rmse": fit.rmse,
+            "points": fit.num_points,
+            "cost_per_example": fit.cost_per_example,
+            "selection_flops": fit.selection_flops,
+            "c_full": fit.c_full,
+            "model_params": fit.model_params,
+            "selection_model_params": fit.selection_model_params,
+            "bootstrap_fits": len(boot),
+        }
         for name, attr in (("p0", "p0"), ("p_max", "p_max"), ("lambda", "lam")):
             values = np.array([getattr(b, attr) for b in boot])
-            entry[f"{name}_95"] = [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))] if len(values) >= 10 else None
+            entry[f"{name}_95"] = (
+                [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))] if len(values) >= 10 else None
+            )
         out[label] = entry
     return out
 
 
 def regret_table(
-    fits: dict[str, Any], points: Sequence[dict[str, Any]], higher_is_better: bool, c_full: float,
+    fits: dict[str, Any],
+    points: Sequence[dict[str, Any]],
+    higher_is_better: bool,
+    c_full: float,
     multiples: Sequence[float] = BUDGET_MULTIPLES,
 ) -> list[dict[str, Any]]:
     """For each budget (a multiple of ``c_full``): the planner's recommendation, the best measured
@@ -632,10 +787,14 @@ def regret_table(
         budget = multiple * c_full
         affordable = [p for p in points if p["total_flops"] <= budget]
         best = max(affordable, key=lambda p: sign * p["value"], default=None)
-        row: dict[str, Any] = {"budget_multiple": multiple, "budget": budget,
-                               "best_selector": best["selector"] if best else None, "best_k": best["k"] if best else None,
-                               "best_value": best["value"] if best else None,
-                               "best_interval": [best["low"], best["high"]] if best else None}
+        row: dict[str, Any] = {
+            "budget_multiple": multiple,
+            "budget": budget,
+            "best_selector": best["selector"] if best else None,
+            "best_k": best["k"] if best else None,
+            "best_value": best["value"] if best else None,
+            "best_interval": [best["low"], best["high"]] if best else None,
+        }
         try:
             rec = recommend(budget, fits, confidence=0.95) if fits else None
         except ValueError as err:
@@ -643,17 +802,26 @@ def regret_table(
         if rec is not None:
             mine = [p for p in affordable if p["selector"] == rec.selector]
             followed = max(mine, key=lambda p: sign * p["value"], default=None)
-            row.update(planner_selector=rec.selector, planner_k=rec.k, planner_predicted=rec.predicted,
-                       planner_interval=list(rec.interval), planner_extrapolation=rec.chosen.extrapolation,
-                       followed_value=followed["value"] if followed else None,
-                       regret=(sign * (best["value"] - followed["value"])) if (best and followed) else None)
+            row.update(
+                planner_selector=rec.selector,
+                planner_k=rec.k,
+                planner_predicted=rec.predicted,
+                planner_interval=list(rec.interval),
+                planner_extrapolation=rec.chosen.extrapolation,
+                followed_value=followed["value"] if followed else None,
+                regret=(sign * (best["value"] - followed["value"])) if (best and followed) else None,
+            )
         rows.append(row)
     return rows
 
 
 def crossover_ratios(
-    fits: dict[str, Any], samples: Sequence[dict[str, Any]] = (), *, ratios: Sequence[float] = CROSSOVER_RATIOS,
-    budget_multiples: Sequence[float] = CROSSOVER_BUDGETS, max_samples: int = 50,
+    fits: dict[str, Any],
+    samples: Sequence[dict[str, Any]] = (),
+    *,
+    ratios: Sequence[float] = CROSSOVER_RATIOS,
+    budget_multiples: Sequence[float] = CROSSOVER_BUDGETS,
+    max_samples: int = 50,
 ) -> dict[str, dict[str, Any]]:
     """Extrapolated train / selection model size ratio from which each LM-based selector joins the
     frontier: the smallest ratio at which, at some budget (``budget_multiples`` x C_full, training
@@ -662,11 +830,14 @@ def crossover_ratios(
     interval. Per selector: ``ratio`` (``inf``: never within 10^9 x), ``measured_ratio``, the
     ``joins`` flag at each of ``ratios``, the budget multiple where it first joins, and the selector's
     :func:`fit_saturation` (a ratio from an unsaturated fit is not a finding)."""
+
     def first_join(fit_set: dict[str, Any], label: str) -> tuple[float, float | None]:
         from hf_cads.planner import break_even_ratios
 
         # Against the cheap selectors only (the reference paper's comparison), not the other LM selectors.
-        versus = {name: fit for name, fit in fit_set.items() if name == label or (fit.selector or name) not in LM_SELECTORS}
+        versus = {
+            name: fit for name, fit in fit_set.items() if name == label or (fit.selector or name) not in LM_SELECTORS
+        }
         c_full = next(iter(versus.values())).c_full
         best, where = math.inf, None
         for multiple in budget_multiples:
@@ -689,9 +860,14 @@ def crossover_ratios(
         for fit_set in list(samples)[:max_samples]:
             if label in fit_set and any((f.selector or n) not in LM_SELECTORS for n, f in fit_set.items()):
                 boot.append(first_join(fit_set, label)[0])
-        entry: dict[str, Any] = {"ratio": ratio, "measured_ratio": measured, "budget_multiple": where,
-                                 "joins": {f"{r:g}": bool(ratio <= r) for r in ratios},
-                                 "paper_ratio": PAPER_CROSSOVER.get(label), **fit_saturation(fit)}
+        entry: dict[str, Any] = {
+            "ratio": ratio,
+            "measured_ratio": measured,
+            "budget_multiple": where,
+            "joins": {f"{r:g}": bool(ratio <= r) for r in ratios},
+            "paper_ratio": PAPER_CROSSOVER.get(label),
+            **fit_saturation(fit),
+        }
         if len(boot) >= 10:
             entry["ratio_95"] = [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))]
             entry["joins_share"] = {f"{r:g}": float(np.mean([b <= r for b in boot])) for r in ratios}
@@ -700,8 +876,15 @@ def crossover_ratios(
 
 
 def plot_frontier(
-    path: Path, records: Sequence[Any], points: Sequence[dict[str, Any]], frontier: Sequence[dict[str, Any]],
-    fits: dict[str, Any], samples: Sequence[dict[str, Any]], metric: str, higher_is_better: bool, title: str,
+    path: Path,
+    records: Sequence[Any],
+    points: Sequence[dict[str, Any]],
+    frontier: Sequence[dict[str, Any]],
+    fits: dict[str, Any],
+    samples: Sequence[dict[str, Any]],
+    metric: str,
+    higher_is_better: bool,
+    title: str,
 ) -> Path:
     """Seed means with 95% intervals (error bars), single runs (faint), fitted curves with 95% bootstrap
     bands, the frontier of the means (dashed) and the untrained model (dotted)."""
@@ -711,8 +894,15 @@ def plot_frontier(
     figure = Figure(figsize=(8, 5.2), dpi=130)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
-    palette = {"random": "#7f7f7f", "bm25": "#1f77b4", "embedding": "#2ca02c", "perplexity": "#ff7f0e", "less": "#d62728",
-               "cads-e": "#9467bd", "cads-s": "#8c564b"}
+    palette = {
+        "random": "#7f7f7f",
+        "bm25": "#1f77b4",
+        "embedding": "#2ca02c",
+        "perplexity": "#ff7f0e",
+        "less": "#d62728",
+        "cads-e": "#9467bd",
+        "cads-s": "#8c564b",
+    }
     flops = np.array([r.total_flops for r in records if r.total_flops > 0])
     left, right = flops.min() / 1.6, flops.max() * 1.6
     grid = np.geomspace(left, right, 160)
@@ -720,11 +910,25 @@ def plot_frontier(
     for label in sorted({p["selector"] for p in points}):
         colour = palette.get(label, "#17becf")
         mine = [p for p in points if p["selector"] == label]
-        axes.scatter([r.total_flops for r in records if r.label == label], [r.metrics[metric] for r in records if r.label == label],
-                     s=10, color=colour, alpha=0.3, edgecolors="none")
-        axes.errorbar([p["total_flops"] for p in mine], [p["value"] for p in mine],
-                      yerr=[[p["value"] - p["low"] for p in mine], [p["high"] - p["value"] for p in mine]],
-                      fmt="o", color=colour, markersize=5, capsize=3, label=label, zorder=3)
+        axes.scatter(
+            [r.total_flops for r in records if r.label == label],
+            [r.metrics[metric] for r in records if r.label == label],
+            s=10,
+            color=colour,
+            alpha=0.3,
+            edgecolors="none",
+        )
+        axes.errorbar(
+            [p["total_flops"] for p in mine],
+            [p["value"] for p in mine],
+            yerr=[[p["value"] - p["low"] for p in mine], [p["high"] - p["value"] for p in mine]],
+            fmt="o",
+            color=colour,
+            markersize=5,
+            capsize=3,
+            label=label,
+            zorder=3,
+        )
         fit = fits.get(label)
         if fit is None:
             continue
@@ -738,7 +942,16 @@ def plot_frontier(
     if frontier:
         xs = [max(p["total_flops"], left) for p in frontier] + [right]  # the untrained model sits at 0 FLOPs
         ys = [p["value"] for p in frontier] + [frontier[-1]["value"]]
-        axes.plot(xs, ys, linestyle="--", color="black", linewidth=1.1, drawstyle="steps-post", label="frontier (seed means)", zorder=4)
+        axes.plot(
+            xs,
+            ys,
+            linestyle="--",
+            color="black",
+            linewidth=1.1,
+            drawstyle="steps-post",
+            label="frontier (seed means)",
+            zorder=4,
+        )
     baselines = [r.baseline_metrics[metric] for r in records if metric in r.baseline_metrics]
     if baselines:
         axes.axhline(float(np.mean(baselines)), color="grey", linestyle=":", linewidth=1.0, label="before finetuning")
@@ -775,41 +988,86 @@ def analyse(
     points = seed_means(chosen, metric)
     base = untrained_point(chosen, metric)
     frontier = mean_frontier(([base] if base else []) + points, higher)
-    c_full = next(iter(fits.values())).c_full if fits else float(np.median([r.train_flops / r.k for r in chosen])) * chosen[0].pool_size
+    c_full = (
+        next(iter(fits.values())).c_full
+        if fits
+        else float(np.median([r.train_flops / r.k for r in chosen])) * chosen[0].pool_size
+    )
     first = (model, target, metric) == (setup.models[0], setup.targets[0], "target_loss")
-    suffix = "" if first else (f"_{target}_{metric}" if model == setup.models[0] else f"_{short_name(model)}_{target}_{metric}")
+    suffix = (
+        ""
+        if first
+        else (f"_{target}_{metric}" if model == setup.models[0] else f"_{short_name(model)}_{target}_{metric}")
+    )
     png = setup.results_dir / f"{setup.name}{suffix}.png"
     seeds = sorted({r.seed for r in chosen})
-    plot_frontier(png, chosen, points, frontier, fits, samples, metric, higher,
-                  f"{target}: {METRIC_NAMES.get(metric, metric)}, {short_name(model)} + LoRA\n({len(chosen)} runs, "
-                  f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}; bands: 95% bootstrap over {unit})")
+    plot_frontier(
+        png,
+        chosen,
+        points,
+        frontier,
+        fits,
+        samples,
+        metric,
+        higher,
+        f"{target}: {METRIC_NAMES.get(metric, metric)}, {short_name(model)} + LoRA\n({len(chosen)} runs, "
+        f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}; bands: 95% bootstrap over {unit})",
+    )
     return {
-        "model": model, "target": target, "metric": metric, "higher_is_better": higher,
-        "png": str(png.relative_to(ROOT)) if png.is_relative_to(ROOT) else str(png), "runs": len(chosen), "seeds": seeds,
-        "bootstrap_unit": unit, "bootstrap_resamples": resamples, "c_full": c_full,
-        "fits": fit_intervals(fits, samples), "no_fit": skipped,
-        "points": points, "frontier": frontier,
-        "untrained": base, "regret": regret_table(fits, ([base] if base else []) + points, higher, c_full),
+        "model": model,
+        "target": target,
+        "metric": metric,
+        "higher_is_better": higher,
+        "png": str(png.relative_to(ROOT)) if png.is_relative_to(ROOT) else str(png),
+        "runs": len(chosen),
+        "seeds": seeds,
+        "bootstrap_unit": unit,
+        "bootstrap_resamples": resamples,
+        "c_full": c_full,
+        "fits": fit_intervals(fits, samples),
+        "no_fit": skipped,
+        "points": points,
+        "frontier": frontier,
+        "untrained": base,
+        "regret": regret_table(fits, ([base] if base else []) + points, higher, c_full),
         "crossover": crossover_ratios(fits, samples),
         "plan_text": plan.format(),
     }
 
 
 def summarise(
-    setup: Setup, timing: dict[str, Any], cads_budgets: dict[str, Any], pool_info: dict[str, Any] | None = None, *,
+    setup: Setup,
+    timing: dict[str, Any],
+    cads_budgets: dict[str, Any],
+    pool_info: dict[str, Any] | None = None,
+    *,
     resamples: int = 100,
 ) -> dict[str, Any]:
     pool_info = pool_info or previous_pool_info(setup)
     records = labelled_records(setup, pool_info.get("pool_size"))
     rows = []
     for r in records:
-        rows.append({
-            "model": r.model, "target": r.target, "selector": r.label, "fraction": r.selection_fraction, "k": r.k, "pool_size": r.pool_size,
-            "seed": r.seed, "selection_flops": r.selection_flops, "train_flops": r.train_flops, "total_flops": r.total_flops,
-            "eval_flops": r.eval_flops, "train_steps": r.train_steps, "tokens_trained": r.tokens_trained,
-            "metrics": r.metrics, "baseline_metrics": r.baseline_metrics, "seconds": r.seconds,
-            "selector_config": {k: v for k, v in r.selector_config.items() if k != "show_progress"},
-        })
+        rows.append(
+            {
+                "model": r.model,
+                "target": r.target,
+                "selector": r.label,
+                "fraction": r.selection_fraction,
+                "k": r.k,
+                "pool_size": r.pool_size,
+                "seed": r.seed,
+                "selection_flops": r.selection_flops,
+                "train_flops": r.train_flops,
+                "total_flops": r.total_flops,
+                "eval_flops": r.eval_flops,
+                "train_steps": r.train_steps,
+                "tokens_trained": r.tokens_trained,
+                "metrics": r.metrics,
+                "baseline_metrics": r.baseline_metrics,
+                "seconds": r.seconds,
+                "selector_config": {k: v for k, v in r.selector_config.items() if k != "show_progress"},
+            }
+        )
     by_selector: dict[str, dict[str, float]] = {}
     for cost in run_costs(setup):
         entry = by_selector.setdefault(cost["selector"], {"runs": 0, "seconds": 0.0, "cpu_seconds": 0.0})
@@ -830,13 +1088,24 @@ def summarise(
     per_model: dict[str, int] = {}
     for r in records:
         per_model[r.model] = per_model.get(r.model, 0) + 1
-    progress = {"planned": setup.planned_runs(), "done": len(records), "per_model": per_model,
-                "cpu_hours": sum(row.get("cpu_seconds") or 0.0 for row in flat) / 3600,
-                "wall_hours": sum(row.get("wall_seconds") or 0.0 for row in flat) / 3600}
+    progress = {
+        "planned": setup.planned_runs(),
+        "done": len(records),
+        "per_model": per_model,
+        "cpu_hours": sum(row.get("cpu_seconds") or 0.0 for row in flat) / 3600,
+        "wall_hours": sum(row.get("wall_seconds") or 0.0 for row in flat) / 3600,
+    }
     return {
-        "setup": setup.to_dict(), "machine": machine(), "timing": timing, "invocations": invocations,
-        "per_selector_cost": by_selector, "cads_train_budgets": cads_budgets, "runs": rows, "analyses": analyses,
-        "pool": pool_info, "progress": progress,
+        "setup": setup.to_dict(),
+        "machine": machine(),
+        "timing": timing,
+        "invocations": invocations,
+        "per_selector_cost": by_selector,
+        "cads_train_budgets": cads_budgets,
+        "runs": rows,
+        "analyses": analyses,
+        "pool": pool_info,
+        "progress": progress,
     }
 
 
@@ -861,12 +1130,23 @@ def machine() -> dict[str, Any]:
 
     cpu = platform.processor() or platform.machine()
     try:
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(), "gpu": torch.cuda.is_available()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "gpu": torch.cuda.is_available(),
+    }
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -890,41 +1170,52 @@ def summary_tables(summary: dict[str, Any]) -> list[str]:
     """The headline tables: frontier selector and planner regret per budget, crossover ratios."""
     from hf_cads.planner import BENT_SHARE, EXTRAPOLATION_WARNING
 
-    lines = ["## Frontier selectors per budget, and the planner's regret", "",
-             "Budgets are multiples of C_full, the FLOPs of training the model on the whole pool once. 'Frontier' is "
-             "the best measured configuration within the budget (mean over seeds, 95% t-interval; 'untrained' = "
-             "not finetuning at all beats every finetune within the budget); 'planner' is "
-             "the planner's recommendation from the fitted curves; regret = frontier value - the best affordable "
-             "measured value of the recommended selector (metric units, 0 = the planner picked the frontier's "
-             f"selector or one as good). A k more than {EXTRAPOLATION_WARNING:g}x the largest measured k of its selector "
-             "is marked: there the recommendation extrapolates the fitted curve.", "",
-             "| model | target | metric | budget (x C_full) | FLOPs | frontier: selector | k | value [95%] | planner: selector | k | regret |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Frontier selectors per budget, and the planner's regret",
+        "",
+        "Budgets are multiples of C_full, the FLOPs of training the model on the whole pool once. 'Frontier' is "
+        "the best measured configuration within the budget (mean over seeds, 95% t-interval; 'untrained' = "
+        "not finetuning at all beats every finetune within the budget); 'planner' is "
+        "the planner's recommendation from the fitted curves; regret = frontier value - the best affordable "
+        "measured value of the recommended selector (metric units, 0 = the planner picked the frontier's "
+        f"selector or one as good). A k more than {EXTRAPOLATION_WARNING:g}x the largest measured k of its selector "
+        "is marked: there the recommendation extrapolates the fitted curve.",
+        "",
+        "| model | target | metric | budget (x C_full) | FLOPs | frontier: selector | k | value [95%] | planner: selector | k | regret |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for a in summary["analyses"]:
         if "error" in a:
             continue
         for row in a["regret"]:
-            planner = (f"{row['planner_selector']} | {row['planner_k']}" if row.get("planner_selector") else "- | -")
+            planner = f"{row['planner_selector']} | {row['planner_k']}" if row.get("planner_selector") else "- | -"
             if (row.get("planner_extrapolation") or 0) > EXTRAPOLATION_WARNING:
                 planner += f" ({row['planner_extrapolation']:.1f}x the largest measured k)"
-            lines.append(f"| {short_name(a['model'])} | {a['target']} | {a['metric']} | {row['budget_multiple']:g} | "
-                         f"{row['budget']:.3g} | {_fmt(row['best_selector'])} | {_fmt(row['best_k'])} | "
-                         f"{_fmt(row['best_value'])} {_interval(row['best_interval'])} | {planner} | {_fmt(row.get('regret'), 3)} |")
-    lines += ["", "## Extrapolated crossover: from which train / selection model size ratio does an LM-based selector "
-              "join the frontier?", "",
-              "From each (model, target) curve set, training costs are scaled with the training model while the "
-              "selection model (SmolLM2-135M) stays; an LM-based selector joins the frontier at the smallest ratio at "
-              "which, at some budget between 0.02 and 1 x C_full, its fitted curve beats every cheap selector's "
-              "(random, bm25, embedding). The measured ratio is 1 for SmolLM2 training and ~2 for Gemma-3-270M. "
-              "Reference paper (Yin & Rush): perplexity ~5x, LESS ~10x. 'Fit measured' is the share of the "
-              "selector's fitted change P0 -> P_max that its largest run reached. A crossover counts only where the "
-              f"runs bent the curve (>= {BENT_SHARE:g} measured, and an asymptote off the fit's bounds: not a loss "
-              "falling to 0, not an exact match rising to 1; hf_cads.planner.unbent_fit_reason). Otherwise the curve is "
-              "a line through points that have not bent yet, which beats any saturating cheap curve far enough out: "
-              "such ratios are marked 'unsaturated fit' and are not findings.", "",
-              "| model | target | metric | selector | crossover ratio | 95% bootstrap | joins at 1 / 2 / 5 / 10 / 20x | "
-              "fit measured | paper |",
-              "|---|---|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {short_name(a['model'])} | {a['target']} | {a['metric']} | {row['budget_multiple']:g} | "
+                f"{row['budget']:.3g} | {_fmt(row['best_selector'])} | {_fmt(row['best_k'])} | "
+                f"{_fmt(row['best_value'])} {_interval(row['best_interval'])} | {planner} | {_fmt(row.get('regret'), 3)} |"
+            )
+    lines += [
+        "",
+        "## Extrapolated crossover: from which train / selection model size ratio does an LM-based selector "
+        "join the frontier?",
+        "",
+        "From each (model, target) curve set, training costs are scaled with the training model while the "
+        "selection model (SmolLM2-135M) stays; an LM-based selector joins the frontier at the smallest ratio at "
+        "which, at some budget between 0.02 and 1 x C_full, its fitted curve beats every cheap selector's "
+        "(random, bm25, embedding). The measured ratio is 1 for SmolLM2 training and ~2 for Gemma-3-270M. "
+        "Reference paper (Yin & Rush): perplexity ~5x, LESS ~10x. 'Fit measured' is the share of the "
+        "selector's fitted change P0 -> P_max that its largest run reached. A crossover counts only where the "
+        f"runs bent the curve (>= {BENT_SHARE:g} measured, and an asymptote off the fit's bounds: not a loss "
+        "falling to 0, not an exact match rising to 1; hf_cads.planner.unbent_fit_reason). Otherwise the curve is "
+        "a line through points that have not bent yet, which beats any saturating cheap curve far enough out: "
+        "such ratios are marked 'unsaturated fit' and are not findings.",
+        "",
+        "| model | target | metric | selector | crossover ratio | 95% bootstrap | joins at 1 / 2 / 5 / 10 / 20x | "
+        "fit measured | paper |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for a in summary["analyses"]:
         if "error" in a:
             continue
@@ -935,8 +1226,10 @@ def summary_tables(summary: dict[str, Any]) -> list[str]:
             if "saturated" in c and not c["saturated"]:
                 ratio += " (unsaturated fit)"
                 measured += f" (P_max {c['asymptote']:.3g})"
-            lines.append(f"| {short_name(a['model'])} | {a['target']} | {a['metric']} | {label} | {ratio} | "
-                         f"{_interval(c.get('ratio_95'))} | {joins} | {measured} | {_fmt(c['paper_ratio'])}x |")
+            lines.append(
+                f"| {short_name(a['model'])} | {a['target']} | {a['metric']} | {label} | {ratio} | "
+                f"{_interval(c.get('ratio_95'))} | {joins} | {measured} | {_fmt(c['paper_ratio'])}x |"
+            )
     return lines
 
 
@@ -964,33 +1257,56 @@ def markdown(setup: Setup, summary: dict[str, Any]) -> str:
     ]
     if pool.get("decontamination"):
         d = pool["decontamination"]
-        lines += ["", f"Decontamination ({d['ngram_size']}-grams, min overlap {setup.decontamination_min_overlap}): dropped "
-                  f"{d['dropped']} of {d['pool_size']} pool rows ({d['exact']} exact, {d['ngram']} n-gram; per test set "
-                  f"{d['dropped_per_test_set']}). Examples: "
-                  + "; ".join(f"pool row {e['pool_row']} = {e['test_set']}[{e['test_row']}] ({e['kind']})"
-                              for e in pool.get("decontamination_examples", [])[:3])]
+        lines += [
+            "",
+            f"Decontamination ({d['ngram_size']}-grams, min overlap {setup.decontamination_min_overlap}): dropped "
+            f"{d['dropped']} of {d['pool_size']} pool rows ({d['exact']} exact, {d['ngram']} n-gram; per test set "
+            f"{d['dropped_per_test_set']}). Examples: "
+            + "; ".join(
+                f"pool row {e['pool_row']} = {e['test_set']}[{e['test_row']}] ({e['kind']})"
+                for e in pool.get("decontamination_examples", [])[:3]
+            ),
+        ]
     lines += [""] + summary_tables(summary)
-    lines += ["", "## Time", "", "| finished | grid runs | ran | already recorded | failed | wall s | CPU s | CPU s per core | "
-              "load average before -> after |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Time",
+        "",
+        "| finished | grid runs | ran | already recorded | failed | wall s | CPU s | CPU s per core | "
+        "load average before -> after |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for inv in summary["invocations"]:
-        lines.append(f"| {inv['finished']} | {inv['grid_runs']} | {inv['ran']} | {inv['skipped']} | {len(inv['failed'])} | "
-                     f"{inv['wall_seconds']:.0f} | {inv['cpu_seconds']:.0f} | {inv['cpu_seconds_per_core']:.0f} | "
-                     f"{inv['load_average_before'][0]} -> {inv['load_average_after'][0]} |")
-    lines += ["", "Wall time includes loading the model, the data and the encoder. CPU seconds count every thread "
-              "of the process; CPU seconds per core approximate the wall time on an idle machine with this many cores. "
-              "An invocation stopped by a signal records no row here; its runs' CPU time is in the progress line."]
+        lines.append(
+            f"| {inv['finished']} | {inv['grid_runs']} | {inv['ran']} | {inv['skipped']} | {len(inv['failed'])} | "
+            f"{inv['wall_seconds']:.0f} | {inv['cpu_seconds']:.0f} | {inv['cpu_seconds_per_core']:.0f} | "
+            f"{inv['load_average_before'][0]} -> {inv['load_average_after'][0]} |"
+        )
+    lines += [
+        "",
+        "Wall time includes loading the model, the data and the encoder. CPU seconds count every thread "
+        "of the process; CPU seconds per core approximate the wall time on an idle machine with this many cores. "
+        "An invocation stopped by a signal records no row here; its runs' CPU time is in the progress line.",
+    ]
     fresh = [inv for inv in summary["invocations"] if inv["skipped"] == 0 and inv["ran"] == inv["grid_runs"] > 0]
     if quick and fresh:
         inv = fresh[-1]
         met = inv["wall_seconds"] < QUICK_GOAL_SECONDS
         idle = inv["cpu_seconds_per_core"] < QUICK_GOAL_SECONDS
-        lines.append(f"Goal (quick mode < 15 min, whole grid in one invocation): wall {'met' if met else 'NOT met'} "
-                     f"({inv['wall_seconds'] / 60:.1f} min on the shared machine); CPU per core "
-                     f"{'met' if idle else 'NOT met'} ({inv['cpu_seconds_per_core'] / 60:.1f} min).")
+        lines.append(
+            f"Goal (quick mode < 15 min, whole grid in one invocation): wall {'met' if met else 'NOT met'} "
+            f"({inv['wall_seconds'] / 60:.1f} min on the shared machine); CPU per core "
+            f"{'met' if idle else 'NOT met'} ({inv['cpu_seconds_per_core'] / 60:.1f} min)."
+        )
     for description, error in t["failed"].items():
         lines.append(f"- FAILED {description}: {error}")
-    lines += ["", "## Cost of each selector's runs (this machine)", "",
-              "| selector | runs | wall s | CPU s |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Cost of each selector's runs (this machine)",
+        "",
+        "| selector | runs | wall s | CPU s |",
+        "|---|---|---|---|",
+    ]
     for name, cost in sorted(summary["per_selector_cost"].items()):
         lines.append(f"| {name} | {cost['runs']} | {cost['seconds']:.0f} | {cost['cpu_seconds']:.0f} |")
     for analysis in summary["analyses"]:
@@ -999,30 +1315,59 @@ def markdown(setup: Setup, summary: dict[str, Any]) -> str:
         if "error" in analysis:
             lines.append(f"No analysis: {analysis['error']}")
             continue
-        lines += [f"![{analysis['target']} {metric}]({Path(analysis['png']).name})", "",
-                  f"{analysis['runs']} runs, seeds {analysis['seeds']}. Fits: the planner's P(C) per selector (the untrained "
-                  f"model at 0 FLOPs anchors P0); 95% intervals from {analysis['bootstrap_resamples']} bootstrap resamples "
-                  f"of the {analysis['bootstrap_unit']}.", "",
-                  "| selector | points | P0 [95%] | P_max [95%] | lambda [95%] | rmse | C_select |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"![{analysis['target']} {metric}]({Path(analysis['png']).name})",
+            "",
+            f"{analysis['runs']} runs, seeds {analysis['seeds']}. Fits: the planner's P(C) per selector (the untrained "
+            f"model at 0 FLOPs anchors P0); 95% intervals from {analysis['bootstrap_resamples']} bootstrap resamples "
+            f"of the {analysis['bootstrap_unit']}.",
+            "",
+            "| selector | points | P0 [95%] | P_max [95%] | lambda [95%] | rmse | C_select |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for label, fit in analysis["fits"].items():
-            lines.append(f"| {label} | {fit['points']} | {fit['p0']:.4g} {_interval(fit['p0_95'])} | {fit['p_max']:.4g} "
-                         f"{_interval(fit['p_max_95'])} | {fit['lambda']:.3g} {_interval(fit['lambda_95'])} | {fit['rmse']:.3g} | "
-                         f"{fit['selection_flops']:.3g} |")
+            lines.append(
+                f"| {label} | {fit['points']} | {fit['p0']:.4g} {_interval(fit['p0_95'])} | {fit['p_max']:.4g} "
+                f"{_interval(fit['p_max_95'])} | {fit['lambda']:.3g} {_interval(fit['lambda_95'])} | {fit['rmse']:.3g} | "
+                f"{fit['selection_flops']:.3g} |"
+            )
         for label, reason in analysis["no_fit"].items():
             lines.append(f"| {label} | - | no fit: {reason} | | | | |")
-        lines += ["", "Frontier of the seed means:", "", "| selector | fraction | k | seeds | total FLOPs | value [95%] |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Frontier of the seed means:",
+            "",
+            "| selector | fraction | k | seeds | total FLOPs | value [95%] |",
+            "|---|---|---|---|---|---|",
+        ]
         for p in analysis["frontier"]:
-            lines.append(f"| {p['selector']} | {p['fraction']:g} | {p['k']} | {p['seeds']} | {p['total_flops']:.3g} | "
-                         f"{p['value']:.4g} {_interval([p['low'], p['high']], 4)} |")
-        lines += ["", "All seed means:", "", "| selector | fraction | k | seeds | selection FLOPs | total FLOPs | value [95%] |",
-                  "|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {p['selector']} | {p['fraction']:g} | {p['k']} | {p['seeds']} | {p['total_flops']:.3g} | "
+                f"{p['value']:.4g} {_interval([p['low'], p['high']], 4)} |"
+            )
+        lines += [
+            "",
+            "All seed means:",
+            "",
+            "| selector | fraction | k | seeds | selection FLOPs | total FLOPs | value [95%] |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for p in analysis["points"]:
-            lines.append(f"| {p['selector']} | {p['fraction']:g} | {p['k']} | {p['seeds']} | {p['selection_flops']:.3g} | "
-                         f"{p['total_flops']:.3g} | {p['value']:.4g} {_interval([p['low'], p['high']], 4)} |")
-    lines += ["", "## Runs", "", "| model | target | selector | fraction | k | seed | selection FLOPs | train FLOPs | total FLOPs | "
-              "target loss (before) | exact match (before) | wall s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(summary["runs"], key=lambda r: (r["model"], r["target"], r["selector"], r["fraction"] or 0, r["seed"])):
+            lines.append(
+                f"| {p['selector']} | {p['fraction']:g} | {p['k']} | {p['seeds']} | {p['selection_flops']:.3g} | "
+                f"{p['total_flops']:.3g} | {p['value']:.4g} {_interval([p['low'], p['high']], 4)} |"
+            )
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "| model | target | selector | fraction | k | seed | selection FLOPs | train FLOPs | total FLOPs | "
+        "target loss (before) | exact match (before) | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(
+        summary["runs"], key=lambda r: (r["model"], r["target"], r["selector"], r["fraction"] or 0, r["seed"])
+    ):
         em = r["metrics"].get("exact_match")
         lines.append(
             f"| {short_name(r['model'])} | {r['target']} | {r['selector']} | {_fmt(r['fraction'])} | {r['k']} | {r['seed']} | "
@@ -1031,10 +1376,21 @@ def markdown(setup: Setup, summary: dict[str, Any]) -> str:
             + (f"{em:.3f} ({r['baseline_metrics'].get('exact_match', float('nan')):.3f})" if em is not None else "-")
             + f" | {_fmt(r['seconds'], 3)} |"
         )
-    lines += ["", "## Settings", "", "Selector options (CADS also gets `train_budget` = the training FLOPs of the subset "
-              "size it selects for):", "", "```json", json.dumps(setup.selector_options, indent=1), "```"]
+    lines += [
+        "",
+        "## Settings",
+        "",
+        "Selector options (CADS also gets `train_budget` = the training FLOPs of the subset size it selects for):",
+        "",
+        "```json",
+        json.dumps(setup.selector_options, indent=1),
+        "```",
+    ]
     if summary["cads_train_budgets"]:
-        lines += ["", "CADS training budgets: " + ", ".join(f"{k}: {v:.3g}" for k, v in summary["cads_train_budgets"].items())]
+        lines += [
+            "",
+            "CADS training budgets: " + ", ".join(f"{k}: {v:.3g}" for k, v in summary["cads_train_budgets"].items()),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -1076,9 +1432,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hf_cads.cache import CACHE_ENV
 
     os.environ.setdefault(CACHE_ENV, str(setup.run_dir / "score_cache"))
-    run_benchmark(setup, targets=options.targets, selectors=options.selectors, fractions=options.fractions,
-                  seeds=options.seeds, train_models=options.train_models, run=not options.report_only, started=started,
-                  resamples=options.bootstrap)
+    run_benchmark(
+        setup,
+        targets=options.targets,
+        selectors=options.selectors,
+        fractions=options.fractions,
+        seeds=options.seeds,
+        train_models=options.train_models,
+        run=not options.report_only,
+        started=started,
+        resamples=options.bootstrap,
+    )
     return 0
 
 

@@ -24,13 +24,22 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from dataclasses import replace
+
 import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import AutoModel, BertConfig, LlamaConfig, LlamaForCausalLM, MPNetConfig, Qwen3Config, T5Config, T5EncoderModel
-
-from dataclasses import replace
+from transformers import (
+    AutoModel,
+    BertConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MPNetConfig,
+    Qwen3Config,
+    T5Config,
+    T5EncoderModel,
+)
 
 from hf_cads.flops import FlopProfile, LinearLayer, LoraSpec
 from hf_cads.selectors import get_selector
@@ -39,9 +48,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 GOAL = 0.03
 
 SHAPES = {
-    "tiny-2L-64d": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
-    "small-4L-256d": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4),
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3),
+    "tiny-2L-64d": dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    ),
+    "small-4L-256d": dict(
+        hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4
+    ),
+    "smollm2-135m": dict(
+        hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3
+    ),
 }
 
 
@@ -64,8 +79,15 @@ class FixedLengthTokenizer:
 
 def row(kind: str, shape: str, seq: int, estimate: float, measured: float) -> dict:
     error = (estimate - measured) / measured
-    return {"kind": kind, "shape": shape, "seq_len": seq, "estimate": estimate, "measured": measured,
-            "rel_error": error, "within_goal": abs(error) <= GOAL}
+    return {
+        "kind": kind,
+        "shape": shape,
+        "seq_len": seq,
+        "estimate": estimate,
+        "measured": measured,
+        "rel_error": error,
+        "within_goal": abs(error) <= GOAL,
+    }
 
 
 def less_row(model, shape: str, seq: int, vocab: int, projection: str) -> dict:
@@ -77,8 +99,18 @@ def less_row(model, shape: str, seq: int, vocab: int, projection: str) -> dict:
     tokenizer = FixedLengthTokenizer(seq, vocab)
     pool = Dataset.from_dict({"text": [f"row {i}" for i in range(6)]})
     target = Dataset.from_dict({"text": ["target 0", "target 1"]})
-    selector = get_selector("less", model=model, tokenizer=tokenizer, batch_size=2, max_length=seq, warmup_epochs=1,
-                            warmup_fraction=2 / 6, projection_dim=256, projection_type=projection, show_progress=False)
+    selector = get_selector(
+        "less",
+        model=model,
+        tokenizer=tokenizer,
+        batch_size=2,
+        max_length=seq,
+        warmup_epochs=1,
+        warmup_fraction=2 / 6,
+        projection_dim=256,
+        projection_type=projection,
+        show_progress=False,
+    )
     breakdown = selector.flops_breakdown(selector._inputs(pool, target))
     estimate = sum(breakdown.values()) - (breakdown["projection"] if projection == "sparse" else 0.0)
     kind = f"less selector (LoRA r=8, {projection} projection{', without it' if projection == 'sparse' else ''})"
@@ -87,16 +119,41 @@ def less_row(model, shape: str, seq: int, vocab: int, projection: str) -> dict:
 
 # Sentence encoders at their real shapes: (config, pooling, Dense head width or None).
 ENCODERS = {
-    "minilm-6L-384d": (lambda: BertConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=12,
-                                          vocab_size=30522), "mean", None),
-    "mpnet-base-12L-768d": (lambda: MPNetConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                                num_attention_heads=12, vocab_size=30527), "mean", None),
-    "gtr-t5-base (T5 12L-768d + Dense)": (lambda: T5Config(d_model=768, d_ff=3072, d_kv=64, num_layers=12, num_heads=12,
-                                                           vocab_size=32128, feed_forward_proj="relu"), "mean", 768),
+    "minilm-6L-384d": (
+        lambda: BertConfig(
+            hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=12, vocab_size=30522
+        ),
+        "mean",
+        None,
+    ),
+    "mpnet-base-12L-768d": (
+        lambda: MPNetConfig(
+            hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, vocab_size=30527
+        ),
+        "mean",
+        None,
+    ),
+    "gtr-t5-base (T5 12L-768d + Dense)": (
+        lambda: T5Config(
+            d_model=768, d_ff=3072, d_kv=64, num_layers=12, num_heads=12, vocab_size=32128, feed_forward_proj="relu"
+        ),
+        "mean",
+        768,
+    ),
     # Qwen3-Embedding-0.6B's layer shape (1024d, 16 q / 8 kv heads of 128, ffn 3072), 4 of its 28 layers.
-    "qwen3-embedding-0.6b layers (4L-1024d)": (lambda: Qwen3Config(hidden_size=1024, intermediate_size=3072, num_hidden_layers=4,
-                                                                   num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-                                                                   vocab_size=32000), "lasttoken", None),
+    "qwen3-embedding-0.6b layers (4L-1024d)": (
+        lambda: Qwen3Config(
+            hidden_size=1024,
+            intermediate_size=3072,
+            num_hidden_layers=4,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            head_dim=128,
+            vocab_size=32000,
+        ),
+        "lasttoken",
+        None,
+    ),
 }
 
 
@@ -113,7 +170,10 @@ def encoder_rows(quick: bool, batch: int = 2) -> list[dict]:
         head = torch.nn.Linear(config.d_model, dense, bias=False) if dense else None
         profile = FlopProfile.from_model(model)
         if head is not None:
-            profile = replace(profile, per_sequence=profile.per_sequence + (LinearLayer("dense", head.in_features, head.out_features),))
+            profile = replace(
+                profile,
+                per_sequence=profile.per_sequence + (LinearLayer("dense", head.in_features, head.out_features),),
+            )
 
         def encode(ids):
             hidden = model(input_ids=ids).last_hidden_state
@@ -123,7 +183,11 @@ def encoder_rows(quick: bool, batch: int = 2) -> list[dict]:
         for seq in [64, 256] if quick else [32, 128, 256]:
             ids = torch.randint(2, config.vocab_size, (batch, seq))
             with torch.no_grad():
-                rows.append(row("embedding encoder", name, seq, profile.forward_flops(batch, seq), measure(lambda: encode(ids))))
+                rows.append(
+                    row(
+                        "embedding encoder", name, seq, profile.forward_flops(batch, seq), measure(lambda: encode(ids))
+                    )
+                )
         del model
     return rows
 
@@ -143,13 +207,24 @@ def run(quick: bool) -> list[dict]:
         for seq in seqs:
             ids = torch.randint(2, vocab, (batch, seq))
             with torch.no_grad():
-                rows.append(row("forward", name, seq, profile.forward_flops(batch, seq), measure(lambda: model(input_ids=ids))))
-            rows.append(row("train step (full)", name, seq, profile.train_step_flops(batch, seq),
-                            measure(lambda: model(input_ids=ids, labels=ids).loss.backward())))
+                rows.append(
+                    row("forward", name, seq, profile.forward_flops(batch, seq), measure(lambda: model(input_ids=ids)))
+                )
+            rows.append(
+                row(
+                    "train step (full)",
+                    name,
+                    seq,
+                    profile.train_step_flops(batch, seq),
+                    measure(lambda: model(input_ids=ids, labels=ids).loss.backward()),
+                )
+            )
             model.zero_grad(set_to_none=True)
             tokenizer = FixedLengthTokenizer(seq, vocab)
             pool = Dataset.from_dict({"text": [f"row {i}" for i in range(4)]})
-            selector = get_selector("perplexity", model=model, tokenizer=tokenizer, batch_size=2, max_length=seq, show_progress=False)
+            selector = get_selector(
+                "perplexity", model=model, tokenizer=tokenizer, batch_size=2, max_length=seq, show_progress=False
+            )
             estimate = selector.estimate_flops(pool, None)
             rows.append(row("perplexity selector", name, seq, estimate, measure(lambda: selector.select(pool, k=1))))
             if name != "smollm2-135m":  # LESS's whole selection: warmup, per-example gradients, projection
@@ -158,8 +233,15 @@ def run(quick: bool) -> list[dict]:
         lora_profile = profile.with_lora(lora_spec)
         for seq in seqs:
             ids = torch.randint(2, vocab, (batch, seq))
-            rows.append(row("train step (LoRA r=8)", name, seq, lora_profile.train_step_flops(batch, seq),
-                            measure(lambda: peft_model(input_ids=ids, labels=ids).loss.backward())))
+            rows.append(
+                row(
+                    "train step (LoRA r=8)",
+                    name,
+                    seq,
+                    lora_profile.train_step_flops(batch, seq),
+                    measure(lambda: peft_model(input_ids=ids, labels=ids).loss.backward()),
+                )
+            )
             peft_model.zero_grad(set_to_none=True)
         del model, peft_model
     return rows
@@ -171,17 +253,29 @@ def write(rows: list[dict], merge: bool = False) -> None:
     if merge and previous.is_file():
         # Keep the previous run's rows of the kinds not rerun here (e.g. the LM rows of --part encoders).
         kinds = {r["kind"] for r in rows}
-        rows = [r for r in json.loads(previous.read_text())["rows"] if r["kind"] not in kinds and not r["kind"].startswith("embedding encoder")] + rows
-    machine = {"python": sys.version.split()[0], "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-               "cores": os.cpu_count()}
+        rows = [
+            r
+            for r in json.loads(previous.read_text())["rows"]
+            if r["kind"] not in kinds and not r["kind"].startswith("embedding encoder")
+        ] + rows
+    machine = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+    }
     (RESULTS / "flop_accuracy.json").write_text(json.dumps({"machine": machine, "goal": GOAL, "rows": rows}, indent=2))
     lines = ["| kind | shape | seq | estimate | measured | error | within 3% |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['kind']} | {r['shape']} | {r['seq_len']} | {r['estimate']:.4g} | {r['measured']:.4g} | "
-                     f"{r['rel_error']:+.2%} | {'yes' if r['within_goal'] else 'NO'} |")
+        lines.append(
+            f"| {r['kind']} | {r['shape']} | {r['seq_len']} | {r['estimate']:.4g} | {r['measured']:.4g} | "
+            f"{r['rel_error']:+.2%} | {'yes' if r['within_goal'] else 'NO'} |"
+        )
     worst = max(abs(r["rel_error"]) for r in rows)
-    lines.append(f"\nWorst error {worst:.2%}; {sum(r['within_goal'] for r in rows)}/{len(rows)} within the 3% goal. "
-                 f"Machine: {machine}")
+    lines.append(
+        f"\nWorst error {worst:.2%}; {sum(r['within_goal'] for r in rows)}/{len(rows)} within the 3% goal. "
+        f"Machine: {machine}"
+    )
     (RESULTS / "flop_accuracy.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -192,5 +286,7 @@ if __name__ == "__main__":
     parser.add_argument("--part", choices=["all", "lm", "encoders"], default="all", help="which cases to run")
     parser.add_argument("--merge", action="store_true", help="keep the last results file's rows of the other kinds")
     options = parser.parse_args()
-    results = (run(options.quick) if options.part != "encoders" else []) + (encoder_rows(options.quick) if options.part != "lm" else [])
+    results = (run(options.quick) if options.part != "encoders" else []) + (
+        encoder_rows(options.quick) if options.part != "lm" else []
+    )
     write(results, merge=options.merge)

@@ -53,9 +53,8 @@ import numpy as np
 import torch
 
 from hf_cads import get_selector
-from hf_cads.data import build_multisource_pool
+from hf_cads.data import build_multisource_pool, load_bbh_target
 from hf_cads.models import load_causal_lm
-from hf_cads.data import load_bbh_target
 from hf_cads.selectors.gradients import PerExampleGradients, adam_update_direction
 from hf_cads.selectors.projection import PROJECTION_TYPES, RandomProjection, make_projection, projection_agreement
 
@@ -81,7 +80,7 @@ class PeakMemory:
                     return int(line.split()[1]) * 1024
         raise RuntimeError(f"{field} missing from /proc/self/status")
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -113,8 +112,11 @@ def run_child(extra: list[str]) -> dict:
 
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "memory.json"
-        subprocess.run([sys.executable, __file__, *sys.argv[1:], *extra, "--memory_json", str(out)],
-                       env={**os.environ, **MEMORY_ENV}, check=True)
+        subprocess.run(
+            [sys.executable, __file__, *sys.argv[1:], *extra, "--memory_json", str(out)],
+            env={**os.environ, **MEMORY_ENV},
+            check=True,
+        )
         return json.loads(out.read_text())
 
 
@@ -142,7 +144,7 @@ def measure_paths(args, selector, pool, device, memory_only: bool) -> dict:
     # The memory child needs one batch: the first is the longest (the batcher sorts by length).
     for number, batch in enumerate(batches[:1] if memory_only else batches):
         ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
-        order = names[number % len(names):] + names[: number % len(names)]
+        order = names[number % len(names) :] + names[: number % len(names)]
         grads = {}
         for name in order:
             with PeakMemory(device) as memory:
@@ -151,7 +153,11 @@ def measure_paths(args, selector, pool, device, memory_only: bool) -> dict:
         for name in paths:
             max_difference[name] = max(max_difference[name], float((grads[name] - grads["loop"]).abs().max()))
         max_gradient = max(max_gradient, float(grads["loop"].abs().max()))
-        print(f"batch {number + 1}/{len(batches)} {tuple(batch.shape)}: " + ", ".join(f"{n} {seconds[n]:.1f}s" for n in paths), flush=True)
+        print(
+            f"batch {number + 1}/{len(batches)} {tuple(batch.shape)}: "
+            + ", ".join(f"{n} {seconds[n]:.1f}s" for n in paths),
+            flush=True,
+        )
         del grads
     if memory_only:
         return {"peak": peak}
@@ -219,8 +225,11 @@ def measure_projections(args, selector, token_ids, checkpoint, device) -> dict:
             for name, work in steps if number % 2 == 0 else steps[::-1]:
                 seconds[name] += timed(device, work)
             rows_done += len(chunk)
-            print(f"{kind}: {rows_done}/{limit} rows, gradients {rows_done / seconds['gradients']:.2f} rows/s, "
-                  f"features {rows_done / seconds['features']:.2f} rows/s ({machine_load()})", flush=True)
+            print(
+                f"{kind}: {rows_done}/{limit} rows, gradients {rows_done / seconds['gradients']:.2f} rows/s, "
+                f"features {rows_done / seconds['features']:.2f} rows/s ({machine_load()})",
+                flush=True,
+            )
         projection = make_projection(kind, selector.num_lora_params(), args.projection_dim, 0)
         out[kind] = {
             "rows": rows_done,
@@ -246,7 +255,9 @@ def quality_gate(args, selector, token_ids, target_ids, checkpoint, device) -> d
         for batch in batcher.batches(rows):
             grads = gradients(batch.input_ids.to(device), batch.attention_mask.to(device)).float()
             if optimizer_aware:
-                grads = adam_update_direction(grads, *moments, step=checkpoint.step, betas=checkpoint.betas, eps=checkpoint.eps)
+                grads = adam_update_direction(
+                    grads, *moments, step=checkpoint.step, betas=checkpoint.betas, eps=checkpoint.eps
+                )
             out[torch.as_tensor(batch.rows, device=device)] = grads
         return out
 
@@ -269,14 +280,21 @@ def quality_gate(args, selector, token_ids, target_ids, checkpoint, device) -> d
         assert vectors.shape == stacked.shape
         return referenced
 
-    gate = {"pool_rows": len(pool_vectors), "target_rows": len(target_vectors), "projection_dim": args.projection_dim,
-            "reference": "gaussian, seed 1000", "by_projection": {}}
+    gate = {
+        "pool_rows": len(pool_vectors),
+        "target_rows": len(target_vectors),
+        "projection_dim": args.projection_dim,
+        "reference": "gaussian, seed 1000",
+        "by_projection": {},
+    }
     rows = [(kind, args.projection_dim) for kind in PROJECTION_TYPES]
     rows += [("sparse", dims) for dims in args.gate_dims if dims != args.projection_dim]
     for kind, dims in rows:
         seeds = range(3) if kind == "sparse" else range(1)  # a dense pass over 1,000 rows costs minutes here
-        runs = [projection_agreement(pool_vectors, target_vectors, make_projection(kind, dim, dims, seed), cached)
-                for seed in seeds]
+        runs = [
+            projection_agreement(pool_vectors, target_vectors, make_projection(kind, dim, dims, seed), cached)
+            for seed in seeds
+        ]
         name = kind if dims == args.projection_dim else f"{kind}, {dims} dims"
         gate["by_projection"][name] = {
             "kind": kind,
@@ -290,7 +308,9 @@ def quality_gate(args, selector, token_ids, target_ids, checkpoint, device) -> d
         }
         print(name, gate["by_projection"][name], flush=True)
     sparse = gate["by_projection"]["sparse"]
-    gate["sparse_passes"] = bool(sparse["cosine_correlation_min"] >= GOAL_CORRELATION and sparse["top_overlap_mean"] >= GOAL_OVERLAP)
+    gate["sparse_passes"] = bool(
+        sparse["cosine_correlation_min"] >= GOAL_CORRELATION and sparse["top_overlap_mean"] >= GOAL_OVERLAP
+    )
     return gate
 
 
@@ -308,8 +328,13 @@ def main() -> None:
     parser.add_argument("--gate_rows", type=int, default=64, help="part 3: pool rows of the quality gate (0 skips it)")
     parser.add_argument("--projection_dim", type=int, default=8192)
     parser.add_argument("--gate_cache", help="part 3: file to keep the exact gradients in (reused when it exists)")
-    parser.add_argument("--gate_dims", type=int, nargs="*", default=[32768, 131072],
-                        help="part 3: further sparse-projection dimensions to gate (the sparse cost does not grow with them)")
+    parser.add_argument(
+        "--gate_dims",
+        type=int,
+        nargs="*",
+        default=[32768, 131072],
+        help="part 3: further sparse-projection dimensions to gate (the sparse cost does not grow with them)",
+    )
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--memory_json", help=argparse.SUPPRESS)  # internal: the memory-measuring child
@@ -330,8 +355,15 @@ def main() -> None:
 
     def make_selector(seq):
         return get_selector(
-            "less", model=model, tokenizer=tokenizer, max_length=seq, batch_size=args.batch,
-            projection_dim=args.projection_dim, warmup_epochs=1, warmup_fraction=args.batch / len(pool), show_progress=False,
+            "less",
+            model=model,
+            tokenizer=tokenizer,
+            max_length=seq,
+            batch_size=args.batch,
+            projection_dim=args.projection_dim,
+            warmup_epochs=1,
+            warmup_fraction=args.batch / len(pool),
+            show_progress=False,
         )
 
     if args.paths and args.memory_part != "features":
@@ -344,14 +376,32 @@ def main() -> None:
     token_ids = selector.encode(pool)
     checkpoint = selector.warmup(token_ids)[0][-1]
     if memory_only:
-        Path(args.memory_json).write_text(json.dumps(measure_feature_memory(args, selector, token_ids, checkpoint, device)))
+        Path(args.memory_json).write_text(
+            json.dumps(measure_feature_memory(args, selector, token_ids, checkpoint, device))
+        )
         return
 
     previous = json.loads((RESULTS / "less_speed.json").read_text()) if (RESULTS / "less_speed.json").exists() else {}
     if not args.paths:
-        paths = previous.get("gradient_paths") or {k: previous[k] for k in (
-            "examples", "batch_size", "max_tokens", "mean_tokens", "default_method", "examples_per_s", "speedup_over_loop",
-            "speedup", "goal_speedup", "meets_goal", "peak_added_mib", "max_abs_difference_from_loop", "max_abs_gradient") if k in previous}
+        paths = previous.get("gradient_paths") or {
+            k: previous[k]
+            for k in (
+                "examples",
+                "batch_size",
+                "max_tokens",
+                "mean_tokens",
+                "default_method",
+                "examples_per_s",
+                "speedup_over_loop",
+                "speedup",
+                "goal_speedup",
+                "meets_goal",
+                "peak_added_mib",
+                "max_abs_difference_from_loop",
+                "max_abs_gradient",
+            )
+            if k in previous
+        }
         paths.setdefault("note", "measured in an earlier run (rerun with --paths)")
     selector.config.projection_type = "sparse"
     charged = selector.gradient_features(token_ids[: args.batch], checkpoint, optimizer_aware=True)[1]
@@ -360,7 +410,11 @@ def main() -> None:
         "device": str(device),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}",
         "machine_load_before": machine_load(),
-        "lora": {"rank": selector.config.lora_r, "target_modules": list(selector.config.lora_target_modules), "params": selector.num_lora_params()},
+        "lora": {
+            "rank": selector.config.lora_r,
+            "target_modules": list(selector.config.lora_target_modules),
+            "params": selector.num_lora_params(),
+        },
         "load_seconds": load_seconds,
         "gradient_paths": paths,
         "projection_dim": args.projection_dim,
@@ -370,7 +424,9 @@ def main() -> None:
         "projections": previous.get("projections") if not args.pool_rows else None,
         "goal_feature_ratio": GOAL_FEATURE_RATIO,
         "quality_gate": previous.get("quality_gate") if not args.gate_rows else None,
-        "feature_flops_match_estimate": bool(np.isclose(charged, selector.feature_flops(token_ids[: args.batch]), rtol=1e-9)),
+        "feature_flops_match_estimate": bool(
+            np.isclose(charged, selector.feature_flops(token_ids[: args.batch]), rtol=1e-9)
+        ),
     }
     # Parts are written as they finish, so a run cut short on a loaded machine keeps what it measured.
     if args.gate_rows:
@@ -381,10 +437,16 @@ def main() -> None:
         projections = measure_projections(args, selector, token_ids[: args.pool_rows], checkpoint, device)
         result["projections"] = projections
         write_results(result, args)
-        memory = run_child(["--memory_part", "features"]) if device.type == "cpu" else measure_feature_memory(args, selector, token_ids, checkpoint, device)
+        memory = (
+            run_child(["--memory_part", "features"])
+            if device.type == "cpu"
+            else measure_feature_memory(args, selector, token_ids, checkpoint, device)
+        )
         for kind in PROJECTION_TYPES:
-            projections[kind]["peak_added_mib"] = {"batch": memory[f"{kind}/{args.batch}"] / 2**20,
-                                                   f"{args.memory_rows}_rows": memory[f"{kind}/{args.memory_rows}"] / 2**20}
+            projections[kind]["peak_added_mib"] = {
+                "batch": memory[f"{kind}/{args.batch}"] / 2**20,
+                f"{args.memory_rows}_rows": memory[f"{kind}/{args.memory_rows}"] / 2**20,
+            }
         write_results(result, args)
     print("\n".join(render(result, args)))
 
@@ -403,7 +465,11 @@ def render(result: dict, args) -> list[str]:
         f"{result['model']} with LoRA rank {lora['rank']} on {', '.join(lora['target_modules'])} ({lora['params']:,} trainable "
         f"parameters), projection to {result['projection_dim']} dims; {result['device']}; {result['machine']}. "
         f"Machine load (shared with other jobs): before {result['machine_load_before']}"
-        + (f"; after the throughput part {result['projections']['machine_load_after']}." if result.get("projections") else "."),
+        + (
+            f"; after the throughput part {result['projections']['machine_load_after']}."
+            if result.get("projections")
+            else "."
+        ),
     ]
     if result.get("projections"):
         lines += throughput_lines(result, args)
@@ -425,7 +491,11 @@ def throughput_lines(result: dict, args) -> list[str]:
     for kind in PROJECTION_TYPES:
         row = result["projections"][kind]
         peak = row.get("peak_added_mib")
-        memory = f"{peak['batch']:.0f} MiB | {peak[f'{args.memory_rows}_rows']:.0f} MiB" if peak else "not measured | not measured"
+        memory = (
+            f"{peak['batch']:.0f} MiB | {peak[f'{args.memory_rows}_rows']:.0f} MiB"
+            if peak
+            else "not measured | not measured"
+        )
         lines.append(
             f"| {kind}{' (default)' if kind == 'sparse' else ''} | {row['rows']} | {row['gradient_rows_per_s']:.2f} | "
             f"{row['feature_rows_per_s']:.2f} | {row['ratio']:.2f}x | {row['projection_flops_per_row']:.3g} | {memory} |"
@@ -457,14 +527,22 @@ def gate_and_paths_lines(result: dict) -> list[str]:
         ]
         for kind, row in gate["by_projection"].items():
             gain = row.get("top_exact_score_gain_mean")
-            lines.append(f"| {kind} | {row['seeds']} | {row['cosine_correlation_min']:.4f} | {row['top_overlap_mean']:.0%} | "
-                         f"{row['top_overlap_exact_mean']:.0%} | {'' if gain is None else f'{gain:.3f}'} |")
-        lines += ["", f"Top-5% = {gate['by_projection']['sparse']['top_rows']:.0f} rows. Goals: correlation >= {GOAL_CORRELATION}, "
-                  f"overlap >= {GOAL_OVERLAP:.0%}; sparse {'passes' if gate['sparse_passes'] else 'does NOT pass'}."]
+            lines.append(
+                f"| {kind} | {row['seeds']} | {row['cosine_correlation_min']:.4f} | {row['top_overlap_mean']:.0%} | "
+                f"{row['top_overlap_exact_mean']:.0%} | {'' if gain is None else f'{gain:.3f}'} |"
+            )
+        lines += [
+            "",
+            f"Top-5% = {gate['by_projection']['sparse']['top_rows']:.0f} rows. Goals: correlation >= {GOAL_CORRELATION}, "
+            f"overlap >= {GOAL_OVERLAP:.0%}; sparse {'passes' if gate['sparse_passes'] else 'does NOT pass'}.",
+        ]
     paths = result["gradient_paths"]
     if paths:
-        titles = {"linear": "linear: one batched backward, per-example LoRA grads from layer inputs x output grads",
-                  "vmap": "vmap(grad) over the batch", "loop": "loop: one backward per example"}
+        titles = {
+            "linear": "linear: one batched backward, per-example LoRA grads from layer inputs x output grads",
+            "vmap": "vmap(grad) over the batch",
+            "loop": "loop: one backward per example",
+        }
         lines += [
             "",
             f"## Per-example gradient paths ({paths['examples']} rows, <= {paths['max_tokens']} tokens, mean "
@@ -474,9 +552,11 @@ def gate_and_paths_lines(result: dict) -> list[str]:
             "|---|---|---|---|---|",
         ]
         for name in ("linear", "vmap", "loop"):
-            lines.append(f"| {titles[name]}{' (default)' if name == paths['default_method'] else ''} | "
-                         f"{paths['examples_per_s'][name]:.3f} | {paths['speedup_over_loop'][name]:.2f}x | "
-                         f"{paths['peak_added_mib'][name]:.0f} MiB | {paths['max_abs_difference_from_loop'][name]:.2e} |")
+            lines.append(
+                f"| {titles[name]}{' (default)' if name == paths['default_method'] else ''} | "
+                f"{paths['examples_per_s'][name]:.3f} | {paths['speedup_over_loop'][name]:.2f}x | "
+                f"{paths['peak_added_mib'][name]:.0f} MiB | {paths['max_abs_difference_from_loop'][name]:.2e} |"
+            )
     return lines
 
 

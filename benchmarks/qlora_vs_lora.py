@@ -48,13 +48,30 @@ def run_mode(mode: str, budget: float, seed: int) -> dict:
     pool = build_multisource_pool("boolean_expressions", max_per_source=40, max_chars=800, seed=seed)
     with tempfile.TemporaryDirectory() as out:
         args = BudgetedTrainingArguments(
-            output_dir=out, flop_budget=budget, selector="bm25", selection_fraction=0.25, max_seq_length=192,
-            per_device_train_batch_size=2, learning_rate=5e-4, lr_scheduler_type="constant", logging_steps=1,
-            save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=seed,
+            output_dir=out,
+            flop_budget=budget,
+            selector="bm25",
+            selection_fraction=0.25,
+            max_seq_length=192,
+            per_device_train_batch_size=2,
+            learning_rate=5e-4,
+            lr_scheduler_type="constant",
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            disable_tqdm=True,
+            seed=seed,
         )
         trainer = BudgetedTrainer(
-            model=model, args=args, train_dataset=pool, processing_class=tokenizer, selection_target=validation,
-            peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM"),
+            model=model,
+            args=args,
+            train_dataset=pool,
+            processing_class=tokenizer,
+            selection_target=validation,
+            peft_config=LoraConfig(
+                r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM"
+            ),
         )
         started = time.time()
         output = trainer.train()
@@ -95,21 +112,58 @@ def main() -> None:
         return
     rows = []
     for mode in ("lora", "qlora"):
-        command = [sys.executable, __file__, "--mode", mode, "--budget", str(options.budget), "--seed", str(options.seed), "--threads", str(options.threads)]
+        command = [
+            sys.executable,
+            __file__,
+            "--mode",
+            mode,
+            "--budget",
+            str(options.budget),
+            "--seed",
+            str(options.seed),
+            "--threads",
+            str(options.threads),
+        ]
         print(f"running {mode} ...", flush=True)
-        done = subprocess.run(command, check=True, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(options.threads)))
+        done = subprocess.run(
+            command,
+            check=True,
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, OMP_NUM_THREADS=str(options.threads)),
+        )
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "qlora_vs_lora.json").write_text(json.dumps({"model": MODEL, "threads": options.threads, "runs": rows}, indent=2))
-    keys = ["mode", "model_footprint_mb", "peak_rss_mb", "load_seconds", "steps", "seconds_per_step", "first_loss", "last_loss",
-            "flops_train", "budget_used", "stopped_by_budget"]
+    (RESULTS / "qlora_vs_lora.json").write_text(
+        json.dumps({"model": MODEL, "threads": options.threads, "runs": rows}, indent=2)
+    )
+    keys = [
+        "mode",
+        "model_footprint_mb",
+        "peak_rss_mb",
+        "load_seconds",
+        "steps",
+        "seconds_per_step",
+        "first_loss",
+        "last_loss",
+        "flops_train",
+        "budget_used",
+        "stopped_by_budget",
+    ]
     lines = [
         f"# QLoRA vs LoRA, {MODEL}, CPU ({options.threads} thread(s), machine shared with other jobs: times are indicative)",
         "",
         "| " + " | ".join(keys) + " |",
         "|" + "---|" * len(keys),
-        *("| " + " | ".join(f"{row[k]:.4g}" if isinstance(row[k], float) and k.startswith("flops") else str(row[k]) for k in keys) + " |" for row in rows),
+        *(
+            "| "
+            + " | ".join(
+                f"{row[k]:.4g}" if isinstance(row[k], float) and k.startswith("flops") else str(row[k]) for k in keys
+            )
+            + " |"
+            for row in rows
+        ),
     ]
     (RESULTS / "qlora_vs_lora.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -49,27 +49,49 @@ def worker(args: argparse.Namespace) -> None:
 
         target = load_bbh_target(args.target_task)[1].select(range(8))
         selector = get_selector(
-            "less", model=model, tokenizer=tokenizer, max_length=args.max_length, shard_size=args.shard_size,
-            batch_size=8, warmup_epochs=1, warmup_fraction=0.05, feature_dir=args.cache_dir, show_progress=False,
+            "less",
+            model=model,
+            tokenizer=tokenizer,
+            max_length=args.max_length,
+            shard_size=args.shard_size,
+            batch_size=8,
+            warmup_epochs=1,
+            warmup_fraction=0.05,
+            feature_dir=args.cache_dir,
+            show_progress=False,
         )
     else:
         target = None
         selector = get_selector(
-            "perplexity", model=model, tokenizer=tokenizer, max_length=args.max_length, shard_size=args.shard_size,
-            cache_dir=args.cache_dir, show_progress=False,
+            "perplexity",
+            model=model,
+            tokenizer=tokenizer,
+            max_length=args.max_length,
+            shard_size=args.shard_size,
+            cache_dir=args.cache_dir,
+            show_progress=False,
         )
     processes.barrier()
     start = time.perf_counter()
     result = selector.select(pool, target, k=max(1, len(pool) // 10))
     seconds = time.perf_counter() - start
     if processes.is_main:
-        Path(args.out).write_text(json.dumps({
-            "processes": processes.world_size, "threads_per_process": torch.get_num_threads(), "rows": len(pool),
-            "seconds": seconds, "rows_per_second": len(pool) / seconds, "flops": result.flops,
-            "indices": result.indices.tolist(), "scores": [float(x) for x in result.all_scores],
-            "cache": result.extras.get("cache") or result.extras.get("feature_index"),
-            "rows_scored_per_process": (result.extras.get("sharding") or {}).get("rows_scored_per_process"),
-        }))
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "processes": processes.world_size,
+                    "threads_per_process": torch.get_num_threads(),
+                    "rows": len(pool),
+                    "seconds": seconds,
+                    "rows_per_second": len(pool) / seconds,
+                    "flops": result.flops,
+                    "indices": result.indices.tolist(),
+                    "scores": [float(x) for x in result.all_scores],
+                    "cache": result.extras.get("cache") or result.extras.get("feature_index"),
+                    "rows_scored_per_process": (result.extras.get("sharding") or {}).get("rows_scored_per_process"),
+                }
+            )
+        )
 
 
 def run(command: list[str], env: dict[str, str]) -> None:
@@ -94,24 +116,69 @@ def main() -> None:
         return
 
     scratch = Path(tempfile.mkdtemp(prefix="hf_cads_scale_out_"))
-    script = [str(Path(__file__).resolve()), "--worker", "--rows", str(args.rows), "--max-length", str(args.max_length),
-              "--shard-size", str(args.shard_size), "--selector", args.selector]
+    script = [
+        str(Path(__file__).resolve()),
+        "--worker",
+        "--rows",
+        str(args.rows),
+        "--max-length",
+        str(args.max_length),
+        "--shard-size",
+        str(args.shard_size),
+        "--selector",
+        args.selector,
+    ]
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    launch = [shutil.which("accelerate") or "accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
+    launch = [
+        shutil.which("accelerate") or "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+    ]
     runs = {
-        "1 process": [sys.executable, *script, "--cache-dir", str(scratch / "cache"), "--out", str(scratch / "one.json")],
+        "1 process": [
+            sys.executable,
+            *script,
+            "--cache-dir",
+            str(scratch / "cache"),
+            "--out",
+            str(scratch / "one.json"),
+        ],
         "2 processes": [*launch, *script, "--cache-dir", str(scratch / "cache2"), "--out", str(scratch / "two.json")],
-        "1 process, cached rerun": [sys.executable, *script, "--cache-dir", str(scratch / "cache"), "--out", str(scratch / "hit.json")],
+        "1 process, cached rerun": [
+            sys.executable,
+            *script,
+            "--cache-dir",
+            str(scratch / "cache"),
+            "--out",
+            str(scratch / "hit.json"),
+        ],
     }
     if args.selector == "less":
         # The feature index is keyed by pool, model, warmup and projection, not by target: a second
         # target on the same pool pays only for its own gradients.
-        runs["1 process, cached rerun"] = [sys.executable, *script, "--cache-dir", str(scratch / "cache"), "--target-task", "dyck_languages",
-                                          "--out", str(scratch / "hit.json")]
+        runs["1 process, cached rerun"] = [
+            sys.executable,
+            *script,
+            "--cache-dir",
+            str(scratch / "cache"),
+            "--target-task",
+            "dyck_languages",
+            "--out",
+            str(scratch / "hit.json"),
+        ]
     rows = {}
     for name, command in runs.items():
         print(f"running: {name}", flush=True)
@@ -129,9 +196,14 @@ def main() -> None:
     report = {
         "machine": {"cpu": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()},
         "settings": vars(args) | {"model": "smollm2-135m-instruct"},
-        "runs": {name: {k: v for k, v in row.items() if k not in ("indices", "scores")}
-                 | {"same_indices": row["indices"] == reference["indices"], "max_score_difference_rel": score_difference(row)}
-                 for name, row in rows.items()},
+        "runs": {
+            name: {k: v for k, v in row.items() if k not in ("indices", "scores")}
+            | {
+                "same_indices": row["indices"] == reference["indices"],
+                "max_score_difference_rel": score_difference(row),
+            }
+            for name, row in rows.items()
+        },
     }
     second = report["runs"].get("1 process, second target (dyck_languages), feature index reused")
     if second:
@@ -139,16 +211,25 @@ def main() -> None:
     stem = "scale_out" if args.selector == "perplexity" else f"scale_out_{args.selector}"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    lines = [f"{args.selector} selector on SmolLM2-135M-Instruct.", "",
-             "| run | processes x threads | rows/s | select s | FLOPs charged | rows scored per process | same rows as 1 process | max score difference / max abs score |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{args.selector} selector on SmolLM2-135M-Instruct.",
+        "",
+        "| run | processes x threads | rows/s | select s | FLOPs charged | rows scored per process | same rows as 1 process | max score difference / max abs score |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, row in report["runs"].items():
-        lines.append(f"| {name} | {row['processes']} x {row['threads_per_process']} | {row['rows_per_second']:.2f} | {row['seconds']:.2f} | "
-                     f"{row['flops']:.4g} | {row['rows_scored_per_process']} | {row['same_indices']} | {row['max_score_difference_rel']:.1e} |")
-    lines.append(f"\nMachine: {report['machine']}; {args.rows} rows, max_length {args.max_length}, shard_size {args.shard_size}.")
+        lines.append(
+            f"| {name} | {row['processes']} x {row['threads_per_process']} | {row['rows_per_second']:.2f} | {row['seconds']:.2f} | "
+            f"{row['flops']:.4g} | {row['rows_scored_per_process']} | {row['same_indices']} | {row['max_score_difference_rel']:.1e} |"
+        )
+    lines.append(
+        f"\nMachine: {report['machine']}; {args.rows} rows, max_length {args.max_length}, shard_size {args.shard_size}."
+    )
     if second:
-        lines.append(f"A second target on the same pool reuses the pool features: it is charged {second['flops']:.4g} FLOPs, "
-                     f"{second['flops_vs_first_target']:.1%} of the first target's selection (its rows differ: another target).")
+        lines.append(
+            f"A second target on the same pool reuses the pool features: it is charged {second['flops']:.4g} FLOPs, "
+            f"{second['flops_vs_first_target']:.1%} of the first target's selection (its rows differ: another target)."
+        )
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     shutil.rmtree(scratch, ignore_errors=True)

@@ -48,8 +48,17 @@ def top_k(scores, k):
 
 
 LESS_OPTIONS = {"batch_size": 8, "max_length": 128, "warmup_epochs": 1, "projection_dim": 8192}
-CADS_OPTIONS = {"batch_size": 1, "max_length": 128, "train_budget": 6e11, "A": 4.0, "num_sampling_points": 3,
-                "outer_steps": 4, "samples_per_step": 2, "block_size": 4, "target_batch_size": 3}
+CADS_OPTIONS = {
+    "batch_size": 1,
+    "max_length": 128,
+    "train_budget": 6e11,
+    "A": 4.0,
+    "num_sampling_points": 3,
+    "outer_steps": 4,
+    "samples_per_step": 2,
+    "block_size": 4,
+    "target_batch_size": 3,
+}
 
 
 def tiny_t5_sentence_encoder():
@@ -65,15 +74,25 @@ def tiny_t5_sentence_encoder():
     from hf_cads.models import resolve_encoder
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_encoder("all-minilm-l6-v2"))
-    config = T5Config(vocab_size=len(tokenizer), d_model=256, d_ff=1024, d_kv=64, num_layers=4, num_heads=4,
-                      feed_forward_proj="gated-gelu", pad_token_id=tokenizer.pad_token_id)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=256,
+        d_ff=1024,
+        d_kv=64,
+        num_layers=4,
+        num_heads=4,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="tiny-t5-") as folder:
         T5EncoderModel(config).save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         transformer = models.Transformer(folder, max_seq_length=256)
     dense = models.Dense(256, 256, bias=False, activation_function=torch.nn.Identity())
-    return SentenceTransformer(modules=[transformer, models.Pooling(256, "mean"), dense, models.Normalize()], device="cpu")
+    return SentenceTransformer(
+        modules=[transformer, models.Pooling(256, "mean"), dense, models.Normalize()], device="cpu"
+    )
 
 
 # -- cases: each returns (examples scored, seconds, top-k indices or None[, FLOPs charged]) --------
@@ -135,7 +154,9 @@ def case_bm25s(pool, target, k):
     ids = [[vocabulary.setdefault(w, len(vocabulary)) for w in d] for d in documents]
     retriever = bm25s.BM25(method="robertson", k1=1.5, b=0.75)
     retriever.index(bm25s.tokenization.Tokenized(ids=ids, vocab=vocabulary), show_progress=False)
-    scores = np.mean([retriever.get_scores([w for w in bm25_tokenize(q) if w in vocabulary]) for q in target["text"]], axis=0)
+    scores = np.mean(
+        [retriever.get_scores([w for w in bm25_tokenize(q) if w in vocabulary]) for q in target["text"]], axis=0
+    )
     return len(pool), time.perf_counter() - start, top_k(scores, k)
 
 
@@ -159,7 +180,9 @@ CASES = {
     "bm25 (rank-bm25)": case_rank_bm25,
     "bm25 (bm25s robertson)": case_bm25s,
     "embedding (hf_cads)": case_selector("embedding"),
-    "embedding (hf_cads; tiny GTR-shaped T5 4L-256d)": case_selector("embedding", model_factory=tiny_t5_sentence_encoder),
+    "embedding (hf_cads; tiny GTR-shaped T5 4L-256d)": case_selector(
+        "embedding", model_factory=tiny_t5_sentence_encoder
+    ),
     "embedding (sentence-transformers encode)": case_st_encode,
     "perplexity (SmolLM2-135M)": case_selector("perplexity", batch_size=8, max_length=256),
     # LESS: one warmup epoch on 5% of the rows, projection to 8192; the two cases differ only in how
@@ -195,8 +218,14 @@ def _measure(name: str, pool_size: int, queue) -> None:
     k = max(1, int(TOP_K_FRACTION * len(pool)))
     examples, seconds, indices, *charged = CASES[name](pool, target, k)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    row = {"case": name, "examples": examples, "seconds": seconds, "examples_per_s": examples / seconds,
-           "peak_rss_mb": peak_mb, "top_k": indices}
+    row = {
+        "case": name,
+        "examples": examples,
+        "seconds": seconds,
+        "examples_per_s": examples / seconds,
+        "peak_rss_mb": peak_mb,
+        "top_k": indices,
+    }
     if charged:
         row.update(flops=float(charged[0]), flops_per_s=float(charged[0]) / seconds)
     queue.put(row)
@@ -227,7 +256,10 @@ def main() -> None:
             continue
         rows.append(row)
         rate = f"  {row['flops_per_s']:.3g} FLOP/s" if row.get("flops_per_s") else ""
-        print(f"{name:<42} {row['examples']:>6} ex  {row['examples_per_s']:>10.1f} ex/s{rate}  peak {row['peak_rss_mb']:.0f} MB", flush=True)
+        print(
+            f"{name:<42} {row['examples']:>6} ex  {row['examples_per_s']:>10.1f} ex/s{rate}  peak {row['peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
     reference = next((r["top_k"] for r in rows if r["case"] == "bm25 (rank-bm25)"), None)
     for r in rows:
         if r["case"].startswith("bm25") and reference is not None:
@@ -246,8 +278,12 @@ def main() -> None:
         for r in rows:
             if r["case"] in emb:
                 r["top_k_overlap_between_embedding_paths"] = len(set(a) & set(b)) / len(a)
-    machine = {"cpu": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
-               "load_average_after": os.getloadavg()[0]}
+    machine = {
+        "cpu": platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_after": os.getloadavg()[0],
+    }
     rows = [{k: v for k, v in r.items() if k != "top_k"} for r in rows]
     RESULTS.mkdir(parents=True, exist_ok=True)
     previous = RESULTS / "selector_speed.json"
@@ -257,7 +293,10 @@ def main() -> None:
         kept = [r for r in json.loads(previous.read_text())["rows"] if r["case"] not in ran]
         rows = sorted(kept + rows, key=lambda r: list(CASES).index(r["case"]) if r["case"] in CASES else len(CASES))
     previous.write_text(json.dumps({"machine": machine, "pool_size": options.pool_size, "rows": rows}, indent=2))
-    lines = ["| case | examples | examples/s | FLOPs charged | FLOP/s | peak RSS (MB) | top-k check |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| case | examples | examples/s | FLOPs charged | FLOP/s | peak RSS (MB) | top-k check |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         check = ""
         if "identical_top_k_to_rank_bm25" in r:
@@ -267,7 +306,9 @@ def main() -> None:
         elif "top_k_overlap_between_embedding_paths" in r:
             check = f"overlap between the two paths {r['top_k_overlap_between_embedding_paths']:.0%}"
         flops = (f"{r['flops']:.3g} | {r['flops_per_s']:.3g}") if r.get("flops_per_s") else "- | -"
-        lines.append(f"| {r['case']} | {r['examples']} | {r['examples_per_s']:.1f} | {flops} | {r['peak_rss_mb']:.0f} | {check} |")
+        lines.append(
+            f"| {r['case']} | {r['examples']} | {r['examples_per_s']:.1f} | {flops} | {r['peak_rss_mb']:.0f} | {check} |"
+        )
     lines += [f"| {r['case']} | - | FAILED | - | - | - | {r['error']} |" for r in failed]
     lines.append(f"\nMachine: {machine}; top-k = {TOP_K_FRACTION:.0%} of the pool.")
     (RESULTS / "selector_speed.md").write_text("\n".join(lines) + "\n")

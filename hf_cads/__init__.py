@@ -8,6 +8,17 @@ from ._version import __version__
 from .budget import SelectionCharge, TrainingPlan
 from .decontamination import ContaminationReport, decontaminate, find_contamination
 from .flops import BudgetExceededError, FlopLedger, FlopProfile, LoraSpec
+from .hub import DatasetReference, push_selection
+from .planner import (
+    PerformanceFit,
+    Recommendation,
+    fit_performance_curve,
+    make_plan,
+    pareto_frontier,
+    plot_plan,
+    recommend,
+)
+from .records import RunRecord, append_record, read_records, record_from_trainer
 from .selectors import (
     CADSSelector,
     CADSSelectorConfig,
@@ -24,9 +35,6 @@ from .selectors import (
     select_for_targets,
     select_within_budget,
 )
-from .hub import DatasetReference, push_selection
-from .planner import PerformanceFit, Recommendation, fit_performance_curve, make_plan, pareto_frontier, plot_plan, recommend
-from .records import RunRecord, append_record, read_records, record_from_trainer
 from .trainer import BudgetedSFTConfig, BudgetedSFTTrainer, BudgetedTrainer, BudgetedTrainingArguments, FlopBudgetMixin
 
 __all__ = [

@@ -16,8 +16,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass
@@ -81,7 +82,7 @@ class SelectionCharge:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "SelectionCharge":
+    def from_dict(cls, data: Mapping[str, Any]) -> SelectionCharge:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{name: value for name, value in data.items() if name in known})
 
@@ -113,7 +114,7 @@ class TrainingPlan:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrainingPlan":
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainingPlan:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{name: value for name, value in data.items() if name in known})
 
@@ -123,7 +124,9 @@ LEGACY_TRAINING_NOTES = ("planned_steps", "expected_step_flops", "stopped_by_bud
 LEGACY_SELECTION_NOTES = ("selector", "k", "pool_size", "selection_model_params", "selection_cache", "selection_flops")
 
 
-def migrate_legacy_notes(notes: Mapping[str, Any], selection_flops: float) -> tuple[dict[str, Any], SelectionCharge | None, TrainingPlan]:
+def migrate_legacy_notes(
+    notes: Mapping[str, Any], selection_flops: float
+) -> tuple[dict[str, Any], SelectionCharge | None, TrainingPlan]:
     """Split an old ledger's free-form ``notes`` into ``(remaining notes, SelectionCharge, TrainingPlan)``."""
     notes = dict(notes)
     training = TrainingPlan.from_dict({key: notes.pop(key) for key in LEGACY_TRAINING_NOTES if key in notes})
@@ -131,9 +134,13 @@ def migrate_legacy_notes(notes: Mapping[str, Any], selection_flops: float) -> tu
     selection = None
     if "selector" in old:
         selection = SelectionCharge(
-            selector=old["selector"], k=int(old.get("k", 0)), pool_size=int(old.get("pool_size", 0)),
-            estimated_flops=float(selection_flops), flops=float(selection_flops),
-            model_params=int(old.get("selection_model_params", 0)), cache=old.get("selection_cache"),
+            selector=old["selector"],
+            k=int(old.get("k", 0)),
+            pool_size=int(old.get("pool_size", 0)),
+            estimated_flops=float(selection_flops),
+            flops=float(selection_flops),
+            model_params=int(old.get("selection_model_params", 0)),
+            cache=old.get("selection_cache"),
             stages={k: float(v) for k, v in (old.get("selection_flops") or {}).items()},
         )
     return notes, selection, training

@@ -31,9 +31,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -88,10 +89,15 @@ def local_files_signature(path: str | os.PathLike, limit: int = 200) -> list[tup
     if not root.exists():
         return None
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    return [(str(p.relative_to(root)) if p != root else p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files[:limit]]
+    return [
+        (str(p.relative_to(root)) if p != root else p.name, p.stat().st_size, p.stat().st_mtime_ns)
+        for p in files[:limit]
+    ]
 
 
-def model_identity(model: Any, tokenizer: Any, config: Any, *, model_given: bool, tokenizer_given: bool) -> dict[str, Any]:
+def model_identity(
+    model: Any, tokenizer: Any, config: Any, *, model_given: bool, tokenizer_given: bool
+) -> dict[str, Any]:
     """What identifies the scoring model in a cache key.
 
     A model object the caller passed in is identified by its weights (it may be a finetuned or
@@ -134,8 +140,12 @@ def report_stale_folders(root: Path, selector_name: str) -> list[Path]:
             "%d %s score-cache folder(s) under %s were written by another hf_cads version (cache format %s, this "
             "version uses %d and keys scores differently); they are not reused and these scores are computed "
             "afresh. Delete them to free the space: %s",
-            len(stale), selector_name, root, sorted({str(json.loads((p / MANIFEST).read_text()).get("format")) for p in stale}),
-            FORMAT_VERSION, ", ".join(p.name for p in stale[:5]) + (" ..." if len(stale) > 5 else ""),
+            len(stale),
+            selector_name,
+            root,
+            sorted({str(json.loads((p / MANIFEST).read_text()).get("format")) for p in stale}),
+            FORMAT_VERSION,
+            ", ".join(p.name for p in stale[:5]) + (" ..." if len(stale) > 5 else ""),
         )
     return stale
 
@@ -180,13 +190,17 @@ class ScoreCache:
     to inspect a cache (``ScoreCache(folder).manifest()``).
     """
 
-    def __init__(self, folder: str | os.PathLike, key: str | None = None, description: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, folder: str | os.PathLike, key: str | None = None, description: Mapping[str, Any] | None = None
+    ) -> None:
         self.folder = Path(folder)
         self.key = key
         self.description = dict(description or {})
 
     @classmethod
-    def for_selection(cls, root: str | os.PathLike, selector_name: str, description: Mapping[str, Any]) -> "ScoreCache":
+    def for_selection(
+        cls, root: str | os.PathLike, selector_name: str, description: Mapping[str, Any]
+    ) -> ScoreCache:
         key = cache_key({"format": FORMAT_VERSION, **description})
         cache = cls(Path(root) / f"{selector_name}-{key[:24]}", key, description)
         if not cache.folder.exists():
@@ -237,7 +251,9 @@ class ScoreCache:
     def finish(self, flops: float, prepare_flops: float, extras: Mapping[str, Any] | None = None) -> None:
         """Mark the scores complete, recording their total cost and the non-per-row extras."""
         manifest = self.manifest() or {}
-        manifest.update(complete=True, flops=float(flops), prepare_flops=float(prepare_flops), extras=dict(extras or {}))
+        manifest.update(
+            complete=True, flops=float(flops), prepare_flops=float(prepare_flops), extras=dict(extras or {})
+        )
         manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self._write_manifest(manifest)
 
@@ -245,8 +261,14 @@ class ScoreCache:
     def shard_path(self, index: int) -> Path:
         return self.folder / f"shard-{index:05d}.npz"
 
-    def save_shard(self, index: int, rows: range, scores: np.ndarray, flops: float, row_extras: Mapping[str, np.ndarray]) -> None:
-        arrays = {"scores": np.asarray(scores, dtype=np.float64), "flops": np.float64(flops), "rows": np.array([rows.start, rows.stop])}
+    def save_shard(
+        self, index: int, rows: range, scores: np.ndarray, flops: float, row_extras: Mapping[str, np.ndarray]
+    ) -> None:
+        arrays = {
+            "scores": np.asarray(scores, dtype=np.float64),
+            "flops": np.float64(flops),
+            "rows": np.array([rows.start, rows.stop]),
+        }
         arrays.update({EXTRA_PREFIX + name: np.asarray(value) for name, value in row_extras.items()})
         atomic_write(self.shard_path(index), lambda handle: np.savez(handle, **arrays))
 
@@ -260,12 +282,21 @@ class ScoreCache:
                 stored_rows = tuple(int(v) for v in data["rows"])
                 scores = np.array(data["scores"], dtype=np.float64)
                 flops = float(data["flops"])
-                extras = {name[len(EXTRA_PREFIX):]: np.array(data[name]) for name in data.files if name.startswith(EXTRA_PREFIX)}
+                extras = {
+                    name[len(EXTRA_PREFIX) :]: np.array(data[name])
+                    for name in data.files
+                    if name.startswith(EXTRA_PREFIX)
+                }
         except (OSError, ValueError, KeyError) as err:
             logger.warning("Ignoring unreadable cached shard %s (%s); rescoring it.", path, err)
             return None
         if stored_rows != (rows.start, rows.stop) or scores.shape != (len(rows),):
-            logger.warning("Cached shard %s covers rows %s, expected %s; rescoring it.", path, stored_rows, (rows.start, rows.stop))
+            logger.warning(
+                "Cached shard %s covers rows %s, expected %s; rescoring it.",
+                path,
+                stored_rows,
+                (rows.start, rows.stop),
+            )
             return None
         return StoredScores(scores, flops, extras)
 

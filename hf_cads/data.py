@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 DATA_DIR_ENV = "HF_CADS_DATA_DIR"
 POOL_SOURCES = ("gsm8k", "code_alpaca", "alpaca_seed", "bbh")
@@ -32,12 +33,19 @@ def get_texts(dataset: Any, column: str | None = None, tokenizer: Any = None, ro
     template, and as ``role: content`` lines otherwise.
     """
     columns = list(dataset.column_names)
-    if column is None and "text" not in columns and "messages" not in columns and {"prompt", "completion"} <= set(columns):
+    if (
+        column is None
+        and "text" not in columns
+        and "messages" not in columns
+        and {"prompt", "completion"} <= set(columns)
+    ):
         # Prompt-completion rows: prompt and completion as the model reads them in training.
         return ["".join(text for text, _ in example_segments(row, tokenizer)) for row in dataset]
     if column == "prompt" and "prompt" not in columns and "messages" in columns:
         # The prompt of a chat: everything before its first assistant turn.
-        return [next(text for text, completion in example_segments(row, tokenizer) if not completion) for row in dataset]
+        return [
+            next(text for text, completion in example_segments(row, tokenizer) if not completion) for row in dataset
+        ]
     if column is None:
         if "text" in columns:
             column = "text"
@@ -85,11 +93,15 @@ def example_segments(row: Mapping[str, Any], tokenizer: Any = None) -> list[tupl
         if isinstance(prompt, str) and isinstance(completion, str):
             return [(prompt, False), (completion, True)]
         prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        completion = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else list(completion)
+        completion = (
+            [{"role": "assistant", "content": completion}] if isinstance(completion, str) else list(completion)
+        )
         return _chat_segments(prompt + completion, tokenizer, first_completion=len(prompt))
     if "messages" in row:
         return _chat_segments(list(row["messages"]), tokenizer)
-    raise ValueError(f"A row needs prompt/completion or messages to be split into prompt and completion; it has {sorted(row)}.")
+    raise ValueError(
+        f"A row needs prompt/completion or messages to be split into prompt and completion; it has {sorted(row)}."
+    )
 
 
 def _render(messages: list[dict[str, Any]], tokenizer: Any, generation_prompt: bool = False) -> str:
@@ -101,7 +113,9 @@ def _render(messages: list[dict[str, Any]], tokenizer: Any, generation_prompt: b
     return text + "assistant: " if generation_prompt else text
 
 
-def _chat_segments(messages: list[dict[str, Any]], tokenizer: Any, first_completion: int = 0) -> list[tuple[str, bool]]:
+def _chat_segments(
+    messages: list[dict[str, Any]], tokenizer: Any, first_completion: int = 0
+) -> list[tuple[str, bool]]:
     templated = tokenizer is not None and getattr(tokenizer, "chat_template", None)
     segments: list[tuple[str, bool]] = []
     done = ""
@@ -117,9 +131,9 @@ def _chat_segments(messages: list[dict[str, Any]], tokenizer: Any, first_complet
             )
         if not templated:
             full = prompt + f"{message['content']}\n"
-        segments += [(prompt[len(done):], False), (full[len(prompt):], True)]
+        segments += [(prompt[len(done) :], False), (full[len(prompt) :], True)]
         done = full
-    rest = _render(messages, tokenizer)[len(done):]
+    rest = _render(messages, tokenizer)[len(done) :]
     if rest:
         segments.append((rest, False))
     return [(text, flag) for text, flag in segments if text]
@@ -191,7 +205,12 @@ def load_bbh_cot_prompts(task: str, data_dir: str | os.PathLike | None = None) -
     for block in blocks:
         question, _, answer = block.partition("\nA:")
         rows.append(
-            {"input": question[2:].strip(), "target": answer.strip(), "text": format_qa(question[2:].strip(), answer.strip()), "task": task}
+            {
+                "input": question[2:].strip(),
+                "target": answer.strip(),
+                "text": format_qa(question[2:].strip(), answer.strip()),
+                "task": task,
+            }
         )
     if not rows:
         raise ValueError(f"No 'Q:/A:' exemplars found in {root / 'bbh' / 'cot-prompts' / (task + '.txt')}.")
@@ -210,7 +229,9 @@ def load_gsm8k(split: str = "train", data_dir: str | os.PathLike | None = None) 
         raise ValueError(f"GSM8K split must be 'train' or 'test', got {split!r}.")
     root = resolve_data_dir(data_dir)
     ds = load_dataset("json", data_files=str(root / "gsm8k" / f"{split}.jsonl"), split="train")
-    return ds.map(lambda row: {"text": format_qa(row["question"], row["answer"]), "task": "gsm8k"}, desc="formatting gsm8k")
+    return ds.map(
+        lambda row: {"text": format_qa(row["question"], row["answer"]), "task": "gsm8k"}, desc="formatting gsm8k"
+    )
 
 
 def format_qa(question: str, answer: str) -> str:
@@ -251,7 +272,11 @@ def build_multisource_pool(
             files = sorted(str(p) for p in (root / "code_alpaca").glob("*.json"))
             for path in files:
                 for row in load_dataset("json", data_files=path, split="train"):
-                    prompt = row["instruction"] if not (row.get("input") or "").strip() else f"{row['instruction']}\n\n{row['input']}"
+                    prompt = (
+                        row["instruction"]
+                        if not (row.get("input") or "").strip()
+                        else f"{row['instruction']}\n\n{row['input']}"
+                    )
                     rows.append({"prompt": prompt, "response": row["output"], "subtask": "code_alpaca"})
         elif source == "alpaca_seed":
             for row in load_dataset("json", data_files=str(root / "alpaca_seed" / "seed_tasks.jsonl"), split="train"):
@@ -273,7 +298,10 @@ def build_multisource_pool(
     pool = pool.map(
         lambda row: {
             "text": format_qa(row["prompt"], row["response"]),
-            "messages": [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}],
+            "messages": [
+                {"role": "user", "content": row["prompt"]},
+                {"role": "assistant", "content": row["response"]},
+            ],
         },
         desc="formatting pool",
     )

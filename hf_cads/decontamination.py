@@ -25,8 +25,9 @@ Example:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 DEFAULT_NGRAM_SIZE = 13
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
@@ -71,8 +72,13 @@ class Contamination:
     overlap: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"pool_row": self.pool_row, "test_set": self.test_set, "test_row": self.test_row, "kind": self.kind,
-                "overlap": self.overlap}
+        return {
+            "pool_row": self.pool_row,
+            "test_set": self.test_set,
+            "test_row": self.test_row,
+            "kind": self.kind,
+            "overlap": self.overlap,
+        }
 
 
 @dataclass
@@ -104,16 +110,22 @@ class ContaminationReport:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "pool_size": self.pool_size, "dropped": len(self.matches), "test_sizes": dict(self.test_sizes),
-            "ngram_size": self.ngram_size, "dropped_per_test_set": dict(self.counts),
-            "exact": sum(m.kind == "exact" for m in self.matches), "ngram": sum(m.kind == "ngram" for m in self.matches),
+            "pool_size": self.pool_size,
+            "dropped": len(self.matches),
+            "test_sizes": dict(self.test_sizes),
+            "ngram_size": self.ngram_size,
+            "dropped_per_test_set": dict(self.counts),
+            "exact": sum(m.kind == "exact" for m in self.matches),
+            "ngram": sum(m.kind == "ngram" for m in self.matches),
         }
 
     def format(self, limit: int = 3) -> str:
         """One line of counts plus up to ``limit`` example matches."""
         per_set = ", ".join(f"{name}: {count}" for name, count in self.counts.items()) or "none"
-        lines = [f"decontamination ({self.ngram_size}-grams): {len(self.matches)} of {self.pool_size} pool rows overlap "
-                 f"test rows ({per_set})"]
+        lines = [
+            f"decontamination ({self.ngram_size}-grams): {len(self.matches)} of {self.pool_size} pool rows overlap "
+            f"test rows ({per_set})"
+        ]
         for m in self.matches[:limit]:
             lines.append(f"  pool row {m.pool_row} ~ {m.test_set}[{m.test_row}] ({m.kind}): {m.overlap[:80]!r}")
         return "\n".join(lines)

@@ -16,15 +16,16 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from .data import format_qa
 from .flops import FlopProfile
-from .sources import prompt_answer_pairs
 from .selectors.scoring import TokenBatcher
+from .sources import prompt_answer_pairs
 
 QUESTION_ANSWER_COLUMNS = (("input", "target"), ("question", "answer"))
 """Column pairs holding a question and its reference answer (BBH, GSM8K)."""
@@ -113,7 +114,9 @@ def exact_match(
     new_tokens = min(max_new_tokens, max(answer_token_counts(tokenizer, answers)) + 1)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
-        raise ValueError("The tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token before exact match.")
+        raise ValueError(
+            "The tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token before exact match."
+        )
     keep = max(2, max_length - new_tokens)
     # Your own prompt-completion / chat data is prompted exactly as it was trained on.
     encoded = tokenizer(questions if rendered else [format_qa(q, "").rstrip() for q in questions])["input_ids"]
@@ -121,7 +124,11 @@ def exact_match(
     batcher = TokenBatcher(tokenizer, batch_size=batch_size, max_length=max_length)
     profile = FlopProfile.from_model(model)
     generation = GenerationConfig(
-        do_sample=False, num_beams=1, max_new_tokens=new_tokens, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=new_tokens,
+        pad_token_id=pad_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     device = next(model.parameters()).device
     predictions = [""] * len(prompts)
@@ -129,13 +136,18 @@ def exact_match(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), tqdm(total=len(prompts), desc="exact match", unit="row", disable=not show_progress) as bar:
+        with (
+            torch.no_grad(),
+            tqdm(total=len(prompts), desc="exact match", unit="row", disable=not show_progress) as bar,
+        ):
             for rows in batcher.plan(prompts):
                 # Left padding: every prompt ends where generation starts.
-                batch = tokenizer.pad({"input_ids": [prompts[r] for r in rows]}, padding_side="left", return_tensors="pt")
+                batch = tokenizer.pad(
+                    {"input_ids": [prompts[r] for r in rows]}, padding_side="left", return_tensors="pt"
+                )
                 input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
                 output = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=generation)
-                generated = output[:, input_ids.shape[1]:]
+                generated = output[:, input_ids.shape[1] :]
                 flops += profile.generation_flops(len(rows), int(input_ids.shape[1]), int(generated.shape[1]))
                 for row, text in zip(rows, tokenizer.batch_decode(generated, skip_special_tokens=True)):
                     predictions[row] = normalise_answer(text)
@@ -146,4 +158,11 @@ def exact_match(
     return ExactMatchResult(correct / len(answers), correct, len(answers), flops, predictions)
 
 
-__all__ = ["ExactMatchResult", "answer_token_counts", "answers_fit", "exact_match", "normalise_answer", "question_answer_pairs"]
+__all__ = [
+    "ExactMatchResult",
+    "answer_token_counts",
+    "answers_fit",
+    "exact_match",
+    "normalise_answer",
+    "question_answer_pairs",
+]

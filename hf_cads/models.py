@@ -115,7 +115,11 @@ def load_tokenizer(name_or_path: str) -> Any:
 
     where = resolve_causal_lm(name_or_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where.path, gguf_file=where.gguf_file) if where.gguf_file else AutoTokenizer.from_pretrained(where.path)
+        tokenizer = (
+            AutoTokenizer.from_pretrained(where.path, gguf_file=where.gguf_file)
+            if where.gguf_file
+            else AutoTokenizer.from_pretrained(where.path)
+        )
     except (OSError, ValueError) as err:
         raise _wrap_load_error(name_or_path, err) from err
     if tokenizer.pad_token is None:
@@ -169,7 +173,9 @@ def float_checkpoint(name_or_path: str, cache_dir: str | os.PathLike | None = No
     return str(folder)
 
 
-def load_causal_lm(name_or_path: str, *, dtype: Any = None, quantization_config: Any = None, **kwargs: Any) -> tuple[Any, Any]:
+def load_causal_lm(
+    name_or_path: str, *, dtype: Any = None, quantization_config: Any = None, **kwargs: Any
+) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` for a causal LM by alias, local folder or Hub id.
 
     With ``quantization_config`` (e.g. 4-bit ``BitsAndBytesConfig``) a GGUF-packaged alias is loaded
@@ -179,7 +185,9 @@ def load_causal_lm(name_or_path: str, *, dtype: Any = None, quantization_config:
 
     where = resolve_causal_lm(name_or_path)
     if quantization_config is not None and where.gguf_file:
-        model, _ = load_causal_lm(float_checkpoint(name_or_path), dtype=dtype, quantization_config=quantization_config, **kwargs)
+        model, _ = load_causal_lm(
+            float_checkpoint(name_or_path), dtype=dtype, quantization_config=quantization_config, **kwargs
+        )
         model.config._name_or_path = DEFAULT_CAUSAL_LM
         return model, load_tokenizer(name_or_path)
     options: dict[str, Any] = dict(kwargs)

@@ -31,9 +31,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .selectors import build_selector, get_selector_class
 from .selectors.base import family_options, result_options
@@ -129,7 +130,9 @@ class RunRecord:
         if self.selection_split is not None:
             self.selection_split = {str(name): float(value) for name, value in self.selection_split.items()}
             if set(self.selection_split) != {"pool", "target"} or min(self.selection_split.values()) < 0:
-                raise ValueError(f"RunRecord.selection_split must be {{'pool': FLOPs, 'target': FLOPs}} (both >= 0), got {self.selection_split!r}.")
+                raise ValueError(
+                    f"RunRecord.selection_split must be {{'pool': FLOPs, 'target': FLOPs}} (both >= 0), got {self.selection_split!r}."
+                )
         self.metrics = {str(name): float(value) for name, value in self.metrics.items()}
         self.baseline_metrics = {str(name): float(value) for name, value in self.baseline_metrics.items()}
         if self.label is None:
@@ -141,8 +144,15 @@ class RunRecord:
             if "selector_kwargs" in self.setup and _is_registered(self.selector):
                 config = None  # the requested options identify the run (CADS resolves train_budget from the budget)
             self.key = experiment_key(
-                self.selector, self.setup.get("selector_kwargs"), self.seed, self.selection_fraction, self.selection_k,
-                self.model, self.target, self.flop_budget, {k: v for k, v in self.setup.items() if k != "selector_kwargs"},
+                self.selector,
+                self.setup.get("selector_kwargs"),
+                self.seed,
+                self.selection_fraction,
+                self.selection_k,
+                self.model,
+                self.target,
+                self.flop_budget,
+                {k: v for k, v in self.setup.items() if k != "selector_kwargs"},
                 selector_config=config,
             )
 
@@ -159,10 +169,13 @@ class RunRecord:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RunRecord":
+    def from_dict(cls, data: Mapping[str, Any]) -> RunRecord:
         known = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-                         and f.default_factory is dataclasses.MISSING and f.name not in data)
+        missing = sorted(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in data
+        )
         if missing:
             raise ValueError(f"run record lacks field(s) {missing}")
         values = {name: value for name, value in data.items() if name in known}
@@ -265,7 +278,16 @@ def experiment_key(
     by :class:`RunRecord` after it. The selector's configuration is the one its requested options
     build (``selector_config`` when given instead), plus the budget and the rest of ``setup``."""
     config = selector_config if selector_config is not None else selector_config_dict(selector, selector_kwargs, seed)
-    return run_key(selector, config, selection_fraction, selection_k, seed, model, target, {"flop_budget": flop_budget, **dict(setup or {})})
+    return run_key(
+        selector,
+        config,
+        selection_fraction,
+        selection_k,
+        seed,
+        model,
+        target,
+        {"flop_budget": flop_budget, **dict(setup or {})},
+    )
 
 
 def selector_config_dict(selector: str | None, selector_kwargs: Mapping[str, Any] | None, seed: int) -> dict[str, Any]:
@@ -308,9 +330,15 @@ def record_from_trainer(
         k=k,
         tokens_trained=int(ledger.training.tokens_trained),
         duplicates_dropped=ledger.selection.duplicates_dropped if ledger.selection is not None else 0,
-        contaminated_dropped=int(((selection.extras if selection is not None else {}).get("decontamination") or {}).get("pool_rows_dropped", 0)),
+        contaminated_dropped=int(
+            ((selection.extras if selection is not None else {}).get("decontamination") or {}).get(
+                "pool_rows_dropped", 0
+            )
+        ),
         selection_flops=selection_cost(ledger),
-        selection_split=dict(ledger.selection.flops_split) if ledger.selection is not None and ledger.selection.flops_split else None,
+        selection_split=dict(ledger.selection.flops_split)
+        if ledger.selection is not None and ledger.selection.flops_split
+        else None,
         train_flops=ledger.entries["train"],
         eval_flops=ledger.entries["eval"],
         metrics=dict(metrics),
@@ -322,7 +350,10 @@ def record_from_trainer(
         flop_budget=ledger.budget,
         train_steps=int(trainer.state.global_step),
         # Without a setup (a BudgetedTrainer on its own) the pool is told apart by its size.
-        setup={"selector_kwargs": dict(args.selector_kwargs or {}), **(dict(setup) if setup is not None else {"pool_size": pool_size})},
+        setup={
+            "selector_kwargs": dict(args.selector_kwargs or {}),
+            **(dict(setup) if setup is not None else {"pool_size": pool_size}),
+        },
         seconds=seconds,
         key=key,
     )
@@ -388,7 +419,9 @@ def read_records(path: str | os.PathLike) -> list[RunRecord]:
             records.append(RunRecord.from_dict(data))
         except (ValueError, TypeError) as err:
             if position == len(numbered) - 1:
-                logger.warning("Skipping the malformed last line %d of %s (an interrupted write?): %s", number, path, err)
+                logger.warning(
+                    "Skipping the malformed last line %d of %s (an interrupted write?): %s", number, path, err
+                )
                 continue
             raise ValueError(f"{path}:{number} is not a valid run record ({err}); fix or delete that line.") from err
     return records

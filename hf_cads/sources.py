@@ -27,9 +27,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .data import example_segments
 
@@ -44,7 +45,14 @@ FORMAT_COLUMNS = {
 }
 """The columns each format needs (``alpaca`` also reads an optional ``input``)."""
 CHAT_ROLES = ("system", "user", "assistant", "tool")
-FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow", ".txt": "text"}
+FILE_BUILDERS = {
+    ".jsonl": "json",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".arrow": "arrow",
+    ".txt": "text",
+}
 SOURCE_KEYS = ("path", "name", "split", "data_files", "data_dir", "revision", "format", "columns")
 
 
@@ -77,12 +85,22 @@ class DataSource:
         if self.format is not None and self.format not in FORMATS:
             raise ValueError(f"format must be one of {list(FORMATS)}, got {self.format!r}.")
         if not isinstance(self.columns, Mapping):
-            raise ValueError(f"columns must map a format column to a dataset column, e.g. {{prompt: question}}; got {self.columns!r}.")
+            raise ValueError(
+                f"columns must map a format column to a dataset column, e.g. {{prompt: question}}; got {self.columns!r}."
+            )
 
     def describe(self) -> str:
         """A short human-readable name, for logs and dataset cards."""
-        files = self.data_files if isinstance(self.data_files, str) else (",".join(map(str, self.data_files)) if self.data_files else "")
-        parts = [self.path + (f"/{self.name}" if self.name else ""), files, f"split={self.split}" if self.split else ""]
+        files = (
+            self.data_files
+            if isinstance(self.data_files, str)
+            else (",".join(map(str, self.data_files)) if self.data_files else "")
+        )
+        parts = [
+            self.path + (f"/{self.name}" if self.name else ""),
+            files,
+            f"split={self.split}" if self.split else "",
+        ]
         return " ".join(p for p in parts if p)
 
 
@@ -120,12 +138,16 @@ def _shorthand(value: str, role: str) -> DataSource:
     builder = FILE_BUILDERS.get(path.suffix.lower())
     if builder is not None:
         if not path.is_file():
-            raise FileNotFoundError(f"The {role} file {value!r} does not exist; check the path (relative paths start at {os.getcwd()}).")
+            raise FileNotFoundError(
+                f"The {role} file {value!r} does not exist; check the path (relative paths start at {os.getcwd()})."
+            )
         return DataSource(builder, data_files=str(path), split="train")
     if path.is_dir():
         return DataSource(str(path))
     if value.startswith((".", "/", "~")) or os.sep in value and value.count("/") > 1:
-        raise FileNotFoundError(f"The {role} folder {value!r} does not exist; pass an existing file, folder or a Hub id.")
+        raise FileNotFoundError(
+            f"The {role} folder {value!r} does not exist; pass an existing file, folder or a Hub id."
+        )
     repo, _, split = value.partition(":")
     if "/" not in repo:
         raise FileNotFoundError(
@@ -147,8 +169,14 @@ def load_source(source: DataSource, role: str) -> Any:
             files = [source.data_files] if isinstance(source.data_files, str) else list(source.data_files)
             missing = [f for f in files if "*" not in str(f) and not Path(f).expanduser().exists()]
             if missing:
-                raise FileNotFoundError(f"The {role} data file(s) {missing} do not exist; check data_files (relative paths start at {os.getcwd()}).")
-        kwargs = {k: getattr(source, k) for k in ("name", "data_files", "data_dir", "revision") if getattr(source, k) is not None}
+                raise FileNotFoundError(
+                    f"The {role} data file(s) {missing} do not exist; check data_files (relative paths start at {os.getcwd()})."
+                )
+        kwargs = {
+            k: getattr(source, k)
+            for k in ("name", "data_files", "data_dir", "revision")
+            if getattr(source, k) is not None
+        }
         try:
             loaded = datasets.load_dataset(source.path, **kwargs)
         except FileNotFoundError as err:
@@ -156,10 +184,14 @@ def load_source(source: DataSource, role: str) -> Any:
         except Exception as err:  # the Hub client raises several types when it cannot reach the network
             local = source.path in set(FILE_BUILDERS.values()) or Path(source.path).expanduser().exists()
             if local and "corresponds to no data" in str(err):
-                raise ValueError(f"The {role} dataset {source.describe()!r} is empty after loading; point {role}: at data with rows.") from err
+                raise ValueError(
+                    f"The {role} dataset {source.describe()!r} is empty after loading; point {role}: at data with rows."
+                ) from err
             if local:
                 raise
-            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or "offline" in str(err).lower()
+            offline = (
+                os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or "offline" in str(err).lower()
+            )
             if offline or "connect" in str(err).lower():
                 raise ConnectionError(
                     f"Cannot load the {role} dataset {source.path!r} from the Hub while offline ({type(err).__name__}); "
@@ -175,7 +207,9 @@ def load_source(source: DataSource, role: str) -> Any:
             )
         loaded = loaded[split]
     elif source.split is not None and source.split != "train" and folder.is_dir():
-        raise ValueError(f"The {role} folder {source.path!r} holds one split only (no {source.split!r}); drop split: or pass another folder.")
+        raise ValueError(
+            f"The {role} folder {source.path!r} holds one split only (no {source.split!r}); drop split: or pass another folder."
+        )
     return loaded
 
 
@@ -194,8 +228,12 @@ def detect_format(columns: list[str], mapping: Mapping[str, str] | None = None) 
 
 def check_messages(messages: Any, role: str, row: int) -> None:
     """A chat must be a list of ``{role, content}`` with known roles and at least one assistant turn."""
-    if not isinstance(messages, list) or not all(isinstance(m, Mapping) and "role" in m and "content" in m for m in messages):
-        raise ValueError(f"Row {row} of the {role} dataset is not a list of {{role, content}} messages: {messages!r:.120}.")
+    if not isinstance(messages, list) or not all(
+        isinstance(m, Mapping) and "role" in m and "content" in m for m in messages
+    ):
+        raise ValueError(
+            f"Row {row} of the {role} dataset is not a list of {{role, content}} messages: {messages!r:.120}."
+        )
     for message in messages:
         if message["role"] not in CHAT_ROLES:
             raise ValueError(
@@ -222,9 +260,19 @@ def standardise(dataset: Any, fmt: str | None, columns: Mapping[str, str] | None
             f"The {role} dataset lacks column(s) {missing} for format {fmt!r} (columns: {dataset.column_names}); "
             "map them with columns: {format column: dataset column}."
         )
-    logger.info("%s dataset: %d rows, format %r (%s)", role, len(dataset), fmt, "detected from the columns" if detected else "as set")
+    logger.info(
+        "%s dataset: %d rows, format %r (%s)",
+        role,
+        len(dataset),
+        fmt,
+        "detected from the columns" if detected else "as set",
+    )
     if fmt == "alpaca":
-        instruction, context, output = mapping.get("instruction", "instruction"), mapping.get("input", "input"), mapping.get("output", "output")
+        instruction, context, output = (
+            mapping.get("instruction", "instruction"),
+            mapping.get("input", "input"),
+            mapping.get("output", "output"),
+        )
         has_input = context in dataset.column_names
 
         def to_prompt_completion(row: dict[str, Any]) -> dict[str, str]:
@@ -232,7 +280,9 @@ def standardise(dataset: Any, fmt: str | None, columns: Mapping[str, str] | None
             prompt = str(row[instruction]).strip() + (f"\n\n{extra}" if extra else "")
             return {"prompt": prompt + "\n", "completion": str(row[output])}
 
-        keep = dataset.map(to_prompt_completion, remove_columns=dataset.column_names, desc=f"alpaca -> prompt-completion ({role})")
+        keep = dataset.map(
+            to_prompt_completion, remove_columns=dataset.column_names, desc=f"alpaca -> prompt-completion ({role})"
+        )
         return keep, "prompt-completion"
     renamed = {mapping.get(c, c): c for c in needed}
     dataset = dataset.select_columns(list(renamed))
@@ -256,7 +306,9 @@ def check_rows(dataset: Any, fmt: str, role: str) -> None:
                 elif isinstance(value, list):
                     check_messages(value + [{"role": "assistant", "content": ""}], role, row)
                 elif not isinstance(value, str):
-                    raise ValueError(f"Column {name!r} of the {role} dataset must hold strings; row {row} is {type(value).__name__} ({value!r:.60}).")
+                    raise ValueError(
+                        f"Column {name!r} of the {role} dataset must hold strings; row {row} is {type(value).__name__} ({value!r:.60})."
+                    )
 
 
 def load_examples(value: Any, role: str) -> tuple[Any, str]:
@@ -264,7 +316,9 @@ def load_examples(value: Any, role: str) -> tuple[Any, str]:
     source = parse_source(value, role)
     dataset = load_source(source, role)
     if len(dataset) == 0:
-        raise ValueError(f"The {role} dataset {source.describe()!r} is empty after loading; point {role}: at data with rows.")
+        raise ValueError(
+            f"The {role} dataset {source.describe()!r} is empty after loading; point {role}: at data with rows."
+        )
     return standardise(dataset, source.format, source.columns, role)
 
 
@@ -339,8 +393,16 @@ def load_preset_target(preset: str, data_dir: Any = None) -> tuple[Any, Any]:
 
 
 def load_task_data(
-    target: Any, pool: Any = None, eval_set: Any = None, *, data_dir: Any = None, pool_sources: Any = None,
-    max_per_source: int | None = None, max_pool_chars: int | None = None, eval_examples: int = 32, seed: int = 0,
+    target: Any,
+    pool: Any = None,
+    eval_set: Any = None,
+    *,
+    data_dir: Any = None,
+    pool_sources: Any = None,
+    max_per_source: int | None = None,
+    max_pool_chars: int | None = None,
+    eval_examples: int = 32,
+    seed: int = 0,
 ) -> TaskData:
     """Load a run's target, eval and pool from presets or your own sources.
 
@@ -350,14 +412,29 @@ def load_task_data(
     select for.
     """
     return load_targets_data(
-        [target], pool, eval_set, data_dir=data_dir, pool_sources=pool_sources, max_per_source=max_per_source,
-        max_pool_chars=max_pool_chars, eval_examples=eval_examples, seed=seed,
+        [target],
+        pool,
+        eval_set,
+        data_dir=data_dir,
+        pool_sources=pool_sources,
+        max_per_source=max_per_source,
+        max_pool_chars=max_pool_chars,
+        eval_examples=eval_examples,
+        seed=seed,
     )[0]
 
 
 def load_targets_data(
-    targets: Sequence[Any], pool: Any = None, eval_set: Any = None, *, data_dir: Any = None, pool_sources: Any = None,
-    max_per_source: int | None = None, max_pool_chars: int | None = None, eval_examples: int = 32, seed: int = 0,
+    targets: Sequence[Any],
+    pool: Any = None,
+    eval_set: Any = None,
+    *,
+    data_dir: Any = None,
+    pool_sources: Any = None,
+    max_per_source: int | None = None,
+    max_pool_chars: int | None = None,
+    eval_examples: int = 32,
+    seed: int = 0,
 ) -> list[TaskData]:
     """:func:`load_task_data` for several targets that share one pool (``hf-cads select --targets``):
     one :class:`TaskData` per target, in order, all holding the same pool object. The shared-data
@@ -373,12 +450,16 @@ def load_targets_data(
     loaded = [_load_target(target, eval_set, data_dir, eval_examples, seed) for target in targets]
     presets = [preset for preset, *_ in loaded]
     if pool is None or pool == POOL_PRESET:
-        from .data import build_multisource_pool, POOL_SOURCES
+        from .data import POOL_SOURCES, build_multisource_pool
 
         excluded = [preset for preset in presets if preset not in (None, "gsm8k")]
         pool_data = build_multisource_pool(
-            excluded, data_dir, sources=pool_sources or POOL_SOURCES, max_per_source=max_per_source,
-            max_chars=max_pool_chars, seed=seed,
+            excluded,
+            data_dir,
+            sources=pool_sources or POOL_SOURCES,
+            max_per_source=max_per_source,
+            max_chars=max_pool_chars,
+            seed=seed,
         )
         pool_description = (
             f"hf_cads shared pool [{', '.join(pool_sources or POOL_SOURCES)}] "
@@ -386,7 +467,9 @@ def load_targets_data(
         )
         pool_format = None
         if "gsm8k" in presets and "gsm8k" in (pool_sources or POOL_SOURCES):
-            logger.warning("GSM8K train is in the pool for a GSM8K target: it is in-distribution data, not leakage of test rows.")
+            logger.warning(
+                "GSM8K train is in the pool for a GSM8K target: it is in-distribution data, not leakage of test rows."
+            )
     else:
         pool_data, pool_format = load_examples(pool, "pool")
         pool_description = parse_source(pool, "pool").describe()
@@ -394,8 +477,16 @@ def load_targets_data(
     for preset, validation, test, descriptions, formats in loaded:
         formats = dict(formats, **({"pool": pool_format} if pool_format else {}))
         test = test.select(range(min(eval_examples, len(test))))
-        tasks.append(TaskData(validation, test, pool_data, {**descriptions, "pool": pool_description}, formats,
-                              presets=preset is not None and not formats))
+        tasks.append(
+            TaskData(
+                validation,
+                test,
+                pool_data,
+                {**descriptions, "pool": pool_description},
+                formats,
+                presets=preset is not None and not formats,
+            )
+        )
     return tasks
 
 
@@ -409,17 +500,27 @@ def _load_target(
     test = None
     if preset is not None:
         validation, test = load_preset_target(preset, data_dir)
-        descriptions["target"] = "gsm8k validation set" if preset == "gsm8k" else f"BBH {preset} validation set (chain-of-thought exemplars)"
+        descriptions["target"] = (
+            "gsm8k validation set"
+            if preset == "gsm8k"
+            else f"BBH {preset} validation set (chain-of-thought exemplars)"
+        )
     else:
         validation, formats["target"] = load_examples(target, "target")
         descriptions["target"] = parse_source(target, "target").describe()
         if eval_set is None:
             if len(validation) < 2:
-                raise ValueError(f"The target has {len(validation)} row; give it at least 2 rows (or pass eval: for the test rows).")
+                raise ValueError(
+                    f"The target has {len(validation)} row; give it at least 2 rows (or pass eval: for the test rows)."
+                )
             size = max(1, min(eval_examples, len(validation) // 2))
             split = validation.train_test_split(test_size=size, seed=seed)
             validation, test = split["train"], split["test"]
-            logger.info("No eval set: testing on %d seeded target rows, selecting for the other %d.", len(test), len(validation))
+            logger.info(
+                "No eval set: testing on %d seeded target rows, selecting for the other %d.",
+                len(test),
+                len(validation),
+            )
     if eval_set is not None:
         test, formats["eval"] = load_examples(eval_set, "eval")
         descriptions["eval"] = parse_source(eval_set, "eval").describe()
@@ -427,6 +528,19 @@ def _load_target(
 
 
 __all__ = [
-    "CHAT_ROLES", "DataSource", "FORMATS", "check_messages", "detect_format", "example_segments", "load_examples",
-    "load_source", "load_targets_data", "load_task_data", "parse_source", "prompt_answer_pairs", "standardise", "target_preset", "TaskData",
+    "CHAT_ROLES",
+    "DataSource",
+    "FORMATS",
+    "check_messages",
+    "detect_format",
+    "example_segments",
+    "load_examples",
+    "load_source",
+    "load_targets_data",
+    "load_task_data",
+    "parse_source",
+    "prompt_answer_pairs",
+    "standardise",
+    "target_preset",
+    "TaskData",
 ]

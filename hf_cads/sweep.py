@@ -30,9 +30,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class SelectorSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, value: Any, source: str) -> "SelectorSpec":
+    def parse(cls, value: Any, source: str) -> SelectorSpec:
         if isinstance(value, str):
             return cls(value)
         if isinstance(value, dict) and "name" in value and set(value) <= {"name", "kwargs"}:
@@ -73,9 +74,11 @@ class SweepSpec:
     metric: str = "target_loss"
 
     @classmethod
-    def from_dict(cls, data: Any, source: str) -> "SweepSpec":
+    def from_dict(cls, data: Any, source: str) -> SweepSpec:
         if not isinstance(data, dict):
-            raise ValueError(f"{source}: the '{SWEEP_SECTION}:' section must be a mapping (selectors, fractions, seeds).")
+            raise ValueError(
+                f"{source}: the '{SWEEP_SECTION}:' section must be a mapping (selectors, fractions, seeds)."
+            )
         known = {"selectors", "fractions", "ks", "seeds", "plot", "metric"}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -85,20 +88,33 @@ class SweepSpec:
             raise ValueError(f"{source}: sweep.selectors must be a non-empty list, e.g. [random, bm25].")
         fractions, ks = data.get("fractions") or [], data.get("ks") or []
         if bool(fractions) == bool(ks):
-            raise ValueError(f"{source}: give sweep.fractions (shares of the pool) or sweep.ks (row counts), one of them.")
+            raise ValueError(
+                f"{source}: give sweep.fractions (shares of the pool) or sweep.ks (row counts), one of them."
+            )
         if any(not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1 for f in fractions):
             raise ValueError(f"{source}: sweep.fractions must be numbers in (0, 1], got {fractions}.")
         if any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in ks):
             raise ValueError(f"{source}: sweep.ks must be integers >= 1, got {ks}.")
         seeds = data.get("seeds", [42])
-        if not isinstance(seeds, list) or not seeds or any(not isinstance(s, int) or isinstance(s, bool) for s in seeds):
+        if (
+            not isinstance(seeds, list)
+            or not seeds
+            or any(not isinstance(s, int) or isinstance(s, bool) for s in seeds)
+        ):
             raise ValueError(f"{source}: sweep.seeds must be a non-empty list of integers, got {seeds!r}.")
         from .selectors import get_selector_class
 
         specs = [SelectorSpec.parse(value, source) for value in selectors]
         for spec in specs:
             get_selector_class(spec.name)  # unknown names fail here, listing the registered ones
-        return cls(specs, list(seeds), [float(f) for f in fractions], list(ks), data.get("plot"), data.get("metric", "target_loss"))
+        return cls(
+            specs,
+            list(seeds),
+            [float(f) for f in fractions],
+            list(ks),
+            data.get("plot"),
+            data.get("metric", "target_loss"),
+        )
 
     def sizes(self) -> list[tuple[str, float | int]]:
         """``("selection_fraction", f)`` or ``("selection_k", k)`` for each subset size."""
@@ -137,7 +153,9 @@ class SweepSummary:
     report: str = ""
 
 
-def load_sweep(path: str | os.PathLike, overrides: Sequence[str] | None = None) -> tuple[list[SweepRun], SweepSpec, Path]:
+def load_sweep(
+    path: str | os.PathLike, overrides: Sequence[str] | None = None
+) -> tuple[list[SweepRun], SweepSpec, Path]:
     """Read a sweep file into its runs (in order: seed, selector, size), the spec and the records path."""
     from .pipeline import read_yaml_file, recipe_from_dict, run_records_path
 
@@ -156,7 +174,9 @@ def load_sweep(path: str | os.PathLike, overrides: Sequence[str] | None = None) 
     base["run_records"] = str(records)
     runs = [
         sweep_run(base, selector, size, seed, output_dir, overrides, str(path))
-        for seed in spec.seeds for selector in spec.selectors for size in spec.sizes()
+        for seed in spec.seeds
+        for selector in spec.selectors
+        for size in spec.sizes()
     ]
     return runs, spec, records
 
@@ -180,8 +200,12 @@ def sweep_run(
     label = f"{selector.name}-{'_'.join(f'{k}-{v}' for k, v in sorted(selector.kwargs.items()))}"
     folder = _safe_name(f"{label.rstrip('-')}-{'f' if name == 'selection_fraction' else 'k'}{value:g}-seed{seed}")
     options = {
-        **base, "selector": selector.name, "selector_kwargs": selector.kwargs or None, name: value,
-        "seed": seed, "output_dir": str(Path(output_dir) / folder),
+        **base,
+        "selector": selector.name,
+        "selector_kwargs": selector.kwargs or None,
+        name: value,
+        "seed": seed,
+        "output_dir": str(Path(output_dir) / folder),
     }
     run, args = recipe_from_dict(options, list(overrides or []), source)
     return SweepRun(selector, size, seed, run, args, expected_run_key(run, args))
@@ -191,7 +215,9 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)
 
 
-def run_sweep(path: str | os.PathLike, overrides: Sequence[str] | None = None, *, budget: float | None = None) -> SweepSummary:
+def run_sweep(
+    path: str | os.PathLike, overrides: Sequence[str] | None = None, *, budget: float | None = None
+) -> SweepSummary:
     """Run every not-yet-recorded point of the sweep, then fit and plot all records of its file.
 
     ``budget`` (optional) adds the planner's recommendation for that many FLOPs to the report.
@@ -237,9 +263,20 @@ def run_sweep_runs(
         if state.is_main_process:
             print(f"[sweep {position}/{len(todo)}] {item.description}", flush=True)
         model_key = (item.run.model_name_or_path, item.run.attn_implementation)
-        data_key = (item.seed, item.run.target, tuple(item.run.pool_sources), item.run.max_per_source,
-                    item.run.max_pool_chars, item.run.eval_examples, item.run.data_dir, item.run.pool, item.run.eval,
-                    item.run.decontaminate, item.run.decontamination_ngram, model_key)
+        data_key = (
+            item.seed,
+            item.run.target,
+            tuple(item.run.pool_sources),
+            item.run.max_per_source,
+            item.run.max_pool_chars,
+            item.run.eval_examples,
+            item.run.data_dir,
+            item.run.pool,
+            item.run.eval,
+            item.run.decontaminate,
+            item.run.decontamination_ngram,
+            model_key,
+        )
         try:
             if inputs is None or inputs_key != data_key:
                 inputs = None  # release the previous pool before loading the next
@@ -256,20 +293,27 @@ def run_sweep_runs(
             logger.error("Sweep run %s failed: %s", item.description, err)
             continue
         if state.is_main_process:
-            print(f"    k={report['k']}  total FLOPs {report['ledger']['total']:.4g}  target loss "
-                  f"{report['target_loss_before']:.4f} -> {report['target_loss_after']:.4f}", flush=True)
+            print(
+                f"    k={report['k']}  total FLOPs {report['ledger']['total']:.4g}  target loss "
+                f"{report['target_loss_before']:.4f} -> {report['target_loss_after']:.4f}",
+                flush=True,
+            )
     state.wait_for_everyone()
     return SweepSummary(records_path, len(todo) - len(failed), len(runs) - len(todo), failed, None)
 
 
-def _plan_and_plot(records_path: Path, spec: SweepSpec, runs: list[SweepRun], budget: float | None) -> tuple[Path | None, str]:
+def _plan_and_plot(
+    records_path: Path, spec: SweepSpec, runs: list[SweepRun], budget: float | None
+) -> tuple[Path | None, str]:
     from .planner import make_plan, plot_plan
     from .records import read_records
 
     first = runs[0].run
     records = read_records(records_path)
     try:
-        plan = make_plan(records, metric=spec.metric, budget=budget, model=first.model_name_or_path, target=first.target)
+        plan = make_plan(
+            records, metric=spec.metric, budget=budget, model=first.model_name_or_path, target=first.target
+        )
     except ValueError as err:
         return None, f"no plan: {err}"
     plot = Path(spec.plot) if spec.plot else records_path.with_name(records_path.stem + "_planner.png")

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -50,13 +51,18 @@ def render_template(name: str, **context: Any) -> str:
 
 def check_no_secret(text: str, token: str | None) -> None:
     if (token and token in text) or _HF_TOKEN.search(text):
-        raise RuntimeError("Refusing to write a card that contains an access token; remove it from the selector options.")
+        raise RuntimeError(
+            "Refusing to write a card that contains an access token; remove it from the selector options."
+        )
 
 
 def redact(value: Any) -> Any:
     """Replace values stored under secret-looking keys, and anything shaped like an HF token."""
     if isinstance(value, dict):
-        return {key: "<redacted>" if _SECRET_KEY.search(str(key)) and item is not None else redact(item) for key, item in value.items()}
+        return {
+            key: "<redacted>" if _SECRET_KEY.search(str(key)) and item is not None else redact(item)
+            for key, item in value.items()
+        }
     if isinstance(value, list):
         return [redact(item) for item in value]
     if isinstance(value, str):

@@ -19,7 +19,12 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess:
     """``lint-imports`` on the package under ``root`` with ``root``'s pyproject.toml, in a fresh
     interpreter so the analysed ``hf_cads`` is the one under ``root``."""
     environment = {**os.environ, "PYTHONPATH": str(root)}
-    command = [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())", "--no-cache"]
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())",
+        "--no-cache",
+    ]
     return subprocess.run(command, cwd=root, env=environment, capture_output=True, text=True, timeout=300)
 
 
@@ -30,7 +35,9 @@ def test_layers_contract_is_kept():
 
 
 def copy_package(tmp_path: Path) -> Path:
-    shutil.copytree(ROOT / "hf_cads", tmp_path / "hf_cads", ignore=shutil.ignore_patterns("__pycache__", "model_cards"))
+    shutil.copytree(
+        ROOT / "hf_cads", tmp_path / "hf_cads", ignore=shutil.ignore_patterns("__pycache__", "model_cards")
+    )
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     return tmp_path
 
@@ -62,4 +69,3 @@ def test_commands_are_imported_by_nothing_in_the_package():
             continue
         text = path.read_text(encoding="utf-8")
         assert ".commands" not in text and "hf_cads.cli" not in text, path
-

@@ -20,49 +20,132 @@ TARGET = Dataset.from_dict({"text": ["solve 4 + 4"]})
 
 
 def training_args(tmp_path, **overrides):
-    options = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, save_strategy="no",
-                   report_to="none", use_cpu=True, max_seq_length=64, disable_tqdm=True)
+    options = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        max_seq_length=64,
+        disable_tqdm=True,
+    )
     options.update(overrides)
     return BudgetedTrainingArguments(**options)
 
 
 # -- selectors --------------------------------------------------------------------------------
 SELECTOR_CASES = {
-    "pool is a list": (lambda: get_selector("bm25").select(["a", "b"], target=TARGET, k=1), TypeError, "pool must be a datasets.Dataset"),
-    "pool is a DatasetDict": (lambda: get_selector("bm25").select(DatasetDict({"train": TEXTS}), target=TARGET, k=1), TypeError, r"select a split"),
-    "empty pool": (lambda: get_selector("bm25").select(TEXTS.select([]), target=TARGET, k=1), ValueError, "pool dataset is empty"),
-    "missing text column": (lambda: get_selector("bm25").select(Dataset.from_dict({"body": ["x", "y"]}), target=TARGET, k=1),
-                            ValueError, "no 'text' or 'messages' column.*text_column"),
-    "named column absent": (lambda: get_selector("bm25", text_column="content").select(TEXTS, target=TARGET, k=1),
-                            ValueError, "Column 'content' is not in the pool"),
-    "non-text column": (lambda: get_selector("bm25").select(Dataset.from_dict({"text": [1, 2]}), target=TARGET, k=1),
-                        TypeError, "must hold strings"),
-    "malformed messages": (lambda: get_selector("bm25").select(Dataset.from_dict({"messages": [[{"role": "user"}]]}), target=TARGET, k=1),
-                           TypeError, "list of {'role', 'content'} dicts"),
-    "empty target": (lambda: get_selector("bm25").select(TEXTS, target=TARGET.select([]), k=1), ValueError, "target dataset is empty"),
-    "no target for a targeted selector": (lambda: get_selector("embedding").select(TEXTS, k=1), ValueError, "needs target="),
-    "target without words": (lambda: get_selector("bm25").select(TEXTS, target=Dataset.from_dict({"text": ["?!", ""]}), k=1),
-                             ValueError, "no word tokens"),
-    "duplicated rows refused": (lambda: get_selector("random", deduplicate="error").select(Dataset.from_dict({"text": ["a", "b", "a"]}), k=1),
-                                ValueError, r"1 duplicated row\(s\).*deduplicate='drop'.*allow_duplicates=True"),
-    "bad deduplicate value": (lambda: get_selector("random", deduplicate="keep"), ValueError, "deduplicate must be 'drop' or 'error'"),
-    "k above the unique rows": (lambda: get_selector("random").select(Dataset.from_dict({"text": ["a", "b", "a"]}), k=3),
-                                ValueError, "larger than the pool.*2 unique rows after dropping 1 duplicates"),
+    "pool is a list": (
+        lambda: get_selector("bm25").select(["a", "b"], target=TARGET, k=1),
+        TypeError,
+        "pool must be a datasets.Dataset",
+    ),
+    "pool is a DatasetDict": (
+        lambda: get_selector("bm25").select(DatasetDict({"train": TEXTS}), target=TARGET, k=1),
+        TypeError,
+        r"select a split",
+    ),
+    "empty pool": (
+        lambda: get_selector("bm25").select(TEXTS.select([]), target=TARGET, k=1),
+        ValueError,
+        "pool dataset is empty",
+    ),
+    "missing text column": (
+        lambda: get_selector("bm25").select(Dataset.from_dict({"body": ["x", "y"]}), target=TARGET, k=1),
+        ValueError,
+        "no 'text' or 'messages' column.*text_column",
+    ),
+    "named column absent": (
+        lambda: get_selector("bm25", text_column="content").select(TEXTS, target=TARGET, k=1),
+        ValueError,
+        "Column 'content' is not in the pool",
+    ),
+    "non-text column": (
+        lambda: get_selector("bm25").select(Dataset.from_dict({"text": [1, 2]}), target=TARGET, k=1),
+        TypeError,
+        "must hold strings",
+    ),
+    "malformed messages": (
+        lambda: get_selector("bm25").select(Dataset.from_dict({"messages": [[{"role": "user"}]]}), target=TARGET, k=1),
+        TypeError,
+        "list of {'role', 'content'} dicts",
+    ),
+    "empty target": (
+        lambda: get_selector("bm25").select(TEXTS, target=TARGET.select([]), k=1),
+        ValueError,
+        "target dataset is empty",
+    ),
+    "no target for a targeted selector": (
+        lambda: get_selector("embedding").select(TEXTS, k=1),
+        ValueError,
+        "needs target=",
+    ),
+    "target without words": (
+        lambda: get_selector("bm25").select(TEXTS, target=Dataset.from_dict({"text": ["?!", ""]}), k=1),
+        ValueError,
+        "no word tokens",
+    ),
+    "duplicated rows refused": (
+        lambda: get_selector("random", deduplicate="error").select(Dataset.from_dict({"text": ["a", "b", "a"]}), k=1),
+        ValueError,
+        r"1 duplicated row\(s\).*deduplicate='drop'.*allow_duplicates=True",
+    ),
+    "bad deduplicate value": (
+        lambda: get_selector("random", deduplicate="keep"),
+        ValueError,
+        "deduplicate must be 'drop' or 'error'",
+    ),
+    "k above the unique rows": (
+        lambda: get_selector("random").select(Dataset.from_dict({"text": ["a", "b", "a"]}), k=3),
+        ValueError,
+        "larger than the pool.*2 unique rows after dropping 1 duplicates",
+    ),
     "k larger than pool": (lambda: get_selector("random").select(TEXTS, k=10), ValueError, "larger than the pool"),
     "k zero": (lambda: get_selector("random").select(TEXTS, k=0), ValueError, "k must be >= 1"),
     "k as a string": (lambda: get_selector("random").select(TEXTS, k="2"), TypeError, "k must be an integer"),
-    "fraction zero": (lambda: get_selector("random").select(TEXTS, fraction=0.0), ValueError, r"fraction must be in \(0, 1\]"),
-    "fraction above one": (lambda: get_selector("random").select(TEXTS, fraction=1.5), ValueError, r"fraction must be in \(0, 1\]"),
-    "fraction NaN": (lambda: get_selector("random").select(TEXTS, fraction=float("nan")), TypeError, "fraction must be a number"),
-    "both k and fraction": (lambda: get_selector("random").select(TEXTS, k=1, fraction=0.5), ValueError, "either k or fraction"),
+    "fraction zero": (
+        lambda: get_selector("random").select(TEXTS, fraction=0.0),
+        ValueError,
+        r"fraction must be in \(0, 1\]",
+    ),
+    "fraction above one": (
+        lambda: get_selector("random").select(TEXTS, fraction=1.5),
+        ValueError,
+        r"fraction must be in \(0, 1\]",
+    ),
+    "fraction NaN": (
+        lambda: get_selector("random").select(TEXTS, fraction=float("nan")),
+        TypeError,
+        "fraction must be a number",
+    ),
+    "both k and fraction": (
+        lambda: get_selector("random").select(TEXTS, k=1, fraction=0.5),
+        ValueError,
+        "either k or fraction",
+    ),
     "neither k nor fraction": (lambda: get_selector("random").select(TEXTS), ValueError, "Pass k"),
-    "unknown selector": (lambda: get_selector("bm26"), ValueError, r"Unknown selector 'bm26'; registered selectors: \[.*'bm25'"),
+    "unknown selector": (
+        lambda: get_selector("bm26"),
+        ValueError,
+        r"Unknown selector 'bm26'; registered selectors: \[.*'bm25'",
+    ),
     "empty selector name": (lambda: get_selector("  "), ValueError, "non-empty string; registered selectors"),
-    "unknown selector option": (lambda: get_selector("bm25", k2=1.0), TypeError, r"Unknown option.*'k2'.*valid options"),
-    "bad option value": (lambda: get_selector("bm25", aggregate="median"), ValueError, "aggregate must be 'mean' or 'max'"),
+    "unknown selector option": (
+        lambda: get_selector("bm25", k2=1.0),
+        TypeError,
+        r"Unknown option.*'k2'.*valid options",
+    ),
+    "bad option value": (
+        lambda: get_selector("bm25", aggregate="median"),
+        ValueError,
+        "aggregate must be 'mean' or 'max'",
+    ),
     "model for a model-free selector": (lambda: get_selector("bm25", model=object()), TypeError, "uses no model"),
-    "model path that does not exist": (lambda: get_selector("perplexity", model_name_or_path="./no/such/model").select(TEXTS, k=1),
-                                       FileNotFoundError, "does not exist.*built-in offline models"),
+    "model path that does not exist": (
+        lambda: get_selector("perplexity", model_name_or_path="./no/such/model").select(TEXTS, k=1),
+        FileNotFoundError,
+        "does not exist.*built-in offline models",
+    ),
 }
 
 
@@ -122,18 +205,34 @@ def test_plain_training_arguments_are_refused(tmp_path, tiny_lm):
 def test_budget_below_selection_cost_fails_before_any_work(tmp_path, small_pool, bbh_target, tokenizer, tiny_lm):
     args = training_args(tmp_path, flop_budget=1e6, selector="perplexity", selection_fraction=0.1)
     with pytest.raises(ValueError, match="smaller than the cost of the 'perplexity' selector"):
-        BudgetedTrainer(model=tiny_lm, args=args, train_dataset=small_pool, processing_class=tokenizer, selection_target=bbh_target[0])
+        BudgetedTrainer(
+            model=tiny_lm,
+            args=args,
+            train_dataset=small_pool,
+            processing_class=tokenizer,
+            selection_target=bbh_target[0],
+        )
     assert not (tmp_path / "out").exists()
 
 
 def test_budget_with_no_room_for_a_training_step(tmp_path, small_pool, tokenizer, tiny_lm):
     with pytest.raises(ValueError, match="less than one training step"):
-        BudgetedTrainer(model=tiny_lm, args=training_args(tmp_path, flop_budget=1e6), train_dataset=small_pool, processing_class=tokenizer)
+        BudgetedTrainer(
+            model=tiny_lm,
+            args=training_args(tmp_path, flop_budget=1e6),
+            train_dataset=small_pool,
+            processing_class=tokenizer,
+        )
 
 
 def test_mismatched_tokenizer(tmp_path, small_pool, tokenizer):
     with pytest.raises(ValueError, match="does not belong to this model"):
-        BudgetedTrainer(model=tiny_causal_lm(vocab_size=100), args=training_args(tmp_path), train_dataset=small_pool, processing_class=tokenizer)
+        BudgetedTrainer(
+            model=tiny_causal_lm(vocab_size=100),
+            args=training_args(tmp_path),
+            train_dataset=small_pool,
+            processing_class=tokenizer,
+        )
 
 
 def test_text_dataset_without_tokenizer(tmp_path, small_pool, tiny_lm):
@@ -145,8 +244,13 @@ def test_peft_config_that_does_not_fit(tmp_path, small_pool, tokenizer, tiny_lm)
     from peft import LoraConfig
 
     with pytest.raises(ValueError, match="peft_config does not fit this model"):
-        BudgetedTrainer(model=tiny_lm, args=training_args(tmp_path), train_dataset=small_pool, processing_class=tokenizer,
-                        peft_config=LoraConfig(r=4, target_modules=["no_such_proj"]))
+        BudgetedTrainer(
+            model=tiny_lm,
+            args=training_args(tmp_path),
+            train_dataset=small_pool,
+            processing_class=tokenizer,
+            peft_config=LoraConfig(r=4, target_modules=["no_such_proj"]),
+        )
 
 
 def test_missing_model_name(tmp_path):

@@ -36,7 +36,9 @@ def test_select_within_budget_refuses_a_budget_below_the_estimate_before_any_wor
     assert not scored and ledger.spent == 0 and ledger.selection is None
 
 
-@pytest.mark.parametrize("slope, fixed, available", [(0.0, 0.0, 1e6), (0.25, 10.0, 1010.0), (1.9, 3e8, 7.3e12), (0.01, 5e3, 2e4)])
+@pytest.mark.parametrize(
+    "slope, fixed, available", [(0.0, 0.0, 1e6), (0.25, 10.0, 1010.0), (1.9, 3e8, 7.3e12), (0.01, 5e3, 2e4)]
+)
 def test_solve_budget_split_spends_the_whole_budget(slope, fixed, available):
     overhead = lambda c: slope * c + fixed  # noqa: E731
     c = solve_budget_split(overhead, available)
@@ -48,10 +50,12 @@ def test_solve_budget_split_spends_the_whole_budget(slope, fixed, available):
 def test_solve_budget_split_says_when_the_overhead_leaves_nothing():
     with pytest.raises(ValueError, match="leaves nothing to train with"):
         solve_budget_split(lambda c: 2e6, 1e6)
+
     def too_small(c):  # like CADS's pilot check: an error below some C
         if c < 900:
             raise ValueError("too small")
         return 0.5 * c
+
     with pytest.raises(ValueError, match="leaves nothing to train with"):
         solve_budget_split(too_small, 1000.0)
 
@@ -59,8 +63,12 @@ def test_solve_budget_split_says_when_the_overhead_leaves_nothing():
 def test_ledger_round_trips_the_typed_plan_and_loads_old_ledgers(tmp_path):
     ledger = FlopLedger(budget=1e12)
     ledger.charge("selection", 5e10)
-    ledger.selection = SelectionCharge("bm25", k=7, pool_size=70, estimated_flops=5e10, flops=5e10, stages={"idf": 1.0})
-    ledger.training = TrainingPlan(planned_steps=12, expected_step_flops=7e10, stopped_by_budget=True, tokens_trained=900)
+    ledger.selection = SelectionCharge(
+        "bm25", k=7, pool_size=70, estimated_flops=5e10, flops=5e10, stages={"idf": 1.0}
+    )
+    ledger.training = TrainingPlan(
+        planned_steps=12, expected_step_flops=7e10, stopped_by_budget=True, tokens_trained=900
+    )
     ledger.notes["mine"] = "kept"
     path = tmp_path / "ledger.json"
     ledger.save(str(path))
@@ -69,31 +77,56 @@ def test_ledger_round_trips_the_typed_plan_and_loads_old_ledgers(tmp_path):
 
     # A ledger written before the typed plan: the same facts under string keys in `notes`.
     old = {
-        "budget": 1e12, "entries": {"selection": 0.0, "train": 8e11, "eval": 1e9},
-        "notes": {"selector": "perplexity", "k": 30, "pool_size": 240, "selection_model_params": 4096,
-                  "selection_cache": {"hit": True, "original_flops": 2.5e10}, "selection_flops": {"scoring": 2.5e10},
-                  "planned_steps": 14, "expected_step_flops": 6e10, "stopped_by_budget": True, "tokens_trained": 1234,
-                  "mine": "kept"},
+        "budget": 1e12,
+        "entries": {"selection": 0.0, "train": 8e11, "eval": 1e9},
+        "notes": {
+            "selector": "perplexity",
+            "k": 30,
+            "pool_size": 240,
+            "selection_model_params": 4096,
+            "selection_cache": {"hit": True, "original_flops": 2.5e10},
+            "selection_flops": {"scoring": 2.5e10},
+            "planned_steps": 14,
+            "expected_step_flops": 6e10,
+            "stopped_by_budget": True,
+            "tokens_trained": 1234,
+            "mine": "kept",
+        },
     }
     path.write_text(json.dumps(old))
     migrated = FlopLedger.load(str(path))
-    assert migrated.training == TrainingPlan(planned_steps=14, expected_step_flops=6e10, stopped_by_budget=True, tokens_trained=1234)
+    assert migrated.training == TrainingPlan(
+        planned_steps=14, expected_step_flops=6e10, stopped_by_budget=True, tokens_trained=1234
+    )
     charge = migrated.selection
     assert (charge.selector, charge.k, charge.pool_size, charge.model_params) == ("perplexity", 30, 240, 4096)
     assert charge.cache_hit and charge.cost == 2.5e10 and charge.stages == {"scoring": 2.5e10}
     assert migrated.notes == {"mine": "kept"} and migrated.entries == old["entries"]
 
 
-def test_budgeted_trainer_plans_training_into_the_ledger_and_the_checkpoint(tmp_path, small_pool, bbh_target, tokenizer, tiny_lm):
+def test_budgeted_trainer_plans_training_into_the_ledger_and_the_checkpoint(
+    tmp_path, small_pool, bbh_target, tokenizer, tiny_lm
+):
     args = BudgetedTrainingArguments(
-        output_dir=str(tmp_path / "out"), flop_budget=3e10, selector="random", selection_fraction=0.25,
-        per_device_train_batch_size=4, max_seq_length=64, report_to="none", use_cpu=True, save_strategy="steps",
-        save_steps=2, disable_tqdm=True, seed=0,
+        output_dir=str(tmp_path / "out"),
+        flop_budget=3e10,
+        selector="random",
+        selection_fraction=0.25,
+        per_device_train_batch_size=4,
+        max_seq_length=64,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="steps",
+        save_steps=2,
+        disable_tqdm=True,
+        seed=0,
     )
     trainer = BudgetedTrainer(model=tiny_lm, args=args, train_dataset=small_pool, processing_class=tokenizer)
     plan = trainer.flop_ledger.training
     assert plan.planned_steps == trainer.args.max_steps and plan.expected_step_flops > 0
-    assert trainer.flop_ledger.selection.selector == "random" and trainer.flop_ledger.selection.k == len(trainer.selection_result)
+    assert trainer.flop_ledger.selection.selector == "random" and trainer.flop_ledger.selection.k == len(
+        trainer.selection_result
+    )
     trainer.train()
     assert plan.tokens_trained > 0 and plan.stopped_by_budget and trainer.flop_ledger.spent <= 3e10
     saved = FlopLedger.load(str(tmp_path / "out" / "checkpoint-2" / "flop_ledger.json"))
@@ -101,16 +134,30 @@ def test_budgeted_trainer_plans_training_into_the_ledger_and_the_checkpoint(tmp_
     assert 0 < saved.training.tokens_trained < plan.tokens_trained
 
 
-def test_cads_in_budgeted_trainer_takes_its_training_budget_from_flop_budget(tmp_path, small_pool, bbh_target, tokenizer, tiny_lm):
+def test_cads_in_budgeted_trainer_takes_its_training_budget_from_flop_budget(
+    tmp_path, small_pool, bbh_target, tokenizer, tiny_lm
+):
     budget = 9e10
     args = BudgetedTrainingArguments(
-        output_dir=str(tmp_path / "out"), flop_budget=budget, selector="cads-s", per_device_train_batch_size=4,
+        output_dir=str(tmp_path / "out"),
+        flop_budget=budget,
+        selector="cads-s",
+        per_device_train_batch_size=4,
         selector_kwargs={"outer_steps": 3, "max_length": 96, "show_progress": False},  # no train_budget
-        max_seq_length=96, report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0,
+        max_seq_length=96,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
     )
     trainer = BudgetedTrainer(
-        model=tiny_lm, args=args, train_dataset=small_pool, processing_class=tokenizer,
-        selection_target=bbh_target[0], peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+        model=tiny_lm,
+        args=args,
+        train_dataset=small_pool,
+        processing_class=tokenizer,
+        selection_target=bbh_target[0],
+        peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
     )
     c = trainer.selection_result.config["train_budget"]
     overhead = trainer.flop_ledger.selection.estimated_flops  # CADS's estimate when planning for C
@@ -121,13 +168,23 @@ def test_cads_in_budgeted_trainer_takes_its_training_budget_from_flop_budget(tmp
 
 def test_cads_solves_the_same_split_for_several_budgets(small_pool, bbh_target, tokenizer, tiny_lm):
     for budget in (5e10, 9e10, 2e11):
-        selector = get_selector("cads-e", model=tiny_lm, tokenizer=tokenizer, outer_steps=2, max_length=64, show_progress=False)
+        selector = get_selector(
+            "cads-e", model=tiny_lm, tokenizer=tokenizer, outer_steps=2, max_length=64, show_progress=False
+        )
         selector.fit_to_budget(budget, small_pool, bbh_target[0])
         c = selector.config.train_budget
         total = c + selector.estimate_flops(small_pool, bbh_target[0])
         assert total <= budget and total == pytest.approx(budget, rel=1e-4)
     # given explicitly, train_budget is kept
-    selector = get_selector("cads-e", model=tiny_lm, tokenizer=tokenizer, train_budget=2e10, outer_steps=2, max_length=64, show_progress=False)
+    selector = get_selector(
+        "cads-e",
+        model=tiny_lm,
+        tokenizer=tokenizer,
+        train_budget=2e10,
+        outer_steps=2,
+        max_length=64,
+        show_progress=False,
+    )
     selector.fit_to_budget(9e10, small_pool, bbh_target[0])
     assert selector.config.train_budget == 2e10
     assert np.isfinite(selector.estimate_flops(small_pool, bbh_target[0]))

@@ -27,7 +27,9 @@ def test_a_rerun_reuses_the_scores_and_charges_nothing(tmp_path, small_pool, bbh
     assert manifest["description"]["pool"]["fingerprint"] == small_pool._fingerprint
     assert ScoreCache(folder).stored_shards() == list(range(-(-len(small_pool) // 50)))
 
-    again = get_selector("bm25", cache_dir=str(tmp_path), shard_size=50, show_progress=False).select(small_pool, target=target, k=20)
+    again = get_selector("bm25", cache_dir=str(tmp_path), shard_size=50, show_progress=False).select(
+        small_pool, target=target, k=20
+    )
     assert again.flops == 0.0
     assert again.extras["cache"] == {"hit": True, "dir": str(folder), "original_flops": first.flops}
     assert again.indices.tolist() == first.indices.tolist() and np.array_equal(again.all_scores, first.all_scores)
@@ -38,7 +40,9 @@ def test_the_key_follows_data_options_and_model(tmp_path, small_pool, bbh_target
     target = bbh_target[0]
 
     def run(name="bm25", pool=small_pool, target=target, **options):
-        return get_selector(name, cache_dir=str(tmp_path), show_progress=False, **options).select(pool, target=target, k=5)
+        return get_selector(name, cache_dir=str(tmp_path), show_progress=False, **options).select(
+            pool, target=target, k=5
+        )
 
     run()
     run(aggregate="max")  # another option
@@ -75,7 +79,9 @@ class WholePool(Selector):
     def score(self, pool, target):
         WholePool.calls += 1
         lengths = np.array([len(t) for t in pool["text"]], dtype=float)
-        return ScoreOutput(lengths, 123.0, {"per_row": lengths * 2, "mixture": {"a": 0.25, "b": 0.75}, "steps": np.int64(3)})
+        return ScoreOutput(
+            lengths, 123.0, {"per_row": lengths * 2, "mixture": {"a": 0.25, "b": 0.75}, "steps": np.int64(3)}
+        )
 
     def estimate_flops(self, pool, target):
         return 123.0
@@ -116,7 +122,10 @@ def test_damaged_or_foreign_files_are_rescored_or_refused(tmp_path, small_pool, 
         again = get_selector("bm25", cache_dir=str(tmp_path), shard_size=50).select(small_pool, target=target, k=20)
     assert "unreadable cached shard" in caplog.text and "lacks shards" in caplog.text
     # the damaged shard was scored again; the others were reused and charged (an unfinished cache)
-    assert not again.extras["cache"]["hit"] and again.extras["cache"]["resumed_shards"] == len(ScoreCache(folder).stored_shards()) - 1
+    assert (
+        not again.extras["cache"]["hit"]
+        and again.extras["cache"]["resumed_shards"] == len(ScoreCache(folder).stored_shards()) - 1
+    )
     assert again.flops == pytest.approx(first.flops) and np.array_equal(again.all_scores, first.all_scores)
 
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -129,12 +138,23 @@ def test_damaged_or_foreign_files_are_rescored_or_refused(tmp_path, small_pool, 
 def test_budgeted_trainer_records_a_cached_selection(tmp_path, small_pool, bbh_target, tokenizer):
     def trainer():
         args = BudgetedTrainingArguments(
-            output_dir=str(tmp_path / "out"), flop_budget=1e10, selector="bm25", selection_fraction=0.5,
-            selector_kwargs={"cache_dir": str(tmp_path / "cache")}, report_to="none", use_cpu=True, max_seq_length=64,
+            output_dir=str(tmp_path / "out"),
+            flop_budget=1e10,
+            selector="bm25",
+            selection_fraction=0.5,
+            selector_kwargs={"cache_dir": str(tmp_path / "cache")},
+            report_to="none",
+            use_cpu=True,
+            max_seq_length=64,
             save_strategy="no",
         )
-        return BudgetedTrainer(model=tiny_causal_lm(tokenizer), args=args, train_dataset=small_pool, processing_class=tokenizer,
-                               selection_target=bbh_target[0])
+        return BudgetedTrainer(
+            model=tiny_causal_lm(tokenizer),
+            args=args,
+            train_dataset=small_pool,
+            processing_class=tokenizer,
+            selection_target=bbh_target[0],
+        )
 
     first, second = trainer(), trainer()
     spent = first.flop_ledger.entries["selection"]

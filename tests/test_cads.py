@@ -16,12 +16,16 @@ def test_loss_predictor_interpolates_falls_back_and_reports_loo():
     losses = 0.1 + 0.05 * np.log(sizes) + np.array([0.0, 0.01, -0.01, 0.005, 0.0])
     predictor = LossPredictor.fit(sizes, losses)
     assert np.allclose(predictor(sizes), losses)  # the spline passes through the pilot measurements
-    assert predictor.method_at(300) == "spline" and predictor.method_at(1600) == "log-linear" == predictor.method_at(10)
+    assert predictor.method_at(300) == "spline" and predictor.method_at(1600) == "log-linear" == predictor.method_at(
+        10
+    )
     slope, intercept = np.polyfit(np.log(sizes), losses, 1)
     assert predictor(1600) == pytest.approx(intercept + slope * np.log(1600))
     assert predictor(10) == pytest.approx(intercept + slope * np.log(10))
     # leave-one-out by hand: refit on 4 points, predict the fifth
-    errors = [(LossPredictor.fit(np.delete(sizes, i), np.delete(losses, i))(sizes[i]) - losses[i]) ** 2 for i in range(5)]
+    errors = [
+        (LossPredictor.fit(np.delete(sizes, i), np.delete(losses, i))(sizes[i]) - losses[i]) ** 2 for i in range(5)
+    ]
     assert predictor.loo_mse() == pytest.approx(np.mean(errors))
     assert predictor.to_dict()["loo_mse"] > 0
 
@@ -48,7 +52,9 @@ def test_truncated_gaussian_score_is_the_log_density_gradient():
     assert np.allclose(policy.log_prob_grad(ratios, sigma), numeric, rtol=1e-4)
     samples = np.stack([policy.sample(np.random.default_rng(i), sigma) for i in range(200)])
     assert samples.min() >= 0 and samples.max() <= 1
-    assert annealed_sigma(0, 10, 0.3, 0.05) == pytest.approx(0.3) and annealed_sigma(9, 10, 0.3, 0.05) == pytest.approx(0.05)
+    assert annealed_sigma(0, 10, 0.3, 0.05) == pytest.approx(0.3) and annealed_sigma(
+        9, 10, 0.3, 0.05
+    ) == pytest.approx(0.05)
 
 
 def test_allocate_by_mixture_respects_capacity():
@@ -60,8 +66,14 @@ def test_allocate_by_mixture_respects_capacity():
 def test_cads_s_on_the_real_pool_returns_a_mixture_and_charges_its_flops(small_pool, bbh_target, tokenizer, tiny_lm):
     before = {name: value.clone() for name, value in tiny_lm.state_dict().items()}
     selector = get_selector(
-        "cads-s", model=tiny_lm, tokenizer=tokenizer, train_budget=2e10, max_length=96, outer_steps=4,
-        show_progress=False, seed=0,
+        "cads-s",
+        model=tiny_lm,
+        tokenizer=tokenizer,
+        train_budget=2e10,
+        max_length=96,
+        outer_steps=4,
+        show_progress=False,
+        seed=0,
     )
     estimate = selector.estimate_flops(small_pool, bbh_target[0])
     result = selector.select(small_pool, target=bbh_target[0])
@@ -93,13 +105,25 @@ def test_budgeted_trainer_runs_cads_and_charges_it(tmp_path, small_pool, bbh_tar
     from hf_cads import BudgetedTrainer, BudgetedTrainingArguments
 
     args = BudgetedTrainingArguments(
-        output_dir=str(tmp_path / "out"), flop_budget=9e10, selector="cads-s", per_device_train_batch_size=4,
+        output_dir=str(tmp_path / "out"),
+        flop_budget=9e10,
+        selector="cads-s",
+        per_device_train_batch_size=4,
         selector_kwargs={"train_budget": 2e10, "outer_steps": 3, "max_length": 96, "show_progress": False},
-        max_seq_length=96, report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0,
+        max_seq_length=96,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
     )
     trainer = BudgetedTrainer(
-        model=tiny_lm, args=args, train_dataset=small_pool, processing_class=tokenizer,
-        selection_target=bbh_target[0], peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+        model=tiny_lm,
+        args=args,
+        train_dataset=small_pool,
+        processing_class=tokenizer,
+        selection_target=bbh_target[0],
+        peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
     )
     assert trainer.selection_result.flops > 0
     assert trainer.flop_ledger.entries["selection"] == pytest.approx(trainer.selection_result.flops)
@@ -187,10 +211,23 @@ def test_cads_e_keeps_clean_over_mislabelled_examples():
     gaps, kept_noise, pool_noise = [], [], []
     for seed in SEEDS:
         pool, target, noisy = _digits_with_label_noise(seed)
-        backend = TensorBackend(lambda: torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)), loss="cross_entropy")
+        backend = TensorBackend(
+            lambda: torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)),
+            loss="cross_entropy",
+        )
         selector = get_selector(
-            "cads-e", backend=backend, train_budget=5e7, seed=seed, batch_size=32, learning_rate=3e-3, block_size=64,
-            target_batch_size=100, outer_steps=400, lr_s=0.5, policy_reward="objective", show_progress=False,
+            "cads-e",
+            backend=backend,
+            train_budget=5e7,
+            seed=seed,
+            batch_size=32,
+            learning_rate=3e-3,
+            block_size=64,
+            target_batch_size=100,
+            outer_steps=400,
+            lr_s=0.5,
+            policy_reward="objective",
+            show_progress=False,
         )
         estimate = selector.estimate_flops(pool, target)
         result = selector.select(pool, target=target)
@@ -215,14 +252,27 @@ def test_cads_s_moves_the_mixture_toward_the_useful_source():
         pool = Dataset.from_dict({"x": x.tolist(), "y": y.tolist(), "source": ["signal"] * 200 + ["junk"] * 200})
         x_val = rng.uniform(-1, 1, 100)
         target = Dataset.from_dict({"x": x_val.tolist(), "y": np.sin(np.pi * x_val).tolist()})
-        backend = TensorBackend(lambda: torch.nn.Sequential(torch.nn.Linear(1, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)))
+        backend = TensorBackend(
+            lambda: torch.nn.Sequential(torch.nn.Linear(1, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+        )
         result = get_selector(
-            "cads-s", backend=backend, train_budget=3e7, seed=seed, batch_size=32, learning_rate=1e-2, block_size=64,
-            target_batch_size=100, outer_steps=200, policy_reward="objective", show_progress=False,
+            "cads-s",
+            backend=backend,
+            train_budget=3e7,
+            seed=seed,
+            batch_size=32,
+            learning_rate=1e-2,
+            block_size=64,
+            target_batch_size=100,
+            outer_steps=200,
+            policy_reward="objective",
+            show_progress=False,
         ).select(pool, target=target)
         shares.append(result.extras["mixture"]["signal"])
         history = result.extras["history"]
-        assert history[0]["mixture"] == pytest.approx([0.5, 0.5], abs=0.01) and history[-1]["sigma"] == pytest.approx(0.05)
+        assert history[0]["mixture"] == pytest.approx([0.5, 0.5], abs=0.01) and history[-1]["sigma"] == pytest.approx(
+            0.05
+        )
     assert min(shares) > 0.6 and np.mean(shares) > 0.68, shares
 
 
@@ -240,12 +290,22 @@ def test_first_order_lookahead_matches_the_exact_step_and_charges_what_it_estima
     from hf_cads.selectors.cads_loop import ExampleMasks, step_masks
 
     pool, target, _ = _digits_with_label_noise(seed=0, rows=200)
-    backend = TensorBackend(lambda: torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)), loss="cross_entropy")
+    backend = TensorBackend(
+        lambda: torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)),
+        loss="cross_entropy",
+    )
     flat = LossPredictor.fit([10, 200], [0.5, 2.0])
     for reward in ("objective", "transfer"):
         rewards = {}
         for lookahead in ("exact", "first_order"):
-            config = CADSSelectorConfig(train_budget=1e7, block_size=32, samples_per_step=8, learning_rate=1e-4, policy_reward=reward, lookahead=lookahead)
+            config = CADSSelectorConfig(
+                train_budget=1e7,
+                block_size=32,
+                samples_per_step=8,
+                learning_rate=1e-4,
+                policy_reward=reward,
+                lookahead=lookahead,
+            )
             task = backend.prepare(pool, target, config)
             masks, theta = ExampleMasks(task.num_rows, config), AdamTheta(task.parameters(), config.learning_rate)
             rng = np.random.default_rng(0)
@@ -257,13 +317,27 @@ def test_first_order_lookahead_matches_the_exact_step_and_charges_what_it_estima
         assert spread > 0 and np.abs(first_order - exact).max() < 0.1 * spread, (reward, exact, first_order)
 
     # CADS-S on a first-order step: the charged FLOPs are the planned ones, far below the exact lookahead's.
-    pool = Dataset.from_dict({"x": np.linspace(-1, 1, 120).tolist(), "y": np.zeros(120).tolist(), "source": ["a", "b", "c"] * 40})
-    backend = TensorBackend(lambda: torch.nn.Sequential(torch.nn.Linear(1, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)))
+    pool = Dataset.from_dict(
+        {"x": np.linspace(-1, 1, 120).tolist(), "y": np.zeros(120).tolist(), "source": ["a", "b", "c"] * 40}
+    )
+    backend = TensorBackend(
+        lambda: torch.nn.Sequential(torch.nn.Linear(1, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    )
     spent = {}
     for lookahead in ("exact", "first_order"):
         selector = get_selector(
-            "cads-s", backend=backend, train_budget=3e6, seed=0, batch_size=16, block_size=12, target_batch_size=20,
-            samples_per_step=8, outer_steps=5, lookahead=lookahead, baseline="step", show_progress=False,
+            "cads-s",
+            backend=backend,
+            train_budget=3e6,
+            seed=0,
+            batch_size=16,
+            block_size=12,
+            target_batch_size=20,
+            samples_per_step=8,
+            outer_steps=5,
+            lookahead=lookahead,
+            baseline="step",
+            show_progress=False,
         )
         estimate = selector.estimate_flops(pool, pool)
         result = selector.select(pool, target=pool)
@@ -293,11 +367,27 @@ def test_cads_prefers_the_pool_source_that_matches_the_target(data_dir):
     pool_share = float(np.mean(sources == "gsm8k"))
     shares, gaps = [], []
     for seed in SEEDS:
-        options = dict(tokenizer=tokenizer, train_budget=2e10, max_length=96, outer_steps=12, lora_r=0, seed=seed, show_progress=False)
-        mixture = get_selector("cads-s", model=tiny_causal_lm(tokenizer, seed=seed), **options).select(pool, target=target).extras
+        options = dict(
+            tokenizer=tokenizer,
+            train_budget=2e10,
+            max_length=96,
+            outer_steps=12,
+            lora_r=0,
+            seed=seed,
+            show_progress=False,
+        )
+        mixture = (
+            get_selector("cads-s", model=tiny_causal_lm(tokenizer, seed=seed), **options)
+            .select(pool, target=target)
+            .extras
+        )
         assert mixture["run_options"]["policy_reward"] == "transfer" and mixture["run_options"]["baseline"] == "step"
         shares.append(mixture["mixture"]["gsm8k"])
-        keep = get_selector("cads-e", model=tiny_causal_lm(tokenizer, seed=seed), **options).select(pool, target=target).all_scores
+        keep = (
+            get_selector("cads-e", model=tiny_causal_lm(tokenizer, seed=seed), **options)
+            .select(pool, target=target)
+            .all_scores
+        )
         others = [keep[sources == s].mean() for s in set(sources) - {"gsm8k"}]
         gaps.append(keep[sources == "gsm8k"].mean() - max(others))
     assert min(shares) > pool_share + 0.15 and np.mean(shares) > pool_share + 0.25, (shares, pool_share)

@@ -22,8 +22,14 @@ def write_recipe(tmp_path, **options):
 
 def test_run_recipe_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, capsys):
     recipe = write_recipe(
-        tmp_path, model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path / "out"), flop_budget=3e10,
-        max_per_source=30, eval_examples=8, max_seq_length=96, logging_steps=2,
+        tmp_path,
+        model_name_or_path=str(tiny_model_dir),
+        output_dir=str(tmp_path / "out"),
+        flop_budget=3e10,
+        max_per_source=30,
+        eval_examples=8,
+        max_seq_length=96,
+        logging_steps=2,
     )
     assert main(["run", str(recipe)]) == 0
     printed = capsys.readouterr().out
@@ -36,7 +42,9 @@ def test_run_recipe_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, capsys)
 
 
 def test_cli_overrides_and_selector_listing(tmp_path, capsys):
-    run_config, args = parse_recipe(ROOT / "recipes" / "quickstart.yaml", ["--flop_budget", "5e12", "--selector", "embedding"])
+    run_config, args = parse_recipe(
+        ROOT / "recipes" / "quickstart.yaml", ["--flop_budget", "5e12", "--selector", "embedding"]
+    )
     assert args.flop_budget == 5e12 and args.selector == "embedding" and run_config.target == "boolean_expressions"
     assert args.selector_kwargs == {"aggregate": "max"}
     assert main(["selectors"]) == 0
@@ -54,8 +62,20 @@ def test_quickstart_runs_offline_with_the_default_models(tmp_path):
     """The real main job: SmolLM2-135M from its PyPI package, BM25 selection, LoRA, budget cap."""
     out = tmp_path / "qs"
     proc = subprocess.run(
-        [sys.executable, "-m", "hf_cads.cli", "run", str(ROOT / "recipes" / "quickstart.yaml"), "--output_dir", str(out)],
-        capture_output=True, text=True, timeout=900, cwd=ROOT, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+        [
+            sys.executable,
+            "-m",
+            "hf_cads.cli",
+            "run",
+            str(ROOT / "recipes" / "quickstart.yaml"),
+            "--output_dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
@@ -66,8 +86,16 @@ def test_quickstart_runs_offline_with_the_default_models(tmp_path):
 
 def test_run_recipe_with_the_sft_trainer_packed(tmp_path, tiny_model_dir):
     recipe = write_recipe(
-        tmp_path, model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path / "out"), flop_budget=3e10,
-        max_per_source=30, eval_examples=8, max_seq_length=96, logging_steps=2, trainer="sft", packing=True,
+        tmp_path,
+        model_name_or_path=str(tiny_model_dir),
+        output_dir=str(tmp_path / "out"),
+        flop_budget=3e10,
+        max_per_source=30,
+        eval_examples=8,
+        max_seq_length=96,
+        logging_steps=2,
+        trainer="sft",
+        packing=True,
     )
     assert main(["run", str(recipe)]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())

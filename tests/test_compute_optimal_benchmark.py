@@ -23,14 +23,26 @@ def compute_optimal():
     sys.modules.pop(spec.name, None)
 
 
-def test_every_selector_runs_records_and_the_planner_reads_the_frontier(compute_optimal, tmp_path, tiny_model_dir, monkeypatch):
+def test_every_selector_runs_records_and_the_planner_reads_the_frontier(
+    compute_optimal, tmp_path, tiny_model_dir, monkeypatch
+):
     monkeypatch.setenv("HF_CADS_CACHE", str(tmp_path / "cache"))
     options = compute_optimal.default_selector_options(48, cheap=True)
     options["embedding"]["max_length"] = 48
     setup = compute_optimal.Setup(
-        name="co_test", targets=("boolean_expressions",), fractions=(0.2, 0.4), seeds=(0,), max_per_source=10,
-        max_seq_length=48, eval_examples=6, model=str(tiny_model_dir), max_pool_chars=500, eval_batch_size=6,
-        selector_options=options, results_dir=tmp_path / "results", output_dir=tmp_path / "out",
+        name="co_test",
+        targets=("boolean_expressions",),
+        fractions=(0.2, 0.4),
+        seeds=(0,),
+        max_per_source=10,
+        max_seq_length=48,
+        eval_examples=6,
+        model=str(tiny_model_dir),
+        max_pool_chars=500,
+        eval_batch_size=6,
+        selector_options=options,
+        results_dir=tmp_path / "results",
+        output_dir=tmp_path / "out",
     )
     summary = compute_optimal.run_benchmark(setup)
     assert summary["timing"]["failed"] == {} and summary["timing"]["ran"] == 14
@@ -58,7 +70,9 @@ def test_every_selector_runs_records_and_the_planner_reads_the_frontier(compute_
     frontier_flops = [p["total_flops"] for p in loss["frontier"]]
     assert frontier_flops == sorted(frontier_flops)
     for row in loss["regret"]:
-        best = next((p for p in loss["points"] if p["selector"] == row["best_selector"] and p["k"] == row["best_k"]), None)
+        best = next(
+            (p for p in loss["points"] if p["selector"] == row["best_selector"] and p["k"] == row["best_k"]), None
+        )
         assert best is None or best["total_flops"] <= row["budget"]
     assert set(loss["crossover"]) <= {"perplexity", "less", "cads-e", "cads-s"}
     png = setup.results_dir / "co_test.png"
@@ -125,17 +139,32 @@ def synthetic_records(selection_cost_share=0.3, noise=0.004, seeds=(0, 1, 2), la
     for seed in seeds:
         rng = np.random.default_rng(seed)
         for selector, rate in lam.items():
-            selection = selection_cost_share * c_full if selector == "perplexity" else (1e6 if selector == "bm25" else 0.0)
+            selection = (
+                selection_cost_share * c_full if selector == "perplexity" else (1e6 if selector == "bm25" else 0.0)
+            )
             for fraction in (0.05, 0.1, 0.25):
                 k = int(fraction * pool)
                 loss = 2.0 + 1.0 * np.exp(-rate * k * per_row / c_full) + noise * rng.standard_normal()
-                records.append(RunRecord(
-                    selector=selector, selector_config={}, model=model, model_params=1000,
-                    selection_model_params=1000 if selector == "perplexity" else 0, pool_size=pool, k=k,
-                    tokens_trained=k * 100, selection_flops=selection, train_flops=k * per_row,
-                    metrics={"target_loss": float(loss)}, baseline_metrics={"target_loss": 3.0}, seed=seed,
-                    target="t", label=selector, selection_fraction=fraction,
-                ))
+                records.append(
+                    RunRecord(
+                        selector=selector,
+                        selector_config={},
+                        model=model,
+                        model_params=1000,
+                        selection_model_params=1000 if selector == "perplexity" else 0,
+                        pool_size=pool,
+                        k=k,
+                        tokens_trained=k * 100,
+                        selection_flops=selection,
+                        train_flops=k * per_row,
+                        metrics={"target_loss": float(loss)},
+                        baseline_metrics={"target_loss": 3.0},
+                        seed=seed,
+                        target="t",
+                        label=selector,
+                        selection_fraction=fraction,
+                    )
+                )
     return records
 
 
@@ -165,7 +194,9 @@ def test_analysis_bootstrap_frontier_regret_and_crossover_on_synthetic_records(c
     rows = co.regret_table(fits, points, False, c_full)
     assert [row["budget_multiple"] for row in rows] == list(co.BUDGET_MULTIPLES)
     for row in rows:
-        assert row["best_value"] is None or all(p["value"] >= row["best_value"] for p in points if p["total_flops"] <= row["budget"])
+        assert row["best_value"] is None or all(
+            p["value"] >= row["best_value"] for p in points if p["total_flops"] <= row["budget"]
+        )
         if row.get("regret") is not None:
             assert row["regret"] >= 0
             if row["planner_selector"] == row["best_selector"]:
@@ -178,7 +209,9 @@ def test_analysis_bootstrap_frontier_regret_and_crossover_on_synthetic_records(c
     # monotone in the ratio; a free selection with the fastest curve is on the frontier from 1x.
     ratios = {}
     for share in (0.0, 0.1, 0.6):
-        fits_at = co.bootstrap_fits(synthetic_records(selection_cost_share=share, noise=0.0, seeds=(0,)), "target_loss", resamples=0)[0]
+        fits_at = co.bootstrap_fits(
+            synthetic_records(selection_cost_share=share, noise=0.0, seeds=(0,)), "target_loss", resamples=0
+        )[0]
         crossover = co.crossover_ratios(fits_at)
         assert set(crossover) == {"perplexity"}
         entry = crossover["perplexity"]
@@ -189,30 +222,68 @@ def test_analysis_bootstrap_frontier_regret_and_crossover_on_synthetic_records(c
 
     # A crossover is a finding only where the selector's runs measured its curve's bend: a free selection
     # on a fast curve is saturated in its data; a curve that has barely moved by its largest run is not.
-    bent = co.crossover_ratios(co.bootstrap_fits(synthetic_records(selection_cost_share=0.0, noise=0.0, seeds=(0,)),
-                                                 "target_loss", resamples=0)[0])["perplexity"]
+    bent = co.crossover_ratios(
+        co.bootstrap_fits(
+            synthetic_records(selection_cost_share=0.0, noise=0.0, seeds=(0,)), "target_loss", resamples=0
+        )[0]
+    )["perplexity"]
     from hf_cads.planner import BENT_SHARE
 
     assert bent["saturated"] and bent["unbent"] is None and bent["gain_measured"] >= BENT_SHARE
     assert bent["asymptote"] == pytest.approx(2.0, abs=0.05)  # the true curve's floor
-    straight = co.crossover_ratios(co.bootstrap_fits(
-        synthetic_records(selection_cost_share=0.0, noise=0.0, seeds=(0,), lam={"random": 2.0, "bm25": 4.0, "perplexity": 0.05}),
-        "target_loss", resamples=0)[0])["perplexity"]
-    assert not straight["saturated"] and straight["gain_measured"] < BENT_SHARE and "reached only" in straight["unbent"]
+    straight = co.crossover_ratios(
+        co.bootstrap_fits(
+            synthetic_records(
+                selection_cost_share=0.0, noise=0.0, seeds=(0,), lam={"random": 2.0, "bm25": 4.0, "perplexity": 0.05}
+            ),
+            "target_loss",
+            resamples=0,
+        )[0]
+    )["perplexity"]
+    assert (
+        not straight["saturated"] and straight["gain_measured"] < BENT_SHARE and "reached only" in straight["unbent"]
+    )
     # Exact match is a fraction: fitted against its ceiling, a curve still rising is pinned at 1.
-    from hf_cads.planner import PerformanceFit
     import numpy as np
-    line = PerformanceFit("perplexity", 0.0, 1.0, 5.0, np.zeros((3, 3)), 1e12, higher_is_better=True, cost_per_example=1e9,
-                          max_k=500, ceiling=1.0)
+
+    from hf_cads.planner import PerformanceFit
+
+    line = PerformanceFit(
+        "perplexity",
+        0.0,
+        1.0,
+        5.0,
+        np.zeros((3, 3)),
+        1e12,
+        higher_is_better=True,
+        cost_per_example=1e9,
+        max_k=500,
+        ceiling=1.0,
+    )
     assert co.fit_saturation(line)["gain_measured"] > 0.9
     assert not co.fit_saturation(line)["saturated"] and "ceiling" in co.fit_saturation(line)["unbent"]
     assert co.fit_saturation(PerformanceFit(**{**line.__dict__, "p_max": 0.6}))["saturated"]
-    table = "\n".join(co.summary_tables({"analyses": [{"model": "m", "target": "t", "metric": "target_loss", "regret": [],
-                                                          "crossover": {"perplexity": straight}}]}))
+    table = "\n".join(
+        co.summary_tables(
+            {
+                "analyses": [
+                    {
+                        "model": "m",
+                        "target": "t",
+                        "metric": "target_loss",
+                        "regret": [],
+                        "crossover": {"perplexity": straight},
+                    }
+                ]
+            }
+        )
+    )
     assert "(unsaturated fit)" in table and "fit measured" in table
 
 
-def test_two_training_models_share_one_selection_model_and_the_flat_records_resume(compute_optimal, tmp_path, tiny_model_dir, monkeypatch):
+def test_two_training_models_share_one_selection_model_and_the_flat_records_resume(
+    compute_optimal, tmp_path, tiny_model_dir, monkeypatch
+):
     """The full design in miniature: two training models with different tokenizers; perplexity scores
     with the first model for both (same scores, cost and selection-model size); one flat row per run."""
     from hf_cads.data import build_multisource_pool
@@ -226,17 +297,31 @@ def test_two_training_models_share_one_selection_model_and_the_flat_records_resu
     other_tokenizer.save_pretrained(other)
     options = compute_optimal.default_selector_options(48, cheap=True)
     setup = compute_optimal.Setup(
-        name="co_two", targets=("boolean_expressions",), fractions=(0.2, 0.4), seeds=(0,), max_per_source=10,
-        max_seq_length=48, eval_examples=6, model=str(tiny_model_dir), train_models=(str(tiny_model_dir), str(other)),
-        selection_model=str(tiny_model_dir), selectors=("random", "perplexity"), max_pool_chars=500, eval_batch_size=6,
-        selector_options=options, results_dir=tmp_path / "results", output_dir=tmp_path / "out",
+        name="co_two",
+        targets=("boolean_expressions",),
+        fractions=(0.2, 0.4),
+        seeds=(0,),
+        max_per_source=10,
+        max_seq_length=48,
+        eval_examples=6,
+        model=str(tiny_model_dir),
+        train_models=(str(tiny_model_dir), str(other)),
+        selection_model=str(tiny_model_dir),
+        selectors=("random", "perplexity"),
+        max_pool_chars=500,
+        eval_batch_size=6,
+        selector_options=options,
+        results_dir=tmp_path / "results",
+        output_dir=tmp_path / "out",
     )
     summary = compute_optimal.run_benchmark(setup, resamples=0)
     assert summary["timing"]["failed"] == {} and summary["timing"]["ran"] == 8
     assert summary["progress"] == {**summary["progress"], "planned": 8, "done": 8}
     records = read_records(setup.records_path)
-    first, second = (sorted((r for r in records if r.selector == "perplexity" and r.model == m), key=lambda r: r.k)
-                     for m in setup.models)
+    first, second = (
+        sorted((r for r in records if r.selector == "perplexity" and r.model == m), key=lambda r: r.k)
+        for m in setup.models
+    )
     assert first[0].model_params < second[0].model_params
     for a, b in zip(first, second):
         assert a.selection_model_params == b.selection_model_params == first[0].model_params
@@ -245,7 +330,9 @@ def test_two_training_models_share_one_selection_model_and_the_flat_records_resu
     assert len(rows) == 8 and all(set(compute_optimal.FLAT_FIELDS) <= set(row) for row in rows)
     assert {row["selection_model"] for row in rows if row["selector"] == "perplexity"} == {str(tiny_model_dir)}
     assert {row["selection_model"] for row in rows if row["selector"] == "random"} == {None}
-    assert all(row["cpu_seconds"] > 0 and row["total_flops"] == row["selection_flops"] + row["train_flops"] for row in rows)
+    assert all(
+        row["cpu_seconds"] > 0 and row["total_flops"] == row["selection_flops"] + row["train_flops"] for row in rows
+    )
     assert {a["model"] for a in summary["analyses"]} == set(setup.models)
     again = compute_optimal.run_benchmark(setup, train_models=[str(other)], resamples=0)
     assert (again["timing"]["ran"], again["timing"]["skipped"]) == (0, 4)
@@ -254,7 +341,9 @@ def test_two_training_models_share_one_selection_model_and_the_flat_records_resu
     lines = setup.flat_path.read_text().splitlines()
     setup.flat_path.write_text("\n".join(lines + lines[:2]) + "\n")
     assert len(compute_optimal.sync_flat_rows(setup)) == 8
-    assert [json.loads(line)["key"] for line in setup.flat_path.read_text().splitlines()] == [row["key"] for row in rows]
+    assert [json.loads(line)["key"] for line in setup.flat_path.read_text().splitlines()] == [
+        row["key"] for row in rows
+    ]
 
 
 def test_full_grid_runs_seed_by_seed_so_partial_results_cover_every_target(compute_optimal):

@@ -18,8 +18,9 @@ def test_sets(data_dir):
 
 def test_a_pool_without_the_target_tasks_is_clean(small_pool, test_sets):
     # small_pool: gsm8k train, code, alpaca seeds and the BBH tasks other than boolean_expressions.
-    report = find_contamination(small_pool, {"boolean_expressions": test_sets["boolean_expressions"],
-                                             "gsm8k": test_sets["gsm8k"]})
+    report = find_contamination(
+        small_pool, {"boolean_expressions": test_sets["boolean_expressions"], "gsm8k": test_sets["gsm8k"]}
+    )
     assert report.matches == [] and report.drop_rows == [] and len(report.keep_rows) == len(small_pool)
     assert report.test_sizes == {"boolean_expressions": 250, "gsm8k": 1319}
 
@@ -33,13 +34,19 @@ def test_injected_test_rows_are_found_with_their_test_row(small_pool, test_sets)
         f"Solve this carefully, showing work.\n\n{gsm8k[42]['question']}\n\nAnswer: 12",
         format_qa(gsm8k[100]["question"], "I do not know."),
     ]
-    extra = Dataset.from_list([{**{c: small_pool[0][c] for c in small_pool.column_names}, "text": t} for t in injected])
+    extra = Dataset.from_list(
+        [{**{c: small_pool[0][c] for c in small_pool.column_names}, "text": t} for t in injected]
+    )
     pool = concatenate_datasets([small_pool, extra])
     tests = {name: test_sets[name] for name in ("boolean_expressions", "gsm8k")}
     report = find_contamination(pool, tests)
     n = len(small_pool)
     found = {(m.pool_row, m.test_set, m.test_row, m.kind) for m in report.matches}
-    assert found == {(n, "boolean_expressions", 7, "exact"), (n + 1, "gsm8k", 42, "ngram"), (n + 2, "gsm8k", 100, "ngram")}
+    assert found == {
+        (n, "boolean_expressions", 7, "exact"),
+        (n + 1, "gsm8k", 42, "ngram"),
+        (n + 2, "gsm8k", 100, "ngram"),
+    }
     assert report.drop_rows == [n, n + 1, n + 2] and report.counts == {"boolean_expressions": 1, "gsm8k": 2}
     assert all(m.overlap in normalise_text(pool[m.pool_row]["text"]) for m in report.matches)
     clean, again = decontaminate(pool, tests)
@@ -64,7 +71,10 @@ def test_min_overlap_ignores_shared_task_templates(data_dir, test_sets):
 def test_short_rows_normalisation_and_bad_inputs():
     report = find_contamination(["A b", "a, B.", "x y"], ["a b"], ngram_size=2)
     assert report.drop_rows == [0, 1] and {m.kind for m in report.matches} == {"exact"}
-    assert find_contamination(["one two three"], {"t": ["two three four"]}, ngram_size=2).matches[0].overlap == "two three"
+    assert (
+        find_contamination(["one two three"], {"t": ["two three four"]}, ngram_size=2).matches[0].overlap
+        == "two three"
+    )
     assert find_contamination(["one two three"], {"t": ["two three four"]}, ngram_size=3).matches == []
     with pytest.raises(ValueError, match="ngram_size"):
         find_contamination(["a"], ["a"], ngram_size=0)

@@ -19,8 +19,17 @@ CASES = {
     "bm25": ({"aggregate": "max"}, False),
     "embedding": ({"max_length": 64}, False),
     "perplexity": ({"max_length": 96}, True),
-    "less": (dict(projection_dim=256, max_length=64, warmup_fraction=0.2, warmup_epochs=1, lora_r=4,
-                  lora_target_modules=("q_proj", "v_proj")), True),
+    "less": (
+        dict(
+            projection_dim=256,
+            max_length=64,
+            warmup_fraction=0.2,
+            warmup_epochs=1,
+            lora_r=4,
+            lora_target_modules=("q_proj", "v_proj"),
+        ),
+        True,
+    ),
     "cads": (dict(train_budget=2e10, max_length=64, outer_steps=3, num_sampling_points=3), True),
 }
 SEEDED = ("random", "less", "cads")  # selectors whose choice depends on the seed

@@ -53,11 +53,30 @@ def two_processes(model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("two_processes")
     accelerate = shutil.which("accelerate") or pytest.fail("the accelerate CLI is not installed")
     command = [
-        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-        str(SCRIPTS / "distributed_selection.py"), "--model", str(model_dir), "--out", str(out), "--cache-dir", str(out / "cache"),
+        accelerate,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(SCRIPTS / "distributed_selection.py"),
+        "--model",
+        str(model_dir),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(out / "cache"),
     ]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"
+    )
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     reports = [json.loads((out / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
@@ -91,7 +110,9 @@ def test_two_processes_choose_what_one_process_chooses(two_processes, one_proces
 
 def test_a_cache_written_by_two_processes_serves_one_process(two_processes, model_dir):
     (rank0, _), out = two_processes
-    reused = load_script("distributed_selection").run_selections(str(model_dir), ["perplexity", "less"], cache_dir=str(out / "cache"))
+    reused = load_script("distributed_selection").run_selections(
+        str(model_dir), ["perplexity", "less"], cache_dir=str(out / "cache")
+    )
     for name, result in reused.items():
         assert result["cache"]["hit"] and result["flops"] == 0, name
         assert result["cache"]["original_flops"] == pytest.approx(rank0["selections"][name]["flops"], rel=1e-12)
@@ -132,7 +153,9 @@ def test_shares_are_contiguous_balanced_and_cover_everything(count, world):
 def test_one_process_needs_no_process_group():
     processes = current_processes()
     assert processes == Processes(0, 1) and not processes.is_distributed
-    assert processes.gather(lambda: 3) == [3] and processes.on_main(lambda: "x") == "x" and processes.all_sum(2.5) == 2.5
+    assert (
+        processes.gather(lambda: 3) == [3] and processes.on_main(lambda: "x") == "x" and processes.all_sum(2.5) == 2.5
+    )
 
 
 def test_shard_size_does_not_change_the_scores(small_pool, bbh_target, tokenizer):
@@ -143,8 +166,12 @@ def test_shard_size_does_not_change_the_scores(small_pool, bbh_target, tokenizer
         assert np.array_equal(whole.all_scores, sharded.all_scores) and whole.flops == sharded.flops, name
         assert sharded.extras["sharding"]["shards"] == -(-len(pool) // 7)
     model = tiny_causal_lm(tokenizer)
-    whole = get_selector("perplexity", model=model, tokenizer=tokenizer, max_length=96, show_progress=False).select(pool, k=30)
-    sharded_selector = get_selector("perplexity", model=model, tokenizer=tokenizer, max_length=96, shard_size=50, show_progress=False)
+    whole = get_selector("perplexity", model=model, tokenizer=tokenizer, max_length=96, show_progress=False).select(
+        pool, k=30
+    )
+    sharded_selector = get_selector(
+        "perplexity", model=model, tokenizer=tokenizer, max_length=96, shard_size=50, show_progress=False
+    )
     sharded = sharded_selector.select(pool, k=30)
     assert_close_at_scale(sharded.all_scores, whole.all_scores, rel=1e-5)
     assert list(whole.indices) == list(sharded.indices)
@@ -170,4 +197,3 @@ def test_shardable_selectors_must_return_per_row_extras():
         PoolWideExtra().select(Dataset.from_dict({"text": ["a", "b", "c"]}), k=1)
     with pytest.raises(ValueError, match="shard_size must be a whole number"):
         get_selector("bm25", shard_size=0)
-

@@ -30,21 +30,72 @@ TARGET = ["not ( True ) and ( True ) is", "False or not True is"]
 
 FAMILIES = {
     # MiniLM-style BERT (BertModel keeps its pooler: one dense on the first token per sequence).
-    "bert": (lambda vocab: BertConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, max_position_embeddings=128), "mean", None),
-    "mpnet": (lambda vocab: MPNetConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                        num_attention_heads=4, max_position_embeddings=130), "mean", None),
+    "bert": (
+        lambda vocab: BertConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=128,
+        ),
+        "mean",
+        None,
+    ),
+    "mpnet": (
+        lambda vocab: MPNetConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=130,
+        ),
+        "mean",
+        None,
+    ),
     # The reproduction: v1.0 DenseReluDense, d_kv (64) != d_model / heads (16).
-    "t5-v1.0": (lambda vocab: T5Config(vocab_size=vocab, d_model=64, d_ff=128, num_layers=2, num_heads=4,
-                                       feed_forward_proj="relu"), "mean", None),
+    "t5-v1.0": (
+        lambda vocab: T5Config(
+            vocab_size=vocab, d_model=64, d_ff=128, num_layers=2, num_heads=4, feed_forward_proj="relu"
+        ),
+        "mean",
+        None,
+    ),
     # sentence-T5 / GTR: v1.1 gated-gelu encoder, mean pooling, a bias-free Dense projection, normalised.
-    "gtr-t5 (v1.1 gated-gelu + Dense)": (lambda vocab: T5Config(vocab_size=vocab, d_model=64, d_ff=96, d_kv=8, num_layers=2,
-                                                                num_heads=4, feed_forward_proj="gated-gelu"), "mean", 512),
+    "gtr-t5 (v1.1 gated-gelu + Dense)": (
+        lambda vocab: T5Config(
+            vocab_size=vocab, d_model=64, d_ff=96, d_kv=8, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu"
+        ),
+        "mean",
+        512,
+    ),
     # Decoder-only embedders (Qwen3-Embedding / e5-mistral style): no LM head, last-token pooling.
-    "qwen2 (last token)": (lambda vocab: Qwen2Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                                     num_attention_heads=4, num_key_value_heads=2), "lasttoken", None),
-    "llama (last token)": (lambda vocab: LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                                     num_attention_heads=4, num_key_value_heads=1, head_dim=32), "lasttoken", None),
+    "qwen2 (last token)": (
+        lambda vocab: Qwen2Config(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        ),
+        "lasttoken",
+        None,
+    ),
+    "llama (last token)": (
+        lambda vocab: LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=32,
+        ),
+        "lasttoken",
+        None,
+    ),
 }
 
 
@@ -65,13 +116,18 @@ def build_encoder(family, tokenizer, folder):
     config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(0)
     # A T5 checkpoint holds only the encoder, as sentence-T5/GTR's do (sentence-transformers loads T5EncoderModel).
-    (T5EncoderModel(config) if isinstance(config, T5Config) else AutoModel.from_config(config)).save_pretrained(folder / "transformer")
+    (T5EncoderModel(config) if isinstance(config, T5Config) else AutoModel.from_config(config)).save_pretrained(
+        folder / "transformer"
+    )
     tokenizer.save_pretrained(folder / "transformer")
     modules = [models.Transformer(str(folder / "transformer"), max_seq_length=64)]
     width = modules[0].get_embedding_dimension()
     modules.append(models.Pooling(width, pooling_mode=pooling))
     if dense_out:
-        modules += [models.Dense(width, dense_out, bias=False, activation_function=torch.nn.Identity()), models.Normalize()]
+        modules += [
+            models.Dense(width, dense_out, bias=False, activation_function=torch.nn.Identity()),
+            models.Normalize(),
+        ]
     SentenceTransformer(modules=modules, device="cpu").save(str(folder / "encoder"))
     return SentenceTransformer(str(folder / "encoder"), device="cpu", model_kwargs={"attn_implementation": "eager"})
 
@@ -98,7 +154,9 @@ def test_embedding_charge_matches_flop_counter(family, plain_tokenizer, tmp_path
     # SentenceTransformer.encode of the same rows, one batch each (so both pad alike).
     one_batch = get_selector("embedding", model=encoder, batch_size=len(POOL), show_progress=False)
     charged = one_batch.select(pool, target=target, k=2).flops
-    _, encode_measured = counted(lambda: (encoder.encode(POOL, batch_size=len(POOL)), encoder.encode(TARGET, batch_size=len(POOL))))
+    _, encode_measured = counted(
+        lambda: (encoder.encode(POOL, batch_size=len(POOL)), encoder.encode(TARGET, batch_size=len(POOL)))
+    )
     assert charged == pytest.approx(encode_measured, rel=1e-3)
 
 
@@ -107,19 +165,34 @@ def test_t5_config_profile_is_the_encoder_stack():
     from transformers import T5EncoderModel, T5ForConditionalGeneration
 
     for proj in ("relu", "gated-gelu"):
-        config = T5Config(vocab_size=300, d_model=64, d_ff=96, d_kv=32, num_layers=3, num_heads=4, feed_forward_proj=proj)
+        config = T5Config(
+            vocab_size=300, d_model=64, d_ff=96, d_kv=32, num_layers=3, num_heads=4, feed_forward_proj=proj
+        )
         from_config, from_model = FlopProfile.from_config(config), FlopProfile.from_model(T5EncoderModel(config))
-        assert from_config.num_params == from_model.num_params == 3 * (4 * 64 * 128 + (3 if proj != "relu" else 2) * 64 * 96)
+        assert (
+            from_config.num_params
+            == from_model.num_params
+            == 3 * (4 * 64 * 128 + (3 if proj != "relu" else 2) * 64 * 96)
+        )
         assert from_config.attention_dim == from_model.attention_dim == 4 * 32
         assert from_config.forward_flops(2, 40) == pytest.approx(from_model.forward_flops(2, 40))
     with pytest.raises(ValueError, match="encoder-decoder.*T5EncoderModel"):
-        FlopProfile.from_model(T5ForConditionalGeneration(T5Config(vocab_size=300, d_model=32, d_ff=64, num_layers=1, num_heads=2)))
+        FlopProfile.from_model(
+            T5ForConditionalGeneration(T5Config(vocab_size=300, d_model=32, d_ff=64, num_layers=1, num_heads=2))
+        )
 
 
 def test_decoder_without_lm_head_is_not_charged_for_one():
     from transformers import Qwen2ForCausalLM, Qwen2Model
 
-    config = Qwen2Config(vocab_size=5000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    config = Qwen2Config(
+        vocab_size=5000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
     base, with_head = FlopProfile.from_model(Qwen2Model(config)), FlopProfile.from_model(Qwen2ForCausalLM(config))
     assert with_head.num_params - base.num_params == 64 * 5000

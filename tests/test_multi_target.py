@@ -17,13 +17,22 @@ from hf_cads.data import load_bbh_examples
 from hf_cads.planner import make_plan
 from hf_cads.planner.recommend import affordable_k, amortised_selection_flops
 from hf_cads.records import RunRecord, append_record, read_records
-from hf_cads.selectors.budget import ONE_PASS, PER_TARGET, SCORED_ONCE
+from hf_cads.selectors.budget import PER_TARGET, SCORED_ONCE
 from hf_cads.testing import tiny_causal_lm
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-LESS_OPTIONS = dict(projection_dim=256, max_length=64, warmup_fraction=0.2, warmup_epochs=2, learning_rate=1e-3, lora_r=8,
-                    lora_target_modules=ALL_LINEAR, show_progress=False, shard_size=48)
+LESS_OPTIONS = dict(
+    projection_dim=256,
+    max_length=64,
+    warmup_fraction=0.2,
+    warmup_epochs=2,
+    learning_rate=1e-3,
+    lora_r=8,
+    lora_target_modules=ALL_LINEAR,
+    show_progress=False,
+    shard_size=48,
+)
 
 
 def write_jsonl(path, rows):
@@ -37,13 +46,18 @@ def task_files(small_pool, data_dir, tmp_path_factory):
     two 10-row target files of held-out dyck_languages and boolean_expressions examples."""
     folder = tmp_path_factory.mktemp("multi_target_data")
     dyck, boolean = load_bbh_examples("dyck_languages", data_dir), load_bbh_examples("boolean_expressions", data_dir)
-    parts = [dyck.select(range(30)), boolean.select(range(30)),
-             small_pool.filter(lambda r: r["source"] == "gsm8k").select(range(30)),
-             small_pool.filter(lambda r: r["source"] == "code_alpaca").select(range(30))]
+    parts = [
+        dyck.select(range(30)),
+        boolean.select(range(30)),
+        small_pool.filter(lambda r: r["source"] == "gsm8k").select(range(30)),
+        small_pool.filter(lambda r: r["source"] == "code_alpaca").select(range(30)),
+    ]
     texts = concatenate_datasets([part.select_columns(["text"]) for part in parts]).shuffle(seed=0)["text"]
     pool = write_jsonl(folder / "pool.jsonl", [{"text": text} for text in texts])
-    targets = {name: write_jsonl(folder / f"{name}.jsonl", [{"text": t} for t in rows.select(range(200, 210))["text"]])
-               for name, rows in (("dyck", dyck), ("boolean", boolean))}
+    targets = {
+        name: write_jsonl(folder / f"{name}.jsonl", [{"text": t} for t in rows.select(range(200, 210))["text"]])
+        for name, rows in (("dyck", dyck), ("boolean", boolean))
+    }
     return pool, targets
 
 
@@ -51,8 +65,17 @@ def write_recipe(tmp_path, model_dir, **options):
     recipe = yaml.safe_load((ROOT / "recipes" / "quickstart.yaml").read_text())
     for key in ("pool_sources", "max_per_source", "max_pool_chars", "selection_fraction", "selector_kwargs"):
         recipe.pop(key)
-    recipe.update(model_name_or_path=str(model_dir), output_dir=str(tmp_path / "out"), eval_examples=4, max_seq_length=64,
-                  selector="less", selector_kwargs=LESS_OPTIONS, selection_k=12, decontaminate="off", flop_budget=1e13)
+    recipe.update(
+        model_name_or_path=str(model_dir),
+        output_dir=str(tmp_path / "out"),
+        eval_examples=4,
+        max_seq_length=64,
+        selector="less",
+        selector_kwargs=LESS_OPTIONS,
+        selection_k=12,
+        decontaminate="off",
+        flop_budget=1e13,
+    )
     recipe.update(options)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -68,11 +91,29 @@ def test_less_selects_for_two_targets_in_one_pass(tmp_path, tiny_model_dir, task
     pool, targets = task_files
     recipe = write_recipe(tmp_path, tiny_model_dir)
     out = tmp_path / "subsets"
-    assert main(["select", str(recipe), "--local-dir", str(out), "--pool", str(pool),
-                 "--targets", str(targets["dyck"]), str(targets["boolean"])]) == 0
+    assert (
+        main(
+            [
+                "select",
+                str(recipe),
+                "--local-dir",
+                str(out),
+                "--pool",
+                str(pool),
+                "--targets",
+                str(targets["dyck"]),
+                str(targets["boolean"]),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "less for 2 targets in one pass" in printed
-    assert "pool features" in printed and "(paid once, here)" in printed and "shared with dyck, not charged again" in printed
+    assert (
+        "pool features" in printed
+        and "(paid once, here)" in printed
+        and "shared with dyck, not charged again" in printed
+    )
     first, second = card_entry(out / "dyck"), card_entry(out / "boolean")
     pool_part = first["extras"]["flops_split"]["pool"]
     # the pool features are charged once: the second target pays its own gradients only
@@ -84,16 +125,38 @@ def test_less_selects_for_two_targets_in_one_pass(tmp_path, tiny_model_dir, task
     # the same subsets as one `hf-cads select --target` per target (each paying for the pool features)
     for name in ("dyck", "boolean"):
         single = tmp_path / f"single-{name}"
-        assert main(["select", str(recipe), "--local-dir", str(single), "--pool", str(pool), "--target", str(targets[name])]) == 0
+        assert (
+            main(
+                [
+                    "select",
+                    str(recipe),
+                    "--local-dir",
+                    str(single),
+                    "--pool",
+                    str(pool),
+                    "--target",
+                    str(targets[name]),
+                ]
+            )
+            == 0
+        )
         multi = load_dataset(str(out / name), "default", split="train")
         alone = load_dataset(str(single), "default", split="train")
         assert len(multi) == 12 and multi["pool_index"] == alone["pool_index"], name
         entry = card_entry(single)
-        assert entry["extras"]["flops_split"] == pytest.approx(card_entry(out / name)["extras"]["flops_split"], rel=1e-9)
-        assert entry["flops"]["selection"] == pytest.approx(pool_part + entry["extras"]["flops_split"]["target"], rel=1e-9)
+        assert entry["extras"]["flops_split"] == pytest.approx(
+            card_entry(out / name)["extras"]["flops_split"], rel=1e-9
+        )
+        assert entry["flops"]["selection"] == pytest.approx(
+            pool_part + entry["extras"]["flops_split"]["target"], rel=1e-9
+        )
     rows = load_dataset("json", data_files=str(pool), split="train")["text"]
-    dyck_share = [np.mean(["parentheses" in rows[i] for i in load_dataset(str(out / name), "default", split="train")["pool_index"]])
-                  for name in ("dyck", "boolean")]
+    dyck_share = [
+        np.mean(
+            ["parentheses" in rows[i] for i in load_dataset(str(out / name), "default", split="train")["pool_index"]]
+        )
+        for name in ("dyck", "boolean")
+    ]
     assert dyck_share[0] > dyck_share[1]
 
 
@@ -103,7 +166,10 @@ def test_bad_target_lists_name_the_fix(tmp_path, tiny_model_dir, task_files, cap
     base = ["select", str(recipe), "--local-dir", str(tmp_path / "x"), "--pool", str(pool)]
     cases = [
         (["--targets", str(targets["dyck"]), str(targets["dyck"])], "twice; list each target once"),
-        (["--targets", "boolean_expressions", "bbh/boolean_expressions"], "twice (as 'boolean_expressions' and 'bbh/boolean_expressions')"),
+        (
+            ["--targets", "boolean_expressions", "bbh/boolean_expressions"],
+            "twice (as 'boolean_expressions' and 'bbh/boolean_expressions')",
+        ),
         (["--targets", "dyck_langauges"], "nor a built-in target"),
         (["--targets", str(tmp_path / "missing.jsonl")], "does not exist"),
         (["--targets", str(targets["dyck"]), "--target", str(targets["boolean"])], "not both"),
@@ -125,7 +191,9 @@ def test_per_target_and_scored_once_paths(small_pool, bbh_target, data_dir, toke
     for name, target in targets.items():
         assert chosen.results[name].indices.tolist() == bm25.select(pool, target=target, k=10).indices.tolist()
     # perplexity ignores the target: scored once, the other target reads the scores from the score cache
-    perplexity = get_selector("perplexity", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, max_length=64, show_progress=False)
+    perplexity = get_selector(
+        "perplexity", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, max_length=64, show_progress=False
+    )
     ledger = FlopLedger(budget=1e13)
     chosen = select_for_targets(perplexity, pool, targets, ledger, k=10)
     first, second = chosen.charges["boolean"], chosen.charges["dyck"]
@@ -141,13 +209,20 @@ def test_the_budget_check_counts_every_target(task_files, tokenizer):
     named = {name: load_dataset("json", data_files=str(path), split="train") for name, path in targets.items()}
     less = get_selector("less", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer, **LESS_OPTIONS)
     splits = {name: less.estimate_flops_split(pool, target) for name, target in named.items()}
-    assert splits["dyck"]["pool"] == pytest.approx(splits["boolean"]["pool"]) and splits["dyck"]["pool"] > 5 * splits["dyck"]["target"]
+    assert (
+        splits["dyck"]["pool"] == pytest.approx(splits["boolean"]["pool"])
+        and splits["dyck"]["pool"] > 5 * splits["dyck"]["target"]
+    )
     total = splits["dyck"]["pool"] + splits["dyck"]["target"] + splits["boolean"]["target"]
     assert less.estimate_flops(pool, named["dyck"]) == pytest.approx(splits["dyck"]["pool"] + splits["dyck"]["target"])
     # enough for one target's selection, not for both: refused before any work
     budget = splits["dyck"]["pool"] + splits["dyck"]["target"] + 0.5 * splits["boolean"]["target"]
-    less.warmup = lambda *args, **kwargs: pytest.fail("the warmup started although the budget cannot pay for both targets")
-    with pytest.raises(ValueError, match=re.escape(f"for 2 targets on this pool ({total:.4g} FLOPs: pool features ") + ".* once"):
+    less.warmup = lambda *args, **kwargs: pytest.fail(
+        "the warmup started although the budget cannot pay for both targets"
+    )
+    with pytest.raises(
+        ValueError, match=re.escape(f"for 2 targets on this pool ({total:.4g} FLOPs: pool features ") + ".* once"
+    ):
         select_for_targets(less, pool, named, FlopLedger(budget=budget), k=5)
 
 
@@ -159,12 +234,25 @@ def split_records(pool_flops=8e12, target_flops=1e12, with_split=True):
         for k in (50, 100, 200, 400):
             train = 1e11 * k
             loss = 2.0 - 0.5 * (1 - np.exp(-3 * (train + selection) / 1e14)) - (0.1 if selector == "less" else 0.0)
-            records.append(RunRecord(
-                selector=selector, selector_config={}, model="m", model_params=1000, selection_model_params=100 if selector == "less" else 0,
-                pool_size=1000, k=k, tokens_trained=100 * k, selection_flops=selection, train_flops=train,
-                metrics={"target_loss": float(loss)}, baseline_metrics={"target_loss": 2.0}, seed=0, target="t",
-                selection_split={"pool": pool_flops, "target": target_flops} if split else None,
-            ))
+            records.append(
+                RunRecord(
+                    selector=selector,
+                    selector_config={},
+                    model="m",
+                    model_params=1000,
+                    selection_model_params=100 if selector == "less" else 0,
+                    pool_size=1000,
+                    k=k,
+                    tokens_trained=100 * k,
+                    selection_flops=selection,
+                    train_flops=train,
+                    metrics={"target_loss": float(loss)},
+                    baseline_metrics={"target_loss": 2.0},
+                    seed=0,
+                    target="t",
+                    selection_split={"pool": pool_flops, "target": target_flops} if split else None,
+                )
+            )
     return records
 
 
@@ -182,7 +270,9 @@ def test_planner_amortises_the_measured_pool_part_over_targets(tmp_path, capsys)
     assert options["less"].selection_flops == pytest.approx(8e12 / targets + 1e12, rel=1e-12)  # pool / T + target
     assert options["bm25"].selection_flops == pytest.approx(1e8 / targets, rel=1e-12)  # no split: the old rule
     assert options["less"].k == affordable_k(less, budget, 9e12, targets) == int((budget - 3e12) // 1e11)
-    assert amortised_selection_flops(less, 18e12, 3) == pytest.approx(16e12 / 3 + 2e12)  # an override keeps the measured share
+    assert amortised_selection_flops(less, 18e12, 3) == pytest.approx(
+        16e12 / 3 + 2e12
+    )  # an override keeps the measured share
     report = plan.format()
     assert "pool / 4 + target" in report and "measured split" in report and "no split: C_select / T" in report
     assert plan.to_dict()["selection_per_target"]["less"]["per_target"] == pytest.approx(3e12)
@@ -202,7 +292,9 @@ def test_planner_amortises_the_measured_pool_part_over_targets(tmp_path, capsys)
 def test_the_shared_pool_leaves_out_every_target_task(data_dir):
     from hf_cads.sources import load_targets_data, load_task_data
 
-    boolean, dyck = load_targets_data(["boolean_expressions", "bbh/dyck_languages"], data_dir=data_dir, max_per_source=40, seed=0)
+    boolean, dyck = load_targets_data(
+        ["boolean_expressions", "bbh/dyck_languages"], data_dir=data_dir, max_per_source=40, seed=0
+    )
     assert boolean.pool is dyck.pool and "dyck_languages" in dyck.descriptions["target"]
     assert not {"boolean_expressions", "dyck_languages"} & set(boolean.pool["subtask"])
     alone = load_task_data("boolean_expressions", data_dir=data_dir, max_per_source=40, seed=0)
@@ -225,4 +317,8 @@ def test_pool_rows_overlapping_any_targets_test_rows_are_dropped():
     assert summary["pool_rows_dropped"] == 2 and [e["test_set"] for e in summary["examples"]] == ["a eval", "b eval"]
     assert found["a"].kept_pool_rows == [0, 1, 2, 4, 5, 6, 8, 9] and len(validations["a"]) == 2
     validations, same, found = decontaminate_targets(RunConfig(decontaminate="report"), tasks)
-    assert same is pool and found["a"].summary()["pool_rows_overlapping"] == 2 and found["a"].summary()["pool_rows_dropped"] == 0
+    assert (
+        same is pool
+        and found["a"].summary()["pool_rows_overlapping"] == 2
+        and found["a"].summary()["pool_rows_dropped"] == 0
+    )

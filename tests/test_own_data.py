@@ -27,14 +27,22 @@ def question(i):
 
 def chat_rows(n, start=0):
     return [
-        {"messages": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": question(i)},
-                      {"role": "assistant", "content": "True" if i % 2 else "False"}]}
+        {
+            "messages": [
+                {"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": question(i)},
+                {"role": "assistant", "content": "True" if i % 2 else "False"},
+            ]
+        }
         for i in range(start, start + n)
     ]
 
 
 def prompt_completion_rows(n, start=0):
-    return [{"prompt": f"Q: {question(i)}\nA:", "completion": " True" if i % 2 else " False"} for i in range(start, start + n)]
+    return [
+        {"prompt": f"Q: {question(i)}\nA:", "completion": " True" if i % 2 else " False"}
+        for i in range(start, start + n)
+    ]
 
 
 def write_jsonl(path, rows):
@@ -47,7 +55,9 @@ def own_data(tmp_path):
     and an eval set (a saved dataset folder)."""
     pool_rows = chat_rows(40)
     contaminated = len(pool_rows)
-    pool_rows.append({"messages": [{"role": "user", "content": question(1000)}, {"role": "assistant", "content": "False"}]})
+    pool_rows.append(
+        {"messages": [{"role": "user", "content": question(1000)}, {"role": "assistant", "content": "False"}]}
+    )
     pool = write_jsonl(tmp_path / "pool.jsonl", pool_rows)
     target = tmp_path / "target.parquet"
     Dataset.from_list(prompt_completion_rows(12, start=500)).to_parquet(str(target))
@@ -72,9 +82,17 @@ def test_formats_are_detected_and_logged(tmp_path, caplog):
     assert fmt == "prompt-completion" and rows[0] == {"prompt": "Add the numbers.\n\n2 and 3\n", "completion": "5"}
     assert rows[1]["prompt"] == "Name a colour.\n"
     mapped = write_jsonl(tmp_path / "qa.jsonl", [{"question": "2+2?", "answer": "4", "id": 1}])
-    rows, fmt = load_examples({"path": str(mapped), "format": "prompt-completion",
-                               "columns": {"prompt": "question", "completion": "answer"}}, "target")
-    assert fmt == "prompt-completion" and rows.column_names == ["prompt", "completion"] and rows[0]["completion"] == "4"
+    rows, fmt = load_examples(
+        {
+            "path": str(mapped),
+            "format": "prompt-completion",
+            "columns": {"prompt": "question", "completion": "answer"},
+        },
+        "target",
+    )
+    assert (
+        fmt == "prompt-completion" and rows.column_names == ["prompt", "completion"] and rows[0]["completion"] == "4"
+    )
     text = write_jsonl(tmp_path / "text.jsonl", [{"text": "hello world", "meta": 3}])
     assert load_examples(str(text), "pool")[1] == "text"
 
@@ -111,8 +129,14 @@ def test_chat_template_assistant_turns_are_the_only_labels():
     from hf_cads.models import load_tokenizer
 
     smol = load_tokenizer("smollm2-135m-instruct")
-    row = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
-                        {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}
+    row = {
+        "messages": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+        ]
+    }
     segments = example_segments(row, smol)
     assert "".join(t for t, _ in segments) == smol.apply_chat_template(row["messages"], tokenize=False)
     assert [t.replace("<|im_end|>", "").strip() for t, flag in segments if flag] == ["Hello!", "4"]
@@ -125,8 +149,15 @@ def write_recipe(tmp_path, model_dir, **options):
     recipe = yaml.safe_load((ROOT / "recipes" / "quickstart.yaml").read_text())
     for key in ("pool_sources", "max_per_source", "max_pool_chars"):
         recipe.pop(key)
-    recipe.update(model_name_or_path=str(model_dir), output_dir=str(tmp_path / "out"), flop_budget=2e10,
-                  eval_examples=6, max_seq_length=96, logging_steps=2, selection_fraction=0.25)
+    recipe.update(
+        model_name_or_path=str(model_dir),
+        output_dir=str(tmp_path / "out"),
+        flop_budget=2e10,
+        eval_examples=6,
+        max_seq_length=96,
+        logging_steps=2,
+        selection_fraction=0.25,
+    )
     recipe.update(options)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -136,14 +167,21 @@ def write_recipe(tmp_path, model_dir, **options):
 def test_run_on_own_files_drops_contaminated_pool_rows(tmp_path, tiny_model_dir, capsys):
     pool, target, eval_dir, contaminated = own_data(tmp_path)
     recipe = write_recipe(
-        tmp_path, tiny_model_dir, pool={"path": "json", "data_files": str(pool), "split": "train"},
-        target=str(target), eval=str(eval_dir),
+        tmp_path,
+        tiny_model_dir,
+        pool={"path": "json", "data_files": str(pool), "split": "train"},
+        target=str(target),
+        eval=str(eval_dir),
     )
     assert main(["run", str(recipe)]) == 0
     printed = capsys.readouterr().out
     assert "1 pool rows overlap eval rows, 1 dropped" in printed
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["pool_size"] == 41 and report["formats"] == {"target": "prompt-completion", "eval": "prompt-completion", "pool": "messages"}
+    assert report["pool_size"] == 41 and report["formats"] == {
+        "target": "prompt-completion",
+        "eval": "prompt-completion",
+        "pool": "messages",
+    }
     assert report["decontamination"]["examples"][0]["pool_row"] == contaminated
     assert report["k"] == 10 and report["train_steps"] > 0 and report["ledger"]["total"] <= 2e10
     assert "exact_match_after" in report  # short completions: judged by exact match, prompted as trained
@@ -155,8 +193,20 @@ def test_select_command_shorthands_card_and_original_pool_index(tmp_path, tiny_m
     pool, target, eval_dir, contaminated = own_data(tmp_path)
     recipe = write_recipe(tmp_path, tiny_model_dir)
     out = tmp_path / "subset"
-    argv = ["select", str(recipe), "--local-dir", str(out), "--pool", str(pool), "--target", str(target),
-            "--eval", str(eval_dir), "--selection_fraction", "0.5"]
+    argv = [
+        "select",
+        str(recipe),
+        "--local-dir",
+        str(out),
+        "--pool",
+        str(pool),
+        "--target",
+        str(target),
+        "--eval",
+        str(eval_dir),
+        "--selection_fraction",
+        "0.5",
+    ]
     assert main(argv) == 0
     assert "1 pool rows overlap the eval rows, 1 dropped" in capsys.readouterr().out
     from datasets import load_dataset
@@ -169,7 +219,20 @@ def test_select_command_shorthands_card_and_original_pool_index(tmp_path, tiny_m
     assert "| parent rows overlapping eval rows (decontamination) | 1 dropped" in card
     assert f"parent row {contaminated} ~ eval row 0" in card
     # report-only: the row is listed but may be selected
-    assert main([*argv[:3], str(tmp_path / "subset2"), *argv[4:], "--decontaminate", "report", "--selection_fraction", "1.0"]) == 0
+    assert (
+        main(
+            [
+                *argv[:3],
+                str(tmp_path / "subset2"),
+                *argv[4:],
+                "--decontaminate",
+                "report",
+                "--selection_fraction",
+                "1.0",
+            ]
+        )
+        == 0
+    )
     assert contaminated in load_dataset(str(tmp_path / "subset2"), "default", split="train")["pool_index"]
 
 
@@ -180,12 +243,29 @@ def test_prompt_only_scoring_changes_what_selectors_see(tmp_path, tiny_model_dir
     prompts = get_texts(chats, "prompt")
     assert all(p.endswith("assistant: ") and "Answer briefly" in p for p in prompts)  # up to the reply, without it
     pcs = Dataset.from_list(prompt_completion_rows(2))
-    assert get_texts(pcs, "prompt") == pcs["prompt"] and get_texts(pcs) == [p + c for p, c in zip(pcs["prompt"], pcs["completion"])]
+    assert get_texts(pcs, "prompt") == pcs["prompt"] and get_texts(pcs) == [
+        p + c for p, c in zip(pcs["prompt"], pcs["completion"])
+    ]
     pool, target, eval_dir, _ = own_data(tmp_path)
     out = tmp_path / "subset"
     recipe = write_recipe(tmp_path, tiny_model_dir)
-    assert main(["select", str(recipe), "--local-dir", str(out), "--pool", str(pool), "--target", str(target),
-                 "--selection_text", "prompt"]) == 0
+    assert (
+        main(
+            [
+                "select",
+                str(recipe),
+                "--local-dir",
+                str(out),
+                "--pool",
+                str(pool),
+                "--target",
+                str(target),
+                "--selection_text",
+                "prompt",
+            ]
+        )
+        == 0
+    )
     card = (out / "README.md").read_text()
     assert "text_column: prompt" in card and "target_text_column: prompt" in card
 
@@ -202,19 +282,28 @@ def test_bad_sources_name_the_problem_and_the_fix(tmp_path, monkeypatch):
     from datasets import DatasetDict
 
     folder = tmp_path / "dd"
-    DatasetDict({"train": Dataset.from_list(prompt_completion_rows(2)), "test": Dataset.from_list(prompt_completion_rows(2))}).save_to_disk(str(folder))
+    DatasetDict(
+        {"train": Dataset.from_list(prompt_completion_rows(2)), "test": Dataset.from_list(prompt_completion_rows(2))}
+    ).save_to_disk(str(folder))
     with pytest.raises(ValueError, match=r"has no split 'validation'; its splits are \['train', 'test'\]"):
         load_examples({"path": str(folder), "split": "validation"}, "target")
     assert len(load_examples({"path": str(folder), "split": "test"}, "target")[0]) == 2
     odd = write_jsonl(tmp_path / "odd.jsonl", [{"foo": "x", "bar": "y"}])
-    with pytest.raises(ValueError, match=r"No recognisable format in columns \['foo', 'bar'\]; accepted formats: text.*messages"):
+    with pytest.raises(
+        ValueError, match=r"No recognisable format in columns \['foo', 'bar'\]; accepted formats: text.*messages"
+    ):
         load_examples(str(odd), "pool")
     empty = tmp_path / "empty.parquet"
     Dataset.from_dict({"text": []}).to_parquet(str(empty))
     with pytest.raises(ValueError, match="empty after loading"):
         load_examples(str(empty), "pool")
-    bad_role = write_jsonl(tmp_path / "role.jsonl", [{"messages": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "yo"}]}])
-    with pytest.raises(ValueError, match="Row 0 of the pool dataset has a message with unknown role 'human'; use one of"):
+    bad_role = write_jsonl(
+        tmp_path / "role.jsonl",
+        [{"messages": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "yo"}]}],
+    )
+    with pytest.raises(
+        ValueError, match="Row 0 of the pool dataset has a message with unknown role 'human'; use one of"
+    ):
         load_examples(str(bad_role), "pool")
     no_reply = write_jsonl(tmp_path / "noreply.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
     with pytest.raises(ValueError, match="Row 0 of the pool dataset has no assistant turn"):
@@ -225,9 +314,13 @@ def test_target_with_no_rows_left_after_decontamination(tmp_path, tiny_model_dir
     from hf_cads.pipeline import decontaminate_run_data, load_run_data, parse_recipe
 
     pool, target, _, _ = own_data(tmp_path)
-    recipe = write_recipe(tmp_path, tiny_model_dir, pool=str(pool), target=str(target), eval=str(target), eval_examples=32)
+    recipe = write_recipe(
+        tmp_path, tiny_model_dir, pool=str(pool), target=str(target), eval=str(target), eval_examples=32
+    )
     run, args = parse_recipe(recipe)
-    with pytest.raises(ValueError, match="No target row is left after decontamination.*Pass a target set distinct from eval"):
+    with pytest.raises(
+        ValueError, match="No target row is left after decontamination.*Pass a target set distinct from eval"
+    ):
         decontaminate_run_data(run, load_run_data(run, args.seed))
     run, args = parse_recipe(recipe, ["--decontaminate", "false"])
     assert run.decontaminate == "off" and decontaminate_run_data(run, load_run_data(run, args.seed))[2] is None
@@ -236,7 +329,9 @@ def test_target_with_no_rows_left_after_decontamination(tmp_path, tiny_model_dir
 def test_presets_still_load_as_before(tmp_path):
     from hf_cads.pipeline import load_run_data, parse_recipe
 
-    run, args = parse_recipe(ROOT / "recipes" / "quickstart.yaml", ["--max_per_source", "20", "--target", "bbh/boolean_expressions"])
+    run, args = parse_recipe(
+        ROOT / "recipes" / "quickstart.yaml", ["--max_per_source", "20", "--target", "bbh/boolean_expressions"]
+    )
     data = load_run_data(run, args.seed)
     assert data.presets and len(data.validation) == 3 and len(data.test) == 32 and "text" in data.pool.column_names
     assert set(data.pool["source"]) == {"gsm8k", "code_alpaca", "alpaca_seed", "bbh"}
@@ -246,10 +341,34 @@ def test_presets_still_load_as_before(tmp_path):
 def test_run_own_chat_pool_and_prompt_completion_target_on_smollm2(tmp_path):
     pool, target, eval_dir, _ = own_data(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-m", "hf_cads.cli", "run", str(ROOT / "recipes" / "quickstart.yaml"), "--pool", str(pool),
-         "--target", str(target), "--eval", str(eval_dir), "--output_dir", str(tmp_path / "out"), "--flop_budget", "2e12",
-         "--eval_examples", "6", "--selection_fraction", "0.5", "--max_seq_length", "128"],
-        capture_output=True, text=True, timeout=900, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        [
+            sys.executable,
+            "-m",
+            "hf_cads.cli",
+            "run",
+            str(ROOT / "recipes" / "quickstart.yaml"),
+            "--pool",
+            str(pool),
+            "--target",
+            str(target),
+            "--eval",
+            str(eval_dir),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--flop_budget",
+            "2e12",
+            "--eval_examples",
+            "6",
+            "--selection_fraction",
+            "0.5",
+            "--max_seq_length",
+            "128",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -270,7 +389,9 @@ def test_completion_only_target_loss_matches_the_models_own_loss(tokenizer, tiny
     assert flops == whole_flops and not (abs(masked - whole) < 1e-6).all()
     with torch.no_grad():
         for row, features in enumerate(encoded):
-            expected = tiny_lm(input_ids=torch.tensor([features["input_ids"]]), labels=torch.tensor([features["labels"]])).loss.item()
+            expected = tiny_lm(
+                input_ids=torch.tensor([features["input_ids"]]), labels=torch.tensor([features["labels"]])
+            ).loss.item()
             assert abs(masked[row] - expected) <= 1e-4 * max(1.0, abs(expected))
 
 
@@ -279,8 +400,17 @@ def test_exact_match_prompts_of_chat_rows_end_with_the_generation_prompt(tokeniz
 
     from hf_cads.sources import prompt_answer_pairs
 
-    chat = Dataset.from_dict({"messages": [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
-                                            {"role": "assistant", "content": " 4 "}]]})
+    chat = Dataset.from_dict(
+        {
+            "messages": [
+                [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "2+2?"},
+                    {"role": "assistant", "content": " 4 "},
+                ]
+            ]
+        }
+    )
     prompts, answers = prompt_answer_pairs(chat, tokenizer)
     expected = tokenizer.apply_chat_template(chat[0]["messages"][:2], tokenize=False, add_generation_prompt=True)
     assert prompts == [expected] and expected.endswith("<|assistant|>") and answers == ["4"]

@@ -72,8 +72,12 @@ def test_fit_reaches_the_bounded_least_squares_minimum_on_awkward_data(shape):
     for seed in range(3):
         rng = np.random.default_rng(seed)
         x = np.sort(np.concatenate([[0.0], rng.uniform(0.02, 0.6, 5)]))
-        base = {"curve": 0.3 + 0.3 * (1 - np.exp(-4 * x)), "step": np.where(x > 0, 0.55, 0.4),
-                "line": 0.4 + 0.3 * x, "wrong-way": 0.6 - 0.2 * x}[shape]
+        base = {
+            "curve": 0.3 + 0.3 * (1 - np.exp(-4 * x)),
+            "step": np.where(x > 0, 0.55, 0.4),
+            "line": 0.4 + 0.3 * x,
+            "wrong-way": 0.6 - 0.2 * x,
+        }[shape]
         y = base + rng.normal(0, 0.02, len(x))
         fit = fit_performance_curve(x * C_FULL, y, C_FULL, higher_is_better=True)
         assert 0 <= fit.p0 <= fit.p_max and fit.lam > 0
@@ -112,11 +116,23 @@ def test_pareto_frontier_on_a_hand_made_set():
     assert pareto_frontier([3, 2, 1], [1.0, 1.0, 1.0]).tolist() == [2]
 
 
-def make_fit(label, p0, p_max, lam, cost, selection, pool, selector=None, higher=True, model_params=0, selection_params=0):
+def make_fit(
+    label, p0, p_max, lam, cost, selection, pool, selector=None, higher=True, model_params=0, selection_params=0
+):
     return PerformanceFit(
-        label=label, p0=p0, p_max=p_max, lam=lam, covariance=np.diag([1e-4, 1e-4, 1e-2]), c_full=cost * pool,
-        higher_is_better=higher, cost_per_example=cost, selection_flops=selection, pool_size=pool,
-        selector=selector or label, model_params=model_params, selection_model_params=selection_params,
+        label=label,
+        p0=p0,
+        p_max=p_max,
+        lam=lam,
+        covariance=np.diag([1e-4, 1e-4, 1e-2]),
+        c_full=cost * pool,
+        higher_is_better=higher,
+        cost_per_example=cost,
+        selection_flops=selection,
+        pool_size=pool,
+        selector=selector or label,
+        model_params=model_params,
+        selection_model_params=selection_params,
     )
 
 
@@ -124,7 +140,9 @@ FITS = {
     "random": make_fit("random", 0.20, 0.55, 2.0, 1.0e12, 0.0, 400),
     "bm25": make_fit("bm25", 0.20, 0.62, 3.0, 1.1e12, 4.0e9, 400),
     # Expensive: its curve starts late (C >= C_select) and rises slowly, but to a higher plateau.
-    "perplexity": make_fit("perplexity", 0.20, 0.80, 1.2, 0.9e12, 1.5e14, 400, model_params=10**8, selection_params=10**8),
+    "perplexity": make_fit(
+        "perplexity", 0.20, 0.80, 1.2, 0.9e12, 1.5e14, 400, model_params=10**8, selection_params=10**8
+    ),
 }
 
 
@@ -154,8 +172,9 @@ def test_recommendation_equals_brute_force_over_the_fitted_curves(budget, target
 
 def test_recommendation_for_a_loss_and_with_overridden_selection_costs():
     loss_fits = {
-        label: make_fit(label, 2.5, 2.5 - (f.p_max - f.p0) * 2, f.lam, f.cost_per_example, f.selection_flops, 400,
-                        higher=False)
+        label: make_fit(
+            label, 2.5, 2.5 - (f.p_max - f.p0) * 2, f.lam, f.cost_per_example, f.selection_flops, 400, higher=False
+        )
         for label, f in FITS.items()
     }
     costs = {"perplexity": 3e14}
@@ -163,7 +182,9 @@ def test_recommendation_for_a_loss_and_with_overridden_selection_costs():
         expected = brute_force(budget, loss_fits, 1, costs)
         rec = recommend(budget, loss_fits, costs)
         assert (rec.selector, rec.k) == expected[1:3]
-        assert rec.chosen.selection_flops == (3e14 if rec.selector == "perplexity" else loss_fits[rec.selector].selection_flops)
+        assert rec.chosen.selection_flops == (
+            3e14 if rec.selector == "perplexity" else loss_fits[rec.selector].selection_flops
+        )
     with pytest.raises(ValueError, match="affords no selector"):
         recommend(5e11, FITS)
     with pytest.raises(ValueError, match="without a fit"):
@@ -188,7 +209,9 @@ def test_break_even_ratio_is_monotone_in_selection_cost():
     # At the break-even size the expensive selector ties with the best cheap one.
     example = ratios[6]
     fits_value = _value_at_scale(FITS["perplexity"], budget, costs[6], 1, example.scale)
-    cheap_value = max(_value_at_scale(FITS[c], budget, FITS[c].selection_flops, 1, example.scale) for c in ("random", "bm25"))
+    cheap_value = max(
+        _value_at_scale(FITS[c], budget, FITS[c].selection_flops, 1, example.scale) for c in ("random", "bm25")
+    )
     assert fits_value == pytest.approx(cheap_value, abs=1e-6)
     assert example.ratio == pytest.approx(example.scale * 1.0) and example.versus in {"random", "bm25"}
     # A free expensive selector with the better curve is always ahead; a worse curve never gets ahead.
@@ -200,7 +223,11 @@ def test_break_even_ratio_is_monotone_in_selection_cost():
 
 def synthetic_records(rng):
     """Runs of three selectors whose metric follows known curves, as the pipeline would record them."""
-    truths = {"random": (0.2, 0.55, 2.0, 0.0, 0), "bm25": (0.2, 0.62, 3.0, 4e9, 0), "perplexity": (0.2, 0.7, 5.0, 1.5e14, 10**8)}
+    truths = {
+        "random": (0.2, 0.55, 2.0, 0.0, 0),
+        "bm25": (0.2, 0.62, 3.0, 4e9, 0),
+        "perplexity": (0.2, 0.7, 5.0, 1.5e14, 10**8),
+    }
     records = []
     for label, (p0, p_max, lam, selection, selection_params) in truths.items():
         for seed in (0, 1):
@@ -208,12 +235,25 @@ def synthetic_records(rng):
                 k = int(400 * fraction)
                 train = 1e12 * k
                 value = curve(train + selection, p0, p_max, lam, c_full=4e14) + rng.normal(0, 0.005)
-                records.append(RunRecord(
-                    selector=label, selector_config={"seed": seed}, model="tiny", model_params=10**8,
-                    selection_model_params=selection_params, pool_size=400, k=k, tokens_trained=100 * k,
-                    selection_flops=selection, train_flops=train, metrics={"accuracy": float(value)},
-                    baseline_metrics={"accuracy": p0}, seed=seed, target="boolean_expressions", selection_fraction=fraction,
-                ))
+                records.append(
+                    RunRecord(
+                        selector=label,
+                        selector_config={"seed": seed},
+                        model="tiny",
+                        model_params=10**8,
+                        selection_model_params=selection_params,
+                        pool_size=400,
+                        k=k,
+                        tokens_trained=100 * k,
+                        selection_flops=selection,
+                        train_flops=train,
+                        metrics={"accuracy": float(value)},
+                        baseline_metrics={"accuracy": p0},
+                        seed=seed,
+                        target="boolean_expressions",
+                        selection_fraction=fraction,
+                    )
+                )
     return records
 
 
@@ -270,7 +310,10 @@ def test_plan_command_prints_table_and_writes_plot(tmp_path, capsys):
     for record in records:
         append_record(path, record)
     plot = tmp_path / "plan.png"
-    assert main(["plan", str(path), "--budget", "1.9e14", "--metric", "accuracy", "--targets", "2", "--plot", str(plot)]) == 0
+    assert (
+        main(["plan", str(path), "--budget", "1.9e14", "--metric", "accuracy", "--targets", "2", "--plot", str(plot)])
+        == 0
+    )
     out = capsys.readouterr().out
     plan = make_plan(records, metric="accuracy", budget=1.9e14, targets=2)
     rec = plan.recommendation
@@ -304,8 +347,11 @@ def test_plan_flags_fits_whose_runs_have_not_bent_the_curve():
     rng = np.random.default_rng(6)
     bent = synthetic_records(rng)
     assert make_plan(bent, metric="accuracy", budget=2e14).unbent_fits() == {}
-    straight = [RunRecord(**{**r.to_dict(), "key": "", "metrics": {"accuracy": 0.2 + 0.004 * r.k + rng.normal(0, 0.002)}})
-                for r in bent if r.selector == "bm25" and r.k <= 80]
+    straight = [
+        RunRecord(**{**r.to_dict(), "key": "", "metrics": {"accuracy": 0.2 + 0.004 * r.k + rng.normal(0, 0.002)}})
+        for r in bent
+        if r.selector == "bm25" and r.k <= 80
+    ]
     plan = make_plan([r for r in bent if r.selector == "random"] + straight, metric="accuracy", budget=3e14)
     assert plan.fits["bm25"].p_max == pytest.approx(1.0) and plan.fits["bm25"].ceiling == 1.0
     assert plan.recommendation.predicted <= 1.0  # without the ceiling this line predicted an accuracy of 1.36
@@ -316,7 +362,10 @@ def test_plan_flags_fits_whose_runs_have_not_bent_the_curve():
     assert plan.recommendation.selector == "bm25" and "may rest on a line" in text
     families = plan.to_dict()["families"]
     assert families["bm25"]["fit"]["unbent"] == reasons["bm25"] and families["random"]["fit"]["unbent"] is None
-    assert families["random"]["fit"]["measured_share"] >= BENT_SHARE and families["bm25"]["fit"]["largest_measured_k"] == 80
+    assert (
+        families["random"]["fit"]["measured_share"] >= BENT_SHARE
+        and families["bm25"]["fit"]["largest_measured_k"] == 80
+    )
 
 
 def test_fit_keeps_a_fraction_below_its_ceiling_only_when_the_data_are_fractions():
@@ -333,8 +382,18 @@ def test_fit_keeps_a_fraction_below_its_ceiling_only_when_the_data_are_fractions
 
 def test_unbent_fit_reason_names_each_way_a_fit_can_be_a_line():
     def fit(p0, p_max, lam, higher, ceiling=math.inf):
-        return PerformanceFit("s", p0, p_max, lam, np.zeros((3, 3)), 1e14, higher_is_better=higher, cost_per_example=1e11,
-                              max_k=250, ceiling=ceiling)
+        return PerformanceFit(
+            "s",
+            p0,
+            p_max,
+            lam,
+            np.zeros((3, 3)),
+            1e14,
+            higher_is_better=higher,
+            cost_per_example=1e11,
+            max_k=250,
+            ceiling=ceiling,
+        )
 
     assert fit(4.4, 1.5, 20.0, False).measured_share == pytest.approx(1 - math.exp(-20 * 0.25))
     assert unbent_fit_reason(fit(4.4, 1.5, 20.0, False)) is None
@@ -360,8 +419,18 @@ def test_cads_runs_at_several_sizes_and_seeds_form_one_family(tmp_path, capsys):
     family. Long labels are shortened in the 120-column report and spelled out in the JSON."""
     from hf_cads.records import run_label
 
-    options = dict(outer_steps=2, block_size=4, num_sampling_points=3, samples_per_step=2, target_batch_size=3,
-                   min_sampling_fraction=0.02, max_length=128, A=4.0, batch_size=1, learning_rate=1e-3)
+    options = dict(
+        outer_steps=2,
+        block_size=4,
+        num_sampling_points=3,
+        samples_per_step=2,
+        target_batch_size=3,
+        min_sampling_fraction=0.02,
+        max_length=128,
+        A=4.0,
+        batch_size=1,
+        learning_rate=1e-3,
+    )
     rng = np.random.default_rng(0)
     path = tmp_path / "runs.jsonl"
     cost, selection, pool = 7e10, 3e12, 120
@@ -370,13 +439,27 @@ def test_cads_runs_at_several_sizes_and_seeds_form_one_family(tmp_path, capsys):
             k = round(fraction * pool)
             kwargs = dict(options, train_budget=cost * k, seed=seed)  # as the compute-optimal benchmark sets them
             total = selection + cost * k
-            append_record(path, RunRecord(
-                selector="cads-s", selector_config={}, model="m", model_params=1, selection_model_params=1,
-                pool_size=pool, k=k, tokens_trained=10 * k, selection_flops=selection, train_flops=cost * k,
-                metrics={"target_loss": float(4.3 - 0.1 * (1 - np.exp(-total / 5e12)) + rng.normal(0, 0.002))},
-                baseline_metrics={"target_loss": 4.3}, seed=seed, selection_fraction=fraction, target="t",
-                setup={"selector_kwargs": kwargs},
-            ))
+            append_record(
+                path,
+                RunRecord(
+                    selector="cads-s",
+                    selector_config={},
+                    model="m",
+                    model_params=1,
+                    selection_model_params=1,
+                    pool_size=pool,
+                    k=k,
+                    tokens_trained=10 * k,
+                    selection_flops=selection,
+                    train_flops=cost * k,
+                    metrics={"target_loss": float(4.3 - 0.1 * (1 - np.exp(-total / 5e12)) + rng.normal(0, 0.002))},
+                    baseline_metrics={"target_loss": 4.3},
+                    seed=seed,
+                    selection_fraction=fraction,
+                    target="t",
+                    setup={"selector_kwargs": kwargs},
+                ),
+            )
     records = read_records(path)
     assert len({r.label for r in records}) == 1 and len({r.key for r in records}) == 6  # one family, six experiments
     label = records[0].label
@@ -385,7 +468,9 @@ def test_cads_runs_at_several_sizes_and_seeds_form_one_family(tmp_path, capsys):
     plan = make_plan(records, metric="target_loss", budget=4e12)
     assert label in plan.fits and plan.fits[label].num_points == 6 + 1  # six runs and the untrained baseline
     json_path = tmp_path / "plan.json"
-    assert main(["plan", str(path), "--budget", "4e12", "--plot", str(tmp_path / "p.png"), "--json", str(json_path)]) == 0
+    assert (
+        main(["plan", str(path), "--budget", "4e12", "--plot", str(tmp_path / "p.png"), "--json", str(json_path)]) == 0
+    )
     out = capsys.readouterr().out
     assert max(len(line) for line in out.splitlines()) <= 120, max(out.splitlines(), key=len)
     assert "cads-s#1 = cads-s[" in out and "no curve" not in out

@@ -10,7 +10,9 @@ from hf_cads.flops import BudgetExceededError, FlopLedger
 from hf_cads.selectors import ScoreOutput, Selector, top_k_indices
 
 charges = st.lists(
-    st.tuples(st.sampled_from(["selection", "train", "eval"]), st.floats(min_value=0, max_value=1e15, allow_nan=False)),
+    st.tuples(
+        st.sampled_from(["selection", "train", "eval"]), st.floats(min_value=0, max_value=1e15, allow_nan=False)
+    ),
     max_size=40,
 )
 
@@ -69,7 +71,10 @@ def test_selection_result_invariants(scores, data):
         assert np.asarray(scores)[left_out].max() <= result.scores.min()
 
 
-@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=50), st.integers(min_value=1, max_value=50))
+@given(
+    st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=50),
+    st.integers(min_value=1, max_value=50),
+)
 def test_top_k_ties_break_towards_lower_index(scores, k):
     k = min(k, len(scores))
     chosen = top_k_indices(np.array(scores), k)

@@ -18,7 +18,13 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 ACCELERATE = RECIPES / "accelerate"
 RUN_RECIPES = sorted(p for p in RECIPES.rglob("*.yaml") if ACCELERATE not in p.parents)
 ACCELERATE_CONFIGS = sorted(ACCELERATE.glob("*.yaml"))
-DISTRIBUTED_TYPES = {"multi_cpu": "MULTI_GPU", "single_gpu": "NO", "multi_gpu": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero3": "DEEPSPEED"}
+DISTRIBUTED_TYPES = {
+    "multi_cpu": "MULTI_GPU",
+    "single_gpu": "NO",
+    "multi_gpu": "MULTI_GPU",
+    "fsdp": "FSDP",
+    "deepspeed_zero3": "DEEPSPEED",
+}
 
 
 def relative(path):
@@ -27,8 +33,13 @@ def relative(path):
 
 def test_the_recipe_family_is_there():
     names = {relative(p) for p in RUN_RECIPES}
-    assert {"llama-3-8b/qlora-bm25.yaml", "llama-3-8b/qlora-less.yaml", "llama-3-8b/qlora-cads-s.yaml", "smollm2-135m/lora-bm25.yaml",
-             "smollm2-135m/lora-embedding-gtr-t5.yaml"} <= names
+    assert {
+        "llama-3-8b/qlora-bm25.yaml",
+        "llama-3-8b/qlora-less.yaml",
+        "llama-3-8b/qlora-cads-s.yaml",
+        "smollm2-135m/lora-bm25.yaml",
+        "smollm2-135m/lora-embedding-gtr-t5.yaml",
+    } <= names
     assert {p.stem for p in ACCELERATE_CONFIGS} == set(DISTRIBUTED_TYPES)
 
 
@@ -63,13 +74,23 @@ def test_accelerate_config_has_what_accelerate_launch_reads(path):
     from accelerate.commands.launch import launch_command_parser
 
     data = yaml.safe_load(path.read_text())
-    required = {"compute_environment", "distributed_type", "num_processes", "num_machines", "machine_rank", "mixed_precision", "main_training_function"}
+    required = {
+        "compute_environment",
+        "distributed_type",
+        "num_processes",
+        "num_machines",
+        "machine_rank",
+        "mixed_precision",
+        "main_training_function",
+    }
     assert required <= set(data), required - set(data)
     config = load_config_from_file(str(path))  # accelerate refuses unknown top-level keys
     assert config.distributed_type.value == DISTRIBUTED_TYPES[path.stem]
     assert config.num_processes >= 1 and config.num_machines == 1
     launch_options = {action.dest for action in launch_command_parser()._actions}
-    nested = [f"fsdp_{k}" if not k.startswith("fsdp") else k for k in config.fsdp_config] + list(config.deepspeed_config)
+    nested = [f"fsdp_{k}" if not k.startswith("fsdp") else k for k in config.fsdp_config] + list(
+        config.deepspeed_config
+    )
     assert set(nested) <= launch_options, set(nested) - launch_options
     if path.stem == "deepspeed_zero3":
         assert config.deepspeed_config["zero_stage"] == 3
@@ -86,9 +107,17 @@ def test_qlora_options_build_a_bitsandbytes_config(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "3")
     options = model_load_options(run)
     quantization = options["quantization_config"]
-    assert (quantization.load_in_4bit, quantization.bnb_4bit_quant_type, quantization.bnb_4bit_use_double_quant) == (True, "nf4", True)
+    assert (quantization.load_in_4bit, quantization.bnb_4bit_quant_type, quantization.bnb_4bit_use_double_quant) == (
+        True,
+        "nf4",
+        True,
+    )
     assert quantization.bnb_4bit_compute_dtype == quantization.bnb_4bit_quant_storage == torch.bfloat16
-    assert options["device_map"] == {"": 3} and options["dtype"] is torch.bfloat16 and options["attn_implementation"] == "sdpa"
+    assert (
+        options["device_map"] == {"": 3}
+        and options["dtype"] is torch.bfloat16
+        and options["attn_implementation"] == "sdpa"
+    )
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     assert "device_map" not in model_load_options(run)  # FSDP places the shards itself
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
@@ -96,7 +125,9 @@ def test_qlora_options_build_a_bitsandbytes_config(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert model_load_options(run)["device_map"] == {"": "cpu"}  # bitsandbytes' CPU backend runs it
     monkeypatch.setattr(hf_cads.models, "bitsandbytes_version", lambda: None)
-    with pytest.raises(ImportError, match=r"needs bitsandbytes, which is not installed: pip install 'hf_cads\[qlora\]'"):
+    with pytest.raises(
+        ImportError, match=r"needs bitsandbytes, which is not installed: pip install 'hf_cads\[qlora\]'"
+    ):
         model_load_options(run)
     monkeypatch.setattr(hf_cads.models, "bitsandbytes_version", lambda: "0.43.1")
     with pytest.raises(ImportError, match=r"needs bitsandbytes>=0.48 .*0.43.1 is installed"):
@@ -111,7 +142,12 @@ def test_sft_recipe_picks_the_sft_trainer():
     run, args = parse_recipe(RECIPES / "smollm2-135m" / "sft-bm25.yaml")
     assert (run.trainer, run.packing) == ("sft", True)
     config = sft_config_from(args, packing=run.packing)
-    assert (config.max_length, config.packing, config.flop_budget, config.selector) == (args.max_seq_length, True, args.flop_budget, "bm25")
+    assert (config.max_length, config.packing, config.flop_budget, config.selector) == (
+        args.max_seq_length,
+        True,
+        args.flop_budget,
+        "bm25",
+    )
     lora_run, _ = parse_recipe(RECIPES / "smollm2-135m" / "lora-bm25.yaml")
     columns = type("Pool", (), {"column_names": ["text", "messages"]})
     chats = type("Pool", (), {"column_names": ["messages"]})

@@ -29,9 +29,14 @@ def not_affecting(config_class):
 def test_each_selector_declares_its_run_only_options_once():
     for name in list_selectors():
         config_class = get_selector_class(name).config_class
-        expected = {LESSSelectorConfig: LESS_NOT_AFFECTING, CADSSelectorConfig: CADS_NOT_AFFECTING}.get(config_class, NOT_AFFECTING)
+        expected = {LESSSelectorConfig: LESS_NOT_AFFECTING, CADSSelectorConfig: CADS_NOT_AFFECTING}.get(
+            config_class, NOT_AFFECTING
+        )
         assert not_affecting(config_class) == expected, name
-    assert set(LESSSelectorConfig().result_options()) == {f.name for f in dataclasses.fields(LESSSelectorConfig)} - LESS_NOT_AFFECTING
+    assert (
+        set(LESSSelectorConfig().result_options())
+        == {f.name for f in dataclasses.fields(LESSSelectorConfig)} - LESS_NOT_AFFECTING
+    )
 
 
 def test_cache_key_run_key_and_label_ignore_exactly_the_declared_options(small_pool, bbh_target, tmp_path):
@@ -39,7 +44,9 @@ def test_cache_key_run_key_and_label_ignore_exactly_the_declared_options(small_p
         return get_selector("bm25", **options).cache_description(small_pool, bbh_target[0])
 
     base = description(seed=0)
-    assert description(seed=0, cache_dir=str(tmp_path), show_progress=False) == base  # cache_dir no longer splits caches
+    assert (
+        description(seed=0, cache_dir=str(tmp_path), show_progress=False) == base
+    )  # cache_dir no longer splits caches
     assert description(seed=1) != base and description(seed=0, aggregate="max") != base
 
     def key(**options):
@@ -48,8 +55,14 @@ def test_cache_key_run_key_and_label_ignore_exactly_the_declared_options(small_p
 
     assert key(seed=0) == key(seed=0, cache_dir=str(tmp_path), show_progress=False)  # cache_dir changed it before
     assert key(seed=0) != key(seed=0, aggregate="max")
-    assert run_label("bm25", {"aggregate": "max", "cache_dir": "/x", "show_progress": False, "seed": 3}) == "bm25[aggregate=max]"
-    assert run_label("less", {"gradient_method": "loop", "feature_dir": "/f", "projection_dim": 64}) == "less[projection_dim=64]"
+    assert (
+        run_label("bm25", {"aggregate": "max", "cache_dir": "/x", "show_progress": False, "seed": 3})
+        == "bm25[aggregate=max]"
+    )
+    assert (
+        run_label("less", {"gradient_method": "loop", "feature_dir": "/f", "projection_dim": 64})
+        == "less[projection_dim=64]"
+    )
 
 
 def test_a_record_key_equals_the_key_expected_before_the_run():
@@ -57,16 +70,33 @@ def test_a_record_key_equals_the_key_expected_before_the_run():
     setup = {"pool_sources": ["bbh"], "lora_r": 8}
     expected = experiment_key("bm25", kwargs, 0, 0.1, None, "m", "t", 1e12, setup)
     record = RunRecord(
-        selector="bm25", selector_config=get_selector("bm25", seed=0, **kwargs).config.to_dict(), model="m",
-        model_params=10, selection_model_params=0, pool_size=100, k=10, tokens_trained=5, selection_flops=1.0,
-        train_flops=2.0, metrics={"target_loss": 1.0}, seed=0, target="t", selection_fraction=0.1, flop_budget=1e12,
+        selector="bm25",
+        selector_config=get_selector("bm25", seed=0, **kwargs).config.to_dict(),
+        model="m",
+        model_params=10,
+        selection_model_params=0,
+        pool_size=100,
+        k=10,
+        tokens_trained=5,
+        selection_flops=1.0,
+        train_flops=2.0,
+        metrics={"target_loss": 1.0},
+        seed=0,
+        target="t",
+        selection_fraction=0.1,
+        flop_budget=1e12,
         setup={"selector_kwargs": kwargs, **setup},
     )
     assert record.key == expected and record.schema_version == SCHEMA_VERSION
     # CADS resolves train_budget from the budget during the run; the key follows what was requested
     cads_config = get_selector("cads-s", seed=0, outer_steps=2).config.to_dict() | {"train_budget": 7.5e11}
-    cads = dataclasses.replace(record, selector="cads-s", selector_config=cads_config, key="",
-                               setup={"selector_kwargs": {"outer_steps": 2}, **setup})
+    cads = dataclasses.replace(
+        record,
+        selector="cads-s",
+        selector_config=cads_config,
+        key="",
+        setup={"selector_kwargs": {"outer_steps": 2}, **setup},
+    )
     assert cads.key == experiment_key("cads-s", {"outer_steps": 2}, 0, 0.1, None, "m", "t", 1e12, setup)
 
 
@@ -74,11 +104,25 @@ def test_old_run_records_get_their_key_recomputed(tmp_path):
     kwargs = {"aggregate": "max", "show_progress": False}
     setup = {"flop_budget": 1e12, "pool_sources": ["bbh"]}
     old = {
-        "selector": "bm25", "selector_config": get_selector("bm25", seed=0, **kwargs).config.to_dict(), "model": "m",
-        "model_params": 10, "selection_model_params": 0, "pool_size": 100, "k": 10, "tokens_trained": 5,
-        "selection_flops": 1.0, "train_flops": 2.0, "metrics": {"target_loss": 1.0}, "seed": 0, "target": "t",
-        "selection_fraction": 0.1, "flop_budget": 1e12, "setup": {"selector_kwargs": kwargs, **setup},
-        "key": "0123456789abcdef", "schema_version": 1, "label": "bm25[aggregate=max]",
+        "selector": "bm25",
+        "selector_config": get_selector("bm25", seed=0, **kwargs).config.to_dict(),
+        "model": "m",
+        "model_params": 10,
+        "selection_model_params": 0,
+        "pool_size": 100,
+        "k": 10,
+        "tokens_trained": 5,
+        "selection_flops": 1.0,
+        "train_flops": 2.0,
+        "metrics": {"target_loss": 1.0},
+        "seed": 0,
+        "target": "t",
+        "selection_fraction": 0.1,
+        "flop_budget": 1e12,
+        "setup": {"selector_kwargs": kwargs, **setup},
+        "key": "0123456789abcdef",
+        "schema_version": 1,
+        "label": "bm25[aggregate=max]",
     }
     path = tmp_path / "runs.jsonl"
     path.write_text(json.dumps(old) + "\n")
@@ -119,7 +163,11 @@ def test_one_lora_default_and_a_peft_lora_config_accepted_where_lora_options_are
     from hf_cads.selectors.cads import CADSSelectorConfig
     from hf_cads.selectors.cads_backends import CausalLMBackend
 
-    assert tuple(RunConfig().lora_target_modules) == tuple(CADSSelectorConfig().lora_target_modules) == DEFAULT_LORA_TARGET_MODULES
+    assert (
+        tuple(RunConfig().lora_target_modules)
+        == tuple(CADSSelectorConfig().lora_target_modules)
+        == DEFAULT_LORA_TARGET_MODULES
+    )
     assert LESSSelectorConfig().lora_target_modules == LoraSpec(8).target_modules == DEFAULT_LORA_TARGET_MODULES
     backend_default = {f.name: f.default for f in dataclasses.fields(CausalLMBackend)}["lora_target_modules"]
     assert tuple(backend_default) == DEFAULT_LORA_TARGET_MODULES
@@ -128,7 +176,17 @@ def test_one_lora_default_and_a_peft_lora_config_accepted_where_lora_options_are
     assert set(with_default_target_modules(LoraConfig(r=4)).target_modules) == set(DEFAULT_LORA_TARGET_MODULES)
     lora = LoraConfig(r=16, lora_alpha=8, lora_dropout=0.05, target_modules=["v_proj", "q_proj"])
     less = LESSSelectorConfig(lora_config=lora)
-    assert (less.lora_r, less.lora_alpha, less.lora_dropout, less.lora_target_modules) == (16, 8.0, 0.05, ("q_proj", "v_proj"))
-    assert less.result_options() == LESSSelectorConfig(lora_r=16, lora_alpha=8, lora_dropout=0.05, lora_target_modules=("q_proj", "v_proj")).result_options()
+    assert (less.lora_r, less.lora_alpha, less.lora_dropout, less.lora_target_modules) == (
+        16,
+        8.0,
+        0.05,
+        ("q_proj", "v_proj"),
+    )
+    assert (
+        less.result_options()
+        == LESSSelectorConfig(
+            lora_r=16, lora_alpha=8, lora_dropout=0.05, lora_target_modules=("q_proj", "v_proj")
+        ).result_options()
+    )
     cads = CADSSelectorConfig(lora_config=lora)
     assert (cads.lora_r, cads.lora_target_modules) == (16, ["q_proj", "v_proj"])

@@ -40,7 +40,14 @@ def load_script(name):
 
 
 def run_scoring(model_dir, cache_dir, out=None):
-    command = [sys.executable, str(SCRIPTS / "score_pool.py"), "--model", str(model_dir), "--cache-dir", str(cache_dir)]
+    command = [
+        sys.executable,
+        str(SCRIPTS / "score_pool.py"),
+        "--model",
+        str(model_dir),
+        "--cache-dir",
+        str(cache_dir),
+    ]
     if out is not None:
         command += ["--out", str(out)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -96,26 +103,45 @@ def budgeted_trainer(output_dir, cache_dir, small_pool, bbh_target, tokenizer, b
     model = tiny_causal_lm(tokenizer)
     torch.rand(rng_draws)  # a fresh process has another global RNG state when it wraps the model in LoRA
     args = BudgetedTrainingArguments(
-        output_dir=str(output_dir), flop_budget=budget, selector="perplexity", selection_fraction=0.5,
+        output_dir=str(output_dir),
+        flop_budget=budget,
+        selector="perplexity",
+        selection_fraction=0.5,
         selector_kwargs={"cache_dir": str(cache_dir), "show_progress": False, "max_length": 96},
-        per_device_train_batch_size=4, learning_rate=1e-3, logging_steps=1, save_strategy="steps", save_steps=3,
-        report_to="none", use_cpu=True, max_seq_length=96, seed=0, disable_tqdm=True,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=3,
+        report_to="none",
+        use_cpu=True,
+        max_seq_length=96,
+        seed=0,
+        disable_tqdm=True,
     )
     return BudgetedTrainer(
-        model=model, args=args, train_dataset=small_pool, processing_class=tokenizer,
-        selection_target=bbh_target[0], callbacks=callbacks,
+        model=model,
+        args=args,
+        train_dataset=small_pool,
+        processing_class=tokenizer,
+        selection_target=bbh_target[0],
+        callbacks=callbacks,
         peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
     )
 
 
 def test_resumed_training_keeps_the_ledger_and_stops_at_the_same_cap(tmp_path, small_pool, bbh_target, tokenizer):
     budget = 4e10
-    reference = budgeted_trainer(tmp_path / "reference", tmp_path / "cache_a", small_pool, bbh_target, tokenizer, budget)
+    reference = budgeted_trainer(
+        tmp_path / "reference", tmp_path / "cache_a", small_pool, bbh_target, tokenizer, budget
+    )
     reference.train()
     steps = reference.state.global_step
     assert steps > 7 and reference.flop_ledger.training.stopped_by_budget
 
-    crashed = budgeted_trainer(tmp_path / "run", tmp_path / "cache_b", small_pool, bbh_target, tokenizer, budget, [CrashAfterStep(7)])
+    crashed = budgeted_trainer(
+        tmp_path / "run", tmp_path / "cache_b", small_pool, bbh_target, tokenizer, budget, [CrashAfterStep(7)]
+    )
     with pytest.raises(Crash):
         crashed.train()
     checkpoint = tmp_path / "run" / "checkpoint-6"
@@ -124,7 +150,9 @@ def test_resumed_training_keeps_the_ledger_and_stops_at_the_same_cap(tmp_path, s
     assert saved["entries"]["train"] < crashed.flop_ledger.entries["train"]
 
     # A fresh process would rebuild the trainer: its selection now comes from the cache (0 FLOPs).
-    resumed = budgeted_trainer(tmp_path / "run", tmp_path / "cache_b", small_pool, bbh_target, tokenizer, budget, rng_draws=5)
+    resumed = budgeted_trainer(
+        tmp_path / "run", tmp_path / "cache_b", small_pool, bbh_target, tokenizer, budget, rng_draws=5
+    )
     assert resumed.flop_ledger.entries["selection"] == 0 and resumed.selection_result.extras["cache"]["hit"]
     resumed.train(resume_from_checkpoint=str(checkpoint))
 
@@ -133,6 +161,7 @@ def test_resumed_training_keeps_the_ledger_and_stops_at_the_same_cap(tmp_path, s
     assert ledger.entries["selection"] == expected.entries["selection"] > 0  # restored, not 0 and not twice
     assert ledger.entries["train"] == pytest.approx(expected.entries["train"], rel=1e-12)
     assert ledger.spent <= budget and ledger.training.stopped_by_budget
+
     # same schedule and same data order as the uninterrupted run
     def per_step(trainer, key):
         return {e["step"]: e[key] for e in trainer.state.log_history if key in e and "train_runtime" not in e}

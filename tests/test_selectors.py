@@ -5,7 +5,7 @@ from datasets import Dataset, concatenate_datasets
 
 from hf_cads import get_selector, list_selectors
 from hf_cads.data import load_gsm8k
-from hf_cads.selectors import INDEX_COLUMN, SCORE_COLUMN, Selector, ScoreOutput, register_selector
+from hf_cads.selectors import INDEX_COLUMN, SCORE_COLUMN, ScoreOutput, Selector, register_selector
 from hf_cads.selectors.scoring import CausalLMScorer
 from hf_cads.testing import tiny_causal_lm
 
@@ -24,7 +24,10 @@ def share_of_source(result, source):
     return np.mean([s == source for s in result.dataset["source"]])
 
 
-@pytest.mark.parametrize("name,options", [("bm25", {}), ("bm25", {"aggregate": "max"}), ("embedding", {}), ("embedding", {"aggregate": "max"})])
+@pytest.mark.parametrize(
+    "name,options",
+    [("bm25", {}), ("bm25", {"aggregate": "max"}), ("embedding", {}), ("embedding", {"aggregate": "max"})],
+)
 def test_targeted_selectors_prefer_target_like_rows(math_vs_code, name, options):
     pool, target = math_vs_code
     result = get_selector(name, show_progress=False, **options).select(pool, target=target, k=20)
@@ -51,7 +54,9 @@ def test_perplexity_prefers_what_the_model_knows(math_vs_code, tokenizer):
     selector = get_selector("perplexity", model=model, tokenizer=tokenizer, max_length=128, show_progress=False)
     low = selector.select(pool, k=20)
     assert share_of_source(low, "gsm8k") >= 0.8
-    high = get_selector("perplexity", model=model, tokenizer=tokenizer, prefer="high", max_length=128, show_progress=False).select(pool, k=20)
+    high = get_selector(
+        "perplexity", model=model, tokenizer=tokenizer, prefer="high", max_length=128, show_progress=False
+    ).select(pool, k=20)
     assert share_of_source(high, "gsm8k") <= 0.2
     assert low.flops == pytest.approx(selector.estimate_flops(pool, None)) and low.flops > 0
 
@@ -80,8 +85,12 @@ def test_random_is_seeded_and_costs_nothing(small_pool):
 
 def test_chat_messages_column_uses_chat_template(tokenizer):
     pool = Dataset.from_dict(
-        {"messages": [[{"role": "user", "content": "add two numbers"}, {"role": "assistant", "content": "3 + 4 = 7"}],
-                      [{"role": "user", "content": "a poem"}, {"role": "assistant", "content": "roses are red"}]]}
+        {
+            "messages": [
+                [{"role": "user", "content": "add two numbers"}, {"role": "assistant", "content": "3 + 4 = 7"}],
+                [{"role": "user", "content": "a poem"}, {"role": "assistant", "content": "roses are red"}],
+            ]
+        }
     )
     target = Dataset.from_dict({"text": ["what is 5 + 6 numbers"]})
     result = get_selector("bm25").select(pool, target=target, k=1)

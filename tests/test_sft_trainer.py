@@ -11,9 +11,19 @@ from hf_cads import BudgetedSFTConfig, BudgetedSFTTrainer
 
 def make_config(tmp_path, **overrides):
     options = dict(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, learning_rate=1e-3, logging_steps=2,
-        save_strategy="no", report_to="none", use_cpu=True, bf16=False, max_length=96, seed=0,
-        disable_tqdm=True, gradient_checkpointing=False, dataset_num_proc=None,
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        logging_steps=2,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        max_length=96,
+        seed=0,
+        disable_tqdm=True,
+        gradient_checkpointing=False,
+        dataset_num_proc=None,
     )
     options.update(overrides)
     return BudgetedSFTConfig(**options)
@@ -31,13 +41,19 @@ def test_is_an_sft_trainer():
     assert issubclass(BudgetedSFTTrainer, SFTTrainer)
 
 
-def test_messages_selection_charged_and_training_stops_within_cap(tmp_path, small_pool, bbh_target, tokenizer, tiny_lm):
+def test_messages_selection_charged_and_training_stops_within_cap(
+    tmp_path, small_pool, bbh_target, tokenizer, tiny_lm
+):
     budget = 6e10
     args = make_config(tmp_path, flop_budget=budget, selector="bm25", selection_fraction=0.5)
     chats = small_pool.select_columns(["messages"])
     trainer = BudgetedSFTTrainer(
-        model=tiny_lm, args=args, train_dataset=chats, processing_class=tokenizer,
-        selection_target=bbh_target[0], peft_config=lora(),
+        model=tiny_lm,
+        args=args,
+        train_dataset=chats,
+        processing_class=tokenizer,
+        selection_target=bbh_target[0],
+        peft_config=lora(),
     )
     assert trainer.flop_ledger.entries["selection"] > 0 and len(trainer.selection_result) == len(chats) // 2
     assert trainer.flop_profile.trainable_params < trainer.flop_profile.num_params  # the adapter is priced
@@ -52,7 +68,9 @@ def test_messages_selection_charged_and_training_stops_within_cap(tmp_path, smal
 def test_prompt_completion_trains_on_completions_only(tmp_path, small_pool, tokenizer, tiny_lm):
     budget = 4e10
     args = make_config(tmp_path, flop_budget=budget)
-    trainer = BudgetedSFTTrainer(model=tiny_lm, args=args, train_dataset=prompt_completion(small_pool), processing_class=tokenizer)
+    trainer = BudgetedSFTTrainer(
+        model=tiny_lm, args=args, train_dataset=prompt_completion(small_pool), processing_class=tokenizer
+    )
     rows = [trainer.train_dataset[i] for i in range(4)]
     batch = trainer.data_collator(rows)
     for row, labels in zip(rows, batch["labels"]):
@@ -70,10 +88,15 @@ def test_prompt_completion_trains_on_completions_only(tmp_path, small_pool, toke
 def test_packed_padding_free_charge_matches_flop_counter(tmp_path, small_pool, tokenizer, tiny_lm, with_lora):
     args = make_config(tmp_path, packing=True, max_length=128)
     trainer = BudgetedSFTTrainer(
-        model=tiny_lm, args=args, train_dataset=small_pool.select_columns(["text"]), processing_class=tokenizer,
+        model=tiny_lm,
+        args=args,
+        train_dataset=small_pool.select_columns(["text"]),
+        processing_class=tokenizer,
         # Adapters on q, k and v: with k_proj frozen autograd also skips dK of the first block's
         # attention, which FlopProfile does not model yet (a ~5% overcharge on this tiny model).
-        peft_config=LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj"], task_type="CAUSAL_LM") if with_lora else None,
+        peft_config=LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj"], task_type="CAUSAL_LM")
+        if with_lora
+        else None,
     )
     assert trainer.padding_free and trainer.flop_ledger.budget is None
     batch = next(iter(trainer.get_train_dataloader()))
@@ -88,15 +111,22 @@ def test_packed_padding_free_charge_matches_flop_counter(tmp_path, small_pool, t
 def test_packed_training_stops_within_cap(tmp_path, small_pool, tokenizer, tiny_lm):
     budget = 6e10
     args = make_config(tmp_path, flop_budget=budget, packing=True, max_length=128, per_device_train_batch_size=2)
-    trainer = BudgetedSFTTrainer(model=tiny_lm, args=args, train_dataset=small_pool.select_columns(["text"]),
-                                 processing_class=tokenizer, peft_config=lora())
+    trainer = BudgetedSFTTrainer(
+        model=tiny_lm,
+        args=args,
+        train_dataset=small_pool.select_columns(["text"]),
+        processing_class=tokenizer,
+        peft_config=lora(),
+    )
     trainer.train()
     assert 0.85 * budget <= trainer.flop_ledger.spent <= budget, trainer.flop_ledger.breakdown()
 
 
 def test_varlen_attention_is_charged_per_packed_sequence(tmp_path, small_pool, tokenizer, tiny_lm):
     args = make_config(tmp_path, packing=True, max_length=128)
-    trainer = BudgetedSFTTrainer(model=tiny_lm, args=args, train_dataset=small_pool.select_columns(["text"]), processing_class=tokenizer)
+    trainer = BudgetedSFTTrainer(
+        model=tiny_lm, args=args, train_dataset=small_pool.select_columns(["text"]), processing_class=tokenizer
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     full_square = trainer.batch_flops(batch)
     trainer.model.config._attn_implementation = "flash_attention_2"  # priced only, never run here
@@ -108,7 +138,9 @@ def test_varlen_attention_is_charged_per_packed_sequence(tmp_path, small_pool, t
 
 def test_without_budget_flops_are_recorded_only(tmp_path, small_pool, tokenizer, tiny_lm):
     args = make_config(tmp_path, max_steps=3)
-    trainer = BudgetedSFTTrainer(model=tiny_lm, args=args, train_dataset=small_pool.select_columns(["text"]), processing_class=tokenizer)
+    trainer = BudgetedSFTTrainer(
+        model=tiny_lm, args=args, train_dataset=small_pool.select_columns(["text"]), processing_class=tokenizer
+    )
     trainer.train()
     assert trainer.state.global_step == 3
     assert trainer.flop_ledger.budget is None and trainer.flop_ledger.entries["train"] > 0
@@ -123,5 +155,9 @@ def test_needs_budgeted_sft_config(tmp_path, small_pool, tokenizer, tiny_lm):
     from trl import SFTConfig
 
     with pytest.raises(TypeError, match="needs BudgetedSFTConfig"):
-        BudgetedSFTTrainer(model=tiny_lm, args=SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False),
-                           train_dataset=small_pool, processing_class=tokenizer)
+        BudgetedSFTTrainer(
+            model=tiny_lm,
+            args=SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False),
+            train_dataset=small_pool,
+            processing_class=tokenizer,
+        )

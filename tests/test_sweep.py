@@ -15,11 +15,22 @@ ROOT = Path(__file__).resolve().parents[1]
 def write_sweep(tmp_path, model_dir, **sweep):
     recipe = yaml.safe_load((ROOT / "recipes" / "sweep.yaml").read_text())
     recipe.update(
-        model_name_or_path=str(model_dir), output_dir=str(tmp_path / "sweep"), max_per_source=12, max_pool_chars=500,
-        eval_examples=6, max_seq_length=64, per_device_eval_batch_size=6, logging_steps=50, use_cpu=True,
+        model_name_or_path=str(model_dir),
+        output_dir=str(tmp_path / "sweep"),
+        max_per_source=12,
+        max_pool_chars=500,
+        eval_examples=6,
+        max_seq_length=64,
+        per_device_eval_batch_size=6,
+        logging_steps=50,
+        use_cpu=True,
     )
     recipe["sweep"] = {
-        "selectors": ["random", {"name": "bm25", "kwargs": {"aggregate": "max"}}, {"name": "perplexity", "kwargs": {"batch_size": 16}}],
+        "selectors": [
+            "random",
+            {"name": "bm25", "kwargs": {"aggregate": "max"}},
+            {"name": "perplexity", "kwargs": {"batch_size": 16}},
+        ],
         "fractions": [0.15, 0.3, 0.6],
         "seeds": [0],
         "plot": str(tmp_path / "plots" / "sweep.png"),
@@ -44,10 +55,16 @@ def test_sweep_on_a_tiny_model_records_every_run_plots_and_resumes(tmp_path, tin
         assert record.total_flops == record.selection_flops + record.train_flops > 0
         assert record.tokens_trained > record.k  # every selected row trained once (1 epoch), several tokens each
         assert record.metrics["target_loss"] > 0 and record.baseline_metrics["target_loss"] > 0
-        assert record.model == str(tiny_model_dir) and record.target == "boolean_expressions" and record.flop_budget is None
+        assert (
+            record.model == str(tiny_model_dir)
+            and record.target == "boolean_expressions"
+            and record.flop_budget is None
+        )
         assert record.model_params > 0 and record.train_steps == -(-record.k // 4)
         uses_model = record.selector == "perplexity"
-        assert (record.selection_model_params > 0) == uses_model and (record.selection_flops > 0) == (record.selector != "random")
+        assert (record.selection_model_params > 0) == uses_model and (record.selection_flops > 0) == (
+            record.selector != "random"
+        )
     # The training cost per row is what the planner assumes: the same within a selector's runs.
     per_row = [r.train_flops / r.tokens_trained for r in records]
     assert max(per_row) / min(per_row) < 1.5
@@ -84,11 +101,25 @@ def test_bad_sweep_files_are_clear_errors(tmp_path, tiny_model_dir, capsys):
 def test_budgeted_trainer_appends_its_own_run_record(tmp_path, small_pool, bbh_target, tokenizer, tiny_lm):
     records_path = tmp_path / "runs.jsonl"
     args = BudgetedTrainingArguments(
-        output_dir=str(tmp_path / "out"), flop_budget=2e10, selector="bm25", selection_fraction=0.2,
-        per_device_train_batch_size=4, max_seq_length=64, report_to="none", use_cpu=True, save_strategy="no", seed=3,
+        output_dir=str(tmp_path / "out"),
+        flop_budget=2e10,
+        selector="bm25",
+        selection_fraction=0.2,
+        per_device_train_batch_size=4,
+        max_seq_length=64,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        seed=3,
     )
-    trainer = BudgetedTrainer(model=tiny_lm, args=args, train_dataset=small_pool, processing_class=tokenizer,
-                              selection_target=bbh_target[0], run_records=records_path)
+    trainer = BudgetedTrainer(
+        model=tiny_lm,
+        args=args,
+        train_dataset=small_pool,
+        processing_class=tokenizer,
+        selection_target=bbh_target[0],
+        run_records=records_path,
+    )
     trainer.train()
     (record,) = read_records(records_path)
     assert record.selector == "bm25" and record.seed == 3 and record.flop_budget == 2e10

@@ -28,16 +28,22 @@ def lora():
 
 def test_is_a_drop_in_trainer():
     assert issubclass(BudgetedTrainer, Trainer)
-    from hf_cads import BudgetedTrainingArguments as Args, get_selector  # noqa: F401
+    from hf_cads import BudgetedTrainingArguments as Args  # noqa: F401
 
 
 @pytest.mark.parametrize("accumulation", [1, 3])
 def test_budget_is_never_exceeded_and_mostly_used(tmp_path, small_pool, bbh_target, tokenizer, tiny_lm, accumulation):
     budget = 6e10
-    args = make_args(tmp_path, flop_budget=budget, selector="bm25", selection_fraction=0.5, gradient_accumulation_steps=accumulation)
+    args = make_args(
+        tmp_path, flop_budget=budget, selector="bm25", selection_fraction=0.5, gradient_accumulation_steps=accumulation
+    )
     trainer = BudgetedTrainer(
-        model=tiny_lm, args=args, train_dataset=small_pool, processing_class=tokenizer,
-        selection_target=bbh_target[0], peft_config=lora(),
+        model=tiny_lm,
+        args=args,
+        train_dataset=small_pool,
+        processing_class=tokenizer,
+        selection_target=bbh_target[0],
+        peft_config=lora(),
     )
     assert trainer.flop_ledger.entries["selection"] > 0
     trainer.train()
@@ -68,8 +74,12 @@ def test_duplicated_pool_rows_are_dropped_recorded_and_carded(tmp_path, small_po
     args = make_args(tmp_path, flop_budget=3e10, selector="bm25", selection_fraction=0.25, deduplicate="drop")
     assert args.selector_kwargs == {"deduplicate": "drop"}  # the recipe key travels as the selector option
     trainer = BudgetedTrainer(
-        model=tiny_lm, args=args, train_dataset=pool, processing_class=tokenizer,
-        selection_target=bbh_target[0], peft_config=lora(),
+        model=tiny_lm,
+        args=args,
+        train_dataset=pool,
+        processing_class=tokenizer,
+        selection_target=bbh_target[0],
+        peft_config=lora(),
     )
     charge = trainer.flop_ledger.selection
     assert charge.duplicates_dropped == 7 and charge.k == round(0.25 * len(small_pool))
@@ -80,6 +90,10 @@ def test_duplicated_pool_rows_are_dropped_recorded_and_carded(tmp_path, small_po
     assert "| duplicated parent rows dropped before scoring | 7 |" in (folder / "README.md").read_text()
     with pytest.raises(ValueError, match="7 duplicated row"):
         BudgetedTrainer(
-            model=tiny_causal_lm(tokenizer), args=make_args(tmp_path, flop_budget=3e10, selector="bm25", selection_fraction=0.25, deduplicate="error"),
-            train_dataset=pool, processing_class=tokenizer, selection_target=bbh_target[0], peft_config=lora(),
+            model=tiny_causal_lm(tokenizer),
+            args=make_args(tmp_path, flop_budget=3e10, selector="bm25", selection_fraction=0.25, deduplicate="error"),
+            train_dataset=pool,
+            processing_class=tokenizer,
+            selection_target=bbh_target[0],
+            peft_config=lora(),
         )

@@ -18,7 +18,7 @@ import importlib
 import logging
 import os
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 COMMANDS: dict[str, str] = {
     "run": "select + budgeted finetune from a recipe (default recipes/quickstart.yaml)",

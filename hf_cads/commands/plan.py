@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..planner import make_plan, plot_plan
 from ..records import read_records
@@ -34,8 +34,13 @@ def main(argv: Sequence[str]) -> int:
     direction.add_argument("--higher-is-better", dest="higher", action="store_true", default=None)
     direction.add_argument("--lower-is-better", dest="higher", action="store_false")
     parser.add_argument("--targets", type=int, default=1, help="finetunes sharing one selection (divides its cost)")
-    parser.add_argument("--selection-cost", action="append", default=[], metavar="LABEL=FLOPS",
-                        help="override a selector's selection cost (repeatable)")
+    parser.add_argument(
+        "--selection-cost",
+        action="append",
+        default=[],
+        metavar="LABEL=FLOPS",
+        help="override a selector's selection cost (repeatable)",
+    )
     parser.add_argument("--confidence", type=float, default=0.9, help="interval level (default 0.9)")
     parser.add_argument("--no-baseline", action="store_true", help="do not anchor curves at the untrained metric")
     parser.add_argument("--model", help="use only records of this model")
@@ -47,14 +52,25 @@ def main(argv: Sequence[str]) -> int:
         raise ValueError(f"--targets must be >= 1, got {options.targets}.")
     records = read_records(options.records)
     plan = make_plan(
-        records, metric=options.metric, budget=options.budget, higher_is_better=options.higher, targets=options.targets,
-        selection_costs=_parse_selection_costs(options.selection_cost), confidence=options.confidence,
-        include_baseline=not options.no_baseline, model=options.model, target=options.target,
+        records,
+        metric=options.metric,
+        budget=options.budget,
+        higher_is_better=options.higher,
+        targets=options.targets,
+        selection_costs=_parse_selection_costs(options.selection_cost),
+        confidence=options.confidence,
+        include_baseline=not options.no_baseline,
+        model=options.model,
+        target=options.target,
     )
     print(plan.format())
     if options.json:
         Path(options.json).write_text(json.dumps(plan.to_dict(), indent=2, default=str), encoding="utf-8")
         print(f"\nplan as JSON: {options.json}")
-    plot = Path(options.plot) if options.plot else Path(options.records).with_name(Path(options.records).stem + "_planner.png")
+    plot = (
+        Path(options.plot)
+        if options.plot
+        else Path(options.records).with_name(Path(options.records).stem + "_planner.png")
+    )
     print(f"\nplot: {plot_plan(plan, plot)}")
     return 0

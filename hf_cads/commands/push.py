@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..hub import push_saved_selection
 
@@ -25,8 +25,16 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--commit-message", default=None)
     args = parser.parse_args(list(argv))
     commit = push_saved_selection(
-        args.local_dir, args.repo_id, overwrite=args.overwrite, private=True if args.private else None,
-        revision=args.revision, create_pr=args.create_pr, commit_message=args.commit_message,
+        args.local_dir,
+        args.repo_id,
+        overwrite=args.overwrite,
+        private=True if args.private else None,
+        revision=args.revision,
+        create_pr=args.create_pr,
+        commit_message=args.commit_message,
     )
-    print(f"hf-cads push: uploaded {args.local_dir} to https://huggingface.co/datasets/{args.repo_id} ({getattr(commit, 'commit_url', commit)})", flush=True)
+    print(
+        f"hf-cads push: uploaded {args.local_dir} to https://huggingface.co/datasets/{args.repo_id} ({getattr(commit, 'commit_url', commit)})",
+        flush=True,
+    )
     return 0

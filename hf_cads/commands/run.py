@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..pipeline import default_recipe, format_report, parse_recipe, run_budgeted_finetune
 

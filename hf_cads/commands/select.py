@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..decontamination import ContaminationReport
 from ..distributed import current_processes
@@ -15,7 +16,13 @@ from ..flops import FlopLedger
 from ..hub import DatasetReference, save_selection
 from ..models import load_causal_lm
 from ..pipeline import (
-    Decontamination, RunConfig, decontaminate_run_data, default_recipe, load_run_data, model_load_options, parse_recipe,
+    Decontamination,
+    RunConfig,
+    decontaminate_run_data,
+    default_recipe,
+    load_run_data,
+    model_load_options,
+    parse_recipe,
 )
 from ..selectors import build_selector, get_selector_class, select_for_targets, select_within_budget
 from ..selectors.base import SelectionResult, Selector, restore_pool_rows
@@ -36,12 +43,21 @@ def main(argv: Sequence[str]) -> int:
     """
     parser = argparse.ArgumentParser(prog="hf-cads select", allow_abbrev=False, description=main.__doc__)
     parser.add_argument("--local-dir", required=True, help="folder to write the parquet shards and README.md to")
-    parser.add_argument("--repo-id", default=None, help="dataset repo the folder is meant for (used in the card's reload code); "
-                        "with --targets it must contain {target}, e.g. me/bbh-less-{target}")
+    parser.add_argument(
+        "--repo-id",
+        default=None,
+        help="dataset repo the folder is meant for (used in the card's reload code); "
+        "with --targets it must contain {target}, e.g. me/bbh-less-{target}",
+    )
     parser.add_argument("--config-name", default="default", help="dataset config to write (default: default)")
     parser.add_argument("--overwrite", action="store_true", help="replace the config if the folder already has it")
-    parser.add_argument("--targets", nargs="+", default=None, metavar="TARGET",
-                        help="select for several targets (built-in names or data files) from one pool, one folder each")
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        default=None,
+        metavar="TARGET",
+        help="select for several targets (built-in names or data files) from one pool, one folder each",
+    )
     argv = list(argv)
     # As for `hf-cads run`: an optional recipe first, then flags; flags this parser does not know
     # override recipe options.
@@ -56,8 +72,12 @@ def main(argv: Sequence[str]) -> int:
     validation, pool, decontamination = decontaminate_run_data(run, data)
     selector = recipe_selector(run, training)
     result, _ = select_within_budget(
-        selector, pool, validation, FlopLedger(budget=training.flop_budget),
-        k=training.selection_k, fraction=training.selection_fraction,
+        selector,
+        pool,
+        validation,
+        FlopLedger(budget=training.flop_budget),
+        k=training.selection_k,
+        fraction=training.selection_fraction,
     )
     result = on_loaded_pool(result, data.pool, decontamination)
     if not current_processes().is_main:
@@ -81,10 +101,14 @@ def recipe_selector(run: RunConfig, training: Any) -> Selector:
     if get_selector_class(training.selector).reuses_training_model and "model_name_or_path" not in options:
         # The selector scores with the model the recipe finetunes, loaded as `hf-cads run` loads it.
         model, tokenizer = load_causal_lm(run.model_name_or_path, **model_load_options(run))
-    return build_selector(training.selector, options, seed=training.seed, training_model=model, training_tokenizer=tokenizer)
+    return build_selector(
+        training.selector, options, seed=training.seed, training_model=model, training_tokenizer=tokenizer
+    )
 
 
-def on_loaded_pool(result: SelectionResult, loaded_pool: Any, decontamination: Decontamination | None) -> SelectionResult:
+def on_loaded_pool(
+    result: SelectionResult, loaded_pool: Any, decontamination: Decontamination | None
+) -> SelectionResult:
     """A selection from the decontaminated pool re-expressed on the pool as loaded (``pool_index``)."""
     if decontamination is None:
         return result
@@ -93,22 +117,41 @@ def on_loaded_pool(result: SelectionResult, loaded_pool: Any, decontamination: D
 
 
 def save_target(
-    result: SelectionResult, folder: Any, data: TaskData, validation: Any, repo_id: str | None, args: Any, flop_budget: float | None,
+    result: SelectionResult,
+    folder: Any,
+    data: TaskData,
+    validation: Any,
+    repo_id: str | None,
+    args: Any,
+    flop_budget: float | None,
 ) -> Path:
     """Write one selection folder (parquet shards + dataset card) of a target."""
-    parent = DatasetReference(data.descriptions["pool"], fingerprint=getattr(data.pool, "_fingerprint", None), num_rows=len(data.pool))
-    target = DatasetReference(data.descriptions["target"], fingerprint=getattr(validation, "_fingerprint", None), num_rows=len(validation))
+    parent = DatasetReference(
+        data.descriptions["pool"], fingerprint=getattr(data.pool, "_fingerprint", None), num_rows=len(data.pool)
+    )
+    target = DatasetReference(
+        data.descriptions["target"], fingerprint=getattr(validation, "_fingerprint", None), num_rows=len(validation)
+    )
     return save_selection(
-        result, folder, parent=parent, target=target, repo_id=repo_id, flop_budget=flop_budget,
-        config_name=args.config_name, overwrite=args.overwrite,
+        result,
+        folder,
+        parent=parent,
+        target=target,
+        repo_id=repo_id,
+        flop_budget=flop_budget,
+        config_name=args.config_name,
+        overwrite=args.overwrite,
     )
 
 
 def print_decontamination(decontamination: Decontamination | None) -> None:
     if decontamination is not None:
         summary = decontamination.summary()
-        print(f"decontamination ({summary['mode']}): {summary['pool_rows_overlapping']} pool rows overlap the eval rows, "
-              f"{summary['pool_rows_dropped']} dropped", flush=True)
+        print(
+            f"decontamination ({summary['mode']}): {summary['pool_rows_overlapping']} pool rows overlap the eval rows, "
+            f"{summary['pool_rows_dropped']} dropped",
+            flush=True,
+        )
 
 
 # -- several targets ---------------------------------------------------------------------------
@@ -122,14 +165,31 @@ def select_targets(run: RunConfig, training: Any, args: Any, overrides: Sequence
             "in it (e.g. me/bbh-less-{target}) or leave --repo-id out and push each folder with hf-cads push DIR/NAME REPO_ID."
         )
     names = target_folder_names(args.targets, run.data_dir)
-    tasks = dict(zip(names, load_targets_data(
-        args.targets, run.pool, run.eval, data_dir=run.data_dir, pool_sources=run.pool_sources, max_per_source=run.max_per_source,
-        max_pool_chars=run.max_pool_chars, eval_examples=run.eval_examples, seed=training.seed,
-    )))
+    tasks = dict(
+        zip(
+            names,
+            load_targets_data(
+                args.targets,
+                run.pool,
+                run.eval,
+                data_dir=run.data_dir,
+                pool_sources=run.pool_sources,
+                max_per_source=run.max_per_source,
+                max_pool_chars=run.max_pool_chars,
+                eval_examples=run.eval_examples,
+                seed=training.seed,
+            ),
+        )
+    )
     validations, pool, decontaminations = decontaminate_targets(run, tasks)
     selector = recipe_selector(run, training)
     chosen = select_for_targets(
-        selector, pool, validations, FlopLedger(budget=training.flop_budget), k=training.selection_k, fraction=training.selection_fraction,
+        selector,
+        pool,
+        validations,
+        FlopLedger(budget=training.flop_budget),
+        k=training.selection_k,
+        fraction=training.selection_fraction,
     )
     loaded_pool = next(iter(tasks.values())).pool
     results = {name: on_loaded_pool(chosen.results[name], loaded_pool, decontaminations.get(name)) for name in names}
@@ -140,9 +200,14 @@ def select_targets(run: RunConfig, training: Any, args: Any, overrides: Sequence
     for name in names:
         result = results[name]
         repo_id = args.repo_id.replace(TARGET_FIELD, name) if args.repo_id else None
-        folder = save_target(result, Path(args.local_dir) / name, tasks[name], validations[name], repo_id, args, training.flop_budget)
-        print(f"  {name}: kept {len(result)} of {result.pool_size} rows, {charge_line(chosen, name)}; wrote {folder} "
-              f"(load_dataset({str(folder)!r}, {args.config_name!r}))", flush=True)
+        folder = save_target(
+            result, Path(args.local_dir) / name, tasks[name], validations[name], repo_id, args, training.flop_budget
+        )
+        print(
+            f"  {name}: kept {len(result)} of {result.pool_size} rows, {charge_line(chosen, name)}; wrote {folder} "
+            f"(load_dataset({str(folder)!r}, {args.config_name!r}))",
+            flush=True,
+        )
     print(f"hf-cads select: {total_line(chosen, training.flop_budget)}", flush=True)
     return 0
 
@@ -176,7 +241,9 @@ def target_folder_names(targets: Sequence[str], data_dir: Any = None) -> list[st
     return names
 
 
-def decontaminate_targets(run: RunConfig, tasks: dict[str, TaskData]) -> tuple[dict[str, Any], Any, dict[str, Decontamination]]:
+def decontaminate_targets(
+    run: RunConfig, tasks: dict[str, TaskData]
+) -> tuple[dict[str, Any], Any, dict[str, Decontamination]]:
     """Each target's validation rows and the one pool to select from: without the pool rows that
     overlap any target's test rows (``decontaminate: drop``), and per target what was found (its
     card lists the pool rows dropped for every target)."""
@@ -189,8 +256,10 @@ def decontaminate_targets(run: RunConfig, tasks: dict[str, TaskData]) -> tuple[d
         for match in found.pool_report.matches:  # type: ignore[union-attr]
             first_matches.setdefault(match.pool_row, dataclasses.replace(match, test_set=f"{name} {match.test_set}"))
     merged = ContaminationReport(
-        matches=[first_matches[row] for row in sorted(first_matches)], pool_size=len(pool),
-        test_sizes={f"{name} eval": len(task.test) for name, task in tasks.items()}, ngram_size=run.decontamination_ngram,
+        matches=[first_matches[row] for row in sorted(first_matches)],
+        pool_size=len(pool),
+        test_sizes={f"{name} eval": len(task.test) for name, task in tasks.items()},
+        ngram_size=run.decontamination_ngram,
         counts={f"{name} eval": len(found.pool_report.matches) for name, (_, _, found) in checked.items()},  # type: ignore[union-attr]
     )
     found_per_target = {
@@ -199,7 +268,9 @@ def decontaminate_targets(run: RunConfig, tasks: dict[str, TaskData]) -> tuple[d
     }
     if run.decontaminate == "drop" and merged.matches:
         if not merged.keep_rows:
-            raise ValueError("No pool row is left after decontamination: every one overlaps some target's eval rows; check that pool and eval differ.")
+            raise ValueError(
+                "No pool row is left after decontamination: every one overlaps some target's eval rows; check that pool and eval differ."
+            )
         pool = pool.select(merged.keep_rows)
     return {name: validation for name, (validation, _, _) in checked.items()}, pool, found_per_target
 
@@ -209,10 +280,20 @@ def describe_path(selector: Selector, chosen: TargetSelections) -> str:
     if chosen.path == ONE_PASS:
         return f"{selector.name} for {count} in one pass: pool features computed once, target gradients per target"
     if chosen.path == SCORED_ONCE:
-        where = "a temporary score cache (set cache_dir to keep it)" if chosen.score_cache_temporary else f"the score cache {chosen.score_cache}"
-        return (f"{selector.name} does not use the target: the pool is scored once and the other {len(chosen.charges) - 1} "
-                f"target(s) read those scores from {where}")
-    cache = f"score cache {chosen.score_cache}" if chosen.score_cache else "no score cache (set cache_dir to reuse scores on a rerun)"
+        where = (
+            "a temporary score cache (set cache_dir to keep it)"
+            if chosen.score_cache_temporary
+            else f"the score cache {chosen.score_cache}"
+        )
+        return (
+            f"{selector.name} does not use the target: the pool is scored once and the other {len(chosen.charges) - 1} "
+            f"target(s) read those scores from {where}"
+        )
+    cache = (
+        f"score cache {chosen.score_cache}"
+        if chosen.score_cache
+        else "no score cache (set cache_dir to reuse scores on a rerun)"
+    )
     return f"{selector.name} has no multi-target path: one selection per target ({count}; {cache})"
 
 

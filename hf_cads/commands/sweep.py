@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..pipeline import find_recipe
 from ..sweep import run_sweep
@@ -16,7 +16,11 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("sweep_file", nargs="?", default=None, help="sweep YAML (default recipes/sweep.yaml)")
     parser.add_argument("--budget", type=float, default=None, help="also recommend a selector for this FLOP budget")
     options, overrides = parser.parse_known_args(list(argv))
-    sweep_file = Path(options.sweep_file) if options.sweep_file else find_recipe("sweep.yaml", "pass a sweep file: hf-cads sweep path/to/sweep.yaml")
+    sweep_file = (
+        Path(options.sweep_file)
+        if options.sweep_file
+        else find_recipe("sweep.yaml", "pass a sweep file: hf-cads sweep path/to/sweep.yaml")
+    )
     summary = run_sweep(sweep_file, overrides, budget=options.budget)
     from accelerate import PartialState
 
@@ -24,8 +28,10 @@ def main(argv: Sequence[str]) -> int:
         return 0
     if summary.report:
         print(summary.report)
-    print(f"\nrecords: {summary.records_path}  ({summary.ran} ran, {summary.skipped} already recorded, "
-          f"{len(summary.failed)} failed)")
+    print(
+        f"\nrecords: {summary.records_path}  ({summary.ran} ran, {summary.skipped} already recorded, "
+        f"{len(summary.failed)} failed)"
+    )
     if summary.plot_path:
         print(f"plot: {summary.plot_path}")
     for description, error in summary.failed.items():

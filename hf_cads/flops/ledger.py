@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from ..budget import SelectionCharge, TrainingPlan, migrate_legacy_notes
 
@@ -128,7 +129,7 @@ class FlopLedger:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "FlopLedger":
+    def from_dict(cls, data: Mapping[str, Any]) -> FlopLedger:
         """Read :meth:`to_dict`'s output, also from ledgers written before the typed plan existed
         (their ``notes`` held the same facts under string keys)."""
         entries = dict(data["entries"])
@@ -136,8 +137,13 @@ class FlopLedger:
             notes, selection, training = migrate_legacy_notes(data.get("notes", {}), entries.get("selection", 0.0))
             return cls(budget=data.get("budget"), entries=entries, notes=notes, selection=selection, training=training)
         selection = SelectionCharge.from_dict(data["selection"]) if data.get("selection") else None
-        return cls(budget=data.get("budget"), entries=entries, notes=dict(data.get("notes", {})),
-                   selection=selection, training=TrainingPlan.from_dict(data["training"]))
+        return cls(
+            budget=data.get("budget"),
+            entries=entries,
+            notes=dict(data.get("notes", {})),
+            selection=selection,
+            training=TrainingPlan.from_dict(data["training"]),
+        )
 
     def save(self, path: str) -> None:
         """Write the ledger as JSON, atomically (a temporary file moved into place)."""
@@ -147,7 +153,7 @@ class FlopLedger:
         os.replace(temporary, path)
 
     @classmethod
-    def load(cls, path: str) -> "FlopLedger":
+    def load(cls, path: str) -> FlopLedger:
         with open(path, encoding="utf-8") as handle:
             return cls.from_dict(json.load(handle))
 
@@ -163,4 +169,3 @@ def validate_budget(budget: Any) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"flop_budget must be a finite number > 0, got {budget!r}.")
     return value
-

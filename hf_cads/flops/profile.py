@@ -18,8 +18,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Iterable
+from typing import Any
 
 from ..lora import DEFAULT_LORA_TARGET_MODULES, target_modules_of
 
@@ -36,7 +37,7 @@ class LoraSpec:
     target_modules: tuple[str, ...] = DEFAULT_LORA_TARGET_MODULES
 
     @classmethod
-    def from_peft_config(cls, peft_config: Any) -> "LoraSpec":
+    def from_peft_config(cls, peft_config: Any) -> LoraSpec:
         # hf_cads's defaults when the config names no layers (BudgetedTrainer fills them in too).
         modules = target_modules_of(peft_config)
         return cls(rank=int(peft_config.r), target_modules=tuple(sorted(modules)))
@@ -94,7 +95,9 @@ class FlopProfile:
     def forward_flops(self, batch_size: int, seq_len: int) -> float:
         """FLOPs of one forward pass over ``batch_size`` sequences padded to ``seq_len``."""
         tokens = batch_size * seq_len
-        linear = 2.0 * tokens * self.num_params + 2.0 * batch_size * sum(layer.macs_per_token for layer in self.per_sequence)
+        linear = 2.0 * tokens * self.num_params + 2.0 * batch_size * sum(
+            layer.macs_per_token for layer in self.per_sequence
+        )
         # QK^T and AV: each 2 * s * s * d per sequence and layer. Measured kernels compute the full
         # square even under a causal mask, so the estimate does too.
         attention = 4.0 * batch_size * seq_len * seq_len * self.attention_dim * self.num_layers
@@ -129,12 +132,14 @@ class FlopProfile:
         total = self.forward_flops(batch_size, prompt_len) - 2.0 * batch_size * (prompt_len - 1) * head
         for step in range(1, max(int(new_tokens), 1)):
             context = prompt_len + step
-            total += 2.0 * batch_size * self.num_params + 4.0 * batch_size * context * self.attention_dim * self.num_layers
+            total += (
+                2.0 * batch_size * self.num_params + 4.0 * batch_size * context * self.attention_dim * self.num_layers
+            )
         return total
 
     # -- constructors --------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: Any, lora: LoraSpec | None = None) -> "FlopProfile":
+    def from_config(cls, config: Any, lora: LoraSpec | None = None) -> FlopProfile:
         """Analytic profile of a decoder (Llama/Mistral/Qwen/GPT-2 style) or encoder (BERT, MPNet, or
         the encoder stack of a T5 config, as ``T5EncoderModel`` and sentence-T5/GTR run it).
 
@@ -162,7 +167,7 @@ class FlopProfile:
         return profile.with_lora(lora) if lora is not None else profile
 
     @classmethod
-    def from_model(cls, model: Any) -> "FlopProfile":
+    def from_model(cls, model: Any) -> FlopProfile:
         """Profile of an instantiated ``torch.nn.Module``, reading its linear layers and trainability.
 
         peft LoRA layers are recognised through their parts: the wrapped ``base_layer`` is a frozen
@@ -186,20 +191,30 @@ class FlopProfile:
         per_sequence: list[LinearLayer] = []
         for name, module in model.named_modules():
             if isinstance(module, torch.nn.Linear):
-                layer = LinearLayer(name, module.in_features, module.out_features, trainable=module.weight.requires_grad)
+                layer = LinearLayer(
+                    name, module.in_features, module.out_features, trainable=module.weight.requires_grad
+                )
                 # BERT/RoBERTa/MPNet poolers read the first token only.
                 (per_sequence if "pooler" in name.split(".") else layers).append(layer)
         output_embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        if output_embeddings is not None and not any(isinstance(m, torch.nn.Linear) for m in output_embeddings.modules()):
+        if output_embeddings is not None and not any(
+            isinstance(m, torch.nn.Linear) for m in output_embeddings.modules()
+        ):
             # A head applied as a matmul with the (tied) embedding matrix rather than through an nn.Linear.
             layers.append(LinearLayer("lm_head", c["hidden_size"], c["vocab_size"], trainable=False))
         embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
         embeddings_frozen = embeddings is None or not embeddings.weight.requires_grad
-        profile = cls(tuple(layers), c["num_layers"], c["num_heads"] * c["head_dim"], name=c["name"], per_sequence=tuple(per_sequence))
+        profile = cls(
+            tuple(layers),
+            c["num_layers"],
+            c["num_heads"] * c["head_dim"],
+            name=c["name"],
+            per_sequence=tuple(per_sequence),
+        )
         return profile._skip_first_block_input_grads() if embeddings_frozen else profile
 
     @classmethod
-    def from_sentence_encoder(cls, encoder: Any) -> "FlopProfile":
+    def from_sentence_encoder(cls, encoder: Any) -> FlopProfile:
         """Profile of a ``sentence_transformers.SentenceTransformer`` as ``encode`` runs it.
 
         The transformer module is read with :meth:`from_model` (BERT/MiniLM, MPNet, a T5 encoder,
@@ -237,8 +252,12 @@ class FlopProfile:
                         "FLOPs FlopProfile does not count; use a transformer-based encoder."
                     )
                 if isinstance(part, torch.nn.Linear):
-                    layer = LinearLayer(f"{index}.{name}".rstrip("."), part.in_features, part.out_features,
-                                        trainable=part.weight.requires_grad)
+                    layer = LinearLayer(
+                        f"{index}.{name}".rstrip("."),
+                        part.in_features,
+                        part.out_features,
+                        trainable=part.weight.requires_grad,
+                    )
                     (per_sequence if pooled else per_token).append(layer)
             pooled = pooled or kind == "Pooling"
         if transformer is None:
@@ -252,7 +271,7 @@ class FlopProfile:
             per_sequence=transformer.per_sequence + tuple(per_sequence),
         )
 
-    def with_lora(self, lora: LoraSpec) -> "FlopProfile":
+    def with_lora(self, lora: LoraSpec) -> FlopProfile:
         """The same model with frozen base weights and LoRA adapters on ``lora.target_modules``."""
         if lora.rank <= 0:
             raise ValueError(f"LoRA rank must be positive, got {lora.rank}.")
@@ -272,7 +291,7 @@ class FlopProfile:
         profile = replace(self, linears=tuple(layers), per_sequence=frozen_per_sequence)
         return profile._skip_first_block_input_grads()
 
-    def _skip_first_block_input_grads(self) -> "FlopProfile":
+    def _skip_first_block_input_grads(self) -> FlopProfile:
         """With frozen embeddings the first block's q/k/v (and their LoRA A) read a tensor that
         needs no gradient, so autograd computes no input gradient for them."""
         first_inputs = {"q_proj", "k_proj", "v_proj", "query", "key", "value", "c_attn"}
@@ -323,15 +342,21 @@ def _normalise_config(config: Any) -> dict[str, Any]:
     bert_like = {"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra"}
     # A T5 config describes encoder and decoder; as an embedding model only the encoder stack runs.
     t5_encoder = model_type in T5_MODEL_TYPES
-    is_encoder = t5_encoder or (bool(getattr(config, "is_encoder_decoder", False)) is False and model_type in bert_like)
+    is_encoder = t5_encoder or (
+        bool(getattr(config, "is_encoder_decoder", False)) is False and model_type in bert_like
+    )
     # Gemma 2/3 name it hidden_activation (gelu_pytorch_tanh, gated); GPT-2 activation_function.
     act = str(pick("hidden_act", "hidden_activation", "activation_function", default=""))
     if t5_encoder:
         # v1.0 "relu" (wi, wo); v1.1 / GTR "gated-gelu" (wi_0, wi_1, wo).
-        gated = bool(getattr(config, "is_gated_act", str(getattr(config, "feed_forward_proj", "")).startswith("gated-")))
+        gated = bool(
+            getattr(config, "is_gated_act", str(getattr(config, "feed_forward_proj", "")).startswith("gated-"))
+        )
     else:
         gated = model_type not in bert_like | {"gpt2"} and (
-            "silu" in act or "swiglu" in act or "gelu_pytorch_tanh" in act
+            "silu" in act
+            or "swiglu" in act
+            or "gelu_pytorch_tanh" in act
             or model_type in {"llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text"}
         )
     return {

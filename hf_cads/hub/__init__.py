@@ -21,6 +21,8 @@ Example:
     >>> push_selection(result, "me/bbh-bm25-10pct", parent=pool, target=validation, flop_budget=1.2e13)  # doctest: +SKIP
 """
 
+from ..templates import METADATA_KEY, card_template, render_template
+from ..trainer.model_card import BUDGET_SECTION_END, BUDGET_SECTION_START, add_budget_section
 from .cards import (
     CARD_FILE,
     DatasetReference,
@@ -31,8 +33,6 @@ from .cards import (
     score_histogram,
     selection_provenance,
 )
-from ..templates import METADATA_KEY, card_template, render_template
-from ..trainer.model_card import BUDGET_SECTION_END, BUDGET_SECTION_START, add_budget_section
 from .push import push_saved_selection, push_selection, save_selection
 
 __all__ = [

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._version import __version__
-from ..templates import METADATA_KEY, format_flops, format_number, plain_values, redact, render_template
 from ..selectors.base import INDEX_COLUMN, SCORE_COLUMN
+from ..templates import METADATA_KEY, format_flops, format_number, plain_values, redact, render_template
 
 if TYPE_CHECKING:
     from ..flops import FlopLedger
@@ -26,8 +27,6 @@ CARD_FILE = "README.md"
 SUBSET_TAGS = ("hf-cads", "data-selection")
 LOCAL_SOURCE = "path/to/this/folder"
 _CONFIG_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
-
-
 
 
 # -- templates ------------------------------------------------------------------------------------
@@ -121,7 +120,8 @@ def format_histogram(histogram: Mapping[str, Sequence[float]], width: int = 40) 
         return "(no finite scores)"
     largest = max(max(counts), 1)
     labels = [
-        f"[{format_number(edges[i])}, {format_number(edges[i + 1])}{']' if i == len(counts) - 1 else ')'}" for i in range(len(counts))
+        f"[{format_number(edges[i])}, {format_number(edges[i + 1])}{']' if i == len(counts) - 1 else ')'}"
+        for i in range(len(counts))
     ]
     column = max(len(label) for label in labels) + 2
     lines = [f"{'score bin':<{column}}{'kept':>6} / all"]
@@ -134,11 +134,11 @@ def format_histogram(histogram: Mapping[str, Sequence[float]], width: int = 40) 
 
 
 def selection_provenance(
-    result: "SelectionResult",
+    result: SelectionResult,
     *,
     parent: Any,
     target: Any = None,
-    ledger: "FlopLedger | None" = None,
+    ledger: FlopLedger | None = None,
     flop_budget: float | None = None,
     planned_training_flops: float | None = None,
     config_name: str = "default",
@@ -175,37 +175,43 @@ def selection_provenance(
         flops["train_spent"] = float(ledger.entries["train"])
     all_scores = result.all_scores if result.all_scores is not None else result.scores
     extras = {
-        key: value for key, value in result.extras.items()
-        if key not in ("hub", "decontamination") and not isinstance(value, np.ndarray)  # per-row arrays belong in the data, not the card
+        key: value
+        for key, value in result.extras.items()
+        if key not in ("hub", "decontamination")
+        and not isinstance(value, np.ndarray)  # per-row arrays belong in the data, not the card
     }
-    return redact(plain_values({
-        "config_name": config_name,
-        "split": split,
-        "hf_cads_version": __version__,
-        "selector": result.selector,
-        "selector_config": config,
-        "seed": config.get("seed"),
-        "parent": asdict(parent_ref),
-        "target": asdict(target_ref) if target_ref is not None else None,
-        "k": len(result),
-        "pool_size": int(result.pool_size),
-        "fraction": len(result) / result.pool_size,
-        "duplicates_dropped": int((result.extras.get("deduplication") or {}).get("dropped", 0)),
-        "decontamination": result.extras.get("decontamination"),
-        "flops": flops,
-        "columns": {"score": SCORE_COLUMN, "index": INDEX_COLUMN},
-        "scores": {
-            "kept_min": float(np.min(result.scores)) if len(result) else None,
-            "kept_mean": float(np.mean(result.scores)) if len(result) else None,
-            "histogram_scope": "all parent rows" if result.all_scores is not None else "kept rows only",
-            "histogram": score_histogram(all_scores, result.scores),
-        },
-        "extras": extras,
-    }))
+    return redact(
+        plain_values(
+            {
+                "config_name": config_name,
+                "split": split,
+                "hf_cads_version": __version__,
+                "selector": result.selector,
+                "selector_config": config,
+                "seed": config.get("seed"),
+                "parent": asdict(parent_ref),
+                "target": asdict(target_ref) if target_ref is not None else None,
+                "k": len(result),
+                "pool_size": int(result.pool_size),
+                "fraction": len(result) / result.pool_size,
+                "duplicates_dropped": int((result.extras.get("deduplication") or {}).get("dropped", 0)),
+                "decontamination": result.extras.get("decontamination"),
+                "flops": flops,
+                "columns": {"score": SCORE_COLUMN, "index": INDEX_COLUMN},
+                "scores": {
+                    "kept_min": float(np.min(result.scores)) if len(result) else None,
+                    "kept_mean": float(np.mean(result.scores)) if len(result) else None,
+                    "histogram_scope": "all parent rows" if result.all_scores is not None else "kept rows only",
+                    "histogram": score_histogram(all_scores, result.scores),
+                },
+                "extras": extras,
+            }
+        )
+    )
 
 
 def _planned_training_flops(
-    result: "SelectionResult", ledger: "FlopLedger | None", flop_budget: float | None, explicit: float | None
+    result: SelectionResult, ledger: FlopLedger | None, flop_budget: float | None, explicit: float | None
 ) -> float | None:
     if explicit is not None:
         return float(explicit)
@@ -250,8 +256,12 @@ def _selection_context(entry: Mapping[str, Any]) -> dict[str, Any]:
     target = DatasetReference(**entry["target"]) if entry.get("target") else None
     selection = format_flops(flops.get("selection"))
     if flops.get("selection_when_computed") is not None:
-        selection += f" (scores reused from a cache; computing them cost {format_flops(flops['selection_when_computed'])})"
-    planned = format_flops(flops.get("planned_training")) if flops.get("planned_training") is not None else "not planned"
+        selection += (
+            f" (scores reused from a cache; computing them cost {format_flops(flops['selection_when_computed'])})"
+        )
+    planned = (
+        format_flops(flops.get("planned_training")) if flops.get("planned_training") is not None else "not planned"
+    )
     if flops.get("train_spent") is not None:
         planned += f" (spent: {format_flops(flops['train_spent'])})"
     extras = entry.get("extras") or {}
@@ -294,7 +304,9 @@ def _decontamination_context(summary: Mapping[str, Any] | None) -> dict[str, Any
     }
 
 
-def merge_card_metadata(existing: Mapping[str, Any], incoming: Mapping[str, Any], *, overwrite: bool, where: str) -> dict[str, Any]:
+def merge_card_metadata(
+    existing: Mapping[str, Any], incoming: Mapping[str, Any], *, overwrite: bool, where: str
+) -> dict[str, Any]:
     """``existing`` card metadata with the configs of ``incoming`` added.
 
     A config of ``incoming`` that ``existing`` already has is an error unless ``overwrite``; then
@@ -315,7 +327,9 @@ def merge_card_metadata(existing: Mapping[str, Any], incoming: Mapping[str, Any]
             f"{where} already has config(s) {clashes}; pass overwrite=True (hf-cads: --overwrite) to replace them, "
             "or choose another config_name."
         )
-    merged = {key: value for key, value in dict(existing).items() if key not in {"configs", "dataset_info", METADATA_KEY}}
+    merged = {
+        key: value for key, value in dict(existing).items() if key not in {"configs", "dataset_info", METADATA_KEY}
+    }
     configs = MetadataConfigs({**old_configs, **new_configs})
     infos = DatasetInfosDict.from_dataset_card_data(old_data)
     infos.update(DatasetInfosDict.from_dataset_card_data(new_data))
@@ -327,7 +341,9 @@ def merge_card_metadata(existing: Mapping[str, Any], incoming: Mapping[str, Any]
     rows = [sum(split.num_examples for split in (info.splits or {}).values()) for info in infos.values()]
     merged["size_categories"] = [_size_category(max(rows, default=0))]
     new_provenance = {entry["config_name"]: entry for entry in incoming.get(METADATA_KEY) or []}
-    merged[METADATA_KEY] = [entry for name, entry in old_provenance.items() if name not in new_provenance] + list(new_provenance.values())
+    merged[METADATA_KEY] = [entry for name, entry in old_provenance.items() if name not in new_provenance] + list(
+        new_provenance.values()
+    )
     return merged
 
 
@@ -340,9 +356,3 @@ def _size_category(rows: int) -> str:
         if rows < 10 ** (power + 1):
             return f"{low}<n<{high}"
     return "n>1T"
-
-
-
-
-
-

@@ -23,13 +23,13 @@ logger = logging.getLogger(__name__)
 
 # -- writing and pushing --------------------------------------------------------------------------
 def save_selection(
-    result: "SelectionResult",
+    result: SelectionResult,
     local_dir: str | os.PathLike,
     *,
     parent: Any,
     target: Any = None,
     repo_id: str | None = None,
-    ledger: "FlopLedger | None" = None,
+    ledger: FlopLedger | None = None,
     flop_budget: float | None = None,
     planned_training_flops: float | None = None,
     config_name: str = "default",
@@ -54,8 +54,14 @@ def save_selection(
     folder = Path(local_dir)
     data_dir = _data_dir(config_name)
     provenance = selection_provenance(
-        result, parent=parent, target=target, ledger=ledger, flop_budget=flop_budget,
-        planned_training_flops=planned_training_flops, config_name=config_name, split=split,
+        result,
+        parent=parent,
+        target=target,
+        ledger=ledger,
+        flop_budget=flop_budget,
+        planned_training_flops=planned_training_flops,
+        config_name=config_name,
+        split=split,
     )
     dataset = result.dataset
     card_data = DatasetCardData(
@@ -94,7 +100,7 @@ def save_selection(
 
 
 def push_selection(
-    result: "SelectionResult",
+    result: SelectionResult,
     repo_id: str,
     *,
     parent: Any,
@@ -120,8 +126,15 @@ def push_selection(
     with tempfile.TemporaryDirectory(prefix="hf_cads_push_") as staging:
         save_selection(result, staging, parent=parent, repo_id=repo_id, **card_options)
         commit = push_saved_selection(
-            staging, repo_id, overwrite=overwrite, private=private, token=token, revision=revision,
-            create_pr=create_pr, commit_message=commit_message, api=api,
+            staging,
+            repo_id,
+            overwrite=overwrite,
+            private=private,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
+            commit_message=commit_message,
+            api=api,
         )
     result.extras["hub"] = {**result.extras["hub"], "local_dir": None, "pushed": True}
     return commit
@@ -148,7 +161,6 @@ def push_saved_selection(
     """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard, HfApi
 
-
     folder = Path(local_dir)
     card_path = folder / CARD_FILE
     if not card_path.is_file():
@@ -159,14 +171,19 @@ def push_saved_selection(
     local = DatasetCard.load(card_path).data.to_dict()
     selections = local.get(METADATA_KEY) or []
     if not selections:
-        raise ValueError(f"{card_path} has no {METADATA_KEY!r} metadata: {folder} does not hold a selection saved by hf_cads.")
+        raise ValueError(
+            f"{card_path} has no {METADATA_KEY!r} metadata: {folder} does not hold a selection saved by hf_cads."
+        )
     pushed = [(entry["config_name"], entry["split"]) for entry in selections]
     files = sorted(
         path.relative_to(folder).as_posix()
-        for name, split in pushed for path in (folder / _data_dir(name)).glob(f"{split}-*.parquet")
+        for name, split in pushed
+        for path in (folder / _data_dir(name)).glob(f"{split}-*.parquet")
     )
     if not files:
-        raise FileNotFoundError(f"{folder} has a card but no parquet shards under {sorted({_data_dir(n) for n, _ in pushed})}.")
+        raise FileNotFoundError(
+            f"{folder} has a card but no parquet shards under {sorted({_data_dir(n) for n, _ in pushed})}."
+        )
 
     if api is None:
         api = HfApi(token=token, library_name="hf_cads", library_version=__version__)
@@ -176,10 +193,14 @@ def push_saved_selection(
     remote_files = api.list_repo_files(repo_id, repo_type="dataset", revision=revision)
     existing: dict[str, Any] = {}
     if CARD_FILE in remote_files:
-        existing = DatasetCard.load(api.hf_hub_download(repo_id, CARD_FILE, repo_type="dataset", revision=revision)).data.to_dict()
+        existing = DatasetCard.load(
+            api.hf_hub_download(repo_id, CARD_FILE, repo_type="dataset", revision=revision)
+        ).data.to_dict()
     stale = [
-        path for path in remote_files
-        for name, split in pushed if path.startswith(f"{_data_dir(name)}/{split}-") and path not in files
+        path
+        for path in remote_files
+        for name, split in pushed
+        if path.startswith(f"{_data_dir(name)}/{split}-") and path not in files
     ]
     metadata = merge_card_metadata(existing, local, overwrite=overwrite, where=f"Dataset repo {repo_id}")
     if stale and not overwrite:
@@ -189,12 +210,18 @@ def push_saved_selection(
         )
     card = str(render_subset_card(metadata, repo_id))
     check_no_secret(card, token)
-    operations: list[Any] = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(folder / path)) for path in files]
+    operations: list[Any] = [
+        CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(folder / path)) for path in files
+    ]
     operations.append(CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=card.encode("utf-8")))
     operations += [CommitOperationDelete(path_in_repo=path) for path in stale]
     configs = ", ".join(name for name, _ in pushed)
     commit = api.create_commit(
-        repo_id, operations=operations, repo_type="dataset", revision=revision, create_pr=create_pr,
+        repo_id,
+        operations=operations,
+        repo_type="dataset",
+        revision=revision,
+        create_pr=create_pr,
         commit_message=commit_message or f"hf_cads: upload selection ({configs})",
     )
     logger.info("Pushed %d shard(s) of config(s) %s to dataset repo %s", len(files), configs, repo_id)

@@ -14,14 +14,38 @@ Example:
     >>> report = run_budgeted_finetune(run_config, training_args)  # doctest: +SKIP
 """
 
-from .inputs import Decontamination, RunInputs, decontaminate_run_data, load_run_data, load_run_inputs, model_load_options
+from .inputs import (
+    Decontamination,
+    RunInputs,
+    decontaminate_run_data,
+    load_run_data,
+    load_run_inputs,
+    model_load_options,
+)
 from .recipe import (
-    DECONTAMINATE_MODES, MODEL_DTYPES, QUICKSTART, TRAINERS, RunConfig, default_recipe, find_recipe, parse_recipe,
-    read_yaml_file, recipe_from_dict,
+    DECONTAMINATE_MODES,
+    MODEL_DTYPES,
+    QUICKSTART,
+    TRAINERS,
+    RunConfig,
+    default_recipe,
+    find_recipe,
+    parse_recipe,
+    read_yaml_file,
+    recipe_from_dict,
 )
 from .run import (
-    build_trainer, evaluate_target, exact_match_applies, expected_run_key, format_report, resolve_trainer,
-    run_budgeted_finetune, run_records_path, run_setup, sft_view, target_loss,
+    build_trainer,
+    evaluate_target,
+    exact_match_applies,
+    expected_run_key,
+    format_report,
+    resolve_trainer,
+    run_budgeted_finetune,
+    run_records_path,
+    run_setup,
+    sft_view,
+    target_loss,
 )
 
 __all__ = [

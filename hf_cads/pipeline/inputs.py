@@ -52,8 +52,15 @@ def load_run_data(run: RunConfig, seed: int) -> TaskData:
     """A run's target splits (test cut to ``eval_examples``) and pool (seeded by ``seed``), from
     presets or your own sources (:func:`hf_cads.sources.load_task_data`)."""
     return load_task_data(
-        run.target, run.pool, run.eval, data_dir=run.data_dir, pool_sources=run.pool_sources,
-        max_per_source=run.max_per_source, max_pool_chars=run.max_pool_chars, eval_examples=run.eval_examples, seed=seed,
+        run.target,
+        run.pool,
+        run.eval,
+        data_dir=run.data_dir,
+        pool_sources=run.pool_sources,
+        max_per_source=run.max_per_source,
+        max_pool_chars=run.max_pool_chars,
+        eval_examples=run.eval_examples,
+        seed=seed,
     )
 
 
@@ -72,8 +79,11 @@ class Decontamination:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "mode": self.mode, "ngram_size": self.pool_report.ngram_size, "pool_rows_overlapping": len(self.pool_report.matches),
-            "pool_rows_dropped": self.dropped, "target_rows_overlapping": len(self.target_report.matches),
+            "mode": self.mode,
+            "ngram_size": self.pool_report.ngram_size,
+            "pool_rows_overlapping": len(self.pool_report.matches),
+            "pool_rows_dropped": self.dropped,
+            "target_rows_overlapping": len(self.target_report.matches),
             "examples": self.pool_report.examples(3),
         }
 
@@ -102,7 +112,9 @@ def decontaminate_run_data(run: RunConfig, data: TaskData) -> tuple[Any, Any, De
     validation = data.validation.select(target_report.keep_rows) if target_report.matches else data.validation
     pool = data.pool.select(pool_report.keep_rows) if pool_report.matches else data.pool
     if len(pool) == 0:
-        raise ValueError("No pool row is left after decontamination: every one overlaps the eval rows; check that pool and eval differ.")
+        raise ValueError(
+            "No pool row is left after decontamination: every one overlaps the eval rows; check that pool and eval differ."
+        )
     return validation, pool, result
 
 
@@ -130,15 +142,21 @@ def model_load_options(run: RunConfig) -> dict[str, Any]:
             bnb_4bit_use_double_quant=run.bnb_4bit_use_double_quant,
             bnb_4bit_quant_storage=getattr(torch, run.bnb_4bit_quant_storage or "uint8"),
         )
-        sharded = any(os.environ.get(flag, "").lower() == "true" for flag in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
+        sharded = any(
+            os.environ.get(flag, "").lower() == "true" for flag in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
+        )
         if not sharded:
             # Every process holds a whole 4-bit copy on its own GPU (or in CPU memory, where bitsandbytes'
             # CPU backend runs it); FSDP and ZeRO-3 place shards themselves.
-            options["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"}
+            options["device_map"] = {
+                "": int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"
+            }
     return options
 
 
-def load_run_inputs(run: RunConfig, args: BudgetedTrainingArguments, model_and_tokenizer: tuple[Any, Any] | None = None) -> RunInputs:
+def load_run_inputs(
+    run: RunConfig, args: BudgetedTrainingArguments, model_and_tokenizer: tuple[Any, Any] | None = None
+) -> RunInputs:
     """Load the target, the pool (seeded by ``args.seed``) and, unless given, the model."""
     from ..models import load_causal_lm
 
@@ -149,7 +167,8 @@ def load_run_inputs(run: RunConfig, args: BudgetedTrainingArguments, model_and_t
         if run.load_in_4bit:
             from peft import prepare_model_for_kbit_training
 
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(args.gradient_checkpointing))
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=bool(args.gradient_checkpointing)
+            )
         model_and_tokenizer = (model, tokenizer)
     return RunInputs(validation, data.test, pool, *model_and_tokenizer, data=data, decontamination=decontamination)
-

@@ -20,7 +20,6 @@ from ..decontamination import DEFAULT_NGRAM_SIZE
 from ..lora import DEFAULT_LORA_R, DEFAULT_LORA_TARGET_MODULES
 from ..trainer import BudgetedTrainingArguments
 
-
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
 TRAINERS = ("sft", "causal-lm")
 DECONTAMINATE_MODES = ("drop", "report", "off")
@@ -114,21 +113,33 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         setting = str(self.decontaminate).strip().lower()
-        self.decontaminate = {"true": "drop", "yes": "drop", "false": "off", "no": "off", "none": "off"}.get(setting, setting)
+        self.decontaminate = {"true": "drop", "yes": "drop", "false": "off", "no": "off", "none": "off"}.get(
+            setting, setting
+        )
         if self.decontaminate not in DECONTAMINATE_MODES:
-            raise ValueError(f"decontaminate must be one of {list(DECONTAMINATE_MODES)} (or true/false), got {self.decontaminate!r}.")
+            raise ValueError(
+                f"decontaminate must be one of {list(DECONTAMINATE_MODES)} (or true/false), got {self.decontaminate!r}."
+            )
         if self.selection_text not in ("example", "prompt"):
-            raise ValueError(f"selection_text must be 'example' (prompt + response) or 'prompt', got {self.selection_text!r}.")
+            raise ValueError(
+                f"selection_text must be 'example' (prompt + response) or 'prompt', got {self.selection_text!r}."
+            )
         if self.eval_examples < 1:
             raise ValueError(f"eval_examples must be >= 1, got {self.eval_examples}.")
         if self.exact_match_max_new_tokens < 0:
-            raise ValueError(f"exact_match_max_new_tokens must be >= 0 (0 = no exact match), got {self.exact_match_max_new_tokens}.")
+            raise ValueError(
+                f"exact_match_max_new_tokens must be >= 0 (0 = no exact match), got {self.exact_match_max_new_tokens}."
+            )
         if self.max_per_source is not None and self.max_per_source < 1:
             raise ValueError(f"max_per_source must be >= 1 or null, got {self.max_per_source}.")
         if self.lora_r < 0:
             raise ValueError(f"lora_r must be >= 0 (0 = full finetune), got {self.lora_r}.")
-        for name, allowed in (("dtype", (None, *MODEL_DTYPES, "auto")), ("bnb_4bit_compute_dtype", MODEL_DTYPES),
-                              ("bnb_4bit_quant_storage", (None, "uint8", *MODEL_DTYPES)), ("bnb_4bit_quant_type", ("nf4", "fp4"))):
+        for name, allowed in (
+            ("dtype", (None, *MODEL_DTYPES, "auto")),
+            ("bnb_4bit_compute_dtype", MODEL_DTYPES),
+            ("bnb_4bit_quant_storage", (None, "uint8", *MODEL_DTYPES)),
+            ("bnb_4bit_quant_type", ("nf4", "fp4")),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {[a for a in allowed if a]}, got {getattr(self, name)!r}.")
         if self.trainer not in (None, *TRAINERS):
@@ -153,7 +164,9 @@ def read_yaml_file(path: str | os.PathLike, what: str, missing_hint: str) -> Any
         raise ValueError(f"{what} {str(path)!r} is not valid YAML: {err}") from err
 
 
-def parse_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[RunConfig, BudgetedTrainingArguments]:
+def parse_recipe(
+    path: str | os.PathLike, overrides: list[str] | None = None
+) -> tuple[RunConfig, BudgetedTrainingArguments]:
     """Read a recipe YAML into ``(RunConfig, BudgetedTrainingArguments)``; ``overrides`` are CLI flags."""
     path = Path(path)
     data = read_yaml_file(path, "Recipe", "pass the path to a recipe YAML (see recipes/).")
@@ -172,7 +185,9 @@ def recipe_from_dict(
     known = {f for dc in parser.dataclass_types for f in dc.__dataclass_fields__}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"Recipe {source!r} has unknown option(s) {unknown}; see `hf-cads run --help` for valid ones.")
+        raise ValueError(
+            f"Recipe {source!r} has unknown option(s) {unknown}; see `hf-cads run --help` for valid ones."
+        )
     args: list[str] = []
     for key, value in data.items():
         if value is None:
@@ -185,4 +200,3 @@ def recipe_from_dict(
             args += [f"--{key}", str(value)]
     run_config, training_args = parser.parse_args_into_dataclasses(args=args + list(overrides or []))
     return run_config, training_args
-

@@ -28,9 +28,13 @@ from .inputs import RunInputs, load_run_inputs
 from .recipe import RunConfig
 
 
-def target_loss(model: Any, tokenizer: Any, texts: list[str], ledger: FlopLedger, batch_size: int, max_length: int) -> float:
+def target_loss(
+    model: Any, tokenizer: Any, texts: list[str], ledger: FlopLedger, batch_size: int, max_length: int
+) -> float:
     """Mean per-example loss on the target test texts, charged to the ledger's ``eval`` phase."""
-    losses, flops = CausalLMScorer(model, tokenizer, batch_size, max_length, show_progress=False).losses(texts, desc="target loss")
+    losses, flops = CausalLMScorer(model, tokenizer, batch_size, max_length, show_progress=False).losses(
+        texts, desc="target loss"
+    )
     ledger.charge("eval", flops)
     return float(losses.mean())
 
@@ -46,22 +50,32 @@ def exact_match_applies(run: RunConfig, tokenizer: Any, test: Any) -> bool:
     return answers_fit(tokenizer, answers, run.exact_match_max_new_tokens)
 
 
-def evaluate_target(model: Any, tokenizer: Any, test: Any, run: RunConfig, args: BudgetedTrainingArguments) -> tuple[dict[str, float], float]:
+def evaluate_target(
+    model: Any, tokenizer: Any, test: Any, run: RunConfig, args: BudgetedTrainingArguments
+) -> tuple[dict[str, float], float]:
     """``{"target_loss": ..., "exact_match": ...}`` on the test rows (exact match only where
     :func:`exact_match_applies`) and the FLOPs that cost."""
-    scorer = CausalLMScorer(model, tokenizer, args.per_device_eval_batch_size, args.max_seq_length, show_progress=False)
+    scorer = CausalLMScorer(
+        model, tokenizer, args.per_device_eval_batch_size, args.max_seq_length, show_progress=False
+    )
     if has_completions(test) and not args.train_on_prompt:
         # Chat / prompt-completion targets: the loss of the completion tokens, tokenised exactly as in training.
         encoded = tokenize_for_causal_lm(test, tokenizer, args.max_seq_length, role="eval")
-        losses, flops = scorer.losses(None, desc="target loss", token_ids=encoded["input_ids"], labels=encoded["labels"])
+        losses, flops = scorer.losses(
+            None, desc="target loss", token_ids=encoded["input_ids"], labels=encoded["labels"]
+        )
     else:
         # Rendered as in training (chat template; prompt + completion), so loss and training agree.
         losses, flops = scorer.losses(get_texts(test, tokenizer=tokenizer, role="eval"), desc="target loss")
     metrics = {"target_loss": float(losses.mean())}
     if exact_match_applies(run, tokenizer, test):
         result = exact_match(
-            model, tokenizer, test, max_new_tokens=run.exact_match_max_new_tokens,
-            batch_size=args.per_device_eval_batch_size, max_length=args.max_seq_length,
+            model,
+            tokenizer,
+            test,
+            max_new_tokens=run.exact_match_max_new_tokens,
+            batch_size=args.per_device_eval_batch_size,
+            max_length=args.max_seq_length,
         )
         flops += result.flops
         metrics["exact_match"] = result.accuracy
@@ -101,8 +115,15 @@ def expected_run_key(run: RunConfig, args: BudgetedTrainingArguments) -> str:
     """The key the record of this run will carry, computed without running it."""
     setup = {k: v for k, v in run_setup(run, args).items() if k != "flop_budget"}
     return experiment_key(
-        args.selector, args.selector_kwargs, args.seed, args.selection_fraction, args.selection_k,
-        run.model_name_or_path, run.target, args.flop_budget, setup,
+        args.selector,
+        args.selector_kwargs,
+        args.seed,
+        args.selection_fraction,
+        args.selection_k,
+        run.model_name_or_path,
+        run.target,
+        args.flop_budget,
+        setup,
     )
 
 
@@ -131,22 +152,40 @@ def sft_view(pool: Any) -> Any:
 
 
 def build_trainer(
-    run: RunConfig, args: BudgetedTrainingArguments, model: Any, tokenizer: Any, pool: Any, target: Any, peft_config: Any,
+    run: RunConfig,
+    args: BudgetedTrainingArguments,
+    model: Any,
+    tokenizer: Any,
+    pool: Any,
+    target: Any,
+    peft_config: Any,
     selector_model: Any = None,
 ) -> Any:
     """The run's budgeted trainer (see :func:`resolve_trainer`), selection already charged."""
     if resolve_trainer(run, pool) == "sft":
         return BudgetedSFTTrainer(
-            model=model, args=sft_config_from(args, packing=run.packing), train_dataset=sft_view(pool),
-            processing_class=tokenizer, selection_target=target, peft_config=peft_config, selector_model=selector_model,
+            model=model,
+            args=sft_config_from(args, packing=run.packing),
+            train_dataset=sft_view(pool),
+            processing_class=tokenizer,
+            selection_target=target,
+            peft_config=peft_config,
+            selector_model=selector_model,
         )
     return BudgetedTrainer(
-        model=model, args=args, train_dataset=pool, processing_class=tokenizer,
-        selection_target=target, peft_config=peft_config, selector_model=selector_model,
+        model=model,
+        args=args,
+        train_dataset=pool,
+        processing_class=tokenizer,
+        selection_target=target,
+        peft_config=peft_config,
+        selector_model=selector_model,
     )
 
 
-def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments, inputs: RunInputs | None = None) -> dict[str, Any]:
+def run_budgeted_finetune(
+    run: RunConfig, args: BudgetedTrainingArguments, inputs: RunInputs | None = None
+) -> dict[str, Any]:
     """Select, train under ``args.flop_budget``, evaluate; returns (and writes) the report and
     appends a run record to :func:`run_records_path`. ``inputs`` reuses loaded data and model."""
     started, cpu_started = time.time(), time.process_time()
@@ -162,8 +201,11 @@ def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments, input
         from peft import LoraConfig
 
         peft_config = LoraConfig(
-            r=run.lora_r, lora_alpha=run.lora_alpha, lora_dropout=run.lora_dropout,
-            target_modules=list(run.lora_target_modules), task_type="CAUSAL_LM",
+            r=run.lora_r,
+            lora_alpha=run.lora_alpha,
+            lora_dropout=run.lora_dropout,
+            target_modules=list(run.lora_target_modules),
+            task_type="CAUSAL_LM",
         )
     baseline_key = (args.per_device_eval_batch_size, args.max_seq_length, run.exact_match_max_new_tokens)
     if baseline_key not in inputs.baselines:
@@ -172,8 +214,14 @@ def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments, input
     before, before_flops = inputs.baselines[baseline_key]
     if run.selection_text == "prompt" and args.selector is not None:
         args = copy.copy(args)  # the caller's arguments stay as they were
-        args.selector_kwargs = {**(args.selector_kwargs or {}), "text_column": "prompt", "target_text_column": "prompt"}
-    trainer = build_trainer(run, args, model, tokenizer, pool, validation, peft_config, selector_model=inputs.selector_model)
+        args.selector_kwargs = {
+            **(args.selector_kwargs or {}),
+            "text_column": "prompt",
+            "target_text_column": "prompt",
+        }
+    trainer = build_trainer(
+        run, args, model, tokenizer, pool, validation, peft_config, selector_model=inputs.selector_model
+    )
     train_output = trainer.train()
     parent_pool = inputs.data.pool if inputs.data is not None else pool
     decontamination = inputs.decontamination
@@ -193,20 +241,31 @@ def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments, input
         "target": run.target,
         "pool_size": len(parent_pool),
         "pool_sources": pool_sources if run.pool in (None, "shared-mix") else None,
-        **({"pool": inputs.data.descriptions.get("pool"), "formats": inputs.data.formats} if inputs.data is not None and inputs.data.formats else {}),
+        **(
+            {"pool": inputs.data.descriptions.get("pool"), "formats": inputs.data.formats}
+            if inputs.data is not None and inputs.data.formats
+            else {}
+        ),
         "decontamination": decontamination.summary() if decontamination is not None else None,
         "selector": args.selector,
         "selector_config": selection.config if selection else None,
         "k": len(selection) if selection else len(pool),
         "duplicates_dropped": ledger.selection.duplicates_dropped if ledger.selection is not None else 0,
-        "selected_sources": _count(column_values(selection.dataset, "source")) if selection and "source" in selection.dataset.column_names
-        else _count(column_values(pool, "source")) if "source" in pool.column_names else {},
+        "selected_sources": _count(column_values(selection.dataset, "source"))
+        if selection and "source" in selection.dataset.column_names
+        else _count(column_values(pool, "source"))
+        if "source" in pool.column_names
+        else {},
         "trainer": type(trainer).__name__,
         "train_steps": trainer.state.global_step,
         "train_loss": float(train_output.training_loss),
         "target_loss_before": before["target_loss"],
         "target_loss_after": after["target_loss"],
-        **({"exact_match_before": before["exact_match"], "exact_match_after": after["exact_match"]} if "exact_match" in after else {}),
+        **(
+            {"exact_match_before": before["exact_match"], "exact_match_after": after["exact_match"]}
+            if "exact_match" in after
+            else {}
+        ),
         "ledger": ledger.breakdown(),
         "seed": args.seed,
         "seconds": round(time.time() - started, 1),
@@ -218,8 +277,12 @@ def run_budgeted_finetune(run: RunConfig, args: BudgetedTrainingArguments, input
         with open(os.path.join(args.output_dir, "report.json"), "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=2)
         record = record_from_trainer(
-            trainer, after, model=run.model_name_or_path, target=run.target,
-            baseline_metrics=before, setup=run_setup(run, args),
+            trainer,
+            after,
+            model=run.model_name_or_path,
+            target=run.target,
+            baseline_metrics=before,
+            setup=run_setup(run, args),
             seconds=report["seconds"],
         )
         append_record(run_records_path(run, args), record)
@@ -236,8 +299,10 @@ def _count(values: list[str]) -> dict[str, int]:
 def _decontamination_line(summary: dict[str, Any] | None) -> str:
     if not summary:
         return "decontamination: off"
-    line = (f"decontamination ({summary['ngram_size']}-grams, {summary['mode']}): {summary['pool_rows_overlapping']} pool rows "
-            f"overlap eval rows, {summary['pool_rows_dropped']} dropped; {summary['target_rows_overlapping']} target rows overlap")
+    line = (
+        f"decontamination ({summary['ngram_size']}-grams, {summary['mode']}): {summary['pool_rows_overlapping']} pool rows "
+        f"overlap eval rows, {summary['pool_rows_dropped']} dropped; {summary['target_rows_overlapping']} target rows overlap"
+    )
     for example in summary["examples"]:
         line += f"\n  pool row {example['pool_row']} ~ eval[{example['test_row']}] ({example['kind']}): {example['overlap'][:70]!r}"
     return line
@@ -253,7 +318,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"target loss before: {report['target_loss_before']:.4f}   after: {report['target_loss_after']:.4f}   "
         f"(ppl {math.exp(report['target_loss_before']):.2f} -> {math.exp(report['target_loss_after']):.2f})",
         f"exact match before: {report['exact_match_before']:.3f}   after: {report['exact_match_after']:.3f}"
-        if "exact_match_after" in report else "",
+        if "exact_match_after" in report
+        else "",
         "FLOP ledger:",
         FlopLedger.format_breakdown(report["ledger"]),
         f"wall time: {report['seconds']} s",

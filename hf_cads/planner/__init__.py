@@ -41,6 +41,7 @@ Example:
     ('bm25', 400)
 """
 
+from ..records import NO_SELECTION
 from .fit import (
     BENT_SHARE,
     EXPENSIVE_SELECTORS,
@@ -54,9 +55,16 @@ from .fit import (
 )
 from .frontier import pareto_frontier
 from .plot import plot_plan
-from .recommend import BreakEven, PlanOption, Recommendation, affordable_k, break_even_ratios, option_at_budget, recommend
+from .recommend import (
+    BreakEven,
+    PlanOption,
+    Recommendation,
+    affordable_k,
+    break_even_ratios,
+    option_at_budget,
+    recommend,
+)
 from .report import EXTRAPOLATION_WARNING, Plan, make_plan
-from ..records import NO_SELECTION
 
 __all__ = [
     "BENT_SHARE",

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,11 @@ def unbent_fit_reason(fit: PerformanceFit) -> str | None:
         >>> unbent_fit_reason(line)
         'its asymptote P_max = 0 is the bound of the fit (the curve keeps falling)'
     """
-    if fit.higher_is_better and math.isfinite(fit.ceiling) and fit.p_max >= fit.ceiling - 1e-9 * max(1.0, abs(fit.ceiling)):
+    if (
+        fit.higher_is_better
+        and math.isfinite(fit.ceiling)
+        and fit.p_max >= fit.ceiling - 1e-9 * max(1.0, abs(fit.ceiling))
+    ):
         return f"its asymptote P_max = {fit.p_max:.3g} is the bound of the fit, the metric's ceiling (the curve keeps rising)"
     if not fit.higher_is_better and fit.p0 > 0 and abs(fit.p_max) <= 1e-9 * max(1.0, abs(fit.p0)):
         return "its asymptote P_max = 0 is the bound of the fit (the curve keeps falling)"
@@ -295,8 +300,10 @@ def fit_performance_curve(
         pcov = (vt.T / singular**2) @ vt * (sse / (len(y) - 3))
     else:
         pcov = np.full((3, 3), np.inf)
-    jacobian = np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) if higher_is_better else np.array(
-        [[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+    jacobian = (
+        np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        if higher_is_better
+        else np.array([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     )
     p0, p_max, _ = jacobian @ np.array([a, delta, lam])
     with np.errstate(invalid="ignore"):  # inf * 0 in an undetermined covariance
@@ -308,8 +315,17 @@ def fit_performance_curve(
             )
         covariance = np.where(np.isfinite(covariance), covariance, np.inf)
     return PerformanceFit(
-        label=label, p0=float(p0), p_max=float(p_max), lam=float(lam), covariance=covariance, c_full=float(c_full),
-        higher_is_better=higher_is_better, num_points=len(y), rmse=math.sqrt(sse / len(y)), ceiling=upper, **attributes,
+        label=label,
+        p0=float(p0),
+        p_max=float(p_max),
+        lam=float(lam),
+        covariance=covariance,
+        c_full=float(c_full),
+        higher_is_better=higher_is_better,
+        num_points=len(y),
+        rmse=math.sqrt(sse / len(y)),
+        ceiling=upper,
+        **attributes,
     )
 
 
@@ -325,11 +341,15 @@ def select_records(
     chosen = [r for r in with_metric if (model is None or r.model == model) and (target is None or r.target == target)]
     pairs = sorted({(r.model, str(r.target)) for r in chosen})
     if not chosen:
-        raise ValueError(f"No record matches model={model!r}, target={target!r}; recorded (model, target) pairs: "
-                         f"{sorted({(r.model, str(r.target)) for r in with_metric})}.")
+        raise ValueError(
+            f"No record matches model={model!r}, target={target!r}; recorded (model, target) pairs: "
+            f"{sorted({(r.model, str(r.target)) for r in with_metric})}."
+        )
     if len(pairs) > 1:
-        raise ValueError(f"The records mix (model, target) pairs {pairs}; curves only compare runs of one pair. "
-                         "Pass --model and --target (or model=/target=).")
+        raise ValueError(
+            f"The records mix (model, target) pairs {pairs}; curves only compare runs of one pair. "
+            "Pass --model and --target (or model=/target=)."
+        )
     return chosen
 
 
@@ -372,8 +392,14 @@ def fit_selectors(
             values.append(float(np.mean(baselines)))
         try:
             fits[label] = fit_performance_curve(
-                flops, values, c_full, higher_is_better=higher, label=label, warn_undetermined=warn_undetermined,
-                ceiling=metric_ceiling(metric), cost_per_example=float(np.median([r.train_flops / r.k for r in group])),
+                flops,
+                values,
+                c_full,
+                higher_is_better=higher,
+                label=label,
+                warn_undetermined=warn_undetermined,
+                ceiling=metric_ceiling(metric),
+                cost_per_example=float(np.median([r.train_flops / r.k for r in group])),
                 selection_flops=float(np.median([r.selection_flops for r in group])),
                 selection_pool_flops=_pool_flops(group),
                 split_runs=sum(r.selection_split is not None for r in group),

@@ -11,7 +11,18 @@ import numpy as np
 from .report import Plan, display_names
 
 # -- the plot ----------------------------------------------------------------------------------
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+PALETTE = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+]
 
 
 def plot_plan(plan: Plan, path: str | Path, *, title: str | None = None) -> Path:
@@ -46,11 +57,20 @@ def plot_plan(plan: Plan, path: str | Path, *, title: str | None = None) -> Path
     return path
 
 
-def _draw_selector(axes: Any, plan: Plan, label: str, name: str, colour: str, grid: np.ndarray, left: float) -> list[float]:
+def _draw_selector(
+    axes: Any, plan: Plan, label: str, name: str, colour: str, grid: np.ndarray, left: float
+) -> list[float]:
     """One selector's runs (scatter) and fitted curve with its interval band; returns the curve's values."""
     group = [r for r in plan.records if r.label == label and r.total_flops > 0]
-    axes.scatter([r.total_flops for r in group], [r.metrics[plan.metric] for r in group], s=26, alpha=0.8,
-                 color=colour, edgecolors="none", zorder=3)
+    axes.scatter(
+        [r.total_flops for r in group],
+        [r.metrics[plan.metric] for r in group],
+        s=26,
+        alpha=0.8,
+        color=colour,
+        edgecolors="none",
+        zorder=3,
+    )
     fit = plan.fits.get(label)
     if fit is None:
         axes.plot([], [], color=colour, marker="o", linestyle="none", label=f"{name} (runs only)")
@@ -71,7 +91,16 @@ def _draw_frontier_and_baseline(axes: Any, plan: Plan, right: float) -> None:
     if front:
         xs = [r.total_flops for r in front] + [right]
         ys = [r.metrics[plan.metric] for r in front] + [front[-1].metrics[plan.metric]]
-        axes.plot(xs, ys, linestyle="--", color="black", linewidth=1.2, drawstyle="steps-post", label="Pareto frontier", zorder=4)
+        axes.plot(
+            xs,
+            ys,
+            linestyle="--",
+            color="black",
+            linewidth=1.2,
+            drawstyle="steps-post",
+            label="Pareto frontier",
+            zorder=4,
+        )
     baselines = [r.baseline_metrics[plan.metric] for r in plan.records if plan.metric in r.baseline_metrics]
     if baselines:
         axes.axhline(float(np.mean(baselines)), color="grey", linestyle=":", linewidth=1.0, label="before finetuning")
@@ -86,8 +115,17 @@ def _draw_budget(axes: Any, plan: Plan, colours: dict[str, str], names: dict[str
         fit = plan.fits[rec.selector]
         shared = f"; selection shared by {rec.targets} targets" if rec.targets > 1 else ""
         # The star sits where the curve is read: at c*k + the full (measured) selection cost.
-        axes.scatter([float(fit.flops_for_k(rec.k))], [rec.predicted], marker="*", s=220, color=colours[rec.selector],
-                     edgecolors="black", linewidths=0.8, zorder=5, label=f"recommended: {names[rec.selector]}, k={rec.k}{shared}")
+        axes.scatter(
+            [float(fit.flops_for_k(rec.k))],
+            [rec.predicted],
+            marker="*",
+            s=220,
+            color=colours[rec.selector],
+            edgecolors="black",
+            linewidths=0.8,
+            zorder=5,
+            label=f"recommended: {names[rec.selector]}, k={rec.k}{shared}",
+        )
 
 
 def _format_axes(axes: Any, plan: Plan, left: float, right: float, shown: list[float], title: str | None) -> None:
@@ -116,4 +154,4 @@ def _flops_label(value: float, _position: Any = None) -> str:
     if value <= 0:
         return ""
     exponent = math.floor(math.log10(value) + 1e-9)
-    return f"{value / 10 ** exponent:.2g}e{exponent}"
+    return f"{value / 10**exponent:.2g}e{exponent}"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -12,6 +13,7 @@ from ..flops import validate_budget
 from .fit import EXPENSIVE_SELECTORS, PerformanceFit
 
 _SCAN_SCALES = np.logspace(-6, 9, 301)
+
 
 # -- recommendation ----------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -115,9 +117,15 @@ def option_at_budget(
     low, high = fit.interval(at, confidence)
     train = fit.cost_per_example * k
     return PlanOption(
-        label=fit.label, k=k, fraction=k / fit.pool_size, predicted=float(fit.predict(at)),
-        interval=(float(low), float(high)), selection_flops=amortised_selection_flops(fit, cost, targets), train_flops=train,
-        total_flops=train + amortised_selection_flops(fit, cost, targets), measured_k=fit.max_k,
+        label=fit.label,
+        k=k,
+        fraction=k / fit.pool_size,
+        predicted=float(fit.predict(at)),
+        interval=(float(low), float(high)),
+        selection_flops=amortised_selection_flops(fit, cost, targets),
+        train_flops=train,
+        total_flops=train + amortised_selection_flops(fit, cost, targets),
+        measured_k=fit.max_k,
     )
 
 
@@ -157,20 +165,30 @@ def recommend(
     for label, fit in fits.items():
         option = option_at_budget(fit, budget, costs.get(label), targets, confidence)
         if option is None:
-            need = amortised_selection_flops(fit, costs.get(label, fit.selection_flops), targets) + fit.cost_per_example
+            need = (
+                amortised_selection_flops(fit, costs.get(label, fit.selection_flops), targets) + fit.cost_per_example
+            )
             infeasible[label] = f"needs at least {need:.3g} FLOPs (selection + one example)"
         else:
             options.append(option)
     if not options:
         raise ValueError(
-            f"A budget of {budget:.3g} FLOPs affords no selector: " + "; ".join(f"{k} {v}" for k, v in infeasible.items())
+            f"A budget of {budget:.3g} FLOPs affords no selector: "
+            + "; ".join(f"{k} {v}" for k, v in infeasible.items())
             + ". Raise the budget or amortise selection over more targets."
         )
     higher = next(iter(fits.values())).higher_is_better
     best = max(options, key=lambda o: ((o.predicted if higher else -o.predicted), -o.total_flops))
     return Recommendation(
-        selector=best.label, k=best.k, predicted=best.predicted, interval=best.interval, budget=budget,
-        targets=targets, confidence=confidence, options=tuple(options), infeasible=infeasible,
+        selector=best.label,
+        k=best.k,
+        predicted=best.predicted,
+        interval=best.interval,
+        budget=budget,
+        targets=targets,
+        confidence=confidence,
+        options=tuple(options),
+        infeasible=infeasible,
     )
 
 
@@ -249,10 +267,16 @@ def break_even_ratios(
         at = _SCAN_SCALES[-1] if not math.isfinite(scale) or scale == 0 else scale
         versus = max(cheap, key=lambda c: _value_at_scale(fits[c], budget, costs[c], targets, at))
         reference = fit.model_params / fit.selection_model_params if fit.selection_model_params else float("nan")
-        results.append(BreakEven(
-            selector=label, versus=versus, scale=scale, ratio=scale * reference if reference == reference else float("nan"),
-            reference_ratio=reference, selection_share=amortised_selection_flops(fit, costs[label], targets) / budget,
-        ))
+        results.append(
+            BreakEven(
+                selector=label,
+                versus=versus,
+                scale=scale,
+                ratio=scale * reference if reference == reference else float("nan"),
+                reference_ratio=reference,
+                selection_share=amortised_selection_flops(fit, costs[label], targets) / budget,
+            )
+        )
     return results
 
 

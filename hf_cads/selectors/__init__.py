@@ -3,9 +3,26 @@
 Importing this package registers the built-in selectors.
 """
 
-from .base import INDEX_COLUMN, SCORE_COLUMN, PreparedScoring, ScoreOutput, SelectionResult, Selector, SelectorConfig, resolve_k, top_k_indices
-from .budget import MULTI_TARGET_PATHS, TargetSelections, build_selector, select_for_targets, select_within_budget, solve_budget_split
+from .base import (
+    INDEX_COLUMN,
+    SCORE_COLUMN,
+    PreparedScoring,
+    ScoreOutput,
+    SelectionResult,
+    Selector,
+    SelectorConfig,
+    resolve_k,
+    top_k_indices,
+)
 from .bm25 import BM25Selector, BM25SelectorConfig
+from .budget import (
+    MULTI_TARGET_PATHS,
+    TargetSelections,
+    build_selector,
+    select_for_targets,
+    select_within_budget,
+    solve_budget_split,
+)
 from .cads import CADSSelector, CADSSelectorConfig
 from .cads_backends import CausalLMBackend, TensorBackend
 from .embedding import EmbeddingSelector, EmbeddingSelectorConfig

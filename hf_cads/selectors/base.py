@@ -28,7 +28,14 @@ from ..distributed import Processes, current_processes
 from .config import SelectorConfig, affects_result, build_config, family_options, result_options
 from .dedup import Deduplication, check_no_duplicates, deduplicate_pool, duplicate_rows, unique_pool
 from .result import (
-    INDEX_COLUMN, SCORE_COLUMN, PreparedScoring, ScoreOutput, SelectionResult, is_per_row, resolve_k, restore_pool_rows,
+    INDEX_COLUMN,
+    SCORE_COLUMN,
+    PreparedScoring,
+    ScoreOutput,
+    SelectionResult,
+    is_per_row,
+    resolve_k,
+    restore_pool_rows,
     top_k_indices,
 )
 
@@ -150,7 +157,9 @@ class Selector(ABC):
         """
         return PreparedScoring()
 
-    def score_rows(self, pool: Any, target: Any | None, rows: range, prepared: PreparedScoring, progress: Any = None) -> ScoreOutput:
+    def score_rows(
+        self, pool: Any, target: Any | None, rows: range, prepared: PreparedScoring, progress: Any = None
+    ) -> ScoreOutput:
         """Shardable selectors: the scores of pool rows ``rows`` (a contiguous range) and their FLOPs.
 
         ``extras`` may only hold per-row arrays (first dimension ``len(rows)``); they are
@@ -167,7 +176,9 @@ class Selector(ABC):
         """What identifies the scoring model in cache keys (see :func:`hf_cads.cache.model_identity`);
         override when the selector scores with something the config and ``model=`` do not show."""
         return model_identity(
-            self.model, self.tokenizer, self.config,
+            self.model,
+            self.tokenizer,
+            self.config,
             model_given=getattr(self, "_caller_model", self.model is not None),
             tokenizer_given=getattr(self, "_caller_tokenizer", self.tokenizer is not None),
         )
@@ -179,7 +190,9 @@ class Selector(ABC):
             "selector": self.name or type(self).__qualname__,
             "config": self.config.result_options(),
             "pool": {"fingerprint": getattr(pool, "_fingerprint", None), "rows": len(pool)},
-            "target": None if target is None else {"fingerprint": getattr(target, "_fingerprint", None), "rows": len(target)},
+            "target": None
+            if target is None
+            else {"fingerprint": getattr(target, "_fingerprint", None), "rows": len(target)},
             "model": self.model_identity(),
         }
 
@@ -222,10 +235,16 @@ class Selector(ABC):
         """
         self.validate_inputs(pool, target)
         unique, dedup = self.unique_pool(pool)
-        size = None if (k is None and fraction is None and self.chooses_own_size) else self._resolve_size(unique, dedup, k, fraction)
+        size = (
+            None
+            if (k is None and fraction is None and self.chooses_own_size)
+            else self._resolve_size(unique, dedup, k, fraction)
+        )
         return self.result_from_scores(pool, size, self.score_pool(unique, target), dedup)
 
-    def result_from_scores(self, pool: Any, size: int | None, output: ScoreOutput, dedup: Deduplication | None = None) -> SelectionResult:
+    def result_from_scores(
+        self, pool: Any, size: int | None, output: ScoreOutput, dedup: Deduplication | None = None
+    ) -> SelectionResult:
         """Check a scoring output and keep ``size`` rows of ``pool`` by it (top-k by default).
 
         ``output`` scores the rows of :meth:`unique_pool` (every row when ``dedup`` is ``None``)."""
@@ -263,7 +282,9 @@ class Selector(ABC):
         except ValueError as err:
             if dedup is None:
                 raise
-            raise ValueError(f"{str(err).rstrip('.')}: the pool has {len(unique)} unique rows after dropping {dedup.dropped} duplicates.") from None
+            raise ValueError(
+                f"{str(err).rstrip('.')}: the pool has {len(unique)} unique rows after dropping {dedup.dropped} duplicates."
+            ) from None
 
     def score_pool(self, pool: Any, target: Any | None) -> ScoreOutput:
         """:meth:`score` as :meth:`select` runs it: from the cache when it holds these scores,
@@ -273,17 +294,31 @@ class Selector(ABC):
         if cache is not None:
             stored = processes.on_main(cache.load_result)
             if stored is not None:
-                logger.info("Reusing cached %s scores from %s (%.4g FLOPs when computed).", self.name, cache.folder, stored.flops)
+                logger.info(
+                    "Reusing cached %s scores from %s (%.4g FLOPs when computed).",
+                    self.name,
+                    cache.folder,
+                    stored.flops,
+                )
                 info = {"hit": True, "dir": str(cache.folder), "original_flops": stored.flops}
                 return ScoreOutput(stored.scores, 0.0, {**stored.extras, "cache": info})
         if self.shardable:
             return self._score_in_shards(pool, target, processes, cache)
-        output = self.score(pool, target) if self.distributes_own_work else processes.on_main(lambda: self.score(pool, target))
+        output = (
+            self.score(pool, target)
+            if self.distributes_own_work
+            else processes.on_main(lambda: self.score(pool, target))
+        )
         if cache is not None:
             scores = np.asarray(output.scores, dtype=np.float64)
             saved = processes.on_main(lambda: cache.save_result(scores, float(output.flops), output.extras))
             if saved:
-                output.extras["cache"] = {"hit": False, "dir": str(cache.folder), "resumed_shards": 0, "resumed_flops": 0.0}
+                output.extras["cache"] = {
+                    "hit": False,
+                    "dir": str(cache.folder),
+                    "resumed_shards": 0,
+                    "resumed_flops": 0.0,
+                }
         return output
 
     def _open_cache(self, pool: Any, target: Any | None) -> ScoreCache | None:
@@ -292,7 +327,9 @@ class Selector(ABC):
             return None
         return ScoreCache.for_selection(root, self.name or type(self).__name__, self.cache_description(pool, target))
 
-    def _score_in_shards(self, pool: Any, target: Any | None, processes: Processes, cache: ScoreCache | None) -> ScoreOutput:
+    def _score_in_shards(
+        self, pool: Any, target: Any | None, processes: Processes, cache: ScoreCache | None
+    ) -> ScoreOutput:
         from tqdm.auto import tqdm
 
         shards = self.shard_ranges(len(pool))
@@ -305,7 +342,9 @@ class Selector(ABC):
             done: dict[int, tuple[ScoreOutput, bool]] = {}
             total = sum(len(shards[index]) for index in owned)
             show = self.config.show_progress and processes.is_main
-            with tqdm(total=total, desc=f"{self.name or 'selector'} scoring", unit="row", disable=not show) as progress:
+            with tqdm(
+                total=total, desc=f"{self.name or 'selector'} scoring", unit="row", disable=not show
+            ) as progress:
                 for index in owned:
                     rows = shards[index]
                     stored = cache.load_shard(index, rows) if cache is not None else None
@@ -334,14 +373,23 @@ class Selector(ABC):
             "shards": len(shards),
             "shard_size": int(self.config.shard_size),
             "processes": processes.world_size,
-            "rows_scored_per_process": [sum(len(shards[i]) for i, (_, reused) in part.items() if not reused) for part in parts],
+            "rows_scored_per_process": [
+                sum(len(shards[i]) for i, (_, reused) in part.items() if not reused) for part in parts
+            ],
         }
         if cache is not None:
             processes.on_main(lambda: cache.finish(flops, float(prepared.flops)))
             resumed_flops = float(sum(outputs[index].flops for index in resumed))
             if resumed:
-                logger.info("Resumed %d of %d %s score shards from %s.", len(resumed), len(shards), self.name, cache.folder)
-            extras["cache"] = {"hit": False, "dir": str(cache.folder), "resumed_shards": len(resumed), "resumed_flops": resumed_flops}
+                logger.info(
+                    "Resumed %d of %d %s score shards from %s.", len(resumed), len(shards), self.name, cache.folder
+                )
+            extras["cache"] = {
+                "hit": False,
+                "dir": str(cache.folder),
+                "resumed_shards": len(resumed),
+                "resumed_flops": resumed_flops,
+            }
         return ScoreOutput(np.concatenate([output.scores for output in outputs]), flops, extras)
 
     def __repr__(self) -> str:
@@ -352,7 +400,9 @@ def check_shard_output(selector: Selector, output: ScoreOutput, rows: range) -> 
     """A shard's scores as float64, with clear errors for wrong lengths and non-per-row extras."""
     scores = np.asarray(output.scores, dtype=np.float64)
     if scores.shape != (len(rows),):
-        raise RuntimeError(f"{type(selector).__name__}.score_rows returned {scores.shape} scores for {len(rows)} rows {rows}.")
+        raise RuntimeError(
+            f"{type(selector).__name__}.score_rows returned {scores.shape} scores for {len(rows)} rows {rows}."
+        )
     extras = {}
     for name, value in output.extras.items():
         value = np.asarray(value) if isinstance(value, np.ndarray) else value
@@ -365,7 +415,9 @@ def check_shard_output(selector: Selector, output: ScoreOutput, rows: range) -> 
     return ScoreOutput(scores, float(output.flops), extras)
 
 
-def build_result(selector: Selector, pool: Any, indices: np.ndarray, scores: np.ndarray, output: ScoreOutput) -> SelectionResult:
+def build_result(
+    selector: Selector, pool: Any, indices: np.ndarray, scores: np.ndarray, output: ScoreOutput
+) -> SelectionResult:
     """Attach scores and original indices to the chosen rows, keeping pool order."""
     indices = np.sort(np.unique(indices))
     chosen_scores = scores[indices]

@@ -34,7 +34,7 @@ class BM25Statistics:
     mean_length: float
 
     @classmethod
-    def fit(cls, documents: list[list[str]], epsilon: float = 0.25) -> "BM25Statistics":
+    def fit(cls, documents: list[list[str]], epsilon: float = 0.25) -> BM25Statistics:
         """Robertson IDF with negative IDFs floored at ``epsilon * mean IDF``, as rank-bm25 does."""
         vocabulary: dict[str, int] = {}
         doc_freq: list[int] = []
@@ -78,11 +78,15 @@ class BM25Statistics:
                 if token in self.vocabulary:
                     q_rows.append(row)
                     q_cols.append(self.vocabulary[token])
-        query_matrix = sparse.csr_matrix((np.ones(len(q_rows)), (q_rows, q_cols)), shape=(len(queries), len(self.vocabulary)))
+        query_matrix = sparse.csr_matrix(
+            (np.ones(len(q_rows)), (q_rows, q_cols)), shape=(len(queries), len(self.vocabulary))
+        )
         return np.asarray((query_matrix @ weight_matrix.T).todense())
 
 
-def okapi_bm25_scores(documents: list[list[str]], queries: list[list[str]], k1: float, b: float, epsilon: float = 0.25) -> np.ndarray:
+def okapi_bm25_scores(
+    documents: list[list[str]], queries: list[list[str]], k1: float, b: float, epsilon: float = 0.25
+) -> np.ndarray:
     """Okapi BM25 of every document against every query, as one sparse matrix product.
 
     Same scoring as rank-bm25's ``BM25Okapi`` (Robertson IDF, negative IDFs floored at
@@ -146,7 +150,9 @@ class BM25Selector(Selector):
             raise ValueError("No pool row contains a word token; BM25 cannot score it.")
         return PreparedScoring(state=(BM25Statistics.fit(documents), self._queries(target)))
 
-    def score_rows(self, pool: Any, target: Any | None, rows: range, prepared: PreparedScoring, progress: Any = None) -> ScoreOutput:
+    def score_rows(
+        self, pool: Any, target: Any | None, rows: range, prepared: PreparedScoring, progress: Any = None
+    ) -> ScoreOutput:
         statistics, queries = prepared.state
         documents = self._documents(pool.select(rows))
         per_query = statistics.scores(documents, queries, self.config.k1, self.config.b)

@@ -25,8 +25,9 @@ import contextlib
 import logging
 import math
 import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from ..budget import SelectionCharge
 from ..cache import resolve_cache_dir
@@ -57,7 +58,11 @@ def build_selector(
     models: dict[str, Any] = {}
     if selector_model is not None:
         models = {"model": selector_model}
-    elif training_model is not None and get_selector_class(name).reuses_training_model and "model_name_or_path" not in options:
+    elif (
+        training_model is not None
+        and get_selector_class(name).reuses_training_model
+        and "model_name_or_path" not in options
+    ):
         models = {"model": training_model, "tokenizer": training_tokenizer}
     return get_selector(name, **options, **models)
 
@@ -176,7 +181,9 @@ def selection_charge(selector: Selector, result: SelectionResult, estimate: floa
         cache=dict(result.extras["cache"]) if isinstance(result.extras.get("cache"), Mapping) else None,
         stages={name: float(value) for name, value in stages.items()} if isinstance(stages, Mapping) else {},
         duplicates_dropped=int(result.extras.get("deduplication", {}).get("dropped", 0)),
-        feature_index=dict(index) if isinstance(index, Mapping) and (index.get("reused") or index.get("shared_with")) else None,
+        feature_index=dict(index)
+        if isinstance(index, Mapping) and (index.get("reused") or index.get("shared_with"))
+        else None,
         flops_split={name: float(value) for name, value in split.items()} if isinstance(split, Mapping) else None,
     )
 
@@ -271,7 +278,10 @@ def select_for_targets(
         fit(next(iter(targets.values())))
         splits = {name: selector.estimate_flops_split(unique, target) for name, target in targets.items()}  # type: ignore[attr-defined]
         shared = next(iter(splits.values()))["pool"]
-        estimates = {name: split["target"] + (shared if number == 0 else 0.0) for number, (name, split) in enumerate(splits.items())}
+        estimates = {
+            name: split["target"] + (shared if number == 0 else 0.0)
+            for number, (name, split) in enumerate(splits.items())
+        }
         detail = f"pool features {shared:.4g} once + the targets' own {sum(s['target'] for s in splits.values()):.4g}"
     elif path == SCORED_ONCE:
         estimates = {name: 0.0 for name in targets}
@@ -289,7 +299,9 @@ def select_for_targets(
             f"targets on this pool ({total:.4g} FLOPs: {detail}), leaving nothing for training. Raise flop_budget, select "
             "for fewer targets, use a cheaper selector (random, bm25) or a smaller pool."
         )
-    logger.info("Selecting with %s for %d targets (%s; estimated %.4g FLOPs in all)", selector.name, len(targets), path, total)
+    logger.info(
+        "Selecting with %s for %d targets (%s; estimated %.4g FLOPs in all)", selector.name, len(targets), path, total
+    )
     charges: dict[str, SelectionCharge] = {}
     results: dict[str, SelectionResult] = {}
     cache_folder = None
@@ -300,7 +312,9 @@ def select_for_targets(
         with _score_cache(selector, enabled=path == SCORED_ONCE) as cache_folder:
             for name, target in scored.items():
                 fit(target)
-                results[name], charges[name] = select_within_budget(selector, pool, target, None, k=k, fraction=fraction)
+                results[name], charges[name] = select_within_budget(
+                    selector, pool, target, None, k=k, fraction=fraction
+                )
                 charges[name].estimated_flops = estimates[name]
     if ledger is not None:
         for charge in charges.values():

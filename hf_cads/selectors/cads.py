@@ -27,8 +27,8 @@ import numpy as np
 from ..data import column_values
 from ..flops import validate_budget
 from ..lora import DEFAULT_LORA_R, DEFAULT_LORA_TARGET_MODULES, lora_options
-from .budget import solve_budget_split
 from .base import ScoreOutput, Selector, SelectorConfig, top_k_indices
+from .budget import solve_budget_split
 from .cads_backends import CausalLMBackend
 from .cads_core import CADSPlan, plan_cads
 from .cads_loop import CADSOutcome, run_cads
@@ -143,7 +143,11 @@ class CADSSelectorConfig(SelectorConfig):
     def __post_init__(self) -> None:
         if self.lora_config is not None:  # a peft LoraConfig sets the rank and layers (and is not kept)
             options = lora_options(self.lora_config)
-            self.lora_r, self.lora_target_modules, self.lora_config = options["lora_r"], list(options["lora_target_modules"]), None
+            self.lora_r, self.lora_target_modules, self.lora_config = (
+                options["lora_r"],
+                list(options["lora_target_modules"]),
+                None,
+            )
         if self.granularity not in ("example", "source"):
             raise ValueError(f"granularity must be 'example' (CADS-E) or 'source' (CADS-S), got {self.granularity!r}.")
         if self.penalty not in ("squared", "one_sided"):
@@ -153,11 +157,18 @@ class CADSSelectorConfig(SelectorConfig):
         if self.baseline not in ("auto", "moving_average", "step"):
             raise ValueError(f"baseline must be 'auto', 'moving_average' or 'step', got {self.baseline!r}.")
         if self.policy_reward not in ("auto", "objective", "validation", "transfer"):
-            raise ValueError(f"policy_reward must be 'auto', 'objective', 'validation' or 'transfer', got {self.policy_reward!r}.")
+            raise ValueError(
+                f"policy_reward must be 'auto', 'objective', 'validation' or 'transfer', got {self.policy_reward!r}."
+            )
         if self.train_budget is not None:
             self.train_budget = validate_budget(self.train_budget)
-        positive = {"alpha": self.alpha, "A": self.A, "learning_rate": self.learning_rate,
-                    "sigma_start": self.sigma_start, "sigma_end": self.sigma_end}
+        positive = {
+            "alpha": self.alpha,
+            "A": self.A,
+            "learning_rate": self.learning_rate,
+            "sigma_start": self.sigma_start,
+            "sigma_end": self.sigma_end,
+        }
         if self.lr_s is not None:
             positive["lr_s"] = self.lr_s
         for name, value in positive.items():
@@ -166,7 +177,9 @@ class CADSSelectorConfig(SelectorConfig):
         if self.gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {self.gamma}.")
         if self.num_sampling_points < 2:
-            raise ValueError(f"num_sampling_points must be >= 2 (the loss predictor interpolates), got {self.num_sampling_points}.")
+            raise ValueError(
+                f"num_sampling_points must be >= 2 (the loss predictor interpolates), got {self.num_sampling_points}."
+            )
         if not 0 < self.min_sampling_fraction < 1:
             raise ValueError(f"min_sampling_fraction must be in (0, 1), got {self.min_sampling_fraction}.")
         if self.outer_steps is not None and self.outer_steps < 1:
@@ -212,7 +225,15 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
     uses_model = True
     reuses_training_model = True
 
-    def __init__(self, config: CADSSelectorConfig | None = None, *, model: Any = None, tokenizer: Any = None, backend: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        config: CADSSelectorConfig | None = None,
+        *,
+        model: Any = None,
+        tokenizer: Any = None,
+        backend: Any = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(config, model=model, tokenizer=tokenizer, **kwargs)
         if backend is not None and not hasattr(backend, "prepare"):
             raise TypeError(f"backend must have a prepare(pool, target, config) method, got {type(backend).__name__}.")
@@ -251,8 +272,12 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
             if backend is None:
                 model, tokenizer = self._load_model()
                 backend = CausalLMBackend(
-                    model, tokenizer, lora_r=self.config.lora_r, lora_target_modules=tuple(self.config.lora_target_modules),
-                    text_column=self.config.text_column, target_text_column=self.config.target_text_column,
+                    model,
+                    tokenizer,
+                    lora_r=self.config.lora_r,
+                    lora_target_modules=tuple(self.config.lora_target_modules),
+                    text_column=self.config.text_column,
+                    target_text_column=self.config.target_text_column,
                 )
             self._prepared = (key, backend.prepare(pool, target, self.config))
         return self._prepared[1]
@@ -268,9 +293,13 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
         return dataclasses.replace(
             config,
             lookahead=lookahead,
-            policy_reward=config.policy_reward if config.policy_reward != "auto" else ("transfer" if language_model else "objective"),
+            policy_reward=config.policy_reward
+            if config.policy_reward != "auto"
+            else ("transfer" if language_model else "objective"),
             samples_per_step=config.samples_per_step or (32 if lookahead == "first_order" else 4),
-            baseline=config.baseline if config.baseline != "auto" else ("step" if language_model else "moving_average"),
+            baseline=config.baseline
+            if config.baseline != "auto"
+            else ("step" if language_model else "moving_average"),
             # A tensor task's outer loop runs hundreds of steps; an LM's (None) is sized by its steps.
             lr_s=config.lr_s if config.lr_s is not None or language_model else 0.05,
         )
@@ -319,8 +348,11 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
         self.last_outcome = outcome
         extras = outcome.extras()
         extras["run_options"] = {
-            "policy_reward": config.policy_reward, "lookahead": config.lookahead, "samples_per_step": config.samples_per_step,
-            "baseline": config.baseline, "lr_s": outcome.policy_lr,
+            "policy_reward": config.policy_reward,
+            "lookahead": config.lookahead,
+            "samples_per_step": config.samples_per_step,
+            "baseline": config.baseline,
+            "lr_s": outcome.policy_lr,
         }
         if outcome.probabilities is not None:
             scores = outcome.probabilities
@@ -338,7 +370,9 @@ class CADSSelector(CausalLMSelectorMixin, Selector):
         if counts.sum() == 0:
             counts[int(np.argmax(ratios))] = 1
         rng = np.random.default_rng(self.config.seed)
-        chosen = [rng.choice(np.flatnonzero(codes == j), count, replace=False) for j, count in enumerate(counts) if count > 0]
+        chosen = [
+            rng.choice(np.flatnonzero(codes == j), count, replace=False) for j, count in enumerate(counts) if count > 0
+        ]
         return np.sort(np.concatenate(chosen))
 
 

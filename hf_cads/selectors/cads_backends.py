@@ -18,8 +18,9 @@ Example (CADS on a regression MLP, data in ``x`` / ``y`` columns):
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -39,9 +40,13 @@ def linear_stack_profile(module: Any, name: str = "model") -> FlopProfile:
 
     linears = [(n, m) for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
     if not linears:
-        raise ValueError(f"{type(module).__name__} has no nn.Linear layers; TensorBackend counts FLOPs of linear layers only.")
+        raise ValueError(
+            f"{type(module).__name__} has no nn.Linear layers; TensorBackend counts FLOPs of linear layers only."
+        )
     layers = tuple(
-        LinearLayer(n or "linear", m.in_features, m.out_features, trainable=m.weight.requires_grad, input_needs_grad=index > 0)
+        LinearLayer(
+            n or "linear", m.in_features, m.out_features, trainable=m.weight.requires_grad, input_needs_grad=index > 0
+        )
         for index, (n, m) in enumerate(linears)
     )
     return FlopProfile(layers, num_layers=0, attention_dim=0, name=name)
@@ -69,7 +74,7 @@ class TensorBackend:
         if not callable(self.model_factory):
             raise TypeError("model_factory must be a callable returning a torch.nn.Module.")
 
-    def prepare(self, pool: Any, target: Any, config: Any) -> "TensorTask":
+    def prepare(self, pool: Any, target: Any, config: Any) -> TensorTask:
         import torch
 
         with torch.random.fork_rng():
@@ -173,12 +178,19 @@ class CausalLMBackend:
     text_column: str | None = None
     target_text_column: str | None = None
 
-    def prepare(self, pool: Any, target: Any, config: Any) -> "CausalLMTask":
+    def prepare(self, pool: Any, target: Any, config: Any) -> CausalLMTask:
         from ..data import get_texts
 
         pool_texts = get_texts(pool, self.text_column, self.tokenizer, role="pool")
         target_texts = get_texts(target, self.target_text_column or self.text_column, self.tokenizer, role="target")
-        return CausalLMTask(self._working_copy(config.seed), self.tokenizer, pool_texts, target_texts, config.batch_size, config.max_length)
+        return CausalLMTask(
+            self._working_copy(config.seed),
+            self.tokenizer,
+            pool_texts,
+            target_texts,
+            config.batch_size,
+            config.max_length,
+        )
 
     def _working_copy(self, seed: int) -> Any:
         import torch
@@ -189,8 +201,13 @@ class CausalLMBackend:
         if self.lora_r > 0:
             from peft import LoraConfig, get_peft_model
 
-            lora = LoraConfig(r=self.lora_r, lora_alpha=2 * self.lora_r, lora_dropout=0.0,
-                              target_modules=list(self.lora_target_modules), task_type="CAUSAL_LM")
+            lora = LoraConfig(
+                r=self.lora_r,
+                lora_alpha=2 * self.lora_r,
+                lora_dropout=0.0,
+                target_modules=list(self.lora_target_modules),
+                task_type="CAUSAL_LM",
+            )
             try:
                 with torch.random.fork_rng():
                     torch.manual_seed(seed)
@@ -212,7 +229,15 @@ class CausalLMTask:
     ``batch_size``; FLOPs come from the padded shapes actually run.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, pool_texts: list[str], target_texts: list[str], batch_size: int, max_length: int) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        pool_texts: list[str],
+        target_texts: list[str],
+        batch_size: int,
+        max_length: int,
+    ) -> None:
         self.model = model
         self.model.eval()  # no dropout: the objective of a mask must not change between evaluations
         self.batcher = TokenBatcher(tokenizer, batch_size=batch_size, max_length=max_length, add_eos=True)
@@ -267,9 +292,13 @@ class CausalLMTask:
         grads = None
         flops = 0.0
         for batch in self.batcher.batches(subset):
-            batch_losses, batch_grads = self._gradients.losses_and_gradients(batch.input_ids.to(self.device), batch.attention_mask.to(self.device))
+            batch_losses, batch_grads = self._gradients.losses_and_gradients(
+                batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
+            )
             if grads is None:
-                grads = torch.zeros((len(subset), batch_grads.shape[1]), dtype=batch_grads.dtype, device=batch_grads.device)
+                grads = torch.zeros(
+                    (len(subset), batch_grads.shape[1]), dtype=batch_grads.dtype, device=batch_grads.device
+                )
             grads[torch.as_tensor(batch.rows, device=grads.device)] = batch_grads
             losses[batch.rows] = batch_losses.float().cpu().numpy()
             flops += self.profile.train_step_flops(*batch.shape)

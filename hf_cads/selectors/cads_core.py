@@ -39,11 +39,11 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
-
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +173,9 @@ class AdamTheta:
     The outer loop evaluates ``f(m_k)`` after the step each mask would cause, then commits the mean step.
     """
 
-    def __init__(self, params: Sequence[Any], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    def __init__(
+        self, params: Sequence[Any], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ) -> None:
         import torch
 
         self.params = list(params)
@@ -191,9 +193,7 @@ class AdamTheta:
     def _update(self, first: Sequence[Any], second: Sequence[Any]) -> list[Any]:
         b1, b2 = self.betas
         t = self.steps + 1
-        return [
-            -self.lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + self.eps) for m, v in zip(first, second)
-        ]
+        return [-self.lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + self.eps) for m, v in zip(first, second)]
 
     def gradient_step(self, grads: Sequence[Any]) -> list[Any]:
         """``-lr * g``: a plain gradient step on ``grads`` alone. Linear in ``grads``, unlike :meth:`preview`:
@@ -283,7 +283,9 @@ class CADSPlan:
         return out
 
 
-def _mean_cost(task: CADSTask, split: str, size: int, with_grad: bool, rng: np.random.Generator, draws: int = 8) -> float:
+def _mean_cost(
+    task: CADSTask, split: str, size: int, with_grad: bool, rng: np.random.Generator, draws: int = 8
+) -> float:
     total = task.num_rows if split == POOL else task.num_target_rows
     size = max(1, min(int(size), total))
     if size == total:
@@ -362,9 +364,13 @@ def plan_cads(task: CADSTask, config: Any, num_sources: int | None = None) -> CA
         )
     else:
         # The post-step forward on the mask's rows only feeds the penalty term of the reward.
-        post_step_train = _mean_cost(task, POOL, rows_per_mask, False, rng) if config.policy_reward == "objective" else 0.0
+        post_step_train = (
+            _mean_cost(task, POOL, rows_per_mask, False, rng) if config.policy_reward == "objective" else 0.0
+        )
         step_flops = _mean_cost(task, TARGET, target_rows, True, rng) + config.samples_per_step * (
-            _mean_cost(task, POOL, rows_per_mask, True, rng) + post_step_train + _mean_cost(task, TARGET, target_rows, False, rng)
+            _mean_cost(task, POOL, rows_per_mask, True, rng)
+            + post_step_train
+            + _mean_cost(task, TARGET, target_rows, False, rng)
         )
     if config.outer_steps is not None:
         outer_steps = int(config.outer_steps)

@@ -7,13 +7,22 @@ a run (:func:`~hf_cads.selectors.cads_core.plan_cads`) before any work.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from .cads_core import (
-    POOL, TARGET, AdamTheta, BernoulliMaskPolicy, CADSPlan, CADSTask, TruncatedGaussianPolicy, annealed_sigma, first_order_mixing_flops,
+    POOL,
+    TARGET,
+    AdamTheta,
+    BernoulliMaskPolicy,
+    CADSPlan,
+    CADSTask,
+    TruncatedGaussianPolicy,
+    annealed_sigma,
+    first_order_mixing_flops,
 )
 from .cads_predictor import LossPredictor
 
@@ -92,7 +101,9 @@ def _restore(params: Sequence[Any], values: Sequence[Any]) -> None:
             p.copy_(v)
 
 
-def train_for_budget(task: CADSTask, rows: np.ndarray, flop_budget: float, lr: float, batch_size: int, rng: np.random.Generator) -> tuple[int, float]:
+def train_for_budget(
+    task: CADSTask, rows: np.ndarray, flop_budget: float, lr: float, batch_size: int, rng: np.random.Generator
+) -> tuple[int, float]:
     """AdamW minibatch training on ``rows`` until the next step would pass ``flop_budget``.
 
     At least one step is taken. Returns ``(steps, FLOPs spent)``.
@@ -108,7 +119,9 @@ def train_for_budget(task: CADSTask, rows: np.ndarray, flop_budget: float, lr: f
             batch = order[start : start + batch_size]
             cost = task.cost(batch, POOL, True)
             if cost <= 0:
-                raise RuntimeError(f"{type(task).__name__}.cost returned {cost} FLOPs for a training step; it must be > 0.")
+                raise RuntimeError(
+                    f"{type(task).__name__}.cost returned {cost} FLOPs for a training step; it must be > 0."
+                )
             if steps > 0 and spent + cost > flop_budget:
                 return steps, spent
             _, grads, flops = task.loss(batch, POOL, True)
@@ -131,7 +144,11 @@ class ExampleMasks:
 
     def start_step(self, rng: np.random.Generator, step: int, sigma: float) -> None:
         # All masks of one step share the block, so their objectives differ by the mask alone.
-        self.block_rows = rng.choice(self.num_rows, self.block, replace=False) if self.block < self.num_rows else np.arange(self.num_rows)
+        self.block_rows = (
+            rng.choice(self.num_rows, self.block, replace=False)
+            if self.block < self.num_rows
+            else np.arange(self.num_rows)
+        )
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, float, np.ndarray]:
         """``(rows to train on, equivalent full-pool size |m|, score d log p / d s)``."""
@@ -215,7 +232,9 @@ class SourceMasks:
         return {"sigma": self.sigma, "mixture": self.policy.mixture(self.sizes).tolist()}
 
 
-def run_pilots(task: CADSTask, plan: CADSPlan, config: Any, rng: np.random.Generator, initial: Sequence[Any]) -> tuple[list[dict[str, float]], float]:
+def run_pilots(
+    task: CADSTask, plan: CADSPlan, config: Any, rng: np.random.Generator, initial: Sequence[Any]
+) -> tuple[list[dict[str, float]], float]:
     """Measure the budget-``C`` training loss at each planned subset size (each pilot from ``theta_0``)."""
     from tqdm.auto import tqdm
 
@@ -229,7 +248,9 @@ def run_pilots(task: CADSTask, plan: CADSPlan, config: Any, rng: np.random.Gener
         steps, train_flops = train_for_budget(task, rows, pilot_budget, config.learning_rate, config.batch_size, rng)
         final_loss, _, eval_flops = task.loss(rows, POOL, False)
         spent += train_flops + eval_flops
-        pilots.append({"size": size, "rows": rows_count, "budget": pilot_budget, "steps": steps, "train_loss": final_loss})
+        pilots.append(
+            {"size": size, "rows": rows_count, "budget": pilot_budget, "steps": steps, "train_loss": final_loss}
+        )
     _restore(params, initial)
     return pilots, spent
 
@@ -251,14 +272,30 @@ def _gap(train_loss: float, predicted: float, two_sided: bool) -> float:
     return train_loss - predicted if two_sided else max(train_loss - predicted, 0.0)
 
 
-def step_masks(task: CADSTask, masks: Any, theta: AdamTheta, predictor: LossPredictor, val_rows: np.ndarray, config: Any, rng: np.random.Generator) -> ScoredMasks:
+def step_masks(
+    task: CADSTask,
+    masks: Any,
+    theta: AdamTheta,
+    predictor: LossPredictor,
+    val_rows: np.ndarray,
+    config: Any,
+    rng: np.random.Generator,
+) -> ScoredMasks:
     """Sample ``samples_per_step`` masks and score each by the objective after the step ``theta`` takes on it."""
     if config.lookahead == "first_order":
         return _step_masks_first_order(task, masks, theta, predictor, val_rows, config, rng)
     return _step_masks_exact(task, masks, theta, predictor, val_rows, config, rng)
 
 
-def _step_masks_exact(task: CADSTask, masks: Any, theta: AdamTheta, predictor: LossPredictor, val_rows: np.ndarray, config: Any, rng: np.random.Generator) -> ScoredMasks:
+def _step_masks_exact(
+    task: CADSTask,
+    masks: Any,
+    theta: AdamTheta,
+    predictor: LossPredictor,
+    val_rows: np.ndarray,
+    config: Any,
+    rng: np.random.Generator,
+) -> ScoredMasks:
     """Each mask: a real look-ahead step of ``theta``, then forward passes on the target (and mask) rows."""
     import torch
 
@@ -296,7 +333,15 @@ def _step_masks_exact(task: CADSTask, masks: Any, theta: AdamTheta, predictor: L
     return out
 
 
-def _step_masks_first_order(task: CADSTask, masks: Any, theta: AdamTheta, predictor: LossPredictor, val_rows: np.ndarray, config: Any, rng: np.random.Generator) -> ScoredMasks:
+def _step_masks_first_order(
+    task: CADSTask,
+    masks: Any,
+    theta: AdamTheta,
+    predictor: LossPredictor,
+    val_rows: np.ndarray,
+    config: Any,
+    rng: np.random.Generator,
+) -> ScoredMasks:
     """All masks from one batched pass: per-example gradients ``G`` of the candidate rows and the target gradient ``g_val``.
 
     A mask with row weights ``w`` has loss ``w . losses`` and gradient ``w G``; ``theta``'s step on it is
@@ -330,7 +375,14 @@ def _step_masks_first_order(task: CADSTask, masks: Any, theta: AdamTheta, predic
         gap = _gap(float(train_losses[k]), predicted, two_sided)
         grad = g_val + 2.0 * alpha * gap * train_grads[k]
         step = theta.gradient_step if transfer else theta.preview
-        update = torch.cat([u.reshape(-1) for u in step([g.view(shape) for g, shape in zip((train_grads[k] if transfer else grad).split(sizes), shapes)])])
+        update = torch.cat(
+            [
+                u.reshape(-1)
+                for u in step(
+                    [g.view(shape) for g, shape in zip((train_grads[k] if transfer else grad).split(sizes), shapes)]
+                )
+            ]
+        )
         new_val = float(val_loss) + float(g_val @ update)
         new_gap = _gap(float(train_losses[k]) + float(train_grads[k] @ update), predicted, two_sided)
         out.penalties.append(new_gap**2)
@@ -410,17 +462,25 @@ def run_cads(
     advantages = AdvantageBaseline(config.baseline_momentum, config.normalize_advantage, config.baseline)
     outer_flops = 0.0
     history: list[dict[str, Any]] = []
-    progress = tqdm(range(plan.outer_steps), desc=f"CADS-{'E' if by_example else 'S'} outer loop", disable=not config.show_progress)
+    progress = tqdm(
+        range(plan.outer_steps), desc=f"CADS-{'E' if by_example else 'S'} outer loop", disable=not config.show_progress
+    )
     for step in progress:
         policy_step = step - warmup_steps
-        masks.start_step(rng, step, annealed_sigma(max(policy_step, 0), plan.outer_steps - warmup_steps, config.sigma_start, config.sigma_end))
+        masks.start_step(
+            rng,
+            step,
+            annealed_sigma(max(policy_step, 0), plan.outer_steps - warmup_steps, config.sigma_start, config.sigma_end),
+        )
         val_rows = rng.choice(task.num_target_rows, target_rows, replace=False)
         scored = step_masks(task, masks, theta, predictor, val_rows, config, rng)
         theta.step(scored.mean_grads)
         outer_flops += scored.flops
         rewards, scores = np.asarray(scored.rewards), scored.scores
         record = {
-            "step": step, "objective": float(np.mean(scored.objectives)), "val_loss": scored.val_loss,
+            "step": step,
+            "objective": float(np.mean(scored.objectives)),
+            "val_loss": scored.val_loss,
             "penalty": float(np.mean(scored.penalties)),
         }
         # During warm-up only theta moves: until it reaches the budget-C loss level the penalty rewards
@@ -437,14 +497,34 @@ def run_cads(
     if isinstance(masks, ExampleMasks):
         probabilities = masks.policy.probabilities.copy()
         favoured = int(np.clip(round(probabilities.sum()), 1, task.num_rows))
-        outcome = CADSOutcome("example", plan, predictor, pilots, pilot_flops, outer_flops, favoured, probabilities=probabilities, history=history, policy_lr=lr_s)
+        outcome = CADSOutcome(
+            "example",
+            plan,
+            predictor,
+            pilots,
+            pilot_flops,
+            outer_flops,
+            favoured,
+            probabilities=probabilities,
+            history=history,
+            policy_lr=lr_s,
+        )
     else:
         mixture = masks.policy.mixture(masks.sizes)
         favoured = int(max(1, np.rint(masks.policy.means * masks.sizes).sum()))
         outcome = CADSOutcome(
-            "source", plan, predictor, pilots, pilot_flops, outer_flops, favoured,
-            source_names=list(source_names or []), source_ratios=masks.policy.means.copy(),
-            mixture=dict(zip(source_names or [], mixture.tolist())), history=history, policy_lr=lr_s,
+            "source",
+            plan,
+            predictor,
+            pilots,
+            pilot_flops,
+            outer_flops,
+            favoured,
+            source_names=list(source_names or []),
+            source_ratios=masks.policy.means.copy(),
+            mixture=dict(zip(source_names or [], mixture.tolist())),
+            history=history,
+            policy_lr=lr_s,
         )
     message = (
         f"CADS-{'E' if by_example else 'S'} overhead: {outcome.flops:.4g} FLOPs = {outcome.flops / plan.train_budget:.3f} x C "

@@ -19,8 +19,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,14 +39,18 @@ class LossPredictor:
     _line: tuple[float, float] = field(default=(0.0, 0.0), repr=False)
 
     @classmethod
-    def fit(cls, sizes: Sequence[float], losses: Sequence[float]) -> "LossPredictor":
+    def fit(cls, sizes: Sequence[float], losses: Sequence[float]) -> LossPredictor:
         """Fit from pilot measurements; repeated sizes are averaged."""
         sizes_arr = np.asarray(sizes, dtype=np.float64)
         losses_arr = np.asarray(losses, dtype=np.float64)
         if sizes_arr.shape != losses_arr.shape or sizes_arr.ndim != 1:
-            raise ValueError(f"sizes and losses must be 1-D and equally long, got {sizes_arr.shape} and {losses_arr.shape}.")
+            raise ValueError(
+                f"sizes and losses must be 1-D and equally long, got {sizes_arr.shape} and {losses_arr.shape}."
+            )
         if not (np.all(np.isfinite(sizes_arr)) and np.all(np.isfinite(losses_arr))):
-            raise ValueError(f"Pilot measurements must be finite; got sizes {sizes_arr.tolist()} and losses {losses_arr.tolist()}.")
+            raise ValueError(
+                f"Pilot measurements must be finite; got sizes {sizes_arr.tolist()} and losses {losses_arr.tolist()}."
+            )
         if np.any(sizes_arr <= 0):
             raise ValueError(f"Subset sizes must be > 0, got {sizes_arr.tolist()}.")
         unique = np.unique(sizes_arr)
@@ -57,7 +62,7 @@ class LossPredictor:
         mean_losses = np.array([losses_arr[sizes_arr == size].mean() for size in unique])
         return cls(unique, mean_losses)._build()
 
-    def _build(self) -> "LossPredictor":
+    def _build(self) -> LossPredictor:
         from scipy.interpolate import CubicSpline
 
         log_sizes = np.log(self.sizes)
@@ -78,7 +83,11 @@ class LossPredictor:
         log_size = np.log(size_arr)
         inside = (size_arr >= self.sizes[0]) & (size_arr <= self.sizes[-1])
         intercept, slope = self._line
-        out = np.where(inside, self._spline(np.clip(log_size, np.log(self.sizes[0]), np.log(self.sizes[-1]))), intercept + slope * log_size)
+        out = np.where(
+            inside,
+            self._spline(np.clip(log_size, np.log(self.sizes[0]), np.log(self.sizes[-1]))),
+            intercept + slope * log_size,
+        )
         # Losses are >= 0; the straight line in log-size would cross zero for very large subsets.
         out = np.maximum(out, 0.0)
         return float(out) if out.ndim == 0 else out

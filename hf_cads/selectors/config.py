@@ -11,8 +11,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 
 @dataclass
@@ -99,8 +100,13 @@ def family_options(config_class: type[SelectorConfig], options: Mapping[str, Any
         if spec is not None:
             if spec.metadata.get("per_run", False):
                 continue
-            default = spec.default if spec.default is not dataclasses.MISSING else (
-                spec.default_factory() if spec.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+            default = (
+                spec.default
+                if spec.default is not dataclasses.MISSING
+                else (
+                    spec.default_factory() if spec.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+                )
+            )
             if _same_value(value, default):
                 continue
         kept[name] = value
@@ -125,7 +131,5 @@ def build_config(config_class: type[SelectorConfig], options: dict[str, Any], na
     valid = {f.name for f in dataclasses.fields(config_class)}
     unknown = sorted(set(options) - valid)
     if unknown:
-        raise TypeError(
-            f"Unknown option(s) {unknown} for selector {name!r}; valid options are {sorted(valid)}."
-        )
+        raise TypeError(f"Unknown option(s) {unknown} for selector {name!r}; valid options are {sorted(valid)}.")
     return config_class(**options)

@@ -86,9 +86,13 @@ def deduplicate_pool(pool: Any, text_column: str | None) -> Deduplication | None
     kept = np.asarray([row for row in range(len(pool)) if row not in dropped], dtype=np.int64)
     logger.info(
         "Dropped %d duplicated pool row(s) (same %r as an earlier row; first pairs %s); selecting from %d unique rows.",
-        len(repeats), column, repeats[:3], len(kept),
+        len(repeats),
+        column,
+        repeats[:3],
+        len(kept),
     )
     return Deduplication(column, kept, repeats)
+
 
 def unique_pool(pool: Any, config: SelectorConfig) -> tuple[Any, Deduplication | None]:
     """``pool`` without repeated rows when ``config`` drops them (a view, nothing copied), and what

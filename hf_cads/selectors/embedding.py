@@ -81,7 +81,11 @@ class EmbeddingSelector(Selector):
         flops = 0.0
         batches = list(batcher.batches(token_ids))
         device = encoder.device
-        bar = progress if progress is not None else tqdm(total=len(texts), desc=desc, unit="row", disable=not self.config.show_progress)
+        bar = (
+            progress
+            if progress is not None
+            else tqdm(total=len(texts), desc=desc, unit="row", disable=not self.config.show_progress)
+        )
         # A caller's bar (spanning several shards) is advanced but left open.
         with torch.no_grad(), bar if progress is None else contextlib.nullcontext(bar):
             for batch in batches:
@@ -104,7 +108,9 @@ class EmbeddingSelector(Selector):
             target_emb = (centroid / max(np.linalg.norm(centroid), 1e-12))[None, :]
         return PreparedScoring(state=target_emb, flops=flops)
 
-    def score_rows(self, pool: Any, target: Any | None, rows: range, prepared: PreparedScoring, progress: Any = None) -> ScoreOutput:
+    def score_rows(
+        self, pool: Any, target: Any | None, rows: range, prepared: PreparedScoring, progress: Any = None
+    ) -> ScoreOutput:
         texts = get_texts(pool.select(rows), self.config.text_column, role="pool")
         pool_emb, flops = self._embed(texts, "embedding pool", progress)
         scores = (pool_emb @ prepared.state.T).max(axis=1)
@@ -114,5 +120,7 @@ class EmbeddingSelector(Selector):
         batcher, profile = self._batcher(), self._profile()
         pool_texts, target_texts = self._texts(pool, target)
         shards = [pool_texts[rows.start : rows.stop] for rows in self.shard_ranges(len(pool))]
-        return sum(forward_flops_of_plan(profile, batcher.padded_shapes(batcher.tokenize(texts))) for texts in [target_texts, *shards])
-
+        return sum(
+            forward_flops_of_plan(profile, batcher.padded_shapes(batcher.tokenize(texts)))
+            for texts in [target_texts, *shards]
+        )

@@ -26,8 +26,15 @@ GradientMethod = Literal["auto", "linear", "vmap", "loop"]
 GRADIENT_METHODS: tuple[str, ...] = get_args(GradientMethod)
 # The projections live in .projection; these names stay importable from here.
 __all__ = [
-    "GRADIENT_METHODS", "PROJECTION_CHUNK_ELEMENTS", "GradientMethod", "PerExampleGradients", "ProjectionType",
-    "RandomProjection", "adam_update_direction", "chunk_seed", "trainable_parameters",
+    "GRADIENT_METHODS",
+    "PROJECTION_CHUNK_ELEMENTS",
+    "GradientMethod",
+    "PerExampleGradients",
+    "ProjectionType",
+    "RandomProjection",
+    "adam_update_direction",
+    "chunk_seed",
+    "trainable_parameters",
 ]
 
 
@@ -158,7 +165,9 @@ class PerExampleGradients:
             names = self._linear_layers[layer]
             grad_out = grad_out.reshape(batch, -1, grad_out.shape[-1])
             if names[0] is not None:
-                weight = torch.bmm(grad_out.transpose(1, 2), inputs.reshape(batch, -1, inputs.shape[-1]).to(grad_out.dtype))
+                weight = torch.bmm(
+                    grad_out.transpose(1, 2), inputs.reshape(batch, -1, inputs.shape[-1]).to(grad_out.dtype)
+                )
                 per_example[names[0]] = per_example.get(names[0], 0) + weight
             if names[1] is not None:
                 per_example[names[1]] = per_example.get(names[1], 0) + grad_out.sum(dim=1)

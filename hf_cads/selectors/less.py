@@ -47,9 +47,10 @@ import contextlib
 import hashlib
 import json
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,14 @@ from .less_features import LESSFeatures, WarmupCheckpoint, linear_schedule
 from .less_index import INDEX_FORMAT, FeatureIndex, read_manifest, target_features_path
 from .registry import register_selector
 
-__all__ = ["LESSInputs", "LESSSelector", "LESSSelectorConfig", "WarmupCheckpoint", "influence_scores", "linear_schedule"]
+__all__ = [
+    "LESSInputs",
+    "LESSSelector",
+    "LESSSelectorConfig",
+    "WarmupCheckpoint",
+    "influence_scores",
+    "linear_schedule",
+]
 
 
 # Options that change a LESS result but not the warmup checkpoints or the pool's features: target-side
@@ -72,9 +80,7 @@ __all__ = ["LESSInputs", "LESSSelector", "LESSSelectorConfig", "WarmupCheckpoint
 _NOT_IN_INDEX_KEY = ("subtask_column", "target_text_column", "allow_duplicates", "deduplicate")
 
 
-def influence_scores(
-    pool_features: Any, target_means: Any, learning_rate: float
-) -> Any:
+def influence_scores(pool_features: Any, target_means: Any, learning_rate: float) -> Any:
     """One checkpoint's LESS term: ``learning_rate * cos(pool row, target row)`` averaged per sub-task.
 
     Features are unit-norm, so the mean cosine over a sub-task's examples equals the dot product
@@ -125,7 +131,9 @@ class LESSSelector(LESSFeatures, Selector):
     reuses_training_model = True
     distributes_own_work = True
 
-    def __init__(self, config: LESSSelectorConfig | None = None, *, model: Any = None, tokenizer: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self, config: LESSSelectorConfig | None = None, *, model: Any = None, tokenizer: Any = None, **kwargs: Any
+    ) -> None:
         super().__init__(config, model=model, tokenizer=tokenizer, **kwargs)
         self._init_features(model_given=model is not None)
 
@@ -168,11 +176,16 @@ class LESSSelector(LESSFeatures, Selector):
         manifest = read_manifest(root) if root is not None else None
         reused = bool(manifest and manifest.get("key") == key and manifest.get("complete"))
         target_reused = reused and all(
-            target_features_path(root, _ids_digest(inputs.target_ids), c).exists() for c in range(epochs)  # type: ignore[arg-type]
+            target_features_path(root, _ids_digest(inputs.target_ids), c).exists()
+            for c in range(epochs)  # type: ignore[arg-type]
         )
         pool_rows = 0 if reused else len(inputs.pool_ids)
         target_rows = 0 if target_reused else len(inputs.target_ids)
-        shapes = [s for shard in self._shards(len(inputs.pool_ids)) for s in self._batcher().padded_shapes([inputs.pool_ids[i] for i in shard])]
+        shapes = [
+            s
+            for shard in self._shards(len(inputs.pool_ids))
+            for s in self._batcher().padded_shapes([inputs.pool_ids[i] for i in shard])
+        ]
         pool_gradients = 0.0 if reused else epochs * sum(profile.train_step_flops(b, s) for b, s in shapes)
         target_shapes = [] if target_reused else self._batcher().padded_shapes(inputs.target_ids)
         return {
@@ -180,7 +193,8 @@ class LESSSelector(LESSFeatures, Selector):
             "pool_gradients": float(pool_gradients),
             "target_gradients": float(epochs * sum(profile.train_step_flops(b, s) for b, s in target_shapes)),
             "projection": epochs * (projection.flops(pool_rows) + projection.flops(target_rows)),
-            "similarity": epochs * matmul_flops(len(inputs.pool_ids), self.config.projection_dim, len(inputs.subtasks)),
+            "similarity": epochs
+            * matmul_flops(len(inputs.pool_ids), self.config.projection_dim, len(inputs.subtasks)),
         }
 
     def estimate_flops(self, pool: Any, target: Any | None) -> float:
@@ -197,7 +211,11 @@ class LESSSelector(LESSFeatures, Selector):
         return self.score_many(pool, [target])[0]
 
     def select_many(
-        self, pool: Any, targets: Mapping[str, Any] | Sequence[Any], k: int | None = None, fraction: float | None = None
+        self,
+        pool: Any,
+        targets: Mapping[str, Any] | Sequence[Any],
+        k: int | None = None,
+        fraction: float | None = None,
     ) -> dict[str, SelectionResult]:
         """Select ``k`` rows (or ``fraction`` of the pool) for each of several targets in one pass.
 
@@ -247,21 +265,32 @@ class LESSSelector(LESSFeatures, Selector):
         shards = self._shards(len(pool_ids))
         with self._index(pool_ids, processes) as index:
             reuse = bool(processes.on_main(lambda: index.complete))
-            checkpoints, warmup_flops = processes.on_main(lambda: self.warmup(pool_ids, index, charge_loaded=not reuse))
+            checkpoints, warmup_flops = processes.on_main(
+                lambda: self.warmup(pool_ids, index, charge_loaded=not reuse)
+            )
             target_states = processes.on_main(
-                lambda: [self._target_features(index, ids, subtask_index, len(names), checkpoints, reuse)
-                         for ids, subtask_index, names in parts]
+                lambda: [
+                    self._target_features(index, ids, subtask_index, len(names), checkpoints, reuse)
+                    for ids, subtask_index, names in parts
+                ]
             )
             means = [np.concatenate([state["means"][c] for state in target_states]) for c in range(len(checkpoints))]
             owned = processes.share(len(shards))
-            gathered = processes.gather(lambda: self._score_pool_shards(index, pool_ids, shards, owned, checkpoints, means, reuse, processes))
+            gathered = processes.gather(
+                lambda: self._score_pool_shards(index, pool_ids, shards, owned, checkpoints, means, reuse, processes)
+            )
             by_shard = {number: item for part in gathered for number, item in part.items()}
-            pool_charged = {name: float(sum(by_shard[n]["charged"][name] for n in range(len(shards)))) for name in ("pool_gradients", "projection")}
+            pool_charged = {
+                name: float(sum(by_shard[n]["charged"][name] for n in range(len(shards))))
+                for name in ("pool_gradients", "projection")
+            }
             if not reuse:
                 processes.on_main(lambda: index.mark_complete({"warmup": warmup_flops, **pool_charged}))
             index_dir = None if index.temporary else str(index.root)
             original = index.original_flops if reuse else {}
-        reused_flops = (self._warmup_flops(pool_ids) - warmup_flops) + sum(by_shard[n]["reused_flops"] for n in range(len(shards)))
+        reused_flops = (self._warmup_flops(pool_ids) - warmup_flops) + sum(
+            by_shard[n]["reused_flops"] for n in range(len(shards))
+        )
         resumed = sum(by_shard[n]["resumed"] for n in range(len(shards)))
         # What the warmup and pool features cost, charged here or reused: paid once for any number of targets.
         pool_flops = warmup_flops + sum(pool_charged.values()) + reused_flops
@@ -269,13 +298,17 @@ class LESSSelector(LESSFeatures, Selector):
             "shards": len(shards),
             "shard_size": int(config.shard_size),
             "processes": processes.world_size,
-            "rows_scored_per_process": [sum(len(shards[n]) for n, item in part.items() if item["computed"]) for part in gathered],
+            "rows_scored_per_process": [
+                sum(len(shards[n]) for n, item in part.items() if item["computed"]) for part in gathered
+            ],
         }
         columns = np.cumsum([0] + [len(names) for _, _, names in parts])
         outputs = []
         for number, ((_, _, names), state) in enumerate(zip(parts, target_states)):
             first = number == 0
-            subtask_scores = np.concatenate([by_shard[n]["scores"][:, columns[number] : columns[number + 1]] for n in range(len(shards))])
+            subtask_scores = np.concatenate(
+                [by_shard[n]["scores"][:, columns[number] : columns[number + 1]] for n in range(len(shards))]
+            )
             breakdown = {
                 "warmup": warmup_flops if first else 0.0,
                 "pool_gradients": pool_charged["pool_gradients"] if first else 0.0,
@@ -299,15 +332,24 @@ class LESSSelector(LESSFeatures, Selector):
                     "original_flops": original,
                 },
                 "sharding": sharding,
-                "flops_split": {"pool": pool_flops, "target": float(sum(breakdown.values())) + state["reused_flops"]
-                                - (pool_flops - reused_flops if first else 0.0)},
+                "flops_split": {
+                    "pool": pool_flops,
+                    "target": float(sum(breakdown.values()))
+                    + state["reused_flops"]
+                    - (pool_flops - reused_flops if first else 0.0),
+                },
             }
             outputs.append(ScoreOutput(subtask_scores.max(axis=1), float(sum(breakdown.values())), extras))
         return outputs
 
     def _load_or_compute(
-        self, index: FeatureIndex, path: Any, token_ids: Sequence[Sequence[int]], checkpoint: WarmupCheckpoint,
-        optimizer_aware: bool, progress: Any,
+        self,
+        index: FeatureIndex,
+        path: Any,
+        token_ids: Sequence[Sequence[int]],
+        checkpoint: WarmupCheckpoint,
+        optimizer_aware: bool,
+        progress: Any,
     ) -> tuple[np.ndarray, float, bool]:
         """Features stored at ``path`` (validated) or computed and stored; their FLOPs; whether loaded.
 
@@ -319,14 +361,21 @@ class LESSSelector(LESSFeatures, Selector):
             if progress is not None:
                 progress.update(len(token_ids))
             return features, self.feature_flops(token_ids), True
-        computed, flops = self.gradient_features(token_ids, checkpoint, optimizer_aware=optimizer_aware, progress=progress)
+        computed, flops = self.gradient_features(
+            token_ids, checkpoint, optimizer_aware=optimizer_aware, progress=progress
+        )
         stored = computed.astype(self.config.feature_dtype)
         index.save_features(path, stored)
         return stored.astype(np.float32), flops, False
 
     def _target_features(
-        self, index: FeatureIndex, token_ids: list[list[int]], subtask_index: np.ndarray, num_subtasks: int,
-        checkpoints: list[WarmupCheckpoint], reuse: bool,
+        self,
+        index: FeatureIndex,
+        token_ids: list[list[int]],
+        subtask_index: np.ndarray,
+        num_subtasks: int,
+        checkpoints: list[WarmupCheckpoint],
+        reuse: bool,
     ) -> dict[str, Any]:
         """One target's mean feature per sub-task at every checkpoint, and what they cost."""
         import torch
@@ -349,14 +398,23 @@ class LESSSelector(LESSFeatures, Selector):
                     charged["target_gradients"] += flops - projection_flops
                     charged["projection"] += projection_flops
                 tensor = torch.from_numpy(features)
-                means.append(torch.stack(
-                    [tensor[torch.from_numpy(subtask_index == s)].mean(dim=0) for s in range(num_subtasks)]
-                ).numpy())
+                means.append(
+                    torch.stack(
+                        [tensor[torch.from_numpy(subtask_index == s)].mean(dim=0) for s in range(num_subtasks)]
+                    ).numpy()
+                )
         return {"means": means, "charged": charged, "resumed": resumed, "reused_flops": reused_flops}
 
     def _score_pool_shards(
-        self, index: FeatureIndex, pool_ids: list[list[int]], shards: list[range], owned: range,
-        checkpoints: list[WarmupCheckpoint], means: list[np.ndarray], reuse: bool, processes: Processes,
+        self,
+        index: FeatureIndex,
+        pool_ids: list[list[int]],
+        shards: list[range],
+        owned: range,
+        checkpoints: list[WarmupCheckpoint],
+        means: list[np.ndarray],
+        reuse: bool,
+        processes: Processes,
     ) -> dict[int, dict[str, Any]]:
         """Scores (rows x all targets' sub-tasks) of this process's pool shards, and their cost."""
         import torch
@@ -370,8 +428,13 @@ class LESSSelector(LESSFeatures, Selector):
                 rows = shards[number]
                 token_ids = [pool_ids[i] for i in rows]
                 projection_flops = self.projection().flops(len(rows))
-                item = {"scores": np.zeros((len(rows), means[0].shape[0])), "charged": {"pool_gradients": 0.0, "projection": 0.0},
-                        "reused_flops": 0.0, "resumed": 0, "computed": False}
+                item = {
+                    "scores": np.zeros((len(rows), means[0].shape[0])),
+                    "charged": {"pool_gradients": 0.0, "projection": 0.0},
+                    "reused_flops": 0.0,
+                    "resumed": 0,
+                    "computed": False,
+                }
                 for position, checkpoint in enumerate(checkpoints):
                     features, flops, loaded = self._load_or_compute(
                         index, index.pool_path(position, number), token_ids, checkpoint, True, progress
@@ -384,9 +447,13 @@ class LESSSelector(LESSFeatures, Selector):
                         item["charged"]["pool_gradients"] += flops - projection_flops
                         item["charged"]["projection"] += projection_flops
                     with torch.no_grad():
-                        item["scores"] += influence_scores(
-                            torch.from_numpy(features), torch.from_numpy(means[position]), checkpoint.learning_rate
-                        ).double().numpy()
+                        item["scores"] += (
+                            influence_scores(
+                                torch.from_numpy(features), torch.from_numpy(means[position]), checkpoint.learning_rate
+                            )
+                            .double()
+                            .numpy()
+                        )
                 done[number] = item
         return done
 

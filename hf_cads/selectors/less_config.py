@@ -9,8 +9,9 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -90,9 +91,15 @@ class LESSSelectorConfig(SelectorConfig):
                 raise ValueError(f"{name} must be a positive integer ({hint}), got {value!r}.")
 
         positive_int("projection_dim", self.projection_dim, "the gradient feature size, e.g. 8192")
-        positive_int("projection_nonzeros", self.projection_nonzeros, "non-zeros per coordinate of the sparse projection, e.g. 4")
+        positive_int(
+            "projection_nonzeros",
+            self.projection_nonzeros,
+            "non-zeros per coordinate of the sparse projection, e.g. 4",
+        )
         if self.projection_nonzeros > self.projection_dim:
-            raise ValueError(f"projection_nonzeros={self.projection_nonzeros} exceeds projection_dim={self.projection_dim}.")
+            raise ValueError(
+                f"projection_nonzeros={self.projection_nonzeros} exceeds projection_dim={self.projection_dim}."
+            )
         positive_int("warmup_epochs", self.warmup_epochs, "one checkpoint per epoch, e.g. 4")
         positive_int("lora_r", self.lora_r, "the LoRA rank, e.g. 8")
         positive_int("shard_size", self.shard_size, "pool rows per feature file, e.g. 1024")
@@ -100,7 +107,11 @@ class LESSSelectorConfig(SelectorConfig):
             positive_int("warmup_batch_size", self.warmup_batch_size, "sequences per warmup step")
         if not (isinstance(self.warmup_fraction, (int, float)) and 0 < self.warmup_fraction <= 1):
             raise ValueError(f"warmup_fraction must be in (0, 1], e.g. 0.05, got {self.warmup_fraction!r}.")
-        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate) and self.learning_rate > 0):
+        if not (
+            isinstance(self.learning_rate, (int, float))
+            and math.isfinite(self.learning_rate)
+            and self.learning_rate > 0
+        ):
             raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate!r}.")
         if not 0 <= self.lr_warmup_ratio < 1:
             raise ValueError(f"lr_warmup_ratio must be in [0, 1), got {self.lr_warmup_ratio!r}.")
@@ -118,4 +129,6 @@ class LESSSelectorConfig(SelectorConfig):
             self.lora_target_modules = (self.lora_target_modules,)
         self.lora_target_modules = tuple(self.lora_target_modules)
         if not self.lora_target_modules:
-            raise ValueError("lora_target_modules is empty; name the linear layers to adapt, e.g. ('q_proj', 'v_proj').")
+            raise ValueError(
+                "lora_target_modules is empty; name the linear layers to adapt, e.g. ('q_proj', 'v_proj')."
+            )

@@ -19,8 +19,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +75,7 @@ class WarmupCheckpoint:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "WarmupCheckpoint":
+    def from_dict(cls, data: dict[str, Any]) -> WarmupCheckpoint:
         return cls(**{**data, "betas": tuple(data["betas"])})
 
 
@@ -147,7 +148,9 @@ class LESSFeatures(CausalLMSelectorMixin):
             target_modules=list(config.lora_target_modules),
             bias="none",
         )
-        linear_names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        linear_names = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        )
         try:
             with _seeded(config.seed, _device_of(model)):
                 wrapped = get_peft_model(model, lora)
@@ -186,19 +189,24 @@ class LESSFeatures(CausalLMSelectorMixin):
         key = (num_params, config.projection_dim, config.seed, config.projection_type, config.projection_nonzeros)
         if self._projection is None or self._projection[0] != key:
             # Kept: the sparse projection's hashes are drawn once and reused for every batch.
-            self._projection = (key, make_projection(config.projection_type, num_params, config.projection_dim,
-                                                     config.seed, config.projection_nonzeros))
+            self._projection = (
+                key,
+                make_projection(
+                    config.projection_type, num_params, config.projection_dim, config.seed, config.projection_nonzeros
+                ),
+            )
         return self._projection[1]
 
     # -- inputs ---------------------------------------------------------------------------------
     def encode(self, dataset: Any, role: str = "pool") -> list[list[int]]:
         """Token ids of every row (text from ``text_column`` / ``target_text_column``)."""
         _, tokenizer = self._load_model()
-        column = self.config.text_column if role == "pool" else (self.config.target_text_column or self.config.text_column)
+        column = (
+            self.config.text_column if role == "pool" else (self.config.target_text_column or self.config.text_column)
+        )
         token_ids = self._batcher().tokenize(get_texts(dataset, column, tokenizer, role=role))
         check_next_token_targets(token_ids, role)
         return token_ids
-
 
     # -- 1. warmup ------------------------------------------------------------------------------
     def warmup_plan(self, pool_size: int) -> list[list[np.ndarray]]:
@@ -213,13 +221,16 @@ class LESSFeatures(CausalLMSelectorMixin):
             plan.append([order[i : i + batch] for i in range(0, len(order), batch)])
         return plan
 
-    def _warmup_epoch_flops(self, profile: FlopProfile, pool_ids: Sequence[Sequence[int]], batches: list[np.ndarray]) -> float:
+    def _warmup_epoch_flops(
+        self, profile: FlopProfile, pool_ids: Sequence[Sequence[int]], batches: list[np.ndarray]
+    ) -> float:
         return float(sum(profile.train_step_flops(len(rows), max(len(pool_ids[r]) for r in rows)) for rows in batches))
 
     def _warmup_flops(self, pool_ids: Sequence[Sequence[int]]) -> float:
         profile = self._profile()
-        return float(sum(self._warmup_epoch_flops(profile, pool_ids, batches) for batches in self.warmup_plan(len(pool_ids))))
-
+        return float(
+            sum(self._warmup_epoch_flops(profile, pool_ids, batches) for batches in self.warmup_plan(len(pool_ids)))
+        )
 
     def warmup(
         self, pool_ids: Sequence[Sequence[int]], store: FeatureIndex | None = None, *, charge_loaded: bool = True
@@ -239,7 +250,9 @@ class LESSFeatures(CausalLMSelectorMixin):
             for name, value in self._initial_lora.items():
                 params[name].copy_(value)
         config = self.config
-        optimizer = torch.optim.AdamW(params.values(), lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(
+            params.values(), lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
+        )
         plan = self.warmup_plan(len(pool_ids))
         total_steps = sum(len(batches) for batches in plan)
         ramp_steps = math.ceil(config.lr_warmup_ratio * total_steps)
@@ -341,7 +354,9 @@ class LESSFeatures(CausalLMSelectorMixin):
         for batch in self._batcher().batches(token_ids):
             grads = gradients(batch.input_ids.to(device), batch.attention_mask.to(device)).float()
             if moments is not None:
-                grads = adam_update_direction(grads, *moments, step=checkpoint.step, betas=checkpoint.betas, eps=checkpoint.eps)
+                grads = adam_update_direction(
+                    grads, *moments, step=checkpoint.step, betas=checkpoint.betas, eps=checkpoint.eps
+                )
             pending.append(grads)
             pending_rows.append(batch.rows)
             flops += profile.train_step_flops(*batch.shape)
@@ -374,7 +389,9 @@ def _seeded(seed: int, device: Any) -> Iterator[None]:
         yield
 
 
-def _capture_checkpoint(optimizer: Any, params: dict[str, Any], epoch: int, step: int, learning_rate: float) -> WarmupCheckpoint:
+def _capture_checkpoint(
+    optimizer: Any, params: dict[str, Any], epoch: int, step: int, learning_rate: float
+) -> WarmupCheckpoint:
     group = optimizer.param_groups[0]
     state = {name: optimizer.state[p] for name, p in params.items()}
     return WarmupCheckpoint(

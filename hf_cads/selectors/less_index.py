@@ -32,8 +32,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -93,7 +94,9 @@ class FeatureIndex:
     interrupted run that never reported them.
     """
 
-    def __init__(self, root: str | os.PathLike, key: str, description: Mapping[str, Any], *, create: bool = True) -> None:
+    def __init__(
+        self, root: str | os.PathLike, key: str, description: Mapping[str, Any], *, create: bool = True
+    ) -> None:
         self.root = Path(root)
         self.key = key
         self.temporary = False
@@ -107,7 +110,9 @@ class FeatureIndex:
                     "or pass a new one."
                 )
             if stored.get("key") != key:
-                differences = describe_differences(stored.get("description") or {}, json.loads(json.dumps(description, default=str)))
+                differences = describe_differences(
+                    stored.get("description") or {}, json.loads(json.dumps(description, default=str))
+                )
                 raise FeatureIndexMismatchError(
                     f"feature_dir {str(self.root)!r} holds a LESS feature index built from another model, pool, warmup "
                     f"or projection ({'; '.join(differences[:6]) or 'different key'}), which cannot be reused. "
@@ -119,8 +124,13 @@ class FeatureIndex:
                 raise FeatureIndexMismatchError(
                     f"feature_dir {str(self.root)!r} is not empty and was not written by LESS; pass an empty or new folder."
                 )
-            self.manifest = {"format": INDEX_FORMAT, "key": key, "description": dict(description), "complete": False,
-                             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            self.manifest = {
+                "format": INDEX_FORMAT,
+                "key": key,
+                "description": dict(description),
+                "complete": False,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
             if create:
                 self._write_manifest()
 
@@ -135,8 +145,11 @@ class FeatureIndex:
 
     def mark_complete(self, flops: Mapping[str, float]) -> None:
         """Record that every pool feature is stored, and what the warmup and pool features cost."""
-        self.manifest.update(complete=True, original_flops={k: float(v) for k, v in flops.items()},
-                             finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        self.manifest.update(
+            complete=True,
+            original_flops={k: float(v) for k, v in flops.items()},
+            finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
         self._write_manifest()
 
     def _write_manifest(self) -> None:

@@ -53,7 +53,9 @@ class CausalLMSelectorMixin:
 
     def _scorer(self) -> CausalLMScorer:
         model, tokenizer = self._load_model()
-        return CausalLMScorer(model, tokenizer, self.config.batch_size, self.config.max_length, self.config.show_progress)
+        return CausalLMScorer(
+            model, tokenizer, self.config.batch_size, self.config.max_length, self.config.show_progress
+        )
 
 
 @register_selector("perplexity")
@@ -76,8 +78,12 @@ class PerplexitySelector(CausalLMSelectorMixin, Selector):
         _, tokenizer = self._load_model()
         return get_texts(pool, self.config.text_column, tokenizer, role="pool")
 
-    def score_rows(self, pool: Any, target: Any | None, rows: range, prepared: PreparedScoring, progress: Any = None) -> ScoreOutput:
-        losses, flops = self._scorer().losses(self._texts(pool.select(rows)), desc="perplexity scoring", progress=progress)
+    def score_rows(
+        self, pool: Any, target: Any | None, rows: range, prepared: PreparedScoring, progress: Any = None
+    ) -> ScoreOutput:
+        losses, flops = self._scorer().losses(
+            self._texts(pool.select(rows)), desc="perplexity scoring", progress=progress
+        )
         scores = -losses if self.config.prefer == "low" else losses
         return ScoreOutput(scores, flops, {"loss": losses})
 

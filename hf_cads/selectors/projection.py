@@ -84,7 +84,9 @@ class RandomProjection:
     regenerated_per_call = True
     """Each call regenerates the whole matrix, so callers should project many vectors at once."""
 
-    def __init__(self, input_dim: int, output_dim: int, seed: int = 0, kind: Literal["rademacher", "gaussian"] = "rademacher") -> None:
+    def __init__(
+        self, input_dim: int, output_dim: int, seed: int = 0, kind: Literal["rademacher", "gaussian"] = "rademacher"
+    ) -> None:
         _check_dims(input_dim, output_dim)
         if kind not in ("rademacher", "gaussian"):
             raise ValueError(f"dense projection type must be 'rademacher' or 'gaussian', got {kind!r}.")
@@ -162,9 +164,15 @@ class SparseProjection:
 
     regenerated_per_call = False
 
-    def __init__(self, input_dim: int, output_dim: int, seed: int = 0, nonzeros: int = DEFAULT_SPARSE_NONZEROS) -> None:
+    def __init__(
+        self, input_dim: int, output_dim: int, seed: int = 0, nonzeros: int = DEFAULT_SPARSE_NONZEROS
+    ) -> None:
         _check_dims(input_dim, output_dim)
-        if isinstance(nonzeros, bool) or not isinstance(nonzeros, (int, np.integer)) or not 1 <= nonzeros <= output_dim:
+        if (
+            isinstance(nonzeros, bool)
+            or not isinstance(nonzeros, (int, np.integer))
+            or not 1 <= nonzeros <= output_dim
+        ):
             raise ValueError(f"nonzeros must be an integer in [1, output_dim={output_dim}], e.g. 4, got {nonzeros!r}.")
         self.input_dim = int(input_dim)
         self.output_dim = int(output_dim)
@@ -175,8 +183,13 @@ class SparseProjection:
 
     def describe(self) -> dict[str, Any]:
         """What identifies this projection (for feature-index keys)."""
-        return {"type": "sparse", "input_dim": self.input_dim, "output_dim": self.output_dim, "seed": self.seed,
-                "nonzeros": self.nonzeros}
+        return {
+            "type": "sparse",
+            "input_dim": self.input_dim,
+            "output_dim": self.output_dim,
+            "seed": self.seed,
+            "nonzeros": self.nonzeros,
+        }
 
     def hashes(self, device: Any = "cpu") -> tuple[Any, Any]:
         """``(positions, signs)``, each ``nonzeros x input_dim``: where each coordinate goes and with
@@ -271,7 +284,11 @@ def projection_agreement(
         # Projections are row-wise linear maps; chunking bounds their intermediates by the chunk.
         return torch.cat([projection(x[start : start + rows_per_call]) for start in range(0, len(x), rows_per_call)])
 
-    exact, projected, referenced = cosine_matrix(vectors), cosine_matrix(project_in_row_chunks(vectors)), cosine_matrix(reference(vectors))
+    exact, projected, referenced = (
+        cosine_matrix(vectors),
+        cosine_matrix(project_in_row_chunks(vectors)),
+        cosine_matrix(reference(vectors)),
+    )
     pairs = torch.triu_indices(len(vectors), len(vectors), offset=1)
 
     def cosines(x: Any) -> Any:
@@ -295,6 +312,8 @@ def projection_agreement(
         "top_overlap_exact": len(chosen & exact_top) / k,
         # How much of the best achievable gain in exact score over the pool mean the chosen rows keep:
         # 1.0 when they are as good as the exact top, 0.0 when no better than a random subset.
-        "top_exact_score_gain": float((exact_scores[sorted(chosen)].mean() - exact_scores.mean()) / (best - exact_scores.mean())),
+        "top_exact_score_gain": float(
+            (exact_scores[sorted(chosen)].mean() - exact_scores.mean()) / (best - exact_scores.mean())
+        ),
         "top_rows": float(k),
     }

@@ -32,7 +32,9 @@ class RandomSelector(Selector):
     requires_target = False
     shardable = True
 
-    def score_rows(self, pool: Any, target: Any | None, rows: range, prepared: PreparedScoring, progress: Any = None) -> ScoreOutput:
+    def score_rows(
+        self, pool: Any, target: Any | None, rows: range, prepared: PreparedScoring, progress: Any = None
+    ) -> ScoreOutput:
         # Row i gets the i-th draw of the seeded stream (as default_rng(seed).random(len(pool))
         # would give it), whichever shard or process scores it: each double takes one 64-bit step.
         generator = np.random.PCG64(self.config.seed)

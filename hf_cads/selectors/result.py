@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -103,7 +104,12 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
 
 def is_per_row(value: Any, rows: int) -> bool:
     """Whether ``value`` is a numeric array with one entry (or row) per pool row."""
-    return isinstance(value, np.ndarray) and value.ndim >= 1 and len(value) == rows and np.issubdtype(value.dtype, np.number)
+    return (
+        isinstance(value, np.ndarray)
+        and value.ndim >= 1
+        and len(value) == rows
+        and np.issubdtype(value.dtype, np.number)
+    )
 
 
 def spread_rows(values: np.ndarray, rows: Sequence[int] | np.ndarray, size: int) -> np.ndarray:
@@ -113,7 +119,9 @@ def spread_rows(values: np.ndarray, rows: Sequence[int] | np.ndarray, size: int)
     return full
 
 
-def restore_pool_rows(result: SelectionResult, parent: Any, kept_rows: Sequence[int], extras: Mapping[str, Any]) -> SelectionResult:
+def restore_pool_rows(
+    result: SelectionResult, parent: Any, kept_rows: Sequence[int], extras: Mapping[str, Any]
+) -> SelectionResult:
     """A selection made on ``parent.select(kept_rows)`` (e.g. a decontaminated pool) re-expressed on
     ``parent``: ``indices`` and ``pool_index`` point at ``parent``'s rows, per-row scores are NaN on
     the rows left out, and ``extras`` (what was left out and why) are added."""
@@ -126,8 +134,14 @@ def restore_pool_rows(result: SelectionResult, parent: Any, kept_rows: Sequence[
         return spread_rows(values, kept, len(parent))
 
     dataset = result.dataset.remove_columns(INDEX_COLUMN).add_column(INDEX_COLUMN, indices.tolist())
-    new_extras = {name: spread(value) if is_per_row(value, result.pool_size) else value for name, value in result.extras.items()}
+    new_extras = {
+        name: spread(value) if is_per_row(value, result.pool_size) else value for name, value in result.extras.items()
+    }
     return dataclasses.replace(
-        result, dataset=dataset, indices=indices, pool_size=len(parent),
-        all_scores=spread(result.all_scores) if result.all_scores is not None else None, extras={**new_extras, **extras},
+        result,
+        dataset=dataset,
+        indices=indices,
+        pool_size=len(parent),
+        all_scores=spread(result.all_scores) if result.all_scores is not None else None,
+        extras={**new_extras, **extras},
     )

@@ -6,8 +6,9 @@ computed from exactly the padded batches it ran, and its up-front estimate plans
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,9 @@ class TokenBatcher:
         self.add_eos = add_eos
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, add_special_tokens=True)["input_ids"]
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, add_special_tokens=True)[
+            "input_ids"
+        ]
         if self.add_eos and self.tokenizer.eos_token_id is not None:
             encoded = [ids[: self.max_length - 1] + [self.tokenizer.eos_token_id] for ids in encoded]
         return [list(ids) for ids in encoded]
@@ -116,7 +119,9 @@ class CausalLMScorer:
         >>> losses, flops = scorer.losses(["Q: 2+2?\\nA: 4"])  # doctest: +SKIP
     """
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8, max_length: int = 512, show_progress: bool = True):
+    def __init__(
+        self, model: Any, tokenizer: Any, batch_size: int = 8, max_length: int = 512, show_progress: bool = True
+    ):
         self.model = model
         self.batcher = TokenBatcher(tokenizer, batch_size=batch_size, max_length=max_length)
         self.profile = FlopProfile.from_model(model)
@@ -126,8 +131,12 @@ class CausalLMScorer:
         return forward_flops_of_plan(self.profile, self.batcher.padded_shapes(self.batcher.tokenize(texts)))
 
     def losses(
-        self, texts: Sequence[str] | None, desc: str = "scoring", progress: Any = None,
-        token_ids: Sequence[Sequence[int]] | None = None, labels: Sequence[Sequence[int]] | None = None,
+        self,
+        texts: Sequence[str] | None,
+        desc: str = "scoring",
+        progress: Any = None,
+        token_ids: Sequence[Sequence[int]] | None = None,
+        labels: Sequence[Sequence[int]] | None = None,
     ) -> tuple[np.ndarray, float]:
         """Per-text mean token loss and the forward FLOPs spent. ``progress``: a tqdm bar (e.g. the
         selection flow's, spanning several shards) to advance by rows instead of a bar of its own.
@@ -145,7 +154,9 @@ class CausalLMScorer:
         self.model.eval()
         batches = list(self.batcher.batches(token_ids))
         own_bar = progress is None
-        bar = tqdm(total=len(token_ids), desc=desc, unit="row", disable=not self.show_progress) if own_bar else progress
+        bar = (
+            tqdm(total=len(token_ids), desc=desc, unit="row", disable=not self.show_progress) if own_bar else progress
+        )
         try:
             with torch.no_grad():
                 for batch in batches:
@@ -155,8 +166,12 @@ class CausalLMScorer:
                     mask = batch.attention_mask.clone()
                     if labels is not None:
                         for i, row in enumerate(batch.rows):
-                            mask[i, : len(labels[row])] *= torch.as_tensor([int(t != -100) for t in labels[row]], dtype=mask.dtype)
-                    out[batch.rows] = masked_token_losses(logits, batch.input_ids.to(device), mask.to(device)).cpu().numpy()
+                            mask[i, : len(labels[row])] *= torch.as_tensor(
+                                [int(t != -100) for t in labels[row]], dtype=mask.dtype
+                            )
+                    out[batch.rows] = (
+                        masked_token_losses(logits, batch.input_ids.to(device), mask.to(device)).cpu().numpy()
+                    )
                     flops += self.profile.forward_flops(*batch.shape)
                     bar.update(len(batch.rows))
         finally:

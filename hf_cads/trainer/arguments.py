@@ -39,7 +39,7 @@ class BudgetFields:
     selection_fraction: float | None = field(default=None, metadata={"help": "Share of the pool to keep, in (0, 1]."})
     selection_k: int | None = field(default=None, metadata={"help": "Number of pool rows to keep."})
     selector_kwargs: dict | str | None = field(
-        default=None, metadata={"help": "Selector options as a dict or JSON string, e.g. '{\"aggregate\": \"max\"}'."}
+        default=None, metadata={"help": 'Selector options as a dict or JSON string, e.g. \'{"aggregate": "max"}\'.'}
     )
     deduplicate: str | None = field(
         default=None, metadata={"help": "Repeated pool rows: drop (keep the first copy; the default) or error."}
@@ -53,14 +53,20 @@ class BudgetFields:
             try:
                 self.selector_kwargs = json.loads(self.selector_kwargs) if self.selector_kwargs.strip() else {}
             except json.JSONDecodeError as err:
-                raise ValueError(f"selector_kwargs must be a JSON object, got {self.selector_kwargs!r}: {err}.") from err
+                raise ValueError(
+                    f"selector_kwargs must be a JSON object, got {self.selector_kwargs!r}: {err}."
+                ) from err
         if self.selector_kwargs is not None and not isinstance(self.selector_kwargs, dict):
             raise TypeError(f"selector_kwargs must be a dict, got {type(self.selector_kwargs).__name__}.")
         if self.deduplicate is not None:
             self._fold_into_selector_kwargs("deduplicate", self.deduplicate, ("drop", "error"))
         if self.selector is not None:
             get_selector_class(self.selector)  # unknown names fail here, listing the registered ones
-            if self.selection_fraction is None and self.selection_k is None and not get_selector_class(self.selector).chooses_own_size:
+            if (
+                self.selection_fraction is None
+                and self.selection_k is None
+                and not get_selector_class(self.selector).chooses_own_size
+            ):
                 raise ValueError(f"selector={self.selector!r} needs selection_fraction or selection_k.")
 
     def _fold_into_selector_kwargs(self, name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -70,7 +76,9 @@ class BudgetFields:
             raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}.")
         options = dict(self.selector_kwargs or {})
         if options.get(name, value) != value:
-            raise ValueError(f"{name}={value!r} and selector_kwargs[{name!r}]={options[name]!r} disagree; set it once.")
+            raise ValueError(
+                f"{name}={value!r} and selector_kwargs[{name!r}]={options[name]!r} disagree; set it once."
+            )
         options[name] = value
         self.selector_kwargs = options
 
@@ -90,7 +98,10 @@ class BudgetedTrainingArguments(TrainingArguments, BudgetFields):
     max_seq_length: int = field(default=512, metadata={"help": "Token limit when tokenising text datasets."})
     text_column: str | None = field(default=None, metadata={"help": "Text column (default: text, else messages)."})
     train_on_prompt: bool = field(
-        default=False, metadata={"help": "Train on prompt tokens too (default: completion-only loss for chat / prompt-completion data)."}
+        default=False,
+        metadata={
+            "help": "Train on prompt tokens too (default: completion-only loss for chat / prompt-completion data)."
+        },
     )
 
     def __post_init__(self) -> None:

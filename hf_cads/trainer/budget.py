@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -59,8 +60,11 @@ def mean_step_flops(
     for _ in range(epochs):
         order = rng.permutation(len(lengths))
         costs = [
-            batch_cost(chunk) if batch_cost is not None
-            else profile.train_step_flops(len(chunk), int(lengths[chunk].max()), gradient_checkpointing=gradient_checkpointing)
+            batch_cost(chunk)
+            if batch_cost is not None
+            else profile.train_step_flops(
+                len(chunk), int(lengths[chunk].max()), gradient_checkpointing=gradient_checkpointing
+            )
             for chunk in (order[i : i + micro_batch] for i in range(0, len(order), micro_batch))
         ]
         step_costs += [sum(costs[i : i + accumulation]) for i in range(0, len(costs), accumulation)]
@@ -113,8 +117,14 @@ class FlopBudgetMixin:
         self._pending_charges: list[float] = []
 
     def init_budget_and_select(
-        self, args: Any, model: Any, tokenizer: Any, train_dataset: Any, selection_target: Any = None,
-        selector_model: Any = None, run_records: str | os.PathLike | None = None,
+        self,
+        args: Any,
+        model: Any,
+        tokenizer: Any,
+        train_dataset: Any,
+        selection_target: Any = None,
+        selector_model: Any = None,
+        run_records: str | os.PathLike | None = None,
     ) -> Any:
         """:meth:`init_budget` with ``args.flop_budget``, then, when ``args.selector`` is set and there is a
         ``train_dataset``, :meth:`select_training_data` from it against ``selection_target``. Returns the
@@ -122,19 +132,32 @@ class FlopBudgetMixin:
         self.init_budget(args.flop_budget, model, run_records)
         self.selection_result = None
         if train_dataset is not None and args.selector is not None:
-            train_dataset = self.select_training_data(args, model, tokenizer, train_dataset, selection_target, selector_model)
+            train_dataset = self.select_training_data(
+                args, model, tokenizer, train_dataset, selection_target, selector_model
+            )
         return train_dataset
 
     # -- selection ------------------------------------------------------------------------------
-    def select_training_data(self, args: Any, model: Any, tokenizer: Any, pool: Any, target: Any, selector_model: Any = None) -> Any:
+    def select_training_data(
+        self, args: Any, model: Any, tokenizer: Any, pool: Any, target: Any, selector_model: Any = None
+    ) -> Any:
         """Run ``args.selector`` on ``pool`` through :func:`~hf_cads.selectors.select_within_budget`
         (charging the ledger), keep the result in ``self.selection_result`` and return the chosen rows."""
         selector = build_selector(
-            args.selector, args.selector_kwargs, seed=args.seed,
-            training_model=model, training_tokenizer=tokenizer, selector_model=selector_model,
+            args.selector,
+            args.selector_kwargs,
+            seed=args.seed,
+            training_model=model,
+            training_tokenizer=tokenizer,
+            selector_model=selector_model,
         )
         result, _ = select_within_budget(
-            selector, pool, target, self.flop_ledger, k=args.selection_k, fraction=args.selection_fraction,
+            selector,
+            pool,
+            target,
+            self.flop_ledger,
+            k=args.selection_k,
+            fraction=args.selection_fraction,
         )
         self.selection_result = result
         return result.dataset
@@ -142,7 +165,9 @@ class FlopBudgetMixin:
     # -- sizing ---------------------------------------------------------------------------------
     def _micro_batch_flops(self, input_ids: Any) -> float:
         batch, seq = int(input_ids.shape[0]), int(input_ids.shape[1])
-        return self.flop_profile.train_step_flops(batch, seq, gradient_checkpointing=bool(self.args.gradient_checkpointing))
+        return self.flop_profile.train_step_flops(
+            batch, seq, gradient_checkpointing=bool(self.args.gradient_checkpointing)
+        )
 
     def _varlen_attention(self) -> bool:
         # Flash-attention kernels attend within each packed sequence (cost sum of L_i^2); eager and
@@ -156,7 +181,12 @@ class FlopBudgetMixin:
         segments = packed_sequence_lengths(batch) if self._varlen_attention() else None
         if segments:
             checkpointing = bool(self.args.gradient_checkpointing)
-            return float(sum(self.flop_profile.train_step_flops(1, length, gradient_checkpointing=checkpointing) for length in segments))
+            return float(
+                sum(
+                    self.flop_profile.train_step_flops(1, length, gradient_checkpointing=checkpointing)
+                    for length in segments
+                )
+            )
         return self._micro_batch_flops(batch["input_ids"])
 
     def planned_batch_cost(self) -> Callable[[np.ndarray], float] | None:
@@ -165,19 +195,29 @@ class FlopBudgetMixin:
         if not getattr(self, "padding_free", False):
             return None
         columns = self.train_dataset.column_names
-        rows = [list(s) for s in self.train_dataset["seq_lengths"]] if "seq_lengths" in columns else [[len(ids)] for ids in self.train_dataset["input_ids"]]
+        rows = (
+            [list(s) for s in self.train_dataset["seq_lengths"]]
+            if "seq_lengths" in columns
+            else [[len(ids)] for ids in self.train_dataset["input_ids"]]
+        )
         checkpointing = bool(self.args.gradient_checkpointing)
         cost = self.flop_profile.train_step_flops
         if self._varlen_attention():
-            return lambda chunk: float(sum(cost(1, n, gradient_checkpointing=checkpointing) for i in chunk for n in rows[i]))
+            return lambda chunk: float(
+                sum(cost(1, n, gradient_checkpointing=checkpointing) for i in chunk for n in rows[i])
+            )
         return lambda chunk: cost(1, int(sum(sum(rows[i]) for i in chunk)), gradient_checkpointing=checkpointing)
 
     def expected_step_flops(self, epochs: int = 3) -> float:
         """Mean FLOPs of one optimizer step over simulated shuffled epochs (lengths from the data)."""
         return mean_step_flops(
-            self.flop_profile, [len(ids) for ids in self.train_dataset["input_ids"]],
-            self.args.per_device_train_batch_size * max(1, self.args.world_size), self.args.gradient_accumulation_steps,
-            seed=self.args.seed, epochs=epochs, gradient_checkpointing=bool(self.args.gradient_checkpointing),
+            self.flop_profile,
+            [len(ids) for ids in self.train_dataset["input_ids"]],
+            self.args.per_device_train_batch_size * max(1, self.args.world_size),
+            self.args.gradient_accumulation_steps,
+            seed=self.args.seed,
+            epochs=epochs,
+            gradient_checkpointing=bool(self.args.gradient_checkpointing),
             batch_cost=self.planned_batch_cost(),
         )
 
@@ -212,12 +252,16 @@ class FlopBudgetMixin:
 
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
         batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
-        tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in batch_samples)
+        tokens = sum(
+            int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in batch_samples
+        )
         *costs, tokens = self._global_sum([self.batch_flops(b) for b in batch_samples] + [float(tokens)])
         if not self.flop_ledger.can_afford(sum(costs)):
             logger.info(
                 "Stopping: the next step (%.4g FLOPs) would exceed the budget (%.4g of %.4g spent).",
-                sum(costs), self.flop_ledger.spent, self.flop_ledger.budget,
+                sum(costs),
+                self.flop_ledger.spent,
+                self.flop_ledger.budget,
             )
             self.control.should_training_stop = True
             self.flop_ledger.training.stopped_by_budget = True
@@ -228,7 +272,9 @@ class FlopBudgetMixin:
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
         loss = super().training_step(model, inputs, num_items_in_batch)
-        charge = self._pending_charges.pop(0) if self._pending_charges else self._global_sum([self.batch_flops(inputs)])[0]
+        charge = (
+            self._pending_charges.pop(0) if self._pending_charges else self._global_sum([self.batch_flops(inputs)])[0]
+        )
         self.flop_ledger.charge("train", charge)
         return loss
 
@@ -243,10 +289,14 @@ class FlopBudgetMixin:
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
         return int(self.batch_flops(inputs))
 
-    def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None) -> Any:
+    def prediction_step(
+        self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
+    ) -> Any:
         output = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
         ids = inputs["input_ids"]
-        self.flop_ledger.charge("eval", self._global_sum([self.flop_profile.forward_flops(int(ids.shape[0]), int(ids.shape[1]))])[0])
+        self.flop_ledger.charge(
+            "eval", self._global_sum([self.flop_profile.forward_flops(int(ids.shape[0]), int(ids.shape[1]))])[0]
+        )
         return output
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
@@ -302,5 +352,8 @@ class FlopBudgetMixin:
             self.restore_ledger(checkpoint)
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, *args, **kwargs)
         if self.run_records is not None and self.is_world_process_zero():
-            append_record(self.run_records, record_from_trainer(self, trainer_metrics(self, output), seconds=output.metrics.get("train_runtime")))
+            append_record(
+                self.run_records,
+                record_from_trainer(self, trainer_metrics(self, output), seconds=output.metrics.get("train_runtime")),
+            )
         return output

@@ -35,11 +35,17 @@ class CausalLMCollator:
 def has_completions(dataset: Any, text_column: str | None = None) -> bool:
     """Whether the dataset is prompt-completion or chat data (trained on its completions only)."""
     columns = set(dataset.column_names)
-    return text_column is None and ({"prompt", "completion"} <= columns or ("messages" in columns and "text" not in columns))
+    return text_column is None and (
+        {"prompt", "completion"} <= columns or ("messages" in columns and "text" not in columns)
+    )
 
 
 def tokenize_for_causal_lm(
-    dataset: Any, tokenizer: Any, max_length: int, text_column: str | None = None, role: str = "train",
+    dataset: Any,
+    tokenizer: Any,
+    max_length: int,
+    text_column: str | None = None,
+    role: str = "train",
     train_on_prompt: bool = False,
 ) -> Any:
     """Tokenise a text or chat dataset into ``input_ids`` (EOS appended, truncated to ``max_length``).
@@ -59,7 +65,9 @@ def tokenize_for_causal_lm(
     if "input_ids" in dataset.column_names:
         return dataset
     if tokenizer is None:
-        raise ValueError(f"The {role} dataset holds text; pass processing_class= (a tokenizer) so it can be tokenised.")
+        raise ValueError(
+            f"The {role} dataset holds text; pass processing_class= (a tokenizer) so it can be tokenised."
+        )
     eos = tokenizer.eos_token_id
     tail = [eos] if eos is not None else []
     if not has_completions(dataset, text_column):
@@ -81,6 +89,10 @@ def tokenize_for_causal_lm(
     if empty:
         logger.warning(
             "%d of %d %s rows have no completion token within max_seq_length=%d (the prompt fills it); they add no loss. "
-            "Raise max_seq_length or shorten the prompts.", empty, len(dataset), role, max_length,
+            "Raise max_seq_length or shorten the prompts.",
+            empty,
+            len(dataset),
+            role,
+            max_length,
         )
     return Dataset.from_dict({"input_ids": ids_rows, "labels": label_rows})

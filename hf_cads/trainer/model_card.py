@@ -34,14 +34,18 @@ def add_budget_section(trainer: Any, card_path: str | os.PathLike) -> None:
     data.tags = sorted(set(data.tags or []) | set(MODEL_TAGS))
     if subset_repo:
         data.datasets = sorted(set(data.datasets or []) | {subset_repo})
-    data[METADATA_KEY] = redact(plain_values({
-        "hf_cads_version": __version__,
-        "ledger": trainer.flop_ledger.breakdown(),
-        "selector": result.selector if result is not None else None,
-        "k": len(result) if result is not None else None,
-        "pool_size": result.pool_size if result is not None else None,
-        "selected_subset": subset_repo,
-    }))
+    data[METADATA_KEY] = redact(
+        plain_values(
+            {
+                "hf_cads_version": __version__,
+                "ledger": trainer.flop_ledger.breakdown(),
+                "selector": result.selector if result is not None else None,
+                "k": len(result) if result is not None else None,
+                "pool_size": result.pool_size if result is not None else None,
+                "selected_subset": subset_repo,
+            }
+        )
+    )
     content = f"---\n{data.to_yaml()}\n---\n{body}"
     check_no_secret(content, getattr(trainer.args, "hub_token", None))
     path.write_text(content, encoding="utf-8")
@@ -54,9 +58,14 @@ def subset_link(result: Any) -> tuple[str | None, str]:
     hub = dict(result.extras.get("hub") or {})
     repo = hub.get("repo_id") if hub.get("pushed") else None
     if repo is None:
-        return None, "not pushed to the Hub (share it with `hf_cads.push_selection(trainer.selection_result, ...)` or `hf-cads push`)"
+        return (
+            None,
+            "not pushed to the Hub (share it with `hf_cads.push_selection(trainer.selection_result, ...)` or `hf-cads push`)",
+        )
     config = hub.get("config_name", "default")
-    return repo, f"[{repo}](https://huggingface.co/datasets/{repo})" + (f" (config `{config}`)" if config != "default" else "")
+    return repo, f"[{repo}](https://huggingface.co/datasets/{repo})" + (
+        f" (config `{config}`)" if config != "default" else ""
+    )
 
 
 def ledger_rows(ledger: Any) -> list[dict[str, str]]:
@@ -64,17 +73,29 @@ def ledger_rows(ledger: Any) -> list[dict[str, str]]:
     breakdown = ledger.breakdown()
     denominator = ledger.budget or ledger.spent or 1.0
     rows = [
-        {"phase": phase, "flops": format_flops(breakdown[phase]), "share": f"{100 * breakdown[phase] / denominator:.3g}%"}
+        {
+            "phase": phase,
+            "flops": format_flops(breakdown[phase]),
+            "share": f"{100 * breakdown[phase] / denominator:.3g}%",
+        }
         for phase in ("selection", "train", "eval")
     ]
-    return rows + [{"phase": "**total**", "flops": format_flops(ledger.spent), "share": f"{100 * ledger.spent / denominator:.3g}%"}]
+    return rows + [
+        {
+            "phase": "**total**",
+            "flops": format_flops(ledger.spent),
+            "share": f"{100 * ledger.spent / denominator:.3g}%",
+        }
+    ]
 
 
 def training_lines(steps_taken: int, plan: Any) -> list[str]:
     """What the :class:`~hf_cads.budget.TrainingPlan` says, one sentence per fact."""
     lines = [f"optimizer steps taken: {steps_taken}"]
     if plan.planned_steps:
-        lines.append(f"steps planned from the budget: {plan.planned_steps} (~{format_flops(plan.expected_step_flops)} FLOPs each)")
+        lines.append(
+            f"steps planned from the budget: {plan.planned_steps} (~{format_flops(plan.expected_step_flops)} FLOPs each)"
+        )
     if plan.tokens_trained:
         lines.append(f"tokens trained: {plan.tokens_trained}")
     if plan.stopped_by_budget:
@@ -97,7 +118,9 @@ def render_budget_section(trainer: Any, subset: str) -> str:
         fraction_percent=f"{100 * len(result) / result.pool_size:.3g}%" if result is not None else "",
         subset=subset,
         training_lines=training_lines(trainer.state.global_step, ledger.training),
-        selector_config_yaml=yaml.safe_dump(redact(plain_values(result.config)), sort_keys=True) if result is not None else "",
+        selector_config_yaml=yaml.safe_dump(redact(plain_values(result.config)), sort_keys=True)
+        if result is not None
+        else "",
     )
 
 

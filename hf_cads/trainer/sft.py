@@ -91,8 +91,14 @@ class BudgetedSFTTrainer(FlopBudgetMixin, SFTTrainer):
             args, model, processing_class, train_dataset, selection_target, selector_model, run_records
         )
         super().__init__(
-            model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
-            eval_dataset=eval_dataset, processing_class=processing_class, peft_config=peft_config, **kwargs,
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            peft_config=peft_config,
+            **kwargs,
         )
         # The adapter exists only now: which layers train decides the backward cost.
         self.flop_profile = FlopProfile.from_model(self.model)
@@ -118,7 +124,10 @@ def sft_config_from(args: Any, **sft_options: Any) -> BudgetedSFTConfig:
     for derived in ("max_length", "dataset_text_field", "bf16", "gradient_checkpointing"):
         values.pop(derived, None)
     values.update(
-        max_length=args.max_seq_length, dataset_text_field=args.text_column or "text",
-        bf16=bool(args.bf16), activation_checkpointing=bool(args.gradient_checkpointing), **sft_options,
+        max_length=args.max_seq_length,
+        dataset_text_field=args.text_column or "text",
+        bf16=bool(args.bf16),
+        activation_checkpointing=bool(args.gradient_checkpointing),
+        **sft_options,
     )
     return BudgetedSFTConfig(**values)

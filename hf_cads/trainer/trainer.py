@@ -74,11 +74,20 @@ class BudgetedTrainer(FlopBudgetMixin, Trainer):
         )
         train_dataset, eval_dataset = self._tokenize(args, processing_class, train_dataset, eval_dataset)
         if data_collator is None and processing_class is not None:
-            pad = processing_class.pad_token_id if processing_class.pad_token_id is not None else processing_class.eos_token_id
+            pad = (
+                processing_class.pad_token_id
+                if processing_class.pad_token_id is not None
+                else processing_class.eos_token_id
+            )
             data_collator = CausalLMCollator(pad_token_id=int(pad))
         super().__init__(
-            model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
-            eval_dataset=eval_dataset, processing_class=processing_class, **kwargs,
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
         )
         if train_dataset is not None and self.flop_ledger.budget is not None:
             self.plan_training()
@@ -121,7 +130,9 @@ class BudgetedTrainer(FlopBudgetMixin, Trainer):
         return model, tokenizer
 
     @staticmethod
-    def _tokenize(args: BudgetedTrainingArguments, tokenizer: Any, train_dataset: Any, eval_dataset: Any) -> tuple[Any, Any]:
+    def _tokenize(
+        args: BudgetedTrainingArguments, tokenizer: Any, train_dataset: Any, eval_dataset: Any
+    ) -> tuple[Any, Any]:
         if train_dataset is not None:
             train_dataset = tokenize_for_causal_lm(
                 train_dataset, tokenizer, args.max_seq_length, args.text_column, train_on_prompt=args.train_on_prompt
@@ -130,7 +141,12 @@ class BudgetedTrainer(FlopBudgetMixin, Trainer):
                 raise ValueError("The training dataset is empty; nothing to train on.")
         if eval_dataset is not None and not isinstance(eval_dataset, dict):
             eval_dataset = tokenize_for_causal_lm(
-                eval_dataset, tokenizer, args.max_seq_length, args.text_column, role="eval", train_on_prompt=args.train_on_prompt
+                eval_dataset,
+                tokenizer,
+                args.max_seq_length,
+                args.text_column,
+                role="eval",
+                train_on_prompt=args.train_on_prompt,
             )
         return train_dataset, eval_dataset
 

@@ -23,7 +23,12 @@ SHARD_SIZE = 16
 K = 20
 TRAIN_BUDGET = 3e10
 LESS_OPTIONS = dict(
-    projection_dim=256, max_length=64, warmup_fraction=0.2, warmup_epochs=1, learning_rate=1e-3, lora_r=4,
+    projection_dim=256,
+    max_length=64,
+    warmup_fraction=0.2,
+    warmup_epochs=1,
+    learning_rate=1e-3,
+    lora_r=4,
     lora_target_modules=("q_proj", "v_proj"),
 )
 CADS_OPTIONS = dict(train_budget=2e10, max_length=64, outer_steps=3, num_sampling_points=3)
@@ -37,7 +42,12 @@ def load_inputs(model_dir: str):
     pool = build_multisource_pool("boolean_expressions", max_per_source=25, max_chars=600, seed=0)
     target = load_bbh_target("boolean_expressions")[0]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return pool, target, tokenizer, lambda: AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager")
+    return (
+        pool,
+        target,
+        tokenizer,
+        lambda: AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager"),
+    )
 
 
 def selector_cases(seed: int = 0) -> dict[str, dict]:
@@ -52,7 +62,9 @@ def selector_cases(seed: int = 0) -> dict[str, dict]:
     }
 
 
-def run_selections(model_dir: str, names: list[str] | None = None, seed: int = 0, cache_dir: str | None = None) -> dict[str, dict]:
+def run_selections(
+    model_dir: str, names: list[str] | None = None, seed: int = 0, cache_dir: str | None = None
+) -> dict[str, dict]:
     """Each selector's chosen indices, all scores and FLOPs (plus how the scoring was sharded)."""
     from hf_cads import get_selector
 
@@ -101,13 +113,27 @@ def run_training(model_dir: str, output_dir: str) -> dict:
             return super().training_step(model, inputs, num_items_in_batch)
 
     args = BudgetedTrainingArguments(
-        output_dir=output_dir, flop_budget=TRAIN_BUDGET, selector="bm25", selection_fraction=0.5,
+        output_dir=output_dir,
+        flop_budget=TRAIN_BUDGET,
+        selector="bm25",
+        selection_fraction=0.5,
         selector_kwargs={"shard_size": SHARD_SIZE, "show_progress": False},
-        per_device_train_batch_size=4, learning_rate=1e-3, logging_steps=5, save_strategy="no", report_to="none",
-        use_cpu=True, max_seq_length=96, seed=0, disable_tqdm=True,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        logging_steps=5,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        max_seq_length=96,
+        seed=0,
+        disable_tqdm=True,
     )
     trainer = RecordingTrainer(
-        model=new_model(), args=args, train_dataset=pool, processing_class=tokenizer, selection_target=target,
+        model=new_model(),
+        args=args,
+        train_dataset=pool,
+        processing_class=tokenizer,
+        selection_target=target,
         peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
     )
     trainer.local_costs, trainer.local_batches = [], []
@@ -178,7 +204,12 @@ def main() -> None:
     processes = current_processes()
     names = args.selectors.split(",") if args.selectors else None
     selections = run_selections(args.model, names, cache_dir=args.cache_dir)
-    report = {"rank": processes.rank, "world_size": processes.world_size, "selections": selections, "failures": failures()}
+    report = {
+        "rank": processes.rank,
+        "world_size": processes.world_size,
+        "selections": selections,
+        "failures": failures(),
+    }
     if not args.no_training:
         report["training"] = run_training(args.model, str(Path(args.out) / "trainer"))
     Path(args.out).mkdir(parents=True, exist_ok=True)

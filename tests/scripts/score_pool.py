@@ -26,7 +26,12 @@ def score(model_dir: str, cache_dir: str | None) -> dict:
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     selector = get_selector(
-        "perplexity", model=model, tokenizer=tokenizer, shard_size=SHARD_SIZE, max_length=256, cache_dir=cache_dir,
+        "perplexity",
+        model=model,
+        tokenizer=tokenizer,
+        shard_size=SHARD_SIZE,
+        max_length=256,
+        cache_dir=cache_dir,
         show_progress=False,
     )
     result = selector.select(pool, k=K)
