@@ -332,12 +332,12 @@ def block_runs(
     fractions: Sequence[float] | None = None,
     per_row: Any = None,
 ) -> tuple[list[Any], dict[str, float]]:
-    """The :class:`~hf_cads.sweep.SweepRun` s of one block (selector by selector, fractions ascending)
+    """The :class:`~hf_cads.sweep_grid.SweepRun` s of one block (selector by selector, fractions ascending)
     and the CADS training budgets used. ``per_row()`` gives the training FLOPs per pool row (only
     called when CADS is in the grid)."""
     from hf_cads.records import selector_config_dict
     from hf_cads.selectors import resolve_k
-    from hf_cads.sweep import SelectorSpec, sweep_run
+    from hf_cads.sweep_grid import SelectorSpec, sweep_run
 
     base = base_recipe(setup, target, train_model)
     runs, cads_budgets = [], {}

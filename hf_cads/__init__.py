@@ -5,7 +5,7 @@ Example:
 """
 
 from ._version import __version__
-from .budget import SelectionCharge, TrainingPlan
+from .flops.charges import SelectionCharge, TrainingPlan
 from .decontamination import ContaminationReport, decontaminate, find_contamination
 from .flops import BudgetExceededError, FlopLedger, FlopProfile, LoraSpec
 from .hub import DatasetReference, push_selection

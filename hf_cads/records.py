@@ -4,7 +4,7 @@ Every budgeted run (a :class:`~hf_cads.BudgetedTrainer` given ``run_records=``, 
 ``hf-cads sweep``) appends one :class:`RunRecord` to a JSON-lines file: which selector with which
 configuration, the model and selection-model sizes, pool size, ``k``, tokens trained, the FLOPs by
 phase, the target metric(s), the seed and the time. :mod:`hf_cads.planner` fits performance curves
-to these records; :mod:`hf_cads.sweep` uses each record's :attr:`RunRecord.key` to skip runs that
+to these records; :mod:`hf_cads.sweep_grid` uses each record's :attr:`RunRecord.key` to skip runs that
 are already recorded.
 
 Parameter counts are *matmul* parameters (:attr:`hf_cads.flops.FlopProfile.num_params`, LoRA
@@ -38,7 +38,7 @@ from typing import Any
 
 from .selectors import build_selector, get_selector_class
 from .selectors.base import family_options, result_options
-from .selectors.budget import matmul_params, selection_model_params  # noqa: F401  (re-exported: their former home)
+from .selectors.within_budget import matmul_params, selection_model_params  # noqa: F401  (re-exported: their former home)
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class RunRecord:
         selection_split: ``selection_flops`` split into ``pool`` (work on the pool alone, e.g. LESS's
             warmup and pool features, which selections for other targets on the same pool reuse)
             and ``target`` (this target's own work), as the selector measured it
-            (:attr:`hf_cads.budget.SelectionCharge.flops_split`); ``None`` when it reports none. The
+            (:attr:`hf_cads.flops.charges.SelectionCharge.flops_split`); ``None`` when it reports none. The
             planner amortises the ``pool`` part over ``--targets``.
     """
 
@@ -362,7 +362,7 @@ def record_from_trainer(
 def selection_cost(ledger: Any) -> float:
     """FLOPs of the run's selection: the ledger's ``selection`` phase or, when parts were reused
     (scores from the cache, LESS pool features from its index; charged 0), what computing them cost
-    (:attr:`hf_cads.budget.SelectionCharge.cost`)."""
+    (:attr:`hf_cads.flops.charges.SelectionCharge.cost`)."""
     charge = ledger.selection
     if charge is not None and (charge.cache_hit or charge.flops_split):
         return ledger.entries["selection"] - charge.flops + charge.cost

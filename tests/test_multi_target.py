@@ -17,7 +17,7 @@ from hf_cads.data import load_bbh_examples
 from hf_cads.planner import make_plan
 from hf_cads.planner.recommend import affordable_k, amortised_selection_flops
 from hf_cads.records import RunRecord, append_record, read_records
-from hf_cads.selectors.budget import PER_TARGET, SCORED_ONCE
+from hf_cads.selectors.within_budget import PER_TARGET, SCORED_ONCE
 from hf_cads.testing import tiny_causal_lm
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from datasets import Dataset
 
 from hf_cads.cli import main
 from hf_cads.sources import example_segments, load_examples
-from hf_cads.trainer.data import tokenize_for_causal_lm
+from hf_cads.trainer.tokenization import tokenize_for_causal_lm
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["true", "false", "not", "and", "or"]

@@ -12,7 +12,7 @@ import yaml
 
 from hf_cads import get_selector
 from hf_cads.pipeline import RunConfig, model_load_options, parse_recipe
-from hf_cads.sweep import load_sweep
+from hf_cads.sweep_grid import load_sweep
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 ACCELERATE = RECIPES / "accelerate"

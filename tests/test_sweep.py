@@ -7,7 +7,7 @@ import yaml
 from hf_cads import BudgetedTrainer, BudgetedTrainingArguments
 from hf_cads.cli import main
 from hf_cads.records import read_records
-from hf_cads.sweep import load_sweep, run_sweep
+from hf_cads.sweep_grid import load_sweep, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 

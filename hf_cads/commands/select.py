@@ -26,7 +26,7 @@ from ..pipeline import (
 )
 from ..selectors import build_selector, get_selector_class, select_for_targets, select_within_budget
 from ..selectors.base import SelectionResult, Selector, restore_pool_rows
-from ..selectors.budget import ONE_PASS, SCORED_ONCE, TargetSelections
+from ..selectors.within_budget import ONE_PASS, SCORED_ONCE, TargetSelections
 from ..sources import TaskData, load_targets_data, parse_source, target_preset
 
 TARGET_FIELD = "{target}"

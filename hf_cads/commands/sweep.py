@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..pipeline import find_recipe
-from ..sweep import run_sweep
+from ..sweep_grid import run_sweep
 
 
 def main(argv: Sequence[str]) -> int:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..budget import SelectionCharge, TrainingPlan, migrate_legacy_notes
+from .charges import SelectionCharge, TrainingPlan
 
 LEDGER_FORMAT = 2
 """Version of :meth:`FlopLedger.to_dict`'s layout (1: untyped ``notes`` only)."""
@@ -48,8 +48,8 @@ class FlopLedger:
         70.0
 
     Beside the FLOPs it carries the typed plan: :attr:`selection` (a
-    :class:`~hf_cads.budget.SelectionCharge`) and :attr:`training` (a
-    :class:`~hf_cads.budget.TrainingPlan`); :attr:`notes` holds anything else a caller adds.
+    :class:`~hf_cads.flops.charges.SelectionCharge`) and :attr:`training` (a
+    :class:`~hf_cads.flops.charges.TrainingPlan`); :attr:`notes` holds anything else a caller adds.
     """
 
     budget: float | None = None
@@ -130,12 +130,13 @@ class FlopLedger:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FlopLedger:
-        """Read :meth:`to_dict`'s output, also from ledgers written before the typed plan existed
-        (their ``notes`` held the same facts under string keys)."""
+        """Read :meth:`to_dict`'s output; a ledger of another format is refused with the reason."""
+        if data.get("format") != LEDGER_FORMAT:
+            raise ValueError(
+                f"This ledger has format {data.get('format')!r}, not {LEDGER_FORMAT!r}: it was written by another "
+                "hf_cads version; rerun the job (or resume from a checkpoint written by this version)."
+            )
         entries = dict(data["entries"])
-        if "training" not in data:
-            notes, selection, training = migrate_legacy_notes(data.get("notes", {}), entries.get("selection", 0.0))
-            return cls(budget=data.get("budget"), entries=entries, notes=notes, selection=selection, training=training)
         selection = SelectionCharge.from_dict(data["selection"]) if data.get("selection") else None
         return cls(
             budget=data.get("budget"),

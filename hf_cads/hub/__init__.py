@@ -33,7 +33,7 @@ from .cards import (
     score_histogram,
     selection_provenance,
 )
-from .push import push_saved_selection, push_selection, save_selection
+from .upload import push_saved_selection, push_selection, save_selection
 
 __all__ = [
     "BUDGET_SECTION_END",

@@ -6,7 +6,7 @@ side (flat, TRL style); :func:`parse_recipe` reads it and rejects unknown keys.
 
 By job: :mod:`~hf_cads.pipeline.recipe` (recipes and :class:`RunConfig`),
 :mod:`~hf_cads.pipeline.inputs` (target, pool, decontamination, model loading) and
-:mod:`~hf_cads.pipeline.run` (select, train, evaluate, report, record).
+:mod:`~hf_cads.pipeline.finetune` (select, train, evaluate, report, record).
 
 Example:
     >>> from hf_cads.pipeline import parse_recipe, run_budgeted_finetune  # doctest: +SKIP
@@ -34,7 +34,7 @@ from .recipe import (
     read_yaml_file,
     recipe_from_dict,
 )
-from .run import (
+from .finetune import (
     build_trainer,
     evaluate_target,
     exact_match_applies,

@@ -15,7 +15,7 @@ from .base import (
     top_k_indices,
 )
 from .bm25 import BM25Selector, BM25SelectorConfig
-from .budget import (
+from .within_budget import (
     MULTI_TARGET_PATHS,
     TargetSelections,
     build_selector,

@@ -28,7 +28,7 @@ from ..data import column_values
 from ..flops import validate_budget
 from ..lora import DEFAULT_LORA_R, DEFAULT_LORA_TARGET_MODULES, lora_options
 from .base import ScoreOutput, Selector, SelectorConfig, top_k_indices
-from .budget import solve_budget_split
+from .within_budget import solve_budget_split
 from .cads_backends import CausalLMBackend
 from .cads_core import CADSPlan, plan_cads
 from .cads_loop import CADSOutcome, run_cads

@@ -90,7 +90,7 @@ def ledger_rows(ledger: Any) -> list[dict[str, str]]:
 
 
 def training_lines(steps_taken: int, plan: Any) -> list[str]:
-    """What the :class:`~hf_cads.budget.TrainingPlan` says, one sentence per fact."""
+    """What the :class:`~hf_cads.flops.charges.TrainingPlan` says, one sentence per fact."""
     lines = [f"optimizer steps taken: {steps_taken}"]
     if plan.planned_steps:
         lines.append(

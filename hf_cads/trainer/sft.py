@@ -29,7 +29,7 @@ from trl import SFTConfig, SFTTrainer
 from ..flops import FlopProfile
 from ..selectors import get_selector_class
 from .arguments import BudgetFields
-from .budget import FlopBudgetMixin, check_quantized_model_has_adapters
+from .flop_budget import FlopBudgetMixin, check_quantized_model_has_adapters
 from .trainer import BudgetedTrainer
 
 

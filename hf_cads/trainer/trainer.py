@@ -26,8 +26,8 @@ from transformers import Trainer
 
 from ..lora import with_default_target_modules
 from .arguments import BudgetedTrainingArguments
-from .budget import FlopBudgetMixin, check_quantized_model_has_adapters
-from .data import CausalLMCollator, tokenize_for_causal_lm
+from .flop_budget import FlopBudgetMixin, check_quantized_model_has_adapters
+from .tokenization import CausalLMCollator, tokenize_for_causal_lm
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class BudgetedTrainer(FlopBudgetMixin, Trainer):
     After construction, ``trainer.selection_result`` holds the selection and
     ``trainer.flop_ledger`` the FLOPs spent so far, with the typed plan in
     ``flop_ledger.selection`` and ``flop_ledger.training``. The budget logic lives in
-    :class:`~hf_cads.trainer.budget.FlopBudgetMixin`, for other ``Trainer`` subclasses to reuse.
+    :class:`~hf_cads.trainer.flop_budget.FlopBudgetMixin`, for other ``Trainer`` subclasses to reuse.
     """
 
     def __init__(

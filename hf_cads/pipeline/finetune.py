@@ -23,7 +23,7 @@ from ..records import RECORDS_FILE, append_record, experiment_key, record_from_t
 from ..selectors.base import restore_pool_rows
 from ..selectors.scoring import CausalLMScorer
 from ..trainer import BudgetedSFTTrainer, BudgetedTrainer, BudgetedTrainingArguments, sft_config_from
-from ..trainer.data import has_completions, tokenize_for_causal_lm
+from ..trainer.tokenization import has_completions, tokenize_for_causal_lm
 from .inputs import RunInputs, load_run_inputs
 from .recipe import RunConfig
 

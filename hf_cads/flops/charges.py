@@ -117,30 +117,3 @@ class TrainingPlan:
     def from_dict(cls, data: Mapping[str, Any]) -> TrainingPlan:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{name: value for name, value in data.items() if name in known})
-
-
-# Keys under which ledgers written before these types existed kept the same facts in `notes`.
-LEGACY_TRAINING_NOTES = ("planned_steps", "expected_step_flops", "stopped_by_budget", "tokens_trained")
-LEGACY_SELECTION_NOTES = ("selector", "k", "pool_size", "selection_model_params", "selection_cache", "selection_flops")
-
-
-def migrate_legacy_notes(
-    notes: Mapping[str, Any], selection_flops: float
-) -> tuple[dict[str, Any], SelectionCharge | None, TrainingPlan]:
-    """Split an old ledger's free-form ``notes`` into ``(remaining notes, SelectionCharge, TrainingPlan)``."""
-    notes = dict(notes)
-    training = TrainingPlan.from_dict({key: notes.pop(key) for key in LEGACY_TRAINING_NOTES if key in notes})
-    old = {key: notes.pop(key) for key in LEGACY_SELECTION_NOTES if key in notes}
-    selection = None
-    if "selector" in old:
-        selection = SelectionCharge(
-            selector=old["selector"],
-            k=int(old.get("k", 0)),
-            pool_size=int(old.get("pool_size", 0)),
-            estimated_flops=float(selection_flops),
-            flops=float(selection_flops),
-            model_params=int(old.get("selection_model_params", 0)),
-            cache=old.get("selection_cache"),
-            stages={k: float(v) for k, v in (old.get("selection_flops") or {}).items()},
-        )
-    return notes, selection, training

@@ -2,7 +2,7 @@
 subclass can take (e.g. a TRL trainer): ``class MyTrainer(FlopBudgetMixin, SFTTrainer)``.
 
 The mixin keeps one :class:`~hf_cads.flops.FlopLedger` (``self.flop_ledger``), sizes training to what
-the budget leaves (:meth:`FlopBudgetMixin.plan_training`, a :class:`~hf_cads.budget.TrainingPlan`),
+the budget leaves (:meth:`FlopBudgetMixin.plan_training`, a :class:`~hf_cads.flops.charges.TrainingPlan`),
 checks before every optimizer step that its exact cost (from the prefetched micro-batches, all
 processes summed) still fits and stops at the cap, charges training and evaluation FLOPs, writes the
 ledger into every checkpoint and restores it on resume, and after ``train()`` appends a run record
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..budget import TrainingPlan
+from ..flops.charges import TrainingPlan
 from ..flops import FlopLedger, FlopProfile
 from ..records import append_record, record_from_trainer, trainer_metrics
 from ..selectors import SelectionResult, build_selector, select_within_budget

@@ -20,7 +20,7 @@ per seed and copied per run. Under ``accelerate launch`` every process trains, o
 process writes records and the plot.
 
 Example:
-    >>> from hf_cads.sweep import run_sweep  # doctest: +SKIP
+    >>> from hf_cads.sweep_grid import run_sweep  # doctest: +SKIP
     >>> summary = run_sweep("recipes/sweep.yaml")  # doctest: +SKIP
     >>> summary.records_path, summary.ran, summary.skipped  # doctest: +SKIP
 """

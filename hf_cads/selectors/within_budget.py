@@ -6,7 +6,7 @@ run's seed; a model-based selector scores with the model being finetuned unless 
 :func:`select_within_budget` then validates the inputs, lets a budget-aware selector size itself
 to what the budget leaves (CADS: :meth:`~hf_cads.selectors.Selector.fit_to_budget`), estimates the
 cost, refuses a budget below the estimate before any work, selects, charges the ledger and returns
-the typed :class:`~hf_cads.budget.SelectionCharge`.
+the typed :class:`~hf_cads.flops.charges.SelectionCharge`.
 
 Example:
     >>> from datasets import Dataset
@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..budget import SelectionCharge
+from ..flops.charges import SelectionCharge
 from ..cache import resolve_cache_dir
 from ..flops import FlopLedger, FlopProfile
 from .base import SelectionResult, Selector
@@ -166,7 +166,7 @@ def select_within_budget(
 
 
 def selection_charge(selector: Selector, result: SelectionResult, estimate: float) -> SelectionCharge:
-    """The :class:`~hf_cads.budget.SelectionCharge` of ``result``, which ``selector`` made after
+    """The :class:`~hf_cads.flops.charges.SelectionCharge` of ``result``, which ``selector`` made after
     estimating ``estimate`` FLOPs."""
     stages = result.extras.get("flops_breakdown")
     split = result.extras.get("flops_split")
