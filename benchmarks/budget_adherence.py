@@ -11,25 +11,22 @@ Writes benchmarks/results/budget_adherence.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from _common import RESULTS, make_parser, write_markdown
 from peft import LoraConfig
 
 from hf_cads import BudgetedTrainer, BudgetedTrainingArguments
 from hf_cads.data import build_multisource_pool, load_bbh_target
 from hf_cads.testing import tiny_causal_lm, tiny_tokenizer
 
-RESULTS = Path(__file__).resolve().parent / "results"
-
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--model", default=None, help="causal LM name/path (default: a 4-layer Llama from a config)")
     parser.add_argument("--budgets", default="2e10,5e10,1e11,2e11,4e11")
     options = parser.parse_args()
@@ -91,9 +88,10 @@ def main() -> None:
     for r in rows:
         ok = 0.97 <= r["ratio"] <= 1.0
         lines.append(
-            f"| {r['budget']:.1e} | {r['gradient_accumulation']} | {r['steps']} | {r['ratio']:.4f} | {'yes' if ok else 'NO'} |"
+            f"| {r['budget']:.1e} | {r['gradient_accumulation']} | {r['steps']} | {r['ratio']:.4f} | "
+            f"{'yes' if ok else 'NO'} |"
         )
-    (RESULTS / "budget_adherence.md").write_text("\n".join(lines) + "\n")
+    write_markdown("budget_adherence", lines)
     print("\n".join(lines))
 
 

@@ -31,8 +31,8 @@ def train_and_evaluate(
     """Train a fresh model (seeded) on ``rows`` of ``pool`` until ``budget`` FLOPs; test loss (and accuracy)."""
     import torch
 
-    from hf_cads.selectors.cads_backends import TensorBackend
-    from hf_cads.selectors.cads_loop import train_for_budget
+    from hf_cads.selectors.cads.backends import TensorBackend
+    from hf_cads.selectors.cads.outer_loop import train_for_budget
 
     task = TensorBackend(model_factory, loss=loss).prepare(pool, test, Seeded(seed))
     steps, flops = train_for_budget(task, np.asarray(rows), budget, lr, batch_size, np.random.default_rng(seed))

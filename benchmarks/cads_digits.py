@@ -21,15 +21,11 @@ Writes ``benchmarks/results/cads_digits.{png,json,md}``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
+from _common import RESULTS, make_parser, write_json, write_markdown
 from cads_common import train_and_evaluate
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def make_data(noise: float, seed: int = 0):
@@ -64,7 +60,7 @@ def mlp():
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
         "--passes", type=float, nargs="*", default=[0.5, 2.0, 8.0, 32.0], help="budgets, in passes over the pool"
@@ -88,7 +84,7 @@ def main() -> None:
     import torch
 
     from hf_cads import get_selector
-    from hf_cads.selectors.cads_backends import TensorBackend, linear_stack_profile
+    from hf_cads.selectors.cads.backends import TensorBackend, linear_stack_profile
 
     torch.set_num_threads(1)
     datasets.disable_progress_bars()
@@ -149,8 +145,10 @@ def main() -> None:
         accuracy = {name: np.mean(values) for name, values in record["accuracy"].items()}
         print(
             f"budget {passes:>5} passes ({budget:.3g} FLOPs): accuracy full {accuracy['full']:.3f} | random "
-            f"{accuracy['random']:.3f} | CADS-E {accuracy['cads-e']:.3f} (kept {np.mean(chosen_sizes):.0f} rows, noisy share "
-            f"{np.mean(noisy_share):.2f} vs pool {noisy.mean():.2f}) | overhead {np.mean(overheads):.2f} x C | LOO MSE "
+            f"{accuracy['random']:.3f} | CADS-E {accuracy['cads-e']:.3f} (kept {np.mean(chosen_sizes):.0f} rows, "
+            "noisy share "
+            f"{np.mean(noisy_share):.2f} vs pool {noisy.mean():.2f}) | overhead {np.mean(overheads):.2f} x C | LOO "
+            "MSE "
             f"{np.mean(loo):.2e} [{time.time() - started:.0f}s]",
             flush=True,
         )
@@ -187,19 +185,21 @@ def write_outputs(records, args) -> None:
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(RESULTS / f"{args.tag}.png", dpi=120)
-    (RESULTS / f"{args.tag}.json").write_text(json.dumps({"settings": vars(args), "records": records}, indent=2))
+    write_json(args.tag, {"settings": vars(args), "records": records})
     lines = [
-        f"| budget (passes) | budget (FLOPs) | acc. full | acc. random | acc. CADS-E | CADS-E rows | noisy share (pool {records[0]['pool_noisy_share']:.2f}) | CADS-E overhead (x C) | predictor LOO MSE |",
+        "| budget (passes) | budget (FLOPs) | acc. full | acc. random | acc. CADS-E | CADS-E rows | noisy share "
+        f"(pool {records[0]['pool_noisy_share']:.2f}) | CADS-E overhead (x C) | predictor LOO MSE |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         acc = {name: f"{np.mean(v):.3f} ± {np.std(v):.3f}" for name, v in r["accuracy"].items()}
         lines.append(
             f"| {r['passes']:g} | {r['budget_flops']:.3g} | {acc['full']} | {acc['random']} | {acc['cads-e']} | "
-            f"{np.mean(r['cads_subset_size']):.0f} | {np.mean(r['cads_noisy_share']):.2f} | {r['overhead_multiple_of_budget']:.2f} | "
+            f"{np.mean(r['cads_subset_size']):.0f} | {np.mean(r['cads_noisy_share']):.2f} | "
+            f"{r['overhead_multiple_of_budget']:.2f} | "
             f"{r['loss_predictor_loo_mse']:.2e} |"
         )
-    (RESULTS / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
+    write_markdown(args.tag, lines)
     print("\n".join(lines))
 
 

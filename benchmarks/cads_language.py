@@ -21,16 +21,12 @@ Writes ``benchmarks/results/cads_language.{png,json,md}``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from _common import RESULTS, make_parser, write_json, write_markdown
 
 
 def train(model_factory, tokenizer, pool, validation, flop_budget, seed, selector=None, selector_kwargs=None):
@@ -66,7 +62,7 @@ def train(model_factory, tokenizer, pool, validation, flop_budget, seed, selecto
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--target", default="boolean_expressions")
     parser.add_argument("--per-source", type=int, default=150)
@@ -213,21 +209,24 @@ def write_outputs(records, sources, args, step_flops, pool_size) -> None:
     fig.tight_layout()
     fig.savefig(RESULTS / f"{args.tag}.png", dpi=120)
     payload = {"settings": vars(args), "train_step_flops": step_flops, "pool_size": pool_size, "records": records}
-    (RESULTS / f"{args.tag}.json").write_text(json.dumps(payload, indent=2))
+    write_json(args.tag, payload)
     lines = [
         "| budget C (steps) | C (FLOPs) | CADS-S mixture ("
         + ", ".join(sources)
-        + ") | target loss CADS-S | uniform, equal total FLOPs | uniform, equal train FLOPs | overhead (x C) | predictor LOO MSE |",
+        + ") | target loss CADS-S | uniform, equal total FLOPs | uniform, equal train FLOPs | overhead (x C) | "
+        "predictor LOO MSE |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         mix = " / ".join(f"{r['mixture_mean'][s]:.2f}" for s in sources)
         loss = r["target_loss_mean"]
         lines.append(
-            f"| {r['steps']} | {r['budget_flops']:.3g} | {mix} | {loss['cads-s']:.4f} | {loss['uniform (equal total)']:.4f} | "
-            f"{loss['uniform (equal train)']:.4f} | {r['overhead_multiple_of_budget']:.2f} | {r['loss_predictor_loo_mse']:.2e} |"
+            f"| {r['steps']} | {r['budget_flops']:.3g} | {mix} | {loss['cads-s']:.4f} | "
+            f"{loss['uniform (equal total)']:.4f} | "
+            f"{loss['uniform (equal train)']:.4f} | {r['overhead_multiple_of_budget']:.2f} | "
+            f"{r['loss_predictor_loo_mse']:.2e} |"
         )
-    (RESULTS / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
+    write_markdown(args.tag, lines)
     print("\n".join(lines))
 
 

@@ -16,18 +16,15 @@ Writes ``benchmarks/results/cads_lm_cost.{json,md}``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from _common import RESULTS, make_parser, write_json, write_markdown
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--steps", type=int, default=2, help="outer steps timed per variant")
     parser.add_argument("--budget-steps", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1)
@@ -36,9 +33,9 @@ def main() -> None:
     from cads_lm_common import load_setting
 
     from hf_cads import get_selector
-    from hf_cads.selectors.cads_core import AdamTheta, plan_cads
-    from hf_cads.selectors.cads_loop import SourceMasks, step_masks
-    from hf_cads.selectors.cads_predictor import LossPredictor
+    from hf_cads.selectors.cads.algorithm import AdamTheta, plan_cads
+    from hf_cads.selectors.cads.loss_predictor import LossPredictor
+    from hf_cads.selectors.cads.outer_loop import SourceMasks, step_masks
 
     torch.set_num_threads(args.threads)
     setting = load_setting("gsm8k", per_source=60, max_length=128)
@@ -103,21 +100,24 @@ def main() -> None:
         "pool_size": len(setting.pool),
         "rows": rows,
     }
-    (RESULTS / "cads_lm_cost.json").write_text(json.dumps(payload, indent=2))
+    write_json("cads_lm_cost", payload)
     lines = [
-        f"CADS-S outer loop on SmolLM2-135M + LoRA, GSM8K target, pool {len(setting.pool)} rows, C = {args.budget_steps} steps "
+        f"CADS-S outer loop on SmolLM2-135M + LoRA, GSM8K target, pool {len(setting.pool)} rows, C = "
+        f"{args.budget_steps} steps "
         f"of 8 rows = {budget:.3g} FLOPs, torch threads {args.threads} (shared 2-core CPU).",
         "",
-        "| lookahead | masks/step | s / outer step | FLOPs / outer step (charged / estimated) | outer steps | outer loop (s) | overhead x C (pilots + outer) | paper rule x C |",
+        "| lookahead | masks/step | s / outer step | FLOPs / outer step (charged / estimated) | outer steps | outer "
+        "loop (s) | overhead x C (pilots + outer) | paper rule x C |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['variant']} | {r['samples_per_step']} | {r['seconds_per_outer_step']:.1f} | {r['flops_per_outer_step']:.3g} / "
+            f"| {r['variant']} | {r['samples_per_step']} | {r['seconds_per_outer_step']:.1f} | "
+            f"{r['flops_per_outer_step']:.3g} / "
             f"{r['estimated_flops_per_outer_step']:.3g} | {r['outer_steps']} | {r['outer_loop_seconds']:.0f} | "
             f"{r['overhead_multiple_of_C']:.2f} | {r['paper_rule_multiple_of_C']:.2f} |"
         )
-    (RESULTS / "cads_lm_cost.md").write_text("\n".join(lines) + "\n")
+    write_markdown("cads_lm_cost", lines)
     print("\n".join(lines))
 
 

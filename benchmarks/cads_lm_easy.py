@@ -13,14 +13,12 @@ and finished runs are skipped; ``--report`` only rewrites ``cads_lm_easy.md`` fr
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
+from _common import RESULTS, make_parser, write_markdown
 
-RESULTS = Path(__file__).resolve().parent / "results"
 LOG = RESULTS / "cads_lm_easy.jsonl"
 
 # name -> (granularity, policy_reward, penalty, lookahead)
@@ -143,7 +141,8 @@ def report() -> None:
         f"{records[0]['pool_share_gsm8k']:.3f}). CADS-S: learned gsm8k share per seed; CADS-E: mean keep-probability "
         "of gsm8k rows minus the other rows per seed.",
         "",
-        "| variant (granularity-reward-[penalty]-lookahead) | C (steps of 8 rows) | outer steps | per seed | mean | overhead x C |",
+        "| variant (granularity-reward-[penalty]-lookahead) | C (steps of 8 rows) | outer steps | per seed | mean | "
+        "overhead x C |",
         "|---|---|---|---|---|---|",
     ]
     for (variant, budget, outer), rs in sorted(groups.items()):
@@ -155,12 +154,12 @@ def report() -> None:
             + f" | {np.mean(values):.3f} | "
             f"{np.mean([r['overhead_multiple_of_budget'] for r in rs]):.2f} |"
         )
-    (RESULTS / "cads_lm_easy.md").write_text("\n".join(lines) + "\n")
+    write_markdown("cads_lm_easy", lines)
     print("\n".join(lines))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--variants", nargs="+", default=["s-tr-fo", "e-tr-fo"], choices=sorted(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budgets", type=int, nargs="+", default=[30, 90], help="C in training steps of 8 rows")

@@ -21,15 +21,14 @@ are skipped. ``--report`` rewrites ``cads_lm_grid.md`` and ``cads_lm_grid.png`` 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+from _common import RESULTS, make_parser, write_markdown
 
-RESULTS = Path(__file__).resolve().parent / "results"
 LOG = RESULTS / "cads_lm_grid.jsonl"
 EASY_LOG = RESULTS / "cads_lm_easy.jsonl"
 LEARNING_RATE = 1e-3
@@ -58,7 +57,7 @@ def training_rows(
     """``count`` pool rows in the mixture's proportions (``allocate_by_mixture``, uncapped: rows may repeat);
     a source smaller than its share is cycled through in a fresh random order each pass, so rows repeat
     as evenly as possible."""
-    from hf_cads.selectors.cads import allocate_by_mixture
+    from hf_cads.selectors.cads.bilevel import allocate_by_mixture
 
     names = sorted(mixture)
     weights = np.array([max(mixture[n], 0.0) for n in names])
@@ -73,8 +72,8 @@ def training_rows(
 
 def train_and_score(setting, mixture: dict[str, float], budget_steps: float, seed: int) -> dict:
     """Fresh LoRA adapters (seeded), AdamW on the mixture's rows until ``C`` FLOPs, then the test loss."""
-    from hf_cads.selectors.cads_backends import CausalLMBackend
-    from hf_cads.selectors.cads_loop import train_for_budget
+    from hf_cads.selectors.cads.backends import CausalLMBackend
+    from hf_cads.selectors.cads.outer_loop import train_for_budget
 
     config = SimpleNamespace(seed=seed, batch_size=BATCH_SIZE, max_length=MAX_LENGTH)
     task = CausalLMBackend(setting.model, setting.tokenizer).prepare(setting.pool, setting.test, config)
@@ -259,7 +258,8 @@ def report() -> None:
     targets = sorted({r["target"] for r in records})
     lines = [
         "Mixture landscape on SmolLM2-135M-Instruct + LoRA (r=8): test loss (mean token loss on 64 held-out target "
-        "rows) after training on a fixed source mixture for C steps of 8 rows (AdamW, lr 1e-3), per seed, and CADS-S's "
+        "rows) after training on a fixed source mixture for C steps of 8 rows (AdamW, lr 1e-3), per seed, and "
+        "CADS-S's "
         "learned mixture trained the same way. 'total' counts CADS-S's overhead (pilots + outer loop) in training "
         "steps of the same FLOPs. Lower is better; ranks are by the mean over the seeds that finished.",
         "",
@@ -305,7 +305,7 @@ def report() -> None:
                         + f" | {m['mean']:.4f} | {m['total_steps']:.1f} |"
                     )
         lines += ["", *comparison_lines(means, target, budgets), ""]
-    (RESULTS / "cads_lm_grid.md").write_text("\n".join(lines) + "\n")
+    write_markdown("cads_lm_grid", lines)
     print("\n".join(lines))
     plot(means, targets)
 
@@ -326,8 +326,10 @@ def comparison_lines(means: dict[tuple, dict], target: str, budgets: list[int]) 
         rank = 1 + sum(m["mean"] < cads["mean"] for m in grid.values())
         out.append(
             f"- C = {budget}, equal training FLOPs: CADS-S ranks {rank} of {len(grid) + 1}; its test loss "
-            f"{cads['mean']:.4f} vs uniform {grid['uniform']['mean']:.4f} ({cads['mean'] - grid['uniform']['mean']:+.4f}) "
-            f"and the grid's best, {best_name}, {grid[best_name]['mean']:.4f} ({cads['mean'] - grid[best_name]['mean']:+.4f})."
+            f"{cads['mean']:.4f} vs uniform {grid['uniform']['mean']:.4f} "
+            f"({cads['mean'] - grid['uniform']['mean']:+.4f}) "
+            f"and the grid's best, {best_name}, {grid[best_name]['mean']:.4f} "
+            f"({cads['mean'] - grid[best_name]['mean']:+.4f})."
         )
         # Equal total FLOPs: trained for CADS-S's C plus its overhead, on the same seeds.
         equal = [means.get((target, budget, name)) for name in EQUAL_TOTAL]
@@ -340,13 +342,17 @@ def comparison_lines(means: dict[tuple, dict], target: str, budgets: list[int]) 
                 for name, m in zip(EQUAL_TOTAL, equal)
             }
             out.append(
-                f"- C = {budget}, equal total FLOPs ({cads['total_steps']:.1f} steps: CADS-S's C + overhead; seeds {seeds}): "
-                f"CADS-S {same:.4f} vs uniform {mean[EQUAL_TOTAL[0]]:.4f} ({same - mean[EQUAL_TOTAL[0]]:+.4f}) and the "
-                f"grid's best mixture trained as long, {mean[EQUAL_TOTAL[1]]:.4f} ({same - mean[EQUAL_TOTAL[1]]:+.4f})."
+                f"- C = {budget}, equal total FLOPs ({cads['total_steps']:.1f} steps: CADS-S's C + overhead; seeds "
+                f"{seeds}): "
+                f"CADS-S {same:.4f} vs uniform {mean[EQUAL_TOTAL[0]]:.4f} ({same - mean[EQUAL_TOTAL[0]]:+.4f}) and "
+                "the "
+                f"grid's best mixture trained as long, {mean[EQUAL_TOTAL[1]]:.4f} "
+                f"({same - mean[EQUAL_TOTAL[1]]:+.4f})."
             )
         else:
             out.append(
-                f"- C = {budget}: CADS-S costs {cads['total_steps']:.1f} steps in total; the equal-total runs did not run."
+                f"- C = {budget}: CADS-S costs {cads['total_steps']:.1f} steps in total; the equal-total runs did "
+                "not run."
             )
     return out
 
@@ -412,7 +418,7 @@ def plot(means: dict[tuple, dict], targets: list[str]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--targets", nargs="+", default=["gsm8k", "logical_deduction_three_objects"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--budgets", type=int, nargs="+", default=[20, 40], help="C in training steps of 8 rows")

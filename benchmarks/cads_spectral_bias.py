@@ -25,15 +25,13 @@ Writes ``benchmarks/results/cads_spectral_bias.{png,json,md}``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
+from _common import RESULTS, make_parser, write_markdown
 from cads_common import train_and_evaluate
 
-RESULTS = Path(__file__).resolve().parent / "results"
 # penalty / policy_reward pairs; see CADSSelectorConfig.
 VARIANTS = {
     "one_sided/validation": {"penalty": "one_sided", "policy_reward": "validation"},
@@ -91,7 +89,7 @@ def mixture_rows(pool, share_high, seed):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
         "--steps", type=int, nargs="*", default=[30, 100, 300, 1000, 3000], help="budgets, in training steps"
@@ -115,7 +113,7 @@ def main() -> None:
     import torch
 
     from hf_cads import get_selector
-    from hf_cads.selectors.cads_backends import TensorBackend, linear_stack_profile
+    from hf_cads.selectors.cads.backends import TensorBackend, linear_stack_profile
 
     torch.set_num_threads(1)
     datasets.disable_progress_bars()
@@ -182,9 +180,12 @@ def main() -> None:
                 "loss_predictor_loo_mse": float(np.mean(loo)),
             }
             print(
-                f"budget {steps:>5} steps ({budget:.3g} FLOPs): best share(high) {record['best_share_high']:.2f} | CADS-S "
-                f"[{variant}] share(high) {np.mean(learned):.3f} +- {np.std(learned):.3f} | test loss CADS {np.mean(cads_loss):.4f} "
-                f"vs uniform {np.mean(uniform_loss):.4f} | overhead {np.mean(overheads):.1f} x C | LOO MSE {np.mean(loo):.2e} "
+                f"budget {steps:>5} steps ({budget:.3g} FLOPs): best share(high) {record['best_share_high']:.2f} | "
+                "CADS-S "
+                f"[{variant}] share(high) {np.mean(learned):.3f} +- {np.std(learned):.3f} | test loss CADS "
+                f"{np.mean(cads_loss):.4f} "
+                f"vs uniform {np.mean(uniform_loss):.4f} | overhead {np.mean(overheads):.1f} x C | LOO MSE "
+                f"{np.mean(loo):.2e} "
                 f"[{time.time() - started:.0f}s]",
                 flush=True,
             )
@@ -234,17 +235,20 @@ def write_outputs(records, args, step_flops) -> None:
     payload = {"settings": vars(args), "train_step_flops": step_flops, "records": records}
     (RESULTS / f"{args.tag}.json").write_text(json.dumps(payload, indent=2, default=str))
     lines = [
-        "| budget (steps) | budget (FLOPs) | best fixed share(high) | CADS-S penalty / policy_reward | CADS-S share(high) | test MSE CADS-S subset | test MSE uniform subset | overhead (x C) | predictor LOO MSE |",
+        "| budget (steps) | budget (FLOPs) | best fixed share(high) | CADS-S penalty / policy_reward | CADS-S "
+        "share(high) | test MSE CADS-S subset | test MSE uniform subset | overhead (x C) | predictor LOO MSE |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         for variant, c in r["cads"].items():
             lines.append(
-                f"| {r['steps']} | {r['budget_flops']:.3g} | {r['best_share_high']:.2f} | {variant} | {c['share_high_mean']:.3f} "
-                f"(± {np.std(c['share_high']):.3f}) | {c['subset_test_loss']:.4f} | {c['uniform_subset_test_loss']:.4f} | "
+                f"| {r['steps']} | {r['budget_flops']:.3g} | {r['best_share_high']:.2f} | {variant} | "
+                f"{c['share_high_mean']:.3f} "
+                f"(± {np.std(c['share_high']):.3f}) | {c['subset_test_loss']:.4f} | "
+                f"{c['uniform_subset_test_loss']:.4f} | "
                 f"{c['overhead_multiple_of_budget']:.1f} | {c['loss_predictor_loo_mse']:.2e} |"
             )
-    (RESULTS / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
+    write_markdown(args.tag, lines)
     print("\n".join(lines))
 
 

@@ -39,7 +39,6 @@ Writes ``benchmarks/results/<name>.{json,md}`` (``name`` = ``compute_optimal_ful
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -58,12 +57,28 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
+from _common import RESULTS, ROOT, make_parser, write_json, write_markdown  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-SELECTORS = ("random", "bm25", "embedding", "perplexity", "less", "cads-e", "cads-s")
-LM_SELECTORS = ("perplexity", "less", "cads-e", "cads-s")
+from hf_cads.planner.analysis import (  # noqa: E402
+    CROSSOVER_RATIOS,
+    bootstrap_fits,
+    crossover_ratios,
+    curve_band,
+    fit_intervals,
+    mean_frontier,
+    regret_table,
+    seed_means,
+    untrained_point,
+)
+
+SELECTORS = ("random", "bm25", "embedding", "perplexity", "less", "cads-e", "cads-s", "rds", "rds-own", "embedding-rr")
+LM_SELECTORS = ("perplexity", "less", "cads-e", "cads-s", "rds")
 """Selectors that score with a causal LM: the selection model."""
+DESIGN_VARIANTS = {"embedding-rr": ("embedding", {"aggregate": "round_robin"}), "rds-own": ("rds", {})}
+"""Design entries that run a registered selector with other options: ``name -> (selector, options)``."""
+OWN_MODEL_SELECTORS = ("rds-own",)
+"""Entries that score with the model being trained (named in their options, so their runs say which),
+run only where that model is not the selection model (else they repeat the plain entry)."""
 QUICK_GOAL_SECONDS = 15 * 60
 METRIC_NAMES = {"target_loss": "target test loss", "exact_match": "exact-match accuracy"}
 FLAT_FIELDS = (
@@ -157,6 +172,7 @@ def default_selector_options(max_seq_length: int, *, cheap: bool) -> dict[str, d
         "bm25": {"aggregate": "max"},
         "embedding": {"aggregate": "max", "show_progress": False},
         "perplexity": {**scoring, "batch_size": 8},
+        "rds": {**scoring, "batch_size": 8},
         "less": {
             **scoring,
             "batch_size": 4,
@@ -187,6 +203,7 @@ QUICK = Setup(
     max_per_source=30,
     max_seq_length=128,
     eval_examples=24,
+    selectors=("random", "bm25", "embedding", "perplexity", "less", "cads-e", "cads-s"),
     selector_options=default_selector_options(128, cheap=True),
 )
 FULL = Setup(
@@ -199,7 +216,7 @@ FULL = Setup(
     min_pool_size=1000,
     max_seq_length=256,
     eval_examples=100,
-    selectors=("random", "bm25", "embedding", "perplexity", "less"),
+    selectors=("random", "bm25", "embedding", "perplexity", "less", "rds", "rds-own", "embedding-rr"),
     # Gemma's 262k-token vocabulary: a batch of 16 GSM8K rows would hold ~4 GB of float32 logits.
     eval_batch_size=4,
     train_models=("smollm2-135m-instruct", "gemma3-270m"),
@@ -263,18 +280,23 @@ def base_recipe(setup: Setup, target: str, train_model: str) -> dict[str, Any]:
     }
 
 
-def selector_options(setup: Setup, name: str) -> dict[str, Any]:
-    key = "cads" if name.startswith("cads") else name
-    options = dict(setup.selector_options.get(key, {}))
+def selector_options(setup: Setup, name: str, train_model: str | None = None) -> dict[str, Any]:
+    selector, variant = DESIGN_VARIANTS.get(name, (name, {}))
+    key = "cads" if selector.startswith("cads") else selector
+    options = {**setup.selector_options.get(key, {}), **variant}
     if name in LM_SELECTORS and setup.selection_model:
         options["model_name_or_path"] = setup.selection_model
+    if name in OWN_MODEL_SELECTORS and train_model is not None:
+        options["model_name_or_path"] = train_model
     return options
 
 
-def selection_model_name(setup: Setup, selector: str, train_model: str) -> str | None:
+def selection_model_name(
+    setup: Setup, selector: str, train_model: str, config: dict[str, Any] | None = None
+) -> str | None:
     """What a selector scored with: the selection model (LM selectors), the encoder, or nothing."""
     if selector in LM_SELECTORS:
-        return setup.selection_model or train_model
+        return (config or {}).get("model_name_or_path") or setup.selection_model or train_model
     if selector == "embedding":
         return str(setup.selector_options.get("embedding", {}).get("model_name_or_path", "all-minilm-l6-v2"))
     return None
@@ -342,17 +364,20 @@ def block_runs(
     base = base_recipe(setup, target, train_model)
     runs, cads_budgets = [], {}
     for name in selectors or setup.selectors:
+        if name in OWN_MODEL_SELECTORS and (setup.selection_model or train_model) == train_model:
+            continue
         for fraction in sorted(fractions or setup.fractions):
-            kwargs = selector_options(setup, name)
+            kwargs = selector_options(setup, name, train_model)
             if name.startswith("cads"):
                 budget = float(f"{per_row() * resolve_k(len(pool), None, fraction):.4g}")
                 kwargs["train_budget"] = budget
                 cads_budgets[f"{short_name(train_model)}/{target}/seed{seed}/f{fraction:g}"] = budget
-            selector_config_dict(name, kwargs, seed)  # bad options fail here, before any run
+            registered = DESIGN_VARIANTS.get(name, (name,))[0]
+            selector_config_dict(registered, kwargs, seed)  # bad options fail here, before any run
             runs.append(
                 sweep_run(
                     base,
-                    SelectorSpec(name, kwargs),
+                    SelectorSpec(registered, kwargs),
                     ("selection_fraction", fraction),
                     seed,
                     setup.run_dir / short_name(train_model) / target,
@@ -396,9 +421,9 @@ def run_grid(
 ) -> dict[str, Any]:
     """Run every not-yet-recorded run of the (selected part of the) grid, block by block; a failed
     run is reported, not raised. Returns counts, failures, the CADS budgets and the pool's report."""
+    from hf_cads.data import load_preset_target
     from hf_cads.pipeline import RunInputs, run_budgeted_finetune
     from hf_cads.records import read_records
-    from hf_cads.sources import load_preset_target
 
     unknown = sorted(set(selectors or ()) - set(SELECTORS))
     if unknown:
@@ -423,12 +448,13 @@ def run_grid(
         "decontamination_examples": contamination.examples(5),
     }
     print(
-        f"[{setup.name}] {len(blocks)} blocks of {len(selectors or setup.selectors) * len(fractions or setup.fractions)} "
+        f"[{setup.name}] {len(blocks)} blocks of "
+        f"{len(selectors or setup.selectors) * len(fractions or setup.fractions)} "
         f"runs; pool {len(pool)} rows; records: {setup.records_path}",
         flush=True,
     )
     for target, seed, train_model in blocks:
-        per_row = lambda: training_flops_per_row(setup, pool, seed, models.get(train_model))  # noqa: E731
+        per_row = lambda seed=seed, model=train_model: training_flops_per_row(setup, pool, seed, models.get(model))  # noqa: E731
         runs, budgets = block_runs(
             setup, target, seed, train_model, pool, selectors=selectors, fractions=fractions, per_row=per_row
         )
@@ -446,8 +472,9 @@ def run_grid(
                 f"[{short_name(train_model)} {target} seed {seed}: {position}/{len(todo)}] {item.description}",
                 flush=True,
             )
-            uses_selection_model = item.selector.name in LM_SELECTORS and setup.selection_model
-            inputs.selector_model = models.get(setup.selection_model)[0] if uses_selection_model else None
+            # An LM selector's named model is one already loaded: the selection model or the trained one.
+            scorer = item.selector.kwargs.get("model_name_or_path")
+            inputs.selector_model = models.get(scorer)[0] if scorer in (setup.selection_model, train_model) else None
             try:
                 report = run_budgeted_finetune(item.run, item.args, inputs)
             except (ValueError, TypeError, RuntimeError, OSError) as err:
@@ -459,7 +486,8 @@ def run_grid(
             sync_flat_rows(setup, {item.key: {"cpu_seconds": report["cpu_seconds"]}})
             print(
                 f"    k={report['k']}  total FLOPs {report['ledger']['total']:.4g}  target loss "
-                f"{report['target_loss_before']:.4f} -> {report['target_loss_after']:.4f}  ({report['seconds']:.0f} s)",
+                f"{report['target_loss_before']:.4f} -> {report['target_loss_after']:.4f}  ({report['seconds']:.0f} "
+                "s)",
                 flush=True,
             )
     return outcome
@@ -474,7 +502,7 @@ def flat_row(setup: Setup, record: Any) -> dict[str, Any]:
         "seed": record.seed,
         "target": record.target,
         "train_model": record.model,
-        "selection_model": selection_model_name(setup, record.selector, record.model),
+        "selection_model": selection_model_name(setup, record.selector, record.model, record.selector_config),
         "selection_flops": record.selection_flops,
         "train_flops": record.train_flops,
         "total_flops": record.total_flops,
@@ -590,289 +618,6 @@ def run_costs(setup: Setup) -> list[dict[str, Any]]:
             {key: report.get(key) for key in ("model", "target", "selector", "k", "seed", "seconds", "cpu_seconds")}
         )
     return costs
-
-
-def budget_grid(records: Sequence[Any], points: int = 8) -> list[float]:
-    """Log-spaced budgets from the cheapest to the most expensive recorded run."""
-    flops = np.array([r.total_flops for r in records if r.total_flops > 0])
-    return np.geomspace(flops.min(), flops.max(), points).tolist()
-
-
-# The reference result (Yin & Rush, "Compute-Constrained Data Selection"): the train / selection model
-# size ratio from which each LM-based selector becomes compute-optimal.
-PAPER_CROSSOVER = {"perplexity": 5.0, "less": 10.0}
-CROSSOVER_RATIOS = (1.0, 2.0, 5.0, 10.0, 20.0)
-UNTRAINED = "untrained"
-"""The frontier's 0-FLOP option: the model before finetuning."""
-BUDGET_MULTIPLES = (0.1, 0.3, 1.5)
-"""Budgets of the regret table, as multiples of C_full (the FLOPs of training on the whole pool once)."""
-CROSSOVER_BUDGETS = tuple(np.geomspace(0.02, 1.0, 12).tolist())
-"""Budgets (multiples of C_full) at which a selector may join the extrapolated frontier: up to C_full,
-where a cheap selector can train on the whole pool (beyond it selection has nothing left to decide)."""
-
-
-def fit_saturation(fit: Any) -> dict[str, Any]:
-    """How much of its fitted curve a selector's runs measured: ``gain_measured`` (the share of the
-    predicted change ``P0 -> P_max`` reached at its largest run), the fitted ``asymptote``, and
-    ``unbent``, the planner's reason why the curve is a line rather than a measured bend
-    (:func:`hf_cads.planner.unbent_fit_reason`; ``None``: ``saturated``). A line fitted to an expensive
-    selector beats every saturating cheap curve far enough out, so its crossover ratio is the fit's,
-    not the data's."""
-    from hf_cads.planner import unbent_fit_reason
-
-    reason = unbent_fit_reason(fit)
-    return {
-        "gain_measured": fit.measured_share,
-        "asymptote": float(fit.p_max),
-        "unbent": reason,
-        "saturated": reason is None,
-    }
-
-
-def seed_means(records: Sequence[Any], metric: str) -> list[dict[str, Any]]:
-    """One point per (label, fraction): the mean over seeds of FLOPs and metric, with the seeds' spread
-    (a 95% t-interval of the mean when there are >= 2 seeds, else the single value)."""
-    from scipy.stats import t as student
-
-    groups: dict[tuple[str, float], list[Any]] = {}
-    for r in records:
-        if metric in r.metrics:
-            groups.setdefault((r.label, float(r.selection_fraction or r.fraction)), []).append(r)
-    points = []
-    for (label, fraction), group in sorted(groups.items()):
-        values = np.array([r.metrics[metric] for r in group])
-        half = (
-            float(student.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
-            if len(values) > 1
-            else 0.0
-        )
-        points.append(
-            {
-                "selector": label,
-                "fraction": fraction,
-                "k": int(round(np.mean([r.k for r in group]))),
-                "seeds": len(values),
-                "total_flops": float(np.mean([r.total_flops for r in group])),
-                "selection_flops": float(np.mean([r.selection_flops for r in group])),
-                "value": float(values.mean()),
-                "low": float(values.mean() - half),
-                "high": float(values.mean() + half),
-            }
-        )
-    return points
-
-
-def untrained_point(records: Sequence[Any], metric: str) -> dict[str, Any] | None:
-    """Not finetuning at all, as a configuration at 0 FLOPs: the untrained model's metric (the same in
-    every run of a (model, target); ``None`` when not measured)."""
-    values = [r.baseline_metrics[metric] for r in records if metric in r.baseline_metrics]
-    if not values:
-        return None
-    value = float(np.mean(values))
-    return {
-        "selector": UNTRAINED,
-        "fraction": 0.0,
-        "k": 0,
-        "seeds": len({r.seed for r in records}),
-        "total_flops": 0.0,
-        "selection_flops": 0.0,
-        "value": value,
-        "low": value,
-        "high": value,
-    }
-
-
-def mean_frontier(points: Sequence[dict[str, Any]], higher_is_better: bool) -> list[dict[str, Any]]:
-    """The Pareto frontier of the seed-mean points, by increasing FLOPs."""
-    from hf_cads.planner import pareto_frontier
-
-    if not points:
-        return []
-    indices = pareto_frontier([p["total_flops"] for p in points], [p["value"] for p in points], higher_is_better)
-    return [points[i] for i in indices]
-
-
-def _resample(records: Sequence[Any], rng: np.random.Generator) -> list[Any]:
-    """One bootstrap sample: seeds drawn with replacement (all runs of a drawn seed, per selector),
-    or single runs when a selector has one seed only."""
-    out: list[Any] = []
-    for label in sorted({r.label for r in records}):
-        group = [r for r in records if r.label == label]
-        seeds = sorted({r.seed for r in group})
-        if len(seeds) > 1:
-            for seed in rng.choice(seeds, size=len(seeds), replace=True):
-                out += [r for r in group if r.seed == seed]
-        else:
-            out += [group[i] for i in rng.integers(0, len(group), size=len(group))]
-    return out
-
-
-def bootstrap_fits(
-    records: Sequence[Any], metric: str, *, resamples: int = 100, seed: int = 0
-) -> tuple[dict[str, Any], dict[str, str], list[dict[str, Any]], str]:
-    """``(fits, skipped, bootstrap fit sets, unit)``: the planner's curve per selector on all runs, and
-    the same fits on ``resamples`` bootstrap samples (seeds drawn with replacement: ``unit = "seeds"``;
-    with one seed, runs: ``unit = "runs"``). A sample whose fit fails is left out of that selector's set."""
-    from hf_cads.planner import fit_selectors, lower_is_better
-
-    higher = not lower_is_better(metric)
-    fits, skipped = fit_selectors(records, metric, higher_is_better=higher)
-    unit = "seeds" if len({r.seed for r in records}) > 1 else "runs"
-    rng = np.random.default_rng(seed)
-    samples = []
-    # A resample's curve can be undetermined (a step, a line); only its predictions are used, so the
-    # planner's warning about its parameter intervals would be noise here.
-    for _ in range(resamples):
-        sample_fits, _ = fit_selectors(
-            _resample(records, rng), metric, higher_is_better=higher, warn_undetermined=False
-        )
-        samples.append(sample_fits)
-    return fits, skipped, samples, unit
-
-
-def curve_band(
-    label: str, samples: Sequence[dict[str, Any]], flops: np.ndarray
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """2.5% and 97.5% quantiles of the bootstrap curves of ``label`` at ``flops`` (``None``: < 10 fits)."""
-    curves = [fits[label].predict(flops) for fits in samples if label in fits]
-    if len(curves) < 10:
-        return None
-    stacked = np.vstack(curves)
-    return np.quantile(stacked, 0.025, axis=0), np.quantile(stacked, 0.975, axis=0)
-
-
-def fit_intervals(fits: dict[str, Any], samples: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per selector: the fitted parameters and their 95% bootstrap intervals."""
-    out = {}
-    for label, fit in fits.items():
-        boot = [s[label] for s in samples if label in s]
-        entry: dict[str, Any] = {
-            "p0": fit.p0,
-            "p_max": fit.p_max,
-            "lambda": fit.lam,
-            "rmse": fit.rmse,
-            "points": fit.num_points,
-            "cost_per_example": fit.cost_per_example,
-            "selection_flops": fit.selection_flops,
-            "c_full": fit.c_full,
-            "model_params": fit.model_params,
-            "selection_model_params": fit.selection_model_params,
-            "bootstrap_fits": len(boot),
-        }
-        for name, attr in (("p0", "p0"), ("p_max", "p_max"), ("lambda", "lam")):
-            values = np.array([getattr(b, attr) for b in boot])
-            entry[f"{name}_95"] = (
-                [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))] if len(values) >= 10 else None
-            )
-        out[label] = entry
-    return out
-
-
-def regret_table(
-    fits: dict[str, Any],
-    points: Sequence[dict[str, Any]],
-    higher_is_better: bool,
-    c_full: float,
-    multiples: Sequence[float] = BUDGET_MULTIPLES,
-) -> list[dict[str, Any]]:
-    """For each budget (a multiple of ``c_full``): the planner's recommendation, the best measured
-    configuration within the budget (seed means) and the regret of following the planner, measured:
-    the best affordable mean minus the best affordable mean of the recommended selector (>= 0, in
-    metric units; ``None`` when the recommended selector has no affordable run)."""
-    from hf_cads.planner import recommend
-
-    sign = 1.0 if higher_is_better else -1.0
-    rows = []
-    for multiple in multiples:
-        budget = multiple * c_full
-        affordable = [p for p in points if p["total_flops"] <= budget]
-        best = max(affordable, key=lambda p: sign * p["value"], default=None)
-        row: dict[str, Any] = {
-            "budget_multiple": multiple,
-            "budget": budget,
-            "best_selector": best["selector"] if best else None,
-            "best_k": best["k"] if best else None,
-            "best_value": best["value"] if best else None,
-            "best_interval": [best["low"], best["high"]] if best else None,
-        }
-        try:
-            rec = recommend(budget, fits, confidence=0.95) if fits else None
-        except ValueError as err:
-            rec, row["note"] = None, str(err)
-        if rec is not None:
-            mine = [p for p in affordable if p["selector"] == rec.selector]
-            followed = max(mine, key=lambda p: sign * p["value"], default=None)
-            row.update(
-                planner_selector=rec.selector,
-                planner_k=rec.k,
-                planner_predicted=rec.predicted,
-                planner_interval=list(rec.interval),
-                planner_extrapolation=rec.chosen.extrapolation,
-                followed_value=followed["value"] if followed else None,
-                regret=(sign * (best["value"] - followed["value"])) if (best and followed) else None,
-            )
-        rows.append(row)
-    return rows
-
-
-def crossover_ratios(
-    fits: dict[str, Any],
-    samples: Sequence[dict[str, Any]] = (),
-    *,
-    ratios: Sequence[float] = CROSSOVER_RATIOS,
-    budget_multiples: Sequence[float] = CROSSOVER_BUDGETS,
-    max_samples: int = 50,
-) -> dict[str, dict[str, Any]]:
-    """Extrapolated train / selection model size ratio from which each LM-based selector joins the
-    frontier: the smallest ratio at which, at some budget (``budget_multiples`` x C_full, training
-    costs scaled with the training model while selection costs stay), its predicted metric beats
-    every cheap selector's (:func:`hf_cads.planner.break_even_ratios`). ``samples`` give a 95%
-    interval. Per selector: ``ratio`` (``inf``: never within 10^9 x), ``measured_ratio``, the
-    ``joins`` flag at each of ``ratios``, the budget multiple where it first joins, and the selector's
-    :func:`fit_saturation` (a ratio from an unsaturated fit is not a finding)."""
-
-    def first_join(fit_set: dict[str, Any], label: str) -> tuple[float, float | None]:
-        from hf_cads.planner import break_even_ratios
-
-        # Against the cheap selectors only (the reference paper's comparison), not the other LM selectors.
-        versus = {
-            name: fit for name, fit in fit_set.items() if name == label or (fit.selector or name) not in LM_SELECTORS
-        }
-        c_full = next(iter(versus.values())).c_full
-        best, where = math.inf, None
-        for multiple in budget_multiples:
-            for b in break_even_ratios(versus, multiple * c_full, expensive=[label]):
-                # break_even_ratios: 'scale' x the measured sizes; ratio = scale x measured N_t / N_s.
-                ratio = b.ratio if b.ratio == b.ratio else b.scale
-                if ratio < best:
-                    best, where = ratio, multiple
-        return best, where
-
-    out: dict[str, dict[str, Any]] = {}
-    lm_labels = [label for label, fit in fits.items() if (fit.selector or label) in LM_SELECTORS]
-    if not lm_labels or len(lm_labels) == len(fits):
-        return out
-    for label in lm_labels:
-        ratio, where = first_join(fits, label)
-        fit = fits[label]
-        measured = fit.model_params / fit.selection_model_params if fit.selection_model_params else float("nan")
-        boot = []
-        for fit_set in list(samples)[:max_samples]:
-            if label in fit_set and any((f.selector or n) not in LM_SELECTORS for n, f in fit_set.items()):
-                boot.append(first_join(fit_set, label)[0])
-        entry: dict[str, Any] = {
-            "ratio": ratio,
-            "measured_ratio": measured,
-            "budget_multiple": where,
-            "joins": {f"{r:g}": bool(ratio <= r) for r in ratios},
-            "paper_ratio": PAPER_CROSSOVER.get(label),
-            **fit_saturation(fit),
-        }
-        if len(boot) >= 10:
-            entry["ratio_95"] = [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))]
-            entry["joins_share"] = {f"{r:g}": float(np.mean([b <= r for b in boot])) for r in ratios}
-        out[label] = entry
-    return out
 
 
 def plot_frontier(
@@ -1181,7 +926,8 @@ def summary_tables(summary: dict[str, Any]) -> list[str]:
         f"selector or one as good). A k more than {EXTRAPOLATION_WARNING:g}x the largest measured k of its selector "
         "is marked: there the recommendation extrapolates the fitted curve.",
         "",
-        "| model | target | metric | budget (x C_full) | FLOPs | frontier: selector | k | value [95%] | planner: selector | k | regret |",
+        "| model | target | metric | budget (x C_full) | FLOPs | frontier: selector | k | value [95%] | planner: "
+        "selector | k | regret |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for a in summary["analyses"]:
@@ -1194,7 +940,8 @@ def summary_tables(summary: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {short_name(a['model'])} | {a['target']} | {a['metric']} | {row['budget_multiple']:g} | "
                 f"{row['budget']:.3g} | {_fmt(row['best_selector'])} | {_fmt(row['best_k'])} | "
-                f"{_fmt(row['best_value'])} {_interval(row['best_interval'])} | {planner} | {_fmt(row.get('regret'), 3)} |"
+                f"{_fmt(row['best_value'])} {_interval(row['best_interval'])} | {planner} | "
+                f"{_fmt(row.get('regret'), 3)} |"
             )
     lines += [
         "",
@@ -1240,11 +987,14 @@ def markdown(setup: Setup, summary: dict[str, Any]) -> str:
     lines = [f"# Compute-optimal data selection — `{setup.name}`", ""]
     lines += [
         f"Training models {list(setup.models)} with LoRA r={setup.lora_r} (q/k/v/o), one epoch on the selected rows, "
-        f"batch {setup.train_batch_size}, lr {setup.learning_rate} constant, sequences <= {setup.max_seq_length} tokens. "
-        f"LM-based selectors score with {setup.selection_model or 'the trained model'}. Pool: the shared multi-source mix "
+        f"batch {setup.train_batch_size}, lr {setup.learning_rate} constant, sequences <= {setup.max_seq_length} "
+        "tokens. "
+        f"LM-based selectors score with {setup.selection_model or 'the trained model'}. Pool: the shared "
+        "multi-source mix "
         f"(gsm8k, code_alpaca, alpaca_seed, every BBH task; <= {setup.max_per_source} rows per source, <= "
         f"{setup.max_pool_chars} characters, deduplicated) decontaminated against every target's test rows: "
-        f"{pool.get('pool_size', '?')} rows. Targets {list(setup.targets)}; selectors {list(setup.selectors)}; fractions "
+        f"{pool.get('pool_size', '?')} rows. Targets {list(setup.targets)}; selectors {list(setup.selectors)}; "
+        "fractions "
         f"{list(setup.fractions)}; seeds {list(setup.seeds)}; {setup.eval_examples} test rows per target (exact match "
         f"where every answer is < {setup.exact_match_max_new_tokens} tokens).",
         "",
@@ -1252,7 +1002,8 @@ def markdown(setup: Setup, summary: dict[str, Any]) -> str:
         f"({', '.join(f'{short_name(k)}: {v}' for k, v in progress['per_model'].items()) or 'none'}); "
         f"{progress['cpu_hours']:.2f} CPU hours in the recorded runs (model loading and analysis excluded).",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), GPU: {m['gpu']}. "
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), GPU: "
+        f"{m['gpu']}. "
         "Other engineers shared the machine (load averages below).",
     ]
     if pool.get("decontamination"):
@@ -1318,7 +1069,8 @@ def markdown(setup: Setup, summary: dict[str, Any]) -> str:
         lines += [
             f"![{analysis['target']} {metric}]({Path(analysis['png']).name})",
             "",
-            f"{analysis['runs']} runs, seeds {analysis['seeds']}. Fits: the planner's P(C) per selector (the untrained "
+            f"{analysis['runs']} runs, seeds {analysis['seeds']}. Fits: the planner's P(C) per selector (the "
+            "untrained "
             f"model at 0 FLOPs anchors P0); 95% intervals from {analysis['bootstrap_resamples']} bootstrap resamples "
             f"of the {analysis['bootstrap_unit']}.",
             "",
@@ -1328,7 +1080,8 @@ def markdown(setup: Setup, summary: dict[str, Any]) -> str:
         for label, fit in analysis["fits"].items():
             lines.append(
                 f"| {label} | {fit['points']} | {fit['p0']:.4g} {_interval(fit['p0_95'])} | {fit['p_max']:.4g} "
-                f"{_interval(fit['p_max_95'])} | {fit['lambda']:.3g} {_interval(fit['lambda_95'])} | {fit['rmse']:.3g} | "
+                f"{_interval(fit['p_max_95'])} | {fit['lambda']:.3g} {_interval(fit['lambda_95'])} | "
+                f"{fit['rmse']:.3g} | "
                 f"{fit['selection_flops']:.3g} |"
             )
         for label, reason in analysis["no_fit"].items():
@@ -1370,8 +1123,10 @@ def markdown(setup: Setup, summary: dict[str, Any]) -> str:
     ):
         em = r["metrics"].get("exact_match")
         lines.append(
-            f"| {short_name(r['model'])} | {r['target']} | {r['selector']} | {_fmt(r['fraction'])} | {r['k']} | {r['seed']} | "
-            f"{r['selection_flops']:.3g} | {r['train_flops']:.3g} | {r['total_flops']:.3g} | {r['metrics']['target_loss']:.4f} "
+            f"| {short_name(r['model'])} | {r['target']} | {r['selector']} | {_fmt(r['fraction'])} | {r['k']} | "
+            f"{r['seed']} | "
+            f"{r['selection_flops']:.3g} | {r['train_flops']:.3g} | {r['total_flops']:.3g} | "
+            f"{r['metrics']['target_loss']:.4f} "
             f"({r['baseline_metrics'].get('target_loss', float('nan')):.4f}) | "
             + (f"{em:.3f} ({r['baseline_metrics'].get('exact_match', float('nan')):.3f})" if em is not None else "-")
             + f" | {_fmt(r['seconds'], 3)} |"
@@ -1395,10 +1150,9 @@ def markdown(setup: Setup, summary: dict[str, Any]) -> str:
 
 
 def write_results(setup: Setup, summary: dict[str, Any]) -> None:
-    setup.results_dir.mkdir(parents=True, exist_ok=True)
-    (setup.results_dir / f"{setup.name}.json").write_text(json.dumps(summary, indent=1, default=str))
+    write_json(setup.name, summary, setup.results_dir, indent=1)
     text = markdown(setup, summary)
-    (setup.results_dir / f"{setup.name}.md").write_text(text)
+    write_markdown(setup.name, text, setup.results_dir)
     print(text)
 
 
@@ -1413,7 +1167,7 @@ def _names(text: str) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     started = (time.time(), cpu_seconds())
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="the < 15 min CPU mode (its own records and results)")
     parser.add_argument("--selectors", type=_names, help=f"run only these (comma-separated, of {','.join(SELECTORS)})")
     parser.add_argument("--fractions", type=_floats, help="run only these subset fractions, e.g. 0.05,0.1")

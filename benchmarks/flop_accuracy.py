@@ -15,18 +15,17 @@ Writes benchmarks/results/flop_accuracy.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from dataclasses import replace
 
 import torch
+from _common import RESULTS, make_parser, write_json, write_markdown
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from torch.utils.flop_counter import FlopCounterMode
@@ -44,7 +43,6 @@ from transformers import (
 from hf_cads.flops import FlopProfile, LinearLayer, LoraSpec
 from hf_cads.selectors import get_selector
 
-RESULTS = Path(__file__).resolve().parent / "results"
 GOAL = 0.03
 
 SHAPES = {
@@ -175,7 +173,7 @@ def encoder_rows(quick: bool, batch: int = 2) -> list[dict]:
                 per_sequence=profile.per_sequence + (LinearLayer("dense", head.in_features, head.out_features),),
             )
 
-        def encode(ids):
+        def encode(ids, model=model, pooling=pooling, head=head):
             hidden = model(input_ids=ids).last_hidden_state
             pooled = hidden.mean(dim=1) if pooling == "mean" else hidden[:, -1]
             return head(pooled) if head is not None else pooled
@@ -185,7 +183,11 @@ def encoder_rows(quick: bool, batch: int = 2) -> list[dict]:
             with torch.no_grad():
                 rows.append(
                     row(
-                        "embedding encoder", name, seq, profile.forward_flops(batch, seq), measure(lambda: encode(ids))
+                        "embedding encoder",
+                        name,
+                        seq,
+                        profile.forward_flops(batch, seq),
+                        measure(lambda ids=ids, encode=encode: encode(ids)),
                     )
                 )
         del model
@@ -208,7 +210,13 @@ def run(quick: bool) -> list[dict]:
             ids = torch.randint(2, vocab, (batch, seq))
             with torch.no_grad():
                 rows.append(
-                    row("forward", name, seq, profile.forward_flops(batch, seq), measure(lambda: model(input_ids=ids)))
+                    row(
+                        "forward",
+                        name,
+                        seq,
+                        profile.forward_flops(batch, seq),
+                        measure(lambda ids=ids, model=model: model(input_ids=ids)),
+                    )
                 )
             rows.append(
                 row(
@@ -216,7 +224,7 @@ def run(quick: bool) -> list[dict]:
                     name,
                     seq,
                     profile.train_step_flops(batch, seq),
-                    measure(lambda: model(input_ids=ids, labels=ids).loss.backward()),
+                    measure(lambda ids=ids, model=model: model(input_ids=ids, labels=ids).loss.backward()),
                 )
             )
             model.zero_grad(set_to_none=True)
@@ -226,7 +234,15 @@ def run(quick: bool) -> list[dict]:
                 "perplexity", model=model, tokenizer=tokenizer, batch_size=2, max_length=seq, show_progress=False
             )
             estimate = selector.estimate_flops(pool, None)
-            rows.append(row("perplexity selector", name, seq, estimate, measure(lambda: selector.select(pool, k=1))))
+            rows.append(
+                row(
+                    "perplexity selector",
+                    name,
+                    seq,
+                    estimate,
+                    measure(lambda selector=selector, pool=pool: selector.select(pool, k=1)),
+                )
+            )
             if name != "smollm2-135m":  # LESS's whole selection: warmup, per-example gradients, projection
                 rows.extend(less_row(model, name, seq, vocab, projection) for projection in ("sparse", "gaussian"))
         peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=list(lora_spec.target_modules)))
@@ -239,7 +255,9 @@ def run(quick: bool) -> list[dict]:
                     name,
                     seq,
                     lora_profile.train_step_flops(batch, seq),
-                    measure(lambda: peft_model(input_ids=ids, labels=ids).loss.backward()),
+                    measure(
+                        lambda ids=ids, peft_model=peft_model: peft_model(input_ids=ids, labels=ids).loss.backward()
+                    ),
                 )
             )
             peft_model.zero_grad(set_to_none=True)
@@ -264,7 +282,7 @@ def write(rows: list[dict], merge: bool = False) -> None:
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
     }
-    (RESULTS / "flop_accuracy.json").write_text(json.dumps({"machine": machine, "goal": GOAL, "rows": rows}, indent=2))
+    write_json("flop_accuracy", {"machine": machine, "goal": GOAL, "rows": rows})
     lines = ["| kind | shape | seq | estimate | measured | error | within 3% |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
@@ -276,12 +294,12 @@ def write(rows: list[dict], merge: bool = False) -> None:
         f"\nWorst error {worst:.2%}; {sum(r['within_goal'] for r in rows)}/{len(rows)} within the 3% goal. "
         f"Machine: {machine}"
     )
-    (RESULTS / "flop_accuracy.md").write_text("\n".join(lines) + "\n")
+    write_markdown("flop_accuracy", lines)
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="2 shapes x 2 lengths")
     parser.add_argument("--part", choices=["all", "lm", "encoders"], default="all", help="which cases to run")
     parser.add_argument("--merge", action="store_true", help="keep the last results file's rows of the other kinds")

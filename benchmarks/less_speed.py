@@ -41,6 +41,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # On CPU, glibc keeps freed heap memory (and raises its mmap threshold as it goes), so the resident
@@ -49,20 +50,101 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # once); speed is measured here, with the default allocator, since the fixed threshold adds page faults.
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
-import numpy as np
-import torch
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from _common import RESULTS, write_json, write_markdown  # noqa: E402
 
-from hf_cads import get_selector
-from hf_cads.data import build_multisource_pool, load_bbh_target
-from hf_cads.models import load_causal_lm
-from hf_cads.selectors.gradients import PerExampleGradients, adam_update_direction
-from hf_cads.selectors.projection import PROJECTION_TYPES, RandomProjection, make_projection, projection_agreement
+from hf_cads import get_selector  # noqa: E402
+from hf_cads.data import build_multisource_pool, load_bbh_target  # noqa: E402
+from hf_cads.models import load_causal_lm  # noqa: E402
+from hf_cads.selectors.less.gradients import PerExampleGradients, adam_update_direction  # noqa: E402
+from hf_cads.selectors.less.projection import (  # noqa: E402
+    PROJECTION_TYPES,
+    Projection,
+    RandomProjection,
+    make_projection,
+)
 
-RESULTS = Path(__file__).resolve().parent / "results"
 GOAL_SPEEDUP = 3.0
 GOAL_FEATURE_RATIO = 0.8  # end-to-end feature throughput / gradient-only throughput
 GOAL_CORRELATION = 0.95
 GOAL_OVERLAP = 0.9
+
+
+def projection_agreement(
+    pool_vectors: Any, target_vectors: Any, projection: Projection, reference: Projection, top_fraction: float = 0.05
+) -> dict[str, float]:
+    """How closely ``projection`` keeps what selection by gradient similarity uses.
+
+    - ``cosine_correlation``: Pearson correlation between the exact pairwise cosine similarities
+      of all (pool and target) vectors and those of their projections (distinct pairs only);
+    - ``top_overlap``: rows are scored as LESS does, by their mean cosine with the target vectors;
+      the share of the top ``top_fraction`` of the pool (at least one row) under ``projection``
+      that is also in the top under ``reference`` (e.g. the dense Gaussian projection);
+    - ``top_overlap_exact``: the same against the scores of the unprojected vectors;
+    - ``top_exact_score_gain``: the exact mean score of the chosen rows above the pool's mean, as a
+      share of the exact top's (1.0: as good as selecting with unprojected gradients).
+
+    Example:
+        >>> import torch
+        >>> from hf_cads.selectors.less.projection import RandomProjection, SparseProjection
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> basis = torch.randn(8, 5000)  # gradients share a few directions, so their cosines vary
+        >>> pool, target = torch.randn(40, 8) @ basis, torch.randn(4, 8) @ basis
+        >>> sparse, gaussian = SparseProjection(5000, 1024), RandomProjection(5000, 1024, kind="gaussian")
+        >>> agreement = projection_agreement(pool, target, sparse, gaussian)
+        >>> agreement["cosine_correlation"] > 0.95, agreement["top_exact_score_gain"] > 0.9
+        (True, True)
+    """
+    import torch
+
+    vectors = torch.cat([pool_vectors, target_vectors]).float()
+    rows = pool_vectors.shape[0]
+
+    def cosine_matrix(x: Any) -> Any:
+        # From the Gram matrix, so no normalised copy of the (possibly pool x millions) vectors is made.
+        gram = (x @ x.T).double()
+        norms = gram.diagonal().clamp_min(1e-300).sqrt()
+        return gram / norms[:, None] / norms[None, :]
+
+    def project_in_row_chunks(x: Any, rows_per_call: int = 256) -> Any:
+        # Projections are row-wise linear maps; chunking bounds their intermediates by the chunk.
+        return torch.cat([projection(x[start : start + rows_per_call]) for start in range(0, len(x), rows_per_call)])
+
+    exact, projected, referenced = (
+        cosine_matrix(vectors),
+        cosine_matrix(project_in_row_chunks(vectors)),
+        cosine_matrix(reference(vectors)),
+    )
+    pairs = torch.triu_indices(len(vectors), len(vectors), offset=1)
+
+    def cosines(x: Any) -> Any:
+        return x[pairs[0], pairs[1]]
+
+    correlation = float(torch.corrcoef(torch.stack([cosines(exact), cosines(projected)]))[0, 1])
+    k = max(1, int(round(top_fraction * rows)))
+
+    def scores(x: Any) -> Any:  # LESS's score: mean cosine with the target rows
+        return x[:rows, rows:].mean(dim=1)
+
+    def top(row_scores: Any) -> set[int]:
+        return set(torch.topk(row_scores, k).indices.tolist())
+
+    exact_scores = scores(exact)
+    chosen, exact_top = top(scores(projected)), top(exact_scores)
+    best = exact_scores[sorted(exact_top)].mean()
+    return {
+        "cosine_correlation": correlation,
+        "top_overlap": len(chosen & top(scores(referenced))) / k,
+        "top_overlap_exact": len(chosen & exact_top) / k,
+        # How much of the best achievable gain in exact score over the pool mean the chosen rows keep:
+        # 1.0 when they are as good as the exact top, 0.0 when no better than a random subset.
+        "top_exact_score_gain": float(
+            (exact_scores[sorted(chosen)].mean() - exact_scores.mean()) / (best - exact_scores.mean())
+        ),
+        "top_rows": float(k),
+    }
 
 
 class PeakMemory:
@@ -148,7 +230,10 @@ def measure_paths(args, selector, pool, device, memory_only: bool) -> dict:
         grads = {}
         for name in order:
             with PeakMemory(device) as memory:
-                seconds[name] += timed(device, lambda: grads.__setitem__(name, paths[name](ids, mask)))
+                seconds[name] += timed(
+                    device,
+                    lambda grads=grads, name=name, ids=ids, mask=mask: grads.__setitem__(name, paths[name](ids, mask)),
+                )
             peak[name] = max(peak[name], memory.added)
         for name in paths:
             max_difference[name] = max(max_difference[name], float((grads[name] - grads["loop"]).abs().max()))
@@ -221,7 +306,10 @@ def measure_projections(args, selector, token_ids, checkpoint, device) -> dict:
         for number, chunk in enumerate(chunks):
             if rows_done >= limit:
                 break
-            steps = [("gradients", lambda: gradient_only(chunk)), ("features", lambda: features(kind, chunk))]
+            steps = [
+                ("gradients", lambda chunk=chunk: gradient_only(chunk)),
+                ("features", lambda kind=kind, chunk=chunk: features(kind, chunk)),
+            ]
             for name, work in steps if number % 2 == 0 else steps[::-1]:
                 seconds[name] += timed(device, work)
             rows_done += len(chunk)
@@ -408,7 +496,10 @@ def main() -> None:
     result = {
         "model": args.model,
         "device": str(device),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}",
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+            f"threads {torch.get_num_threads()}"
+        ),
         "machine_load_before": machine_load(),
         "lora": {
             "rank": selector.config.lora_r,
@@ -453,8 +544,8 @@ def main() -> None:
 
 def write_results(result: dict, args) -> None:
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "less_speed.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (RESULTS / "less_speed.md").write_text("\n".join(render(result, args)) + "\n", encoding="utf-8")
+    write_json("less_speed", result)
+    write_markdown("less_speed", render(result, args))
 
 
 def render(result: dict, args) -> list[str]:
@@ -462,7 +553,8 @@ def render(result: dict, args) -> list[str]:
     lines = [
         "# LESS gradient features: projections at pool scale, and the per-example gradient paths",
         "",
-        f"{result['model']} with LoRA rank {lora['rank']} on {', '.join(lora['target_modules'])} ({lora['params']:,} trainable "
+        f"{result['model']} with LoRA rank {lora['rank']} on {', '.join(lora['target_modules'])} "
+        f"({lora['params']:,} trainable "
         f"parameters), projection to {result['projection_dim']} dims; {result['device']}; {result['machine']}. "
         f"Machine load (shared with other jobs): before {result['machine_load_before']}"
         + (
@@ -480,10 +572,12 @@ def render(result: dict, args) -> list[str]:
 def throughput_lines(result: dict, args) -> list[str]:
     lines = [
         "",
-        f"## End-to-end features vs gradients alone ({result['projections']['sparse']['rows']} pool rows, <= {result['max_tokens']} "
+        f"## End-to-end features vs gradients alone ({result['projections']['sparse']['rows']} pool rows, <= "
+        f"{result['max_tokens']} "
         f"tokens, mean {result['mean_tokens']:.0f}, batch {result['batch_size']})",
         "",
-        "| projection | rows timed | gradients only, rows/s | gradient_features (grads + Adam + projection), rows/s | ratio | "
+        "| projection | rows timed | gradients only, rows/s | gradient_features (grads + Adam + projection), rows/s "
+        "| ratio | "
         "projection FLOPs per row | peak memory added: one batch | peak memory added: "
         f"{args.memory_rows} rows |",
         "|---|---|---|---|---|---|---|---|",
@@ -498,15 +592,20 @@ def throughput_lines(result: dict, args) -> list[str]:
         )
         lines.append(
             f"| {kind}{' (default)' if kind == 'sparse' else ''} | {row['rows']} | {row['gradient_rows_per_s']:.2f} | "
-            f"{row['feature_rows_per_s']:.2f} | {row['ratio']:.2f}x | {row['projection_flops_per_row']:.3g} | {memory} |"
+            f"{row['feature_rows_per_s']:.2f} | {row['ratio']:.2f}x | {row['projection_flops_per_row']:.3g} | "
+            f"{memory} |"
         )
     sparse = result["projections"]["sparse"]
     lines += [
         "",
-        f"Goal: features >= {result['goal_feature_ratio']}x the gradient-only throughput; sparse: {sparse['ratio']:.2f}x "
-        f"({'met' if sparse['ratio'] >= result['goal_feature_ratio'] else 'NOT met'}). The dense projections regenerate "
-        "their matrix once per gradient buffer, so their per-row cost does not fall with more rows; they were timed on "
-        f"{result['projections']['gaussian']['rows']} rows. Gradient-only and feature timings alternate chunk by chunk. "
+        f"Goal: features >= {result['goal_feature_ratio']}x the gradient-only throughput; sparse: "
+        f"{sparse['ratio']:.2f}x "
+        f"({'met' if sparse['ratio'] >= result['goal_feature_ratio'] else 'NOT met'}). The dense projections "
+        "regenerate "
+        "their matrix once per gradient buffer, so their per-row cost does not fall with more rows; they were timed "
+        "on "
+        f"{result['projections']['gaussian']['rows']} rows. Gradient-only and feature timings alternate chunk by "
+        "chunk. "
         f"FLOP charge of gradient_features equals the up-front estimate: {result['feature_flops_match_estimate']}.",
     ]
     return lines
@@ -518,11 +617,14 @@ def gate_and_paths_lines(result: dict) -> list[str]:
     if gate:
         lines += [
             "",
-            f"## Quality gate ({gate['pool_rows']} pool rows as Adam directions after a warmup epoch, {gate['target_rows']} target "
+            f"## Quality gate ({gate['pool_rows']} pool rows as Adam directions after a warmup epoch, "
+            f"{gate['target_rows']} target "
             f"rows, {gate['projection_dim']} dims; reference: {gate['reference']})",
             "",
-            "| projection | seeds | min correlation of exact vs projected cosines | top-5% overlap with the dense Gaussian | "
-            "top-5% overlap with the exact (unprojected) scores | exact-score gain of the chosen rows, share of the exact top's |",
+            "| projection | seeds | min correlation of exact vs projected cosines | top-5% overlap with the dense "
+            "Gaussian | "
+            "top-5% overlap with the exact (unprojected) scores | exact-score gain of the chosen rows, share of the "
+            "exact top's |",
             "|---|---|---|---|---|---|",
         ]
         for kind, row in gate["by_projection"].items():
@@ -533,7 +635,8 @@ def gate_and_paths_lines(result: dict) -> list[str]:
             )
         lines += [
             "",
-            f"Top-5% = {gate['by_projection']['sparse']['top_rows']:.0f} rows. Goals: correlation >= {GOAL_CORRELATION}, "
+            f"Top-5% = {gate['by_projection']['sparse']['top_rows']:.0f} rows. Goals: correlation >= "
+            f"{GOAL_CORRELATION}, "
             f"overlap >= {GOAL_OVERLAP:.0%}; sparse {'passes' if gate['sparse_passes'] else 'does NOT pass'}.",
         ]
     paths = result["gradient_paths"]
@@ -548,7 +651,8 @@ def gate_and_paths_lines(result: dict) -> list[str]:
             f"## Per-example gradient paths ({paths['examples']} rows, <= {paths['max_tokens']} tokens, mean "
             f"{paths['mean_tokens']:.0f}; {paths.get('note', 'this run')})",
             "",
-            "| path | examples/s | speed-up over the loop | peak memory added per batch | max abs difference from the loop |",
+            "| path | examples/s | speed-up over the loop | peak memory added per batch | max abs difference from "
+            "the loop |",
             "|---|---|---|---|---|",
         ]
         for name in ("linear", "vmap", "loop"):

@@ -21,11 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
+
+from _common import RESULTS, write_markdown
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "smollm2-135m-instruct"
 
 
@@ -152,7 +152,8 @@ def main() -> None:
         "stopped_by_budget",
     ]
     lines = [
-        f"# QLoRA vs LoRA, {MODEL}, CPU ({options.threads} thread(s), machine shared with other jobs: times are indicative)",
+        f"# QLoRA vs LoRA, {MODEL}, CPU ({options.threads} thread(s), machine shared with other jobs: times are "
+        "indicative)",
         "",
         "| " + " | ".join(keys) + " |",
         "|" + "---|" * len(keys),
@@ -165,7 +166,7 @@ def main() -> None:
             for row in rows
         ),
     ]
-    (RESULTS / "qlora_vs_lora.md").write_text("\n".join(lines) + "\n")
+    write_markdown("qlora_vs_lora", lines)
     print("\n".join(lines))
 
 

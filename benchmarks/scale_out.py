@@ -25,10 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import RESULTS, make_parser, write_json, write_markdown
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -101,7 +101,7 @@ def run(command: list[str], env: dict[str, str]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--rows", type=int, default=96)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--shard-size", type=int, default=16)
@@ -210,27 +210,31 @@ def main() -> None:
         second["flops_vs_first_target"] = second["flops"] / reference["flops"]
     stem = "scale_out" if args.selector == "perplexity" else f"scale_out_{args.selector}"
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    write_json(stem, report)
     lines = [
         f"{args.selector} selector on SmolLM2-135M-Instruct.",
         "",
-        "| run | processes x threads | rows/s | select s | FLOPs charged | rows scored per process | same rows as 1 process | max score difference / max abs score |",
+        "| run | processes x threads | rows/s | select s | FLOPs charged | rows scored per process | same rows as 1 "
+        "process | max score difference / max abs score |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, row in report["runs"].items():
         lines.append(
-            f"| {name} | {row['processes']} x {row['threads_per_process']} | {row['rows_per_second']:.2f} | {row['seconds']:.2f} | "
-            f"{row['flops']:.4g} | {row['rows_scored_per_process']} | {row['same_indices']} | {row['max_score_difference_rel']:.1e} |"
+            f"| {name} | {row['processes']} x {row['threads_per_process']} | {row['rows_per_second']:.2f} | "
+            f"{row['seconds']:.2f} | "
+            f"{row['flops']:.4g} | {row['rows_scored_per_process']} | {row['same_indices']} | "
+            f"{row['max_score_difference_rel']:.1e} |"
         )
     lines.append(
-        f"\nMachine: {report['machine']}; {args.rows} rows, max_length {args.max_length}, shard_size {args.shard_size}."
+        f"\nMachine: {report['machine']}; {args.rows} rows, max_length {args.max_length}, shard_size "
+        f"{args.shard_size}."
     )
     if second:
         lines.append(
             f"A second target on the same pool reuses the pool features: it is charged {second['flops']:.4g} FLOPs, "
             f"{second['flops_vs_first_target']:.1%} of the first target's selection (its rows differ: another target)."
         )
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    write_markdown(stem, lines)
     print("\n".join(lines))
     shutil.rmtree(scratch, ignore_errors=True)
 

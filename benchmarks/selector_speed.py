@@ -13,19 +13,18 @@ Writes benchmarks/results/selector_speed.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
 import platform
 import resource
 import time
-from pathlib import Path
+
+from _common import RESULTS, make_parser, write_markdown
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TOP_K_FRACTION = 0.1
 
 
@@ -232,7 +231,7 @@ def _measure(name: str, pool_size: int, queue) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--pool-size", type=int, default=2000)
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
     parser.add_argument("--merge", action="store_true", help="keep the other cases' rows of the last results file")
@@ -257,7 +256,8 @@ def main() -> None:
         rows.append(row)
         rate = f"  {row['flops_per_s']:.3g} FLOP/s" if row.get("flops_per_s") else ""
         print(
-            f"{name:<42} {row['examples']:>6} ex  {row['examples_per_s']:>10.1f} ex/s{rate}  peak {row['peak_rss_mb']:.0f} MB",
+            f"{name:<42} {row['examples']:>6} ex  {row['examples_per_s']:>10.1f} ex/s{rate}  peak "
+            f"{row['peak_rss_mb']:.0f} MB",
             flush=True,
         )
     reference = next((r["top_k"] for r in rows if r["case"] == "bm25 (rank-bm25)"), None)
@@ -300,18 +300,22 @@ def main() -> None:
     for r in rows:
         check = ""
         if "identical_top_k_to_rank_bm25" in r:
-            check = f"identical to rank-bm25: {r['identical_top_k_to_rank_bm25']} (overlap {r['top_k_overlap_with_rank_bm25']:.0%})"
+            check = (
+                f"identical to rank-bm25: {r['identical_top_k_to_rank_bm25']} "
+                f"(overlap {r['top_k_overlap_with_rank_bm25']:.0%})"
+            )
         elif "identical_top_k_between_less_paths" in r:
             check = f"identical top-k on both gradient paths: {r['identical_top_k_between_less_paths']}"
         elif "top_k_overlap_between_embedding_paths" in r:
             check = f"overlap between the two paths {r['top_k_overlap_between_embedding_paths']:.0%}"
         flops = (f"{r['flops']:.3g} | {r['flops_per_s']:.3g}") if r.get("flops_per_s") else "- | -"
         lines.append(
-            f"| {r['case']} | {r['examples']} | {r['examples_per_s']:.1f} | {flops} | {r['peak_rss_mb']:.0f} | {check} |"
+            f"| {r['case']} | {r['examples']} | {r['examples_per_s']:.1f} | {flops} | {r['peak_rss_mb']:.0f} | "
+            f"{check} |"
         )
     lines += [f"| {r['case']} | - | FAILED | - | - | - | {r['error']} |" for r in failed]
     lines.append(f"\nMachine: {machine}; top-k = {TOP_K_FRACTION:.0%} of the pool.")
-    (RESULTS / "selector_speed.md").write_text("\n".join(lines) + "\n")
+    write_markdown("selector_speed", lines)
     print("\n".join(lines))
 
 

@@ -8,7 +8,9 @@ name, revision and local files, or a hash of the weights of a model object passe
 A folder holds ``manifest.json`` and one ``shard-NNNNN.npz`` per scored shard of pool rows. Every
 file is written under a temporary name and moved into place with ``os.replace``, so a killed
 process leaves complete shards or none: a rerun scores only the missing ones. When all shards are
-there the manifest is marked complete and a rerun scores nothing.
+there the manifest is marked complete and a rerun scores nothing. A job holds the folder's lock
+(:func:`exclusive_lock`) while it scores, so a second job with the same ``cache_dir`` waits and
+then reuses the scores instead of computing them again.
 
 FLOP accounting follows the work actually done for a result: a complete cache hit charges 0 FLOPs
 (the run that wrote it was charged) and reports the original cost in ``extras["cache"]``; a
@@ -20,18 +22,21 @@ Example:
     >>> selector = get_selector("bm25", cache_dir="/tmp/hf_cads_cache")  # doctest: +SKIP
     >>> first = selector.select(pool, target=target, k=100)  # doctest: +SKIP
     >>> again = selector.select(pool, target=target, k=100)  # doctest: +SKIP
-    >>> again.flops, again.extras["cache"]["hit"], again.extras["cache"]["original_flops"] == first.flops  # doctest: +SKIP
+    >>> info = again.extras["cache"]  # doctest: +SKIP
+    >>> again.flops, info["hit"], info["original_flops"] == first.flops  # doctest: +SKIP
     (0.0, True, True)
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,8 +74,10 @@ def weights_digest(model: Any) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         if not isinstance(tensor, torch.Tensor):
             continue
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        if tensor.is_meta:  # a model built from its config alone (cost estimates): no values to hash
+            continue
         data = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}".encode())
         digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
@@ -152,9 +159,19 @@ def report_stale_folders(root: Path, selector_name: str) -> list[Path]:
 
 # -- storage -------------------------------------------------------------------------------------
 def atomic_write(path: Path, write: Any) -> None:
-    """Write through ``write(handle)`` to a temporary file beside ``path``, then move it into place."""
+    """Write through ``write(handle)`` to a temporary file beside ``path``, then move it into place:
+    a reader (or a killed writer) never leaves or sees a partial ``path``.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> atomic_write(folder / "scores.txt", lambda handle: handle.write(b"0.5"))
+        >>> (folder / "scores.txt").read_text(), sorted(p.name for p in folder.iterdir())
+        ('0.5', ['scores.txt'])
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Unique per writer: processes on two hosts sharing a file system may have the same pid.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         with open(temporary, "wb") as handle:
             write(handle)
@@ -164,6 +181,45 @@ def atomic_write(path: Path, write: Any) -> None:
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+LOCK_FILE = ".lock"
+"""The lock file inside a cache or feature-index folder (see :func:`exclusive_lock`)."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, what: str = "these results") -> Iterator[None]:
+    """Hold an exclusive advisory lock (``fcntl.flock``) on the file ``path`` while the block runs.
+
+    Two jobs that compute the same results into one folder (two ``hf-cads select`` with one
+    ``cache_dir``, two LESS runs with one ``feature_dir``) take turns: the second waits here and
+    then finds the first one's complete results, so the work is done once. The lock goes with the
+    open file, so a killed holder releases it. Without ``fcntl`` (Windows) there is no lock and
+    both compute; every file is still written atomically. On a network file system the lock holds
+    only where it supports ``flock`` (NFSv4 does).
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> with exclusive_lock(folder / LOCK_FILE):
+        ...     atomic_write(folder / "scores.txt", lambda handle: handle.write(b"0.5"))
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("Another process is computing %s in %s; waiting for it to finish.", what, path.parent)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _json_default(value: Any) -> Any:
@@ -198,14 +254,17 @@ class ScoreCache:
         self.description = dict(description or {})
 
     @classmethod
-    def for_selection(
-        cls, root: str | os.PathLike, selector_name: str, description: Mapping[str, Any]
-    ) -> ScoreCache:
+    def for_selection(cls, root: str | os.PathLike, selector_name: str, description: Mapping[str, Any]) -> ScoreCache:
         key = cache_key({"format": FORMAT_VERSION, **description})
         cache = cls(Path(root) / f"{selector_name}-{key[:24]}", key, description)
         if not cache.folder.exists():
             report_stale_folders(Path(root), selector_name)
         return cache
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """This folder's :func:`exclusive_lock`: hold it from checking the cache to storing the
+        scores, so two jobs scoring the same pool into one ``cache_dir`` score it once."""
+        return exclusive_lock(self.folder / LOCK_FILE, "these scores")
 
     # -- manifest --------------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any] | None:
@@ -219,7 +278,8 @@ class ScoreCache:
             return None
         if self.key is not None and data.get("key") != self.key:
             raise CacheError(
-                f"Cache folder {self.folder} belongs to other scores (key {data.get('key')!r}, expected {self.key!r}); "
+                f"Cache folder {self.folder} belongs to other scores (key {data.get('key')!r}, "
+                f"expected {self.key!r}); "
                 "delete the folder or point cache_dir elsewhere."
             )
         return data

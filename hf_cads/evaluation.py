@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from .data import format_qa
+from .data import format_qa, prompt_answer_pairs
 from .flops import FlopProfile
 from .selectors.scoring import TokenBatcher
-from .sources import prompt_answer_pairs
 
 QUESTION_ANSWER_COLUMNS = (("input", "target"), ("question", "answer"))
 """Column pairs holding a question and its reference answer (BBH, GSM8K)."""

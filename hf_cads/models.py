@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._extras import require_extra
+
 DEFAULT_CAUSAL_LM = "smollm2-135m-instruct"
 DEFAULT_ENCODER = "all-minilm-l6-v2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -50,7 +52,8 @@ def _package_dir(package: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError(
-            f"The built-in model needs the {pip_name!r} package: pip install {pip_name} (no internet needed at run time)."
+            f"The built-in model needs the {pip_name!r} package: pip install {pip_name} "
+            '(or pip install "hf_cads[offline-models]"; no internet needed at run time).'
         )
     return Path(spec.origin).parent
 
@@ -96,7 +99,8 @@ def _check_exists(name_or_path: str) -> str:
         return path
     raise FileNotFoundError(
         f"Model path {name_or_path!r} does not exist. Pass an existing folder, a Hub id, or one of the "
-        f"built-in offline models: {DEFAULT_CAUSAL_LM!r} or {GEMMA3_270M!r} (causal LM), {DEFAULT_ENCODER!r} (encoder)."
+        f"built-in offline models: {DEFAULT_CAUSAL_LM!r} or {GEMMA3_270M!r} (causal LM), "
+        f"{DEFAULT_ENCODER!r} (encoder)."
     )
 
 
@@ -196,6 +200,7 @@ def load_causal_lm(
     if quantization_config is not None:
         options["quantization_config"] = quantization_config
     if where.gguf_file:
+        require_extra("gguf", "offline-models", f"the packaged model {name_or_path!r}")
         options["gguf_file"] = where.gguf_file
     try:
         model = AutoModelForCausalLM.from_pretrained(where.path, **options)
@@ -222,10 +227,11 @@ def load_causal_lm(
 
 def load_sentence_encoder(name_or_path: str = DEFAULT_ENCODER, device: str | None = None) -> Any:
     """Load a ``sentence_transformers.SentenceTransformer`` by alias, local folder or Hub id."""
-    from sentence_transformers import SentenceTransformer
+    sentence_transformers = require_extra("sentence_transformers", "embedding", "a sentence encoder")
 
     path = resolve_encoder(name_or_path)
     try:
-        return SentenceTransformer(path, device=device or "cpu")
+        # device None: sentence-transformers takes the accelerator when there is one.
+        return sentence_transformers.SentenceTransformer(path, device=device)
     except (OSError, ValueError) as err:
         raise _wrap_load_error(name_or_path, err) from err

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .selectors import build_selector, get_selector_class
-from .selectors.base import family_options, result_options
+from .selectors.options import family_options, result_options
 from .selectors.within_budget import matmul_params, selection_model_params  # noqa: F401  (re-exported: their former home)
 
 logger = logging.getLogger(__name__)

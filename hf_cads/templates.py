@@ -1,4 +1,4 @@
-"""Card templates (``model_cards/``) and the rules every card hf_cads writes follows: values made
+"""Card templates (``hf_cads/card_templates/``) and the rules every card hf_cads writes follows: values made
 YAML-safe, secrets redacted, no access token ever written.
 
 Shared by the dataset cards of :mod:`hf_cads.hub` and the model card of :mod:`hf_cads.trainer`.
@@ -10,7 +10,6 @@ import math
 import re
 from collections.abc import Mapping
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,27 +20,28 @@ _SECRET_KEY = re.compile(r"(^|_)(token|password|secret|api_key|apikey)$", re.IGN
 _HF_TOKEN = re.compile(r"hf_[A-Za-z0-9]{20,}")
 
 
-def card_template(name: str) -> str:
-    """The text of a card template in ``model_cards/``.
+CARD_TEMPLATES = "card_templates"
+"""The package-data folder of the card templates (``hf_cads/card_templates/``)."""
 
-    Installed packages carry the templates as ``hf_cads/model_cards`` package data (a link to the
-    repository's ``model_cards/`` folder, the one copy of them); a checkout without that link
-    reads the folder directly.
+
+def card_template(name: str) -> str:
+    """The text of the card template ``name`` in ``hf_cads/card_templates/`` (package data).
+
+    Example:
+        >>> card_template("selected_subset.md").startswith("---")
+        True
     """
-    packaged = resources.files("hf_cads").joinpath("model_cards", name)
-    if packaged.is_file():
-        return packaged.read_text(encoding="utf-8")
-    checkout = Path(__file__).resolve().parents[1] / "model_cards" / name
-    if checkout.is_file():
-        return checkout.read_text(encoding="utf-8")
-    raise FileNotFoundError(
-        f"Card template {name!r} is missing from hf_cads/model_cards and model_cards/; reinstall hf_cads "
-        "(pip install -e .) from a complete checkout."
-    )
+    template = resources.files("hf_cads").joinpath(CARD_TEMPLATES, name)
+    if not template.is_file():
+        raise FileNotFoundError(
+            f"Card template {name!r} is missing from hf_cads/{CARD_TEMPLATES}/; reinstall hf_cads "
+            "(pip install --force-reinstall hf_cads)."
+        )
+    return template.read_text(encoding="utf-8")
 
 
 def render_template(name: str, **context: Any) -> str:
-    """Render a ``model_cards/`` template with Jinja; a variable the template uses but ``context``
+    """Render a ``card_templates/`` template with Jinja; a variable the template uses but ``context``
     lacks is an error, not an empty string."""
     import jinja2
 

@@ -3,6 +3,8 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The presets read the real data beside the checkout (as `make test` and the root conftest.py set it).
+os.environ.setdefault("HF_CADS_DATA_DIR", os.path.abspath(os.path.join(__file__, "../../../shared/data")))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -12,13 +14,13 @@ import torch  # noqa: E402
 if os.environ.get("HF_CADS_TEST_THREADS"):
     torch.set_num_threads(int(os.environ["HF_CADS_TEST_THREADS"]))
 
-from hf_cads.data import default_data_dir  # noqa: E402
+from hf_cads.data import local_data_dir  # noqa: E402
 from hf_cads.testing import tiny_causal_lm, tiny_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def data_dir():
-    return default_data_dir()
+    return local_data_dir()
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +56,29 @@ def tiny_model_dir(tmp_path, tokenizer):
     tiny_causal_lm(tokenizer).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """``benchmark_script("less_speed")``: a script of benchmarks/ as a module, for its own functions' tests."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(folder))  # the scripts import their shared helper as `_common`
+    loaded = {}
+
+    def load(name):
+        if name not in loaded:
+            spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module  # dataclasses look their module up by name
+            spec.loader.exec_module(module)
+            loaded[name] = module
+        return loaded[name]
+
+    yield load
+    for name in loaded:
+        sys.modules.pop(name, None)
+    sys.path.remove(str(folder))

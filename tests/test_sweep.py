@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_sweep(tmp_path, model_dir, **sweep):
-    recipe = yaml.safe_load((ROOT / "recipes" / "sweep.yaml").read_text())
+    recipe = yaml.safe_load((ROOT / "hf_cads" / "recipes" / "sweep.yaml").read_text())
     recipe.update(
         model_name_or_path=str(model_dir),
         output_dir=str(tmp_path / "sweep"),

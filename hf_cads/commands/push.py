@@ -34,7 +34,8 @@ def main(argv: Sequence[str]) -> int:
         commit_message=args.commit_message,
     )
     print(
-        f"hf-cads push: uploaded {args.local_dir} to https://huggingface.co/datasets/{args.repo_id} ({getattr(commit, 'commit_url', commit)})",
+        f"hf-cads push: uploaded {args.local_dir} to https://huggingface.co/datasets/{args.repo_id} "
+        f"({getattr(commit, 'commit_url', commit)})",
         flush=True,
     )
     return 0

@@ -1,17 +1,22 @@
-"""``hf-cads run [RECIPE.yaml] [--option value ...]``: select + budgeted finetune from a recipe."""
+"""``hf-cads run [RECIPE] [--option value ...]``: select + budgeted finetune from a recipe.
+
+``RECIPE`` is a YAML path or a shipped recipe's name (``hf-cads recipes`` lists them); without it
+the shipped ``quickstart`` runs. Flags override the recipe's options (``hf-cads run --help`` lists
+them all).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
-from ..pipeline import default_recipe, format_report, parse_recipe, run_budgeted_finetune
+from ..pipeline import default_recipe, find_recipe, format_report, parse_recipe, run_budgeted_finetune
 
 
 def main(argv: Sequence[str]) -> int:
-    recipe = Path(argv[0]) if argv and not argv[0].startswith("--") else default_recipe()
-    overrides = list(argv[1:] if argv and not argv[0].startswith("--") else argv)
-    run_config, training_args = parse_recipe(recipe, overrides)
+    argv = list(argv)
+    named = bool(argv) and not argv[0].startswith("-")
+    recipe = find_recipe(argv[0]) if named else default_recipe()
+    run_config, training_args = parse_recipe(recipe, argv[1:] if named else argv)
     print(f"hf-cads run {recipe}", flush=True)
     report = run_budgeted_finetune(run_config, training_args)
     print(format_report(report), flush=True)

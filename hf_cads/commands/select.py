@@ -10,31 +10,35 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data import TaskData, load_targets_data, parse_source, source_composition, target_preset
 from ..decontamination import ContaminationReport
 from ..distributed import current_processes
 from ..flops import FlopLedger
-from ..hub import DatasetReference, save_selection
 from ..models import load_causal_lm
 from ..pipeline import (
     Decontamination,
     RunConfig,
     decontaminate_run_data,
     default_recipe,
+    find_recipe,
     load_run_data,
     model_load_options,
+    on_loaded_pool,
     parse_recipe,
+    save_subset,
 )
 from ..selectors import build_selector, get_selector_class, select_for_targets, select_within_budget
-from ..selectors.base import SelectionResult, Selector, restore_pool_rows
+from ..selectors.base import Selector
+from ..selectors.result import SelectionResult
 from ..selectors.within_budget import ONE_PASS, SCORED_ONCE, TargetSelections
-from ..sources import TaskData, load_targets_data, parse_source, target_preset
 
 TARGET_FIELD = "{target}"
 """Placeholder of ``--repo-id`` with ``--targets``: each target's folder names its own repo."""
 
 
 def main(argv: Sequence[str]) -> int:
-    """``hf-cads select [RECIPE] --local-dir DIR [--targets A B ...] [--repo-id ID] [--config-name NAME] [--overwrite] [--option value ...]``
+    """``hf-cads select [RECIPE] --local-dir DIR [--targets A B ...] [--repo-id ID] [--config-name NAME]
+    [--overwrite] [--option value ...]``
 
     Runs the recipe's selector on its pool and target (no training) and writes the selection as a
     dataset folder: exactly what ``hf-cads push DIR REPO_ID`` uploads. With ``--targets`` it
@@ -61,7 +65,7 @@ def main(argv: Sequence[str]) -> int:
     argv = list(argv)
     # As for `hf-cads run`: an optional recipe first, then flags; flags this parser does not know
     # override recipe options.
-    recipe = Path(argv.pop(0)) if argv and not argv[0].startswith("-") else default_recipe()
+    recipe = find_recipe(argv.pop(0)) if argv and not argv[0].startswith("-") else default_recipe()
     args, overrides = parser.parse_known_args(argv)
     run, training = parse_recipe(recipe, overrides)
     if training.selector is None:
@@ -84,9 +88,11 @@ def main(argv: Sequence[str]) -> int:
         return 0
     print_decontamination(decontamination)
     folder = save_target(result, args.local_dir, data, validation, args.repo_id, args, training.flop_budget)
+    sources = source_composition(result.dataset)
     print(
         f"hf-cads select: kept {len(result)} of {result.pool_size} rows with {result.selector} "
-        f"({result.flops:.4g} FLOPs); wrote {folder} (load_dataset({str(folder)!r}, {args.config_name!r}))",
+        + (f"{sources} " if sources else "")
+        + f"({result.flops:.4g} FLOPs); wrote {folder} (load_dataset({str(folder)!r}, {args.config_name!r}))",
         flush=True,
     )
     return 0
@@ -106,16 +112,6 @@ def recipe_selector(run: RunConfig, training: Any) -> Selector:
     )
 
 
-def on_loaded_pool(
-    result: SelectionResult, loaded_pool: Any, decontamination: Decontamination | None
-) -> SelectionResult:
-    """A selection from the decontaminated pool re-expressed on the pool as loaded (``pool_index``)."""
-    if decontamination is None:
-        return result
-    rows = decontamination.kept_pool_rows if decontamination.mode == "drop" else list(range(len(loaded_pool)))
-    return restore_pool_rows(result, loaded_pool, rows, {"decontamination": decontamination.summary()})
-
-
 def save_target(
     result: SelectionResult,
     folder: Any,
@@ -126,17 +122,11 @@ def save_target(
     flop_budget: float | None,
 ) -> Path:
     """Write one selection folder (parquet shards + dataset card) of a target."""
-    parent = DatasetReference(
-        data.descriptions["pool"], fingerprint=getattr(data.pool, "_fingerprint", None), num_rows=len(data.pool)
-    )
-    target = DatasetReference(
-        data.descriptions["target"], fingerprint=getattr(validation, "_fingerprint", None), num_rows=len(validation)
-    )
-    return save_selection(
+    return save_subset(
         result,
         folder,
-        parent=parent,
-        target=target,
+        data,
+        validation,
         repo_id=repo_id,
         flop_budget=flop_budget,
         config_name=args.config_name,
@@ -148,7 +138,8 @@ def print_decontamination(decontamination: Decontamination | None) -> None:
     if decontamination is not None:
         summary = decontamination.summary()
         print(
-            f"decontamination ({summary['mode']}): {summary['pool_rows_overlapping']} pool rows overlap the eval rows, "
+            f"decontamination ({summary['mode']}): {summary['pool_rows_overlapping']} pool rows overlap the eval "
+            "rows, "
             f"{summary['pool_rows_dropped']} dropped",
             flush=True,
         )
@@ -161,8 +152,9 @@ def select_targets(run: RunConfig, training: Any, args: Any, overrides: Sequence
         raise ValueError("Pass either --target NAME (one target) or --targets NAME [NAME ...] (several), not both.")
     if args.repo_id is not None and TARGET_FIELD not in args.repo_id:
         raise ValueError(
-            f"--repo-id {args.repo_id!r} names one dataset repo, but --targets writes a folder per target; put {TARGET_FIELD} "
-            "in it (e.g. me/bbh-less-{target}) or leave --repo-id out and push each folder with hf-cads push DIR/NAME REPO_ID."
+            f"--repo-id {args.repo_id!r} names one dataset repo, but --targets writes a folder per target; put "
+            f"{TARGET_FIELD} in it (e.g. me/bbh-less-{{target}}) or leave --repo-id out and push each folder with "
+            "hf-cads push DIR/NAME REPO_ID."
         )
     names = target_folder_names(args.targets, run.data_dir)
     tasks = dict(
@@ -269,7 +261,8 @@ def decontaminate_targets(
     if run.decontaminate == "drop" and merged.matches:
         if not merged.keep_rows:
             raise ValueError(
-                "No pool row is left after decontamination: every one overlaps some target's eval rows; check that pool and eval differ."
+                "No pool row is left after decontamination: every one overlaps some target's eval rows; check that "
+                "pool and eval differ."
             )
         pool = pool.select(merged.keep_rows)
     return {name: validation for name, (validation, _, _) in checked.items()}, pool, found_per_target
@@ -286,7 +279,8 @@ def describe_path(selector: Selector, chosen: TargetSelections) -> str:
             else f"the score cache {chosen.score_cache}"
         )
         return (
-            f"{selector.name} does not use the target: the pool is scored once and the other {len(chosen.charges) - 1} "
+            f"{selector.name} does not use the target: the pool is scored once and the other "
+            f"{len(chosen.charges) - 1} "
             f"target(s) read those scores from {where}"
         )
     cache = (

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
 from ..pipeline import find_recipe
 from ..sweep_grid import run_sweep
@@ -13,14 +12,10 @@ from ..sweep_grid import run_sweep
 def main(argv: Sequence[str]) -> int:
     """``hf-cads sweep SWEEP.yaml [--budget FLOPS] [--option value ...]``: run the grid, record, plot."""
     parser = argparse.ArgumentParser(prog="hf-cads sweep", description=main.__doc__)
-    parser.add_argument("sweep_file", nargs="?", default=None, help="sweep YAML (default recipes/sweep.yaml)")
+    parser.add_argument("sweep_file", nargs="?", default=None, help="sweep YAML path or shipped name (default: sweep)")
     parser.add_argument("--budget", type=float, default=None, help="also recommend a selector for this FLOP budget")
     options, overrides = parser.parse_known_args(list(argv))
-    sweep_file = (
-        Path(options.sweep_file)
-        if options.sweep_file
-        else find_recipe("sweep.yaml", "pass a sweep file: hf-cads sweep path/to/sweep.yaml")
-    )
+    sweep_file = find_recipe(options.sweep_file or "sweep", "pass a sweep file: hf-cads sweep path/to/sweep.yaml")
     summary = run_sweep(sweep_file, overrides, budget=options.budget)
     from accelerate import PartialState
 

@@ -25,6 +25,7 @@ PHASES = ("selection", "train", "eval")
 """Ledger phases. ``selection`` and ``train`` count against the budget; ``eval`` is reported only."""
 
 BUDGETED_PHASES = ("selection", "train")
+"""The phases whose FLOPs count against the budget (``spent``); ``eval`` is reported beside them."""
 
 
 class BudgetExceededError(RuntimeError):

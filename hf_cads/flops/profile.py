@@ -18,6 +18,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -78,7 +80,7 @@ class FlopProfile:
     token, or a sentence-transformers ``Dense`` head on the pooled embedding (sentence-T5, GTR)."""
 
     # -- structure -----------------------------------------------------------------------------
-    @property
+    @functools.cached_property  # every forward_flops call reads it: summed once, not per batch
     def num_params(self) -> int:
         """Matmul parameters (embedding lookups excluded, an untied LM head included)."""
         return sum(layer.macs_per_token for layer in self.linears)

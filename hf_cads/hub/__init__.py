@@ -2,7 +2,7 @@
 
 A selection is shared as a dataset repository: the chosen rows as parquet shards (every parent
 column plus ``score`` and ``pool_index``) and a ``README.md`` dataset card rendered from
-``model_cards/selected_subset.md``. The card's metadata carries the provenance in a structured
+``hf_cads/card_templates/selected_subset.md``. The card's metadata carries the provenance in a structured
 ``hf_cads`` block: parent and target datasets (name, revision or fingerprint), selector and its full
 configuration, FLOPs spent and planned, k, fraction, seed, hf_cads version and a score histogram.
 
@@ -18,7 +18,8 @@ Example:
     >>> result = get_selector("bm25").select(pool, target=validation, fraction=0.1)  # doctest: +SKIP
     >>> push_selection(result, "me/bbh-bm25-10pct", parent=pool, target=validation,
     ...                flop_budget=1.2e13, local_dir="subset")  # writes only  # doctest: +SKIP
-    >>> push_selection(result, "me/bbh-bm25-10pct", parent=pool, target=validation, flop_budget=1.2e13)  # doctest: +SKIP
+    >>> push_selection(result, "me/bbh-bm25-10pct", parent=pool, target=validation,
+    ...                flop_budget=1.2e13)  # doctest: +SKIP
 """
 
 from ..templates import METADATA_KEY, card_template, render_template

@@ -1,5 +1,5 @@
 """Dataset cards of shared selections: provenance metadata, score histograms and rendering from
-``model_cards/`` templates (plus the redaction shared by every card hf_cads writes)."""
+``hf_cads/card_templates/`` templates (plus the redaction shared by every card hf_cads writes)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._version import __version__
+from ..data import source_composition
 from ..selectors.base import INDEX_COLUMN, SCORE_COLUMN
 from ..templates import METADATA_KEY, format_flops, format_number, plain_values, redact, render_template
 
@@ -78,7 +79,8 @@ def describe_dataset(dataset: Any, role: str) -> DatasetReference:
             name = f"{name} ({info.config_name})"
         return DatasetReference(name, fingerprint=getattr(dataset, "_fingerprint", None), num_rows=len(dataset))
     raise TypeError(
-        f"{role} must be the datasets.Dataset you selected from, its Hub id, or a DatasetReference(name, revision=...); "
+        f"{role} must be the datasets.Dataset you selected from, its Hub id, or a "
+        "DatasetReference(name, revision=...); "
         f"got {type(dataset).__name__}."
     )
 
@@ -153,7 +155,8 @@ def selection_provenance(
     parent_ref = describe_dataset(parent, "parent")
     if parent_ref.num_rows is not None and parent_ref.num_rows != result.pool_size:
         raise ValueError(
-            f"parent has {parent_ref.num_rows} rows but the selection was made from a pool of {result.pool_size} rows; "
+            f"parent has {parent_ref.num_rows} rows but the selection was made from a pool of {result.pool_size} "
+            "rows; "
             "pass the dataset you selected from as parent= (its pool_index values index into it)."
         )
     if parent_ref.num_rows is None:
@@ -195,6 +198,7 @@ def selection_provenance(
                 "pool_size": int(result.pool_size),
                 "fraction": len(result) / result.pool_size,
                 "duplicates_dropped": int((result.extras.get("deduplication") or {}).get("dropped", 0)),
+                "sources": source_composition(result.dataset),
                 "decontamination": result.extras.get("decontamination"),
                 "flops": flops,
                 "columns": {"score": SCORE_COLUMN, "index": INDEX_COLUMN},
@@ -277,6 +281,7 @@ def _selection_context(entry: Mapping[str, Any]) -> dict[str, Any]:
         "fraction_percent": f"{100 * entry['fraction']:.3g}%",
         "seed": entry.get("seed"),
         "duplicates_dropped": entry.get("duplicates_dropped", 0),
+        "sources": ", ".join(f"{name}: {rows}" for name, rows in (entry.get("sources") or {}).items()),
         **_decontamination_context(entry.get("decontamination")),
         "selection_flops": selection,
         "planned_training_flops": planned,
@@ -299,7 +304,8 @@ def _decontamination_context(summary: Mapping[str, Any] | None) -> dict[str, Any
         for e in summary.get("examples", [])
     ]
     return {
-        "contaminated": f"{summary['pool_rows_overlapping']} {verb} ({summary['ngram_size']}-gram or exact overlap with the eval rows)",
+        "contaminated": f"{summary['pool_rows_overlapping']} {verb} ({summary['ngram_size']}-gram or exact overlap "
+        "with the eval rows)",
         "contamination_examples": examples,
     }
 

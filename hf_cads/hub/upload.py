@@ -236,7 +236,8 @@ def _data_dir(config_name: str) -> str:
 def _check_config_name(config_name: str, split: str) -> None:
     if not isinstance(config_name, str) or not _CONFIG_NAME.match(config_name) or config_name == "data":
         raise ValueError(
-            f"config_name must be letters, digits, '_', '-' or '.' (not 'data'), e.g. 'bm25-10pct'; got {config_name!r}."
+            "config_name must be letters, digits, '_', '-' or '.' (not 'data'), e.g. 'bm25-10pct'; got "
+            f"{config_name!r}."
         )
     if not isinstance(split, str) or not re.match(r"^\w+(\.\w+)*$", split):
         raise ValueError(f"split must be a name such as 'train', got {split!r}.")

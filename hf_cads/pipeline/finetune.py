@@ -16,15 +16,15 @@ import os
 import time
 from typing import Any
 
-from ..data import column_values, get_texts
+from ..data import get_texts, source_composition
 from ..evaluation import answers_fit, exact_match, question_answer_pairs
 from ..flops import FlopLedger, FlopProfile
 from ..records import RECORDS_FILE, append_record, experiment_key, record_from_trainer
-from ..selectors.base import restore_pool_rows
 from ..selectors.scoring import CausalLMScorer
 from ..trainer import BudgetedSFTTrainer, BudgetedTrainer, BudgetedTrainingArguments, sft_config_from
 from ..trainer.tokenization import has_completions, tokenize_for_causal_lm
-from .inputs import RunInputs, load_run_inputs
+from .inputs import RunInputs, load_run_inputs, on_loaded_pool
+from .outputs import keep_run_outputs
 from .recipe import RunConfig
 
 
@@ -92,7 +92,8 @@ def run_setup(run: RunConfig, args: BudgetedTrainingArguments) -> dict[str, Any]
         "max_pool_chars": run.max_pool_chars,
         "eval_examples": run.eval_examples,
         "exact_match_max_new_tokens": run.exact_match_max_new_tokens,
-        "lora_r": run.lora_r,
+        # A full finetune keeps the key it had as ``lora_r: 0``.
+        "lora_r": run.lora_r if run.use_peft else 0,
         "num_train_epochs": args.num_train_epochs,
         "max_seq_length": args.max_seq_length,
         "learning_rate": args.learning_rate,
@@ -106,6 +107,12 @@ def run_setup(run: RunConfig, args: BudgetedTrainingArguments) -> dict[str, Any]
         **({"decontaminate": run.decontaminate} if run.decontaminate != "drop" else {}),
         **({"train_on_prompt": True} if args.train_on_prompt else {}),
         **({"load_in_4bit": run.bnb_4bit_quant_type} if run.load_in_4bit else {}),
+        **({"load_in_8bit": True} if run.load_in_8bit else {}),
+        **(
+            {"lora_variant": "dora" if run.use_dora else "rslora"}
+            if run.use_peft and (run.use_dora or run.use_rslora)
+            else {}
+        ),
         **({"trainer": run.trainer} if run.trainer else {}),
         **({"packing": True} if run.packing else {}),
     }
@@ -196,17 +203,9 @@ def run_budgeted_finetune(
     else:
         model = copy.deepcopy(inputs.model)  # training changes the weights (and peft injects adapters)
     validation, test, pool, tokenizer = inputs.validation, inputs.test, inputs.pool, inputs.tokenizer
-    peft_config = None
-    if run.lora_r > 0:
-        from peft import LoraConfig
+    from trl import get_peft_config
 
-        peft_config = LoraConfig(
-            r=run.lora_r,
-            lora_alpha=run.lora_alpha,
-            lora_dropout=run.lora_dropout,
-            target_modules=list(run.lora_target_modules),
-            task_type="CAUSAL_LM",
-        )
+    peft_config = get_peft_config(run)
     baseline_key = (args.per_device_eval_batch_size, args.max_seq_length, run.exact_match_max_new_tokens)
     if baseline_key not in inputs.baselines:
         # The untrained model scores the same in every run that shares these inputs: measure it once.
@@ -225,12 +224,9 @@ def run_budgeted_finetune(
     train_output = trainer.train()
     parent_pool = inputs.data.pool if inputs.data is not None else pool
     decontamination = inputs.decontamination
-    if decontamination is not None and trainer.selection_result is not None:
+    if trainer.selection_result is not None:
         # Selection ran on the decontaminated pool; its pool_index must point at the rows the user gave.
-        rows = decontamination.kept_pool_rows if decontamination.mode == "drop" else list(range(len(parent_pool)))
-        trainer.selection_result = restore_pool_rows(
-            trainer.selection_result, parent_pool, rows, {"decontamination": decontamination.summary()}
-        )
+        trainer.selection_result = on_loaded_pool(trainer.selection_result, parent_pool, decontamination)
     after, after_flops = evaluate_target(trainer.model, tokenizer, test, run, args)
     ledger = trainer.flop_ledger
     ledger.charge("eval", before_flops + after_flops)
@@ -251,11 +247,7 @@ def run_budgeted_finetune(
         "selector_config": selection.config if selection else None,
         "k": len(selection) if selection else len(pool),
         "duplicates_dropped": ledger.selection.duplicates_dropped if ledger.selection is not None else 0,
-        "selected_sources": _count(column_values(selection.dataset, "source"))
-        if selection and "source" in selection.dataset.column_names
-        else _count(column_values(pool, "source"))
-        if "source" in pool.column_names
-        else {},
+        "selected_sources": source_composition(selection.dataset if selection else pool),
         "trainer": type(trainer).__name__,
         "train_steps": trainer.state.global_step,
         "train_loss": float(train_output.training_loss),
@@ -272,6 +264,7 @@ def run_budgeted_finetune(
         "cpu_seconds": round(time.process_time() - cpu_started, 1),
         "run_records": run_records_path(run, args),
     }
+    report["outputs"] = keep_run_outputs(trainer, run, args, inputs.data, validation)
     if trainer.is_world_process_zero():
         os.makedirs(args.output_dir, exist_ok=True)
         with open(os.path.join(args.output_dir, "report.json"), "w", encoding="utf-8") as handle:
@@ -289,22 +282,32 @@ def run_budgeted_finetune(
     return report
 
 
-def _count(values: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
-    return dict(sorted(counts.items()))
-
-
 def _decontamination_line(summary: dict[str, Any] | None) -> str:
     if not summary:
         return "decontamination: off"
     line = (
-        f"decontamination ({summary['ngram_size']}-grams, {summary['mode']}): {summary['pool_rows_overlapping']} pool rows "
-        f"overlap eval rows, {summary['pool_rows_dropped']} dropped; {summary['target_rows_overlapping']} target rows overlap"
+        f"decontamination ({summary['ngram_size']}-grams, {summary['mode']}): {summary['pool_rows_overlapping']} "
+        f"pool rows overlap eval rows, {summary['pool_rows_dropped']} dropped; "
+        f"{summary['target_rows_overlapping']} target rows overlap"
     )
     for example in summary["examples"]:
-        line += f"\n  pool row {example['pool_row']} ~ eval[{example['test_row']}] ({example['kind']}): {example['overlap'][:70]!r}"
+        line += (
+            f"\n  pool row {example['pool_row']} ~ eval[{example['test_row']}] ({example['kind']}): "
+            f"{example['overlap'][:70]!r}"
+        )
+    return line
+
+
+def _outputs_line(outputs: dict[str, Any] | None) -> str:
+    if not outputs:
+        return ""
+    line = f"model, tokenizer and model card saved to {outputs['model']}"
+    if outputs.get("model_repo"):
+        line += f" and pushed to https://huggingface.co/{outputs['model_repo']}"
+    if outputs.get("subset"):
+        line += f"\nselected subset saved to {outputs['subset']}"
+    if outputs.get("subset_repo"):
+        line += f"\nselected subset pushed to https://huggingface.co/datasets/{outputs['subset_repo']}"
     return line
 
 
@@ -314,7 +317,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"pool: {report['pool_size']} rows -> selected {report['k']}  {report['selected_sources']}"
         + (f"  ({report['duplicates_dropped']} duplicated rows dropped)" if report.get("duplicates_dropped") else ""),
         _decontamination_line(report.get("decontamination")),
-        f"trainer: {report.get('trainer', 'BudgetedTrainer')}   train steps: {report['train_steps']}   train loss: {report['train_loss']:.4f}",
+        f"trainer: {report.get('trainer', 'BudgetedTrainer')}   train steps: {report['train_steps']}   "
+        f"train loss: {report['train_loss']:.4f}",
         f"target loss before: {report['target_loss_before']:.4f}   after: {report['target_loss_after']:.4f}   "
         f"(ppl {math.exp(report['target_loss_before']):.2f} -> {math.exp(report['target_loss_after']):.2f})",
         f"exact match before: {report['exact_match_before']:.3f}   after: {report['exact_match_after']:.3f}"
@@ -324,5 +328,6 @@ def format_report(report: dict[str, Any]) -> str:
         FlopLedger.format_breakdown(report["ledger"]),
         f"wall time: {report['seconds']} s",
         f"run record appended to {report['run_records']} (hf-cads plan reads it)" if "run_records" in report else "",
+        _outputs_line(report.get("outputs")),
     ]
     return "\n".join(line for line in lines if line)

@@ -15,9 +15,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..data import TaskData, load_task_data
 from ..decontamination import ContaminationReport, find_contamination
 from ..models import check_bitsandbytes
-from ..sources import TaskData, load_task_data
+from ..selectors.result import restore_pool_rows
 from ..trainer import BudgetedTrainingArguments
 from .recipe import RunConfig
 
@@ -50,7 +51,7 @@ class RunInputs:
 
 def load_run_data(run: RunConfig, seed: int) -> TaskData:
     """A run's target splits (test cut to ``eval_examples``) and pool (seeded by ``seed``), from
-    presets or your own sources (:func:`hf_cads.sources.load_task_data`)."""
+    presets or your own sources (:func:`hf_cads.data.load_task_data`)."""
     return load_task_data(
         run.target,
         run.pool,
@@ -88,6 +89,15 @@ class Decontamination:
         }
 
 
+def on_loaded_pool(result: Any, loaded_pool: Any, decontamination: Decontamination | None) -> Any:
+    """A selection made on the decontaminated pool re-expressed on the pool as loaded: its
+    ``pool_index`` points at the rows the user gave (``decontamination`` ``None``: unchanged)."""
+    if decontamination is None:
+        return result
+    rows = decontamination.kept_pool_rows if decontamination.mode == "drop" else list(range(len(loaded_pool)))
+    return restore_pool_rows(result, loaded_pool, rows, {"decontamination": decontamination.summary()})
+
+
 def decontaminate_run_data(run: RunConfig, data: TaskData) -> tuple[Any, Any, Decontamination | None]:
     """``(validation, pool)`` to select with: without the rows that overlap the test rows
     (``decontaminate: drop``), and what was found (``None`` when off)."""
@@ -106,42 +116,49 @@ def decontaminate_run_data(run: RunConfig, data: TaskData) -> tuple[Any, Any, De
         return data.validation, data.pool, result
     if target_report.matches and not target_report.keep_rows:
         raise ValueError(
-            f"No target row is left after decontamination: all {len(data.validation)} overlap the eval rows. Pass a target "
-            "set distinct from eval:, or set decontaminate: report to keep them."
+            f"No target row is left after decontamination: all {len(data.validation)} overlap the eval rows. Pass a "
+            "target set distinct from eval:, or set decontaminate: report to keep them."
         )
     validation = data.validation.select(target_report.keep_rows) if target_report.matches else data.validation
     pool = data.pool.select(pool_report.keep_rows) if pool_report.matches else data.pool
     if len(pool) == 0:
         raise ValueError(
-            "No pool row is left after decontamination: every one overlaps the eval rows; check that pool and eval differ."
+            "No pool row is left after decontamination: every one overlaps the eval rows; check that pool and eval "
+            "differ."
         )
     return validation, pool, result
 
 
 def model_load_options(run: RunConfig) -> dict[str, Any]:
-    """``from_pretrained`` options for the run's attention kernel, dtype and 4-bit (QLoRA) loading.
+    """``from_pretrained`` options for the run's revision, attention kernel, dtype and 4-bit / 8-bit
+    (QLoRA) loading: the ``BitsAndBytesConfig`` is TRL's ``get_quantization_config`` of the run, with
+    the run's ``bnb_4bit_compute_dtype``.
 
-    4-bit loading needs bitsandbytes (>= 0.48, whose 4-bit layers run on CPU as well as CUDA);
+    Quantised loading needs bitsandbytes (>= 0.48, whose 4-bit layers run on CPU as well as CUDA);
     without it this raises an error saying so (rather than failing inside ``from_pretrained``).
+
+    Example:
+        >>> from hf_cads.pipeline import RunConfig
+        >>> model_load_options(RunConfig(attn_implementation="eager", dtype="float32"))
+        {'attn_implementation': 'eager', 'dtype': torch.float32}
     """
     import torch
 
     options: dict[str, Any] = {}
+    if run.model_revision not in (None, "main"):
+        options["revision"] = run.model_revision
     if run.attn_implementation:
         options["attn_implementation"] = run.attn_implementation
     if run.dtype:
         options["dtype"] = run.dtype if run.dtype == "auto" else getattr(torch, run.dtype)
-    if run.load_in_4bit:
+    if run.quantized:
         check_bitsandbytes()
-        from transformers import BitsAndBytesConfig
+        from trl import get_quantization_config
 
-        options["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=run.bnb_4bit_quant_type,
-            bnb_4bit_compute_dtype=getattr(torch, run.bnb_4bit_compute_dtype),
-            bnb_4bit_use_double_quant=run.bnb_4bit_use_double_quant,
-            bnb_4bit_quant_storage=getattr(torch, run.bnb_4bit_quant_storage or "uint8"),
-        )
+        quantization = get_quantization_config(run)
+        if run.load_in_4bit:
+            quantization.bnb_4bit_compute_dtype = getattr(torch, run.bnb_4bit_compute_dtype)
+        options["quantization_config"] = quantization
         sharded = any(
             os.environ.get(flag, "").lower() == "true" for flag in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
         )
@@ -164,7 +181,7 @@ def load_run_inputs(
     validation, pool, decontamination = decontaminate_run_data(run, data)
     if model_and_tokenizer is None:
         model, tokenizer = load_causal_lm(run.model_name_or_path, **model_load_options(run))
-        if run.load_in_4bit:
+        if run.quantized:
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(

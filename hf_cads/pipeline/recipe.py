@@ -1,124 +1,219 @@
-"""Recipes: a YAML file (or mapping) holding the fields of :class:`RunConfig` and
-:class:`~hf_cads.BudgetedTrainingArguments` side by side (flat, TRL style), read with
-:func:`parse_recipe`, which rejects unknown keys.
+"""Recipes: a YAML file (or mapping) holding the fields of :class:`RunConfig` (TRL's ``ModelConfig``
+plus what to select from and for) and of :class:`~hf_cads.BudgetedTrainingArguments` side by side,
+flat as in TRL's scripts, merged with command-line flags by TRL's ``TrlParser``.
+
+The recipes shipped with hf_cads live in ``hf_cads/recipes/`` (package data): :func:`find_recipe`
+takes a path or a shipped recipe's name (``quickstart``, ``smollm2-135m/lora-bm25``), and
+:func:`shipped_recipes` lists them (``hf-cads recipes``).
 
 Example:
-    >>> from hf_cads.pipeline import parse_recipe  # doctest: +SKIP
-    >>> run_config, training_args = parse_recipe("recipes/quickstart.yaml", ["--flop_budget", "3e14"])  # doctest: +SKIP
+    >>> from hf_cads.pipeline import find_recipe, parse_recipe
+    >>> run_config, training_args = parse_recipe(find_recipe("quickstart"), ["--flop_budget", "3e14"])
+    >>> run_config.model_name_or_path, run_config.use_peft, training_args.flop_budget
+    ('smollm2-135m-instruct', True, 300000000000000.0)
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from trl import ModelConfig
 
 from ..data import POOL_SOURCES
 from ..decontamination import DEFAULT_NGRAM_SIZE
 from ..lora import DEFAULT_LORA_R, DEFAULT_LORA_TARGET_MODULES
 from ..trainer import BudgetedTrainingArguments
 
+logger = logging.getLogger(__name__)
+
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
 TRAINERS = ("sft", "causal-lm")
 DECONTAMINATE_MODES = ("drop", "report", "off")
-QUICKSTART = "quickstart.yaml"
+QUICKSTART = "quickstart"
+RECIPES_FOLDER = "recipes"
+ACCELERATE_CONFIGS_FOLDER = "accelerate_configs"
+RECIPE_SUFFIXES = (".yaml", ".yml")
 
 
-def find_recipe(name: str, hint: str) -> Path:
-    """``recipes/<name>`` of the current directory or of the checkout; ``hint`` says what to pass instead."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        candidate = root / "recipes" / name
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"Cannot find recipes/{name}; {hint}")
+# -- shipped recipes ------------------------------------------------------------------------------
+def _shipped(folder: str) -> dict[str, Path]:
+    root = Path(str(resources.files("hf_cads").joinpath(folder)))
+    return {
+        path.relative_to(root).with_suffix("").as_posix(): path
+        for path in sorted(root.rglob("*"))
+        if path.suffix in RECIPE_SUFFIXES and path.is_file()
+    }
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Name -> file of the recipes in ``hf_cads/recipes/`` (names are paths without ``.yaml``).
+
+    Example:
+        >>> names = shipped_recipes()
+        >>> "quickstart" in names and "smollm2-135m/lora-bm25" in names
+        True
+    """
+    return _shipped(RECIPES_FOLDER)
+
+
+def shipped_accelerate_configs() -> dict[str, Path]:
+    """Name -> file of the ``accelerate launch --config_file`` configs in ``hf_cads/accelerate_configs/``.
+
+    Example:
+        >>> sorted(shipped_accelerate_configs())[:2]
+        ['deepspeed_zero3', 'fsdp']
+    """
+    return _shipped(ACCELERATE_CONFIGS_FOLDER)
+
+
+def find_recipe(name_or_path: str | os.PathLike, hint: str = "") -> Path:
+    """The recipe file ``name_or_path`` names: an existing file, else a shipped recipe's name
+    (``smollm2-135m/lora-bm25``, with or without ``.yaml``); ``hint`` ends the error otherwise.
+
+    Example:
+        >>> find_recipe("smollm2-135m/lora-bm25.yaml").name
+        'lora-bm25.yaml'
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    name = str(name_or_path)
+    for suffix in RECIPE_SUFFIXES:
+        name = name.removesuffix(suffix)
+    shipped = shipped_recipes()
+    if name in shipped:
+        return shipped[name]
+    raise FileNotFoundError(
+        f"Recipe file {str(name_or_path)!r} does not exist and no shipped recipe has that name; pass a path or "
+        f"one of {sorted(shipped)} (hf-cads recipes lists them){'; ' + hint if hint else ''}"
+    )
 
 
 def default_recipe() -> Path:
-    """``recipes/quickstart.yaml`` of the checkout (or the current directory)."""
-    return find_recipe(QUICKSTART, "pass a recipe path: hf-cads run path/to/recipe.yaml")
+    """The recipe ``hf-cads run`` runs without an argument: the shipped ``quickstart``."""
+    return find_recipe(QUICKSTART)
 
 
+def recipe_summary(path: str | os.PathLike) -> str:
+    """The first comment line of a recipe (its one-line description), without the ``#``.
+
+    Example:
+        >>> recipe_summary(find_recipe("quickstart")).startswith("The default of `hf-cads run`")
+        True
+    """
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip()
+        if line.strip():
+            break
+    return ""
+
+
+# -- the run's own options ------------------------------------------------------------------------
 @dataclass
-class RunConfig:
-    """What to finetune, on which pool, for which target.
+class RunConfig(ModelConfig):
+    """What to finetune (TRL's ``ModelConfig``), on which pool, for which target, and what to keep.
+
+    The model, LoRA and 4-bit fields are TRL's ``ModelConfig`` (``model_name_or_path``, ``dtype``,
+    ``attn_implementation``, ``use_peft``, ``lora_r``, ``lora_alpha``, ``lora_dropout``,
+    ``lora_target_modules``, ``use_rslora``, ``use_dora``, ``load_in_4bit`` / ``load_in_8bit``,
+    ``bnb_4bit_quant_type``, ``use_bnb_nested_quant``, ``bnb_4bit_quant_storage``; see TRL's docs),
+    read with ``trl.get_peft_config`` / ``trl.get_quantization_config``. hf_cads keeps its own
+    defaults for some of them: a LoRA run (``use_peft=True``, ``lora_r=8``, ``lora_alpha=16``,
+    ``lora_dropout=0.0``, q/k/v/o projections), ``dtype=None`` (what the model loader picks) and
+    nested 4-bit quantisation on.
 
     Args:
-        model_name_or_path: causal LM to finetune (built-in alias, folder or Hub id).
         target: your data (a file, a folder, ``hub_id[:split]`` or a ``load_dataset`` mapping, see
-            :mod:`hf_cads.sources`), or a built-in target: a BBH task name (validation = its cot-prompt
-            exemplars, test = its examples) or ``gsm8k``.
+            :mod:`hf_cads.data.sources`), or a built-in target: a BBH task name (validation = its
+            cot-prompt exemplars, test = its examples) or ``gsm8k``.
         pool: your pool, given like ``target``; ``None`` or ``shared-mix``: the shared-data pool.
         eval: your test set, given like ``target``; ``None``: a seeded split of a user target.
         pool_sources: which shared-data sources make up the ``shared-mix`` pool.
         selection_text: what selectors score: ``example`` (prompt + response) or ``prompt`` (the
             prompt / messages before the first assistant turn).
-        decontaminate: pool and target rows that overlap test rows (exact after normalisation, or a
-            shared ``decontamination_ngram``-word run): ``drop`` (default), ``report`` (list them,
-            keep them) or ``off``.
+        decontaminate: pool and target rows that overlap test rows: ``drop`` (default), ``report``
+            (list them, keep them) or ``off``; ``decontamination_ngram`` is the shared word-run length.
         max_per_source: rows kept per source (seeded), to bound CPU time.
         max_pool_chars: drop pool rows longer than this many characters.
         eval_examples: target test rows used for the before/after loss (and exact match).
         exact_match_max_new_tokens: greedy tokens generated per test row for the exact-match
-            accuracy, measured when every evaluated answer is shorter than this (BBH answers such
-            as ``True`` or ``(B)``; not GSM8K's worked solutions); ``0`` turns it off.
-        data_dir: the shared data folder (default: ``$HF_CADS_DATA_DIR`` or ``../shared/data``).
-        lora_r / lora_alpha / lora_dropout / lora_target_modules: the LoRA adapter (``lora_r: 0`` = full finetune).
-        attn_implementation: attention kernel for the model (``eager`` makes FLOPs measurable).
-        dtype: weight dtype of the loaded model (``float32``, ``bfloat16``, ``float16`` or ``auto``;
-            ``None``: what the model loader picks).
-        load_in_4bit: QLoRA: load the base model with 4-bit weights (bitsandbytes) and train LoRA
-            adapters on it (needs ``lora_r > 0`` and ``pip install 'hf_cads[qlora]'``; runs on CPU and CUDA).
-        bnb_4bit_quant_type / bnb_4bit_compute_dtype / bnb_4bit_use_double_quant: the 4-bit format
-            (``nf4`` or ``fp4``), the dtype matmuls run in, and nested quantisation of the scales.
-        bnb_4bit_quant_storage: dtype the packed 4-bit weights are stored in; ``bfloat16`` lets FSDP
-            and DeepSpeed ZeRO-3 shard them (``None``: ``uint8``, for one GPU or DDP).
+            accuracy, measured when every evaluated answer is shorter than this; ``0`` turns it off.
+        data_dir: the shared data folder (default: ``$HF_CADS_DATA_DIR``).
+        bnb_4bit_compute_dtype: dtype the 4-bit matmuls run in (TRL uses ``dtype`` for it; hf_cads
+            keeps it apart so a float32 model on CPU can compute in bfloat16).
         run_records: JSON-lines file to append this run's record to (``None``: ``<output_dir>/runs.jsonl``).
-        trainer: ``sft`` (TRL's ``SFTTrainer`` as :class:`~hf_cads.BudgetedSFTTrainer`; chat
-            ``messages`` are rendered with the chat template) or ``causal-lm``
+        trainer: ``sft`` (:class:`~hf_cads.BudgetedSFTTrainer`) or ``causal-lm``
             (:class:`~hf_cads.BudgetedTrainer` on the ``text`` column). ``None``: ``sft`` when
-            ``packing`` is set or the pool has no ``text`` column (chat / prompt-completion data),
-            else ``causal-lm``.
+            ``packing`` is set or the pool has no ``text`` column, else ``causal-lm``.
         packing: pack rows into ``max_seq_length`` sequences, padding-free (``sft`` only).
+        save_subset: write the selected rows (parquet + dataset card) to ``<output_dir>/selected_subset``.
+        push_subset_to: dataset repo to push the selected subset to (the model card then links it).
+
+    Example:
+        >>> RunConfig(target="gsm8k", lora_r=16).lora_target_modules
+        ['q_proj', 'k_proj', 'v_proj', 'o_proj']
     """
 
-    model_name_or_path: str = "smollm2-135m-instruct"
-    target: str = "boolean_expressions"
-    pool: str | None = None
-    eval: str | None = None
-    pool_sources: list[str] = field(default_factory=lambda: list(POOL_SOURCES))
-    selection_text: str = "example"
-    decontaminate: str = "drop"
-    decontamination_ngram: int = DEFAULT_NGRAM_SIZE
-    max_per_source: int | None = 200
-    max_pool_chars: int | None = 1200
-    eval_examples: int = 32
-    exact_match_max_new_tokens: int = 8
-    data_dir: str | None = None
-    lora_r: int = DEFAULT_LORA_R
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGET_MODULES))
-    attn_implementation: str | None = None
-    run_records: str | None = None
-    dtype: str | None = None
-    load_in_4bit: bool = False
-    bnb_4bit_quant_type: str = "nf4"
-    bnb_4bit_compute_dtype: str = "bfloat16"
-    bnb_4bit_use_double_quant: bool = True
-    bnb_4bit_quant_storage: str | None = None
-    trainer: str | None = None
-    packing: bool = False
+    model_name_or_path: str | None = field(
+        default="smollm2-135m-instruct", metadata={"help": "Causal LM to finetune: built-in alias, folder or Hub id."}
+    )
+    dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "Weight dtype of the loaded model (default: what the loader picks).",
+            "choices": ["auto", "bfloat16", "float16", "float32"],
+        },
+    )
+    use_peft: bool = field(default=True, metadata={"help": "Train LoRA adapters (false: full finetune)."})
+    lora_r: int = field(default=DEFAULT_LORA_R, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(
+        default_factory=lambda: list(DEFAULT_LORA_TARGET_MODULES), metadata={"help": "LoRA target modules."}
+    )
+    use_bnb_nested_quant: bool = field(default=True, metadata={"help": "Nested quantisation of the 4-bit scales."})
+
+    target: str = field(default="boolean_expressions", metadata={"help": "Target data or built-in target name."})
+    pool: str | None = field(default=None, metadata={"help": "Pool data (default: the shared-mix pool)."})
+    eval: str | None = field(default=None, metadata={"help": "Test data (default: a seeded split of the target)."})
+    pool_sources: list[str] = field(
+        default_factory=lambda: list(POOL_SOURCES), metadata={"help": "Sources of the shared-mix pool."}
+    )
+    selection_text: str = field(default="example", metadata={"help": "What selectors score: example or prompt."})
+    decontaminate: str = field(default="drop", metadata={"help": "drop, report or off."})
+    decontamination_ngram: int = field(default=DEFAULT_NGRAM_SIZE, metadata={"help": "Shared word-run length."})
+    max_per_source: int | None = field(default=200, metadata={"help": "Rows kept per pool source."})
+    max_pool_chars: int | None = field(default=1200, metadata={"help": "Drop pool rows longer than this."})
+    eval_examples: int = field(default=32, metadata={"help": "Target test rows evaluated."})
+    exact_match_max_new_tokens: int = field(default=8, metadata={"help": "Tokens generated for exact match."})
+    data_dir: str | None = field(default=None, metadata={"help": "The shared data folder."})
+    bnb_4bit_compute_dtype: str = field(default="bfloat16", metadata={"help": "dtype the 4-bit matmuls run in."})
+    run_records: str | None = field(default=None, metadata={"help": "Run-record file to append to."})
+    trainer: str | None = field(default=None, metadata={"help": "sft or causal-lm (default: from the data)."})
+    packing: bool = field(default=False, metadata={"help": "Pack rows padding-free (sft only)."})
+    save_subset: bool = field(default=True, metadata={"help": "Write the selected subset to the output_dir."})
+    push_subset_to: str | None = field(default=None, metadata={"help": "Dataset repo to push the subset to."})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        # TRL turns a one-item list into a str, which peft reads as a regular expression over full
+        # module names; a plain module name must stay a list (``all-linear`` is peft's keyword).
+        if isinstance(self.lora_target_modules, str) and self.lora_target_modules != "all-linear":
+            self.lora_target_modules = [self.lora_target_modules]
         setting = str(self.decontaminate).strip().lower()
         self.decontaminate = {"true": "drop", "yes": "drop", "false": "off", "no": "off", "none": "off"}.get(
             setting, setting
         )
         if self.decontaminate not in DECONTAMINATE_MODES:
             raise ValueError(
-                f"decontaminate must be one of {list(DECONTAMINATE_MODES)} (or true/false), got {self.decontaminate!r}."
+                f"decontaminate must be one of {list(DECONTAMINATE_MODES)} (or true/false), got "
+                f"{self.decontaminate!r}."
             )
         if self.selection_text not in ("example", "prompt"):
             raise ValueError(
@@ -132,8 +227,8 @@ class RunConfig:
             )
         if self.max_per_source is not None and self.max_per_source < 1:
             raise ValueError(f"max_per_source must be >= 1 or null, got {self.max_per_source}.")
-        if self.lora_r < 0:
-            raise ValueError(f"lora_r must be >= 0 (0 = full finetune), got {self.lora_r}.")
+        if self.use_peft and self.lora_r < 1:
+            raise ValueError(f"lora_r must be >= 1, got {self.lora_r}; for a full finetune set use_peft: false.")
         for name, allowed in (
             ("dtype", (None, *MODEL_DTYPES, "auto")),
             ("bnb_4bit_compute_dtype", MODEL_DTYPES),
@@ -146,10 +241,19 @@ class RunConfig:
             raise ValueError(f"trainer must be one of {list(TRAINERS)}, got {self.trainer!r}.")
         if self.packing and self.trainer == "causal-lm":
             raise ValueError("packing is an SFTTrainer option; set trainer: sft (or drop packing).")
-        if self.load_in_4bit and self.lora_r == 0:
-            raise ValueError("load_in_4bit (QLoRA) trains LoRA adapters on frozen 4-bit weights; set lora_r > 0.")
+        if (self.load_in_4bit or self.load_in_8bit) and not self.use_peft:
+            raise ValueError(
+                "load_in_4bit / load_in_8bit (QLoRA) train LoRA adapters on frozen quantised weights; "
+                "set use_peft: true."
+            )
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the base model is loaded with 4-bit or 8-bit (bitsandbytes) weights."""
+        return bool(self.load_in_4bit or self.load_in_8bit)
 
 
+# -- reading a recipe -----------------------------------------------------------------------------
 def read_yaml_file(path: str | os.PathLike, what: str, missing_hint: str) -> Any:
     """The YAML document at ``path``, with errors naming ``what`` (e.g. ``Recipe``) and the file for a
     missing file (``missing_hint`` says what to pass instead) or invalid YAML."""
@@ -167,36 +271,71 @@ def read_yaml_file(path: str | os.PathLike, what: str, missing_hint: str) -> Any
 def parse_recipe(
     path: str | os.PathLike, overrides: list[str] | None = None
 ) -> tuple[RunConfig, BudgetedTrainingArguments]:
-    """Read a recipe YAML into ``(RunConfig, BudgetedTrainingArguments)``; ``overrides`` are CLI flags."""
+    """Read a recipe YAML into ``(RunConfig, BudgetedTrainingArguments)``; ``overrides`` are CLI flags.
+
+    Example:
+        >>> run_config, args = parse_recipe(find_recipe("quickstart"), ["--selector", "random"])
+        >>> args.selector, args.selector_kwargs  # the recipe's bm25 options stay with bm25
+        ('random', None)
+    """
     path = Path(path)
-    data = read_yaml_file(path, "Recipe", "pass the path to a recipe YAML (see recipes/).")
+    data = read_yaml_file(path, "Recipe", "pass a recipe path or a shipped recipe's name (hf-cads recipes).")
     if not isinstance(data, dict):
         raise ValueError(f"Recipe {str(path)!r} must be a YAML mapping of option: value, got {type(data).__name__}.")
     return recipe_from_dict(data, overrides, source=str(path))
 
 
+def overridden_selector(overrides: list[str]) -> str | None:
+    """The selector ``--selector NAME`` (or ``--selector=NAME``) names in command-line flags, if any."""
+    for index, flag in enumerate(overrides):
+        if flag == "--selector" and index + 1 < len(overrides):
+            return overrides[index + 1]
+        if flag.startswith("--selector="):
+            return flag.split("=", 1)[1]
+    return None
+
+
 def recipe_from_dict(
     data: dict[str, Any], overrides: list[str] | None = None, source: str = "<dict>"
 ) -> tuple[RunConfig, BudgetedTrainingArguments]:
-    """:func:`parse_recipe` for a mapping already read (``source`` names it in errors)."""
-    from transformers import HfArgumentParser
+    """:func:`parse_recipe` for a mapping already read (``source`` names it in errors).
 
-    parser = HfArgumentParser((RunConfig, BudgetedTrainingArguments))
-    known = {f for dc in parser.dataclass_types for f in dc.__dataclass_fields__}
+    The mapping sets the defaults of ``TrlParser((RunConfig, BudgetedTrainingArguments))`` and the
+    ``overrides`` are parsed over them, as ``trl`` scripts read ``--config``. A ``--selector`` that
+    names another selector than the recipe leaves the recipe's ``selector_kwargs`` (written for
+    that selector) behind, with a log line, unless ``--selector_kwargs`` comes with it.
+
+    Example:
+        >>> run_config, args = recipe_from_dict({"target": "gsm8k", "output_dir": "out"}, ["--lora_r", "4"])
+        >>> run_config.target, run_config.lora_r, args.output_dir
+        ('gsm8k', 4, 'out')
+    """
+    from trl import TrlParser
+
+    overrides = list(overrides or [])
+    data = dict(data)
+    parser = TrlParser((RunConfig, BudgetedTrainingArguments))
+    known = {action.dest for action in parser._actions}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(
             f"Recipe {source!r} has unknown option(s) {unknown}; see `hf-cads run --help` for valid ones."
         )
-    args: list[str] = []
-    for key, value in data.items():
-        if value is None:
-            continue
-        if isinstance(value, (list, tuple)):
-            args += [f"--{key}", *[str(v) for v in value]]
-        elif isinstance(value, dict):
-            args += [f"--{key}", json.dumps(value)]
-        else:
-            args += [f"--{key}", str(value)]
-    run_config, training_args = parser.parse_args_into_dataclasses(args=args + list(overrides or []))
+    selector = overridden_selector(overrides)
+    if (
+        selector is not None
+        and selector != data.get("selector")
+        and data.get("selector_kwargs")
+        and not any(flag == "--selector_kwargs" or flag.startswith("--selector_kwargs=") for flag in overrides)
+    ):
+        logger.info(
+            "--selector %s replaces the recipe's selector %r: its selector_kwargs %s stay with it (pass "
+            "--selector_kwargs for %s's options)",
+            selector,
+            data.get("selector"),
+            data.pop("selector_kwargs"),
+            selector,
+        )
+    parser.set_defaults_with_config(**data)
+    run_config, training_args = parser.parse_args_into_dataclasses(args=overrides)
     return run_config, training_args

@@ -17,7 +17,7 @@ from ..records import RunRecord
 
 logger = logging.getLogger(__name__)
 
-EXPENSIVE_SELECTORS = ("perplexity", "less", "cads", "cads-e", "cads-s")
+EXPENSIVE_SELECTORS = ("perplexity", "less", "cads", "cads-e", "cads-s", "rds")
 """Selectors that score every pool row with a language model (forward passes or gradients)."""
 
 _LOWER_IS_BETTER_WORDS = ("loss", "perplexity", "ppl", "error", "wer", "cer", "nll")
@@ -64,7 +64,10 @@ def unbent_fit_reason(fit: PerformanceFit) -> str | None:
         and math.isfinite(fit.ceiling)
         and fit.p_max >= fit.ceiling - 1e-9 * max(1.0, abs(fit.ceiling))
     ):
-        return f"its asymptote P_max = {fit.p_max:.3g} is the bound of the fit, the metric's ceiling (the curve keeps rising)"
+        return (
+            f"its asymptote P_max = {fit.p_max:.3g} is the bound of the fit, the metric's ceiling "
+            "(the curve keeps rising)"
+        )
     if not fit.higher_is_better and fit.p0 > 0 and abs(fit.p_max) <= 1e-9 * max(1.0, abs(fit.p0)):
         return "its asymptote P_max = 0 is the bound of the fit (the curve keeps falling)"
     share = fit.measured_share

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .._extras import require_extra
 from .report import Plan, display_names
 
 # -- the plot ----------------------------------------------------------------------------------
@@ -28,6 +29,7 @@ PALETTE = [
 def plot_plan(plan: Plan, path: str | Path, *, title: str | None = None) -> Path:
     """Write the planner figure as PNG: log-FLOPs x axis, one colour per selector, scatter = runs,
     curves = fits (band = interval), dashed = Pareto frontier, dotted = before finetuning and budget."""
+    require_extra("matplotlib", "plot", "the planner figure")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -75,7 +75,8 @@ def amortised_selection_flops(fit: PerformanceFit, selection_cost: float, target
     (the whole selection shared).
 
     Example:
-        >>> fit = PerformanceFit("less", 0.0, 1.0, 1.0, np.zeros((3, 3)), 1.0, selection_flops=10.0, selection_pool_flops=8.0)
+        >>> fit = PerformanceFit("less", 0.0, 1.0, 1.0, np.zeros((3, 3)), 1.0, selection_flops=10.0,
+        ...                      selection_pool_flops=8.0)
         >>> amortised_selection_flops(fit, 10.0, targets=4)  # 8 / 4 + 2
         4.0
     """
@@ -249,7 +250,7 @@ def break_even_ratios(
     for label in expensive:
         fit = fits[label]
 
-        def advantage(scale: float) -> float:
+        def advantage(scale: float, fit: PerformanceFit = fit, label: str = label) -> float:
             mine = _value_at_scale(fit, budget, costs[label], targets, scale)
             theirs = max(_value_at_scale(fits[c], budget, costs[c], targets, scale) for c in cheap)
             if mine == -np.inf:

@@ -64,7 +64,8 @@ class Plan:
         first = self.records[0]
         name = display_names(sorted({r.label for r in self.records}))
         lines = [
-            f"{len(self.records)} runs of {first.model} on {first.target}; metric {self.metric} ({direction} is better)",
+            f"{len(self.records)} runs of {first.model} on {first.target}; metric {self.metric} ({direction} is "
+            "better)",
         ]
         long_names = {short: label for label, short in name.items() if short != label}
         if long_names:
@@ -125,8 +126,10 @@ class Plan:
             if self.targets > 1 and self.fits:
                 lines.append(
                     _wrap(
-                        f"selection per target: a measured split (run records' selection_split: LESS's warmup and pool features "
-                        f"are paid once, its target gradients per target) amortises only the pool part, pool / {self.targets} + "
+                        "selection per target: a measured split (run records' selection_split: LESS's warmup and "
+                        "pool features "
+                        "are paid once, its target gradients per target) amortises only the pool part, pool / "
+                        f"{self.targets} + "
                         f"target; without one the whole selection cost is divided by {self.targets}.",
                         first="  ",
                         indent="  ",
@@ -181,15 +184,18 @@ class Plan:
                     lines.append(_wrap(f"{name[label]}: unaffordable, {reason}", indent="    ", first="  "))
                 lines.append(
                     _wrap(
-                        f"recommendation: {name[rec.selector]} with k={rec.k} ({rec.chosen.fraction:.1%} of the pool), predicted "
-                        f"{self.metric} {rec.predicted:.4g} ({level} interval {rec.interval[0]:.4g} .. {rec.interval[1]:.4g})"
+                        f"recommendation: {name[rec.selector]} with k={rec.k} ({rec.chosen.fraction:.1%} of the "
+                        "pool), predicted "
+                        f"{self.metric} {rec.predicted:.4g} ({level} interval {rec.interval[0]:.4g} .. "
+                        f"{rec.interval[1]:.4g})"
                     )
                 )
                 if rec.chosen.extrapolation > EXTRAPOLATION_WARNING:
                     lines.append(
                         _wrap(
                             f"warning: k={rec.k} is {rec.chosen.extrapolation:.1f}x the largest k measured for "
-                            f"{name[rec.selector]} ({rec.chosen.measured_k}): the prediction extrapolates its fitted curve. "
+                            f"{name[rec.selector]} ({rec.chosen.measured_k}): the prediction extrapolates its "
+                            "fitted curve. "
                             "Record a run near this k (a larger fraction in hf-cads sweep) before relying on it."
                         )
                     )
@@ -234,7 +240,8 @@ class Plan:
                 if on_lines:
                     lines.append(
                         _wrap(
-                            f"({', '.join(on_lines)}: unbent fit, so the break-even is the fitted line's, not the data's)",
+                            f"({', '.join(on_lines)}: unbent fit, so the break-even is the fitted line's, not the "
+                            "data's)",
                             indent="   ",
                             first="  ",
                         )
@@ -325,8 +332,10 @@ def display_names(labels: Sequence[str], width: int = LABEL_WIDTH) -> dict[str, 
     its selector name with a number (``cads-e#1``), unique among ``labels``.
 
     Example:
-        >>> display_names(["bm25", "cads-e[" + "x=1," * 20 + "y=2]"])
-        {'bm25': 'bm25', 'cads-e[x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,x=1,y=2]': 'cads-e#1'}
+        >>> long = "cads-e[" + "x=1," * 20 + "y=2]"
+        >>> names = display_names(["bm25", long])
+        >>> names["bm25"], names[long]
+        ('bm25', 'cads-e#1')
     """
     names: dict[str, str] = {}
     taken = {label for label in labels if len(label) <= width}

@@ -3,18 +3,25 @@
 Importing this package registers the built-in selectors.
 """
 
-from .base import (
+from .base import Selector
+from .bm25 import BM25Selector, BM25SelectorConfig
+from .cads import CADSSelector, CADSSelectorConfig, CausalLMBackend, TensorBackend
+from .embedding import EmbeddingSelector, EmbeddingSelectorConfig
+from .less import LESSSelector, LESSSelectorConfig
+from .options import SelectorConfig
+from .perplexity import PerplexitySelector, PerplexitySelectorConfig
+from .random import RandomSelector, RandomSelectorConfig
+from .rds import RDSSelector, RDSSelectorConfig
+from .registry import get_selector, get_selector_class, list_selectors, register_selector
+from .result import (
     INDEX_COLUMN,
     SCORE_COLUMN,
     PreparedScoring,
     ScoreOutput,
     SelectionResult,
-    Selector,
-    SelectorConfig,
     resolve_k,
     top_k_indices,
 )
-from .bm25 import BM25Selector, BM25SelectorConfig
 from .within_budget import (
     MULTI_TARGET_PATHS,
     TargetSelections,
@@ -23,13 +30,6 @@ from .within_budget import (
     select_within_budget,
     solve_budget_split,
 )
-from .cads import CADSSelector, CADSSelectorConfig
-from .cads_backends import CausalLMBackend, TensorBackend
-from .embedding import EmbeddingSelector, EmbeddingSelectorConfig
-from .less import LESSSelector, LESSSelectorConfig
-from .perplexity import PerplexitySelector, PerplexitySelectorConfig
-from .random import RandomSelector, RandomSelectorConfig
-from .registry import get_selector, get_selector_class, list_selectors, register_selector
 
 __all__ = [
     "INDEX_COLUMN",
@@ -49,6 +49,8 @@ __all__ = [
     "PreparedScoring",
     "RandomSelector",
     "RandomSelectorConfig",
+    "RDSSelector",
+    "RDSSelectorConfig",
     "ScoreOutput",
     "SelectionResult",
     "Selector",

@@ -16,8 +16,12 @@ process), and with ``cache_dir`` stores every shard so reruns reuse and killed r
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,8 +29,8 @@ import numpy as np
 from .._version import __version__
 from ..cache import ScoreCache, model_identity, resolve_cache_dir
 from ..distributed import Processes, current_processes
-from .config import SelectorConfig, affects_result, build_config, family_options, result_options
-from .dedup import Deduplication, check_no_duplicates, deduplicate_pool, duplicate_rows, unique_pool
+from .dedup import Deduplication, check_no_duplicates, unique_pool
+from .options import SelectorConfig, build_config
 from .result import (
     INDEX_COLUMN,
     SCORE_COLUMN,
@@ -35,39 +39,23 @@ from .result import (
     SelectionResult,
     is_per_row,
     resolve_k,
-    restore_pool_rows,
     top_k_indices,
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = [  # the selector contract; config, result and dedup names stay importable from here
-    "INDEX_COLUMN",
-    "SCORE_COLUMN",
-    "Deduplication",
-    "PreparedScoring",
-    "ScoreOutput",
-    "SelectionResult",
-    "Selector",
-    "SelectorConfig",
-    "affects_result",
-    "build_config",
-    "build_result",
-    "check_no_duplicates",
-    "check_shard_output",
-    "deduplicate_pool",
-    "duplicate_rows",
-    "family_options",
-    "resolve_k",
-    "restore_pool_rows",
-    "result_options",
-    "top_k_indices",
-    "validate_dataset",
-]
+__all__ = ["Selector", "build_result", "check_shard_output", "validate_dataset"]
 
 
 def validate_dataset(dataset: Any, role: str) -> None:
-    """Fail early, and clearly, on something that is not a non-empty ``datasets.Dataset``."""
+    """Fail early, and clearly, on something that is not a non-empty ``datasets.Dataset``.
+
+    Example:
+        >>> validate_dataset(["a", "b"], "pool")
+        Traceback (most recent call last):
+        ...
+        TypeError: The pool must be a datasets.Dataset, got list.
+    """
     from datasets import Dataset
 
     if not isinstance(dataset, Dataset):
@@ -109,6 +97,10 @@ class Selector(ABC):
     distributes_own_work: ClassVar[bool] = False
     """``True`` for a non-shardable selector whose :meth:`score` runs on every process of a
     distributed launch and splits its work itself (LESS); ``False`` runs it on the main process."""
+    shares_work_across_targets: ClassVar[bool] = False
+    """``True`` when :meth:`select_many` does the pool's share of the work once for all targets
+    (LESS: the warmup and pool gradient features) and :meth:`estimate_flops_split` tells that share
+    apart; :func:`~hf_cads.selectors.select_for_targets` then selects for all targets in one pass."""
 
     def __init__(
         self, config: SelectorConfig | None = None, *, model: Any = None, tokenizer: Any = None, **kwargs: Any
@@ -200,10 +192,56 @@ class Selector(ABC):
         """Size the selector's own budget-dependent options to ``available_flops`` (selection plus
         training), before :meth:`estimate_flops`. Most selectors have none; CADS derives its
         training budget ``C`` from it unless ``train_budget`` was given."""
+        return None
 
     @abstractmethod
     def estimate_flops(self, pool: Any, target: Any | None) -> float:
         """FLOPs :meth:`score` will spend, computed without doing the work."""
+
+    def estimate_flops_split(self, pool: Any, target: Any | None) -> dict[str, float]:
+        """:meth:`estimate_flops` as ``{"pool": ..., "target": ...}``: the part :meth:`select_many`
+        pays once for any number of targets, and this target's own part. By default nothing is
+        shared: everything is the target's (LESS overrides this).
+
+        Example:
+            >>> from datasets import Dataset
+            >>> from hf_cads import get_selector
+            >>> pool = Dataset.from_dict({"text": ["a cat sat", "stock prices fell"]})
+            >>> split = get_selector("bm25").estimate_flops_split(pool, Dataset.from_dict({"text": ["cat"]}))
+            >>> split["pool"], split["target"] > 0
+            (0.0, True)
+        """
+        return {"pool": 0.0, "target": float(self.estimate_flops(pool, target))}
+
+    def select_many(
+        self,
+        pool: Any,
+        targets: Mapping[str, Any] | Sequence[Any],
+        k: int | None = None,
+        fraction: float | None = None,
+    ) -> dict[str, SelectionResult]:
+        """:meth:`select` for each of several targets, by name (a sequence is named ``target-0``,
+        ``target-1``, ...). By default one selection per target; a selector that
+        :attr:`shares_work_across_targets` (LESS) does the pool's work once.
+
+        Example:
+            >>> from datasets import Dataset
+            >>> from hf_cads import get_selector
+            >>> pool = Dataset.from_dict({"text": ["a cat sat", "stock prices fell", "the cat ran"]})
+            >>> targets = {"cats": Dataset.from_dict({"text": ["cat"]})}
+            >>> targets["money"] = Dataset.from_dict({"text": ["stock"]})
+            >>> {name: r.indices.tolist() for name, r in get_selector("bm25").select_many(pool, targets, k=1).items()}
+            {'cats': [0], 'money': [1]}
+        """
+        named = self._named_targets(targets)
+        return {name: self.select(pool, target=target, k=k, fraction=fraction) for name, target in named.items()}
+
+    @staticmethod
+    def _named_targets(targets: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
+        named = dict(targets) if isinstance(targets, Mapping) else {f"target-{i}": t for i, t in enumerate(targets)}
+        if not named:
+            raise ValueError("select_many needs at least one target dataset, e.g. {'task': validation}.")
+        return named
 
     # -- shared flow ----------------------------------------------------------------------------
     def choose(self, scores: np.ndarray, k: int, pool: Any, extras: dict[str, Any]) -> np.ndarray:
@@ -283,14 +321,28 @@ class Selector(ABC):
             if dedup is None:
                 raise
             raise ValueError(
-                f"{str(err).rstrip('.')}: the pool has {len(unique)} unique rows after dropping {dedup.dropped} duplicates."
+                f"{str(err).rstrip('.')}: the pool has {len(unique)} unique rows after dropping "
+                f"{dedup.dropped} duplicates."
             ) from None
 
     def score_pool(self, pool: Any, target: Any | None) -> ScoreOutput:
         """:meth:`score` as :meth:`select` runs it: from the cache when it holds these scores,
-        sharded over the launched processes, and stored shard by shard while it runs."""
+        sharded over the launched processes, and stored shard by shard while it runs.
+
+        With a cache, the main process holds the cache folder's lock from the lookup to the last
+        stored shard: another job scoring the same pool into the same ``cache_dir`` waits, then
+        reads these scores (a cache hit) instead of computing them again."""
         processes = current_processes()
         cache = processes.on_main(lambda: self._open_cache(pool, target))
+        if cache is None:
+            return self._score_pool_with(None, pool, target, processes)
+        lock = cache.exclusive() if processes.is_main else contextlib.nullcontext()
+        with lock, _exit_cleanly_on_sigterm(cache.folder):
+            return self._score_pool_with(cache, pool, target, processes)
+
+    def _score_pool_with(
+        self, cache: ScoreCache | None, pool: Any, target: Any | None, processes: Processes
+    ) -> ScoreOutput:
         if cache is not None:
             stored = processes.on_main(cache.load_result)
             if stored is not None:
@@ -396,6 +448,37 @@ class Selector(ABC):
         return f"{type(self).__name__}({self.config})"
 
 
+@contextlib.contextmanager
+def _exit_cleanly_on_sigterm(cache_folder: Any) -> Iterator[None]:
+    """While scoring into a cache, turn SIGTERM (a cluster's preemption notice) into a clean exit:
+    the shard being written is dropped whole, the finished ones stay, the log says how to resume,
+    and the process ends with the shell's SIGTERM code (143). A handler someone else installed (a
+    trainer's) is left in charge; so is a non-main thread, where signals cannot be handled."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) not in (
+        signal.SIG_DFL,
+        None,
+    ):
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except SystemExit as stop:
+        if stop.code == 128 + signal.SIGTERM:
+            logger.warning(
+                "Terminated (SIGTERM) while scoring: the finished score shards are kept in %s. Run the same "
+                "selection again to resume from them.",
+                cache_folder,
+            )
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def check_shard_output(selector: Selector, output: ScoreOutput, rows: range) -> ScoreOutput:
     """A shard's scores as float64, with clear errors for wrong lengths and non-per-row extras."""
     scores = np.asarray(output.scores, dtype=np.float64)
@@ -409,7 +492,8 @@ def check_shard_output(selector: Selector, output: ScoreOutput, rows: range) -> 
         if not isinstance(value, np.ndarray) or value.ndim == 0 or len(value) != len(rows):
             raise TypeError(
                 f"{type(selector).__name__}.score_rows put {name!r} in extras, which is not a per-row array of "
-                f"length {len(rows)}; shardable selectors may only return per-row extras (put pool-wide values in prepare())."
+                f"length {len(rows)}; shardable selectors may only return per-row extras (put pool-wide values "
+                "in prepare())."
             )
         extras[name] = value
     return ScoreOutput(scores, float(output.flops), extras)

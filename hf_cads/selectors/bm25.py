@@ -12,11 +12,18 @@ from ..data import get_texts
 from ..flops import bm25_flops
 from .base import PreparedScoring, ScoreOutput, Selector, SelectorConfig
 from .registry import register_selector
+from .round_robin import PerTargetChoiceMixin, aggregate_target_scores
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
 
 def bm25_tokenize(text: str) -> list[str]:
+    """BM25's terms of ``text``: lower-cased words and numbers.
+
+    Example:
+        >>> bm25_tokenize("Solve 2 + 3, then x!")
+        ['solve', '2', '3', 'then', 'x']
+    """
     return _TOKEN.findall(text.lower())
 
 
@@ -104,22 +111,28 @@ class BM25SelectorConfig(SelectorConfig):
     Args:
         k1: term-frequency saturation.
         b: document-length normalisation.
-        aggregate: how the scores against several target texts are combined: ``mean`` or ``max``.
+        aggregate: how the scores against several target texts make a subset: top-k by their
+            ``mean`` or ``max``, or ``round_robin`` (each target text in turn takes its best
+            remaining pool row; see :mod:`hf_cads.selectors.round_robin`).
+
+    Example:
+        >>> BM25SelectorConfig(aggregate="max").k1
+        1.5
     """
 
     k1: float = 1.5
     b: float = 0.75
-    aggregate: Literal["mean", "max"] = "mean"
+    aggregate: Literal["mean", "max", "round_robin"] = "mean"
 
     def __post_init__(self) -> None:
-        if self.aggregate not in ("mean", "max"):
-            raise ValueError(f"aggregate must be 'mean' or 'max', got {self.aggregate!r}.")
+        if self.aggregate not in ("mean", "max", "round_robin"):
+            raise ValueError(f"aggregate must be 'mean', 'max' or 'round_robin', got {self.aggregate!r}.")
         if self.k1 < 0 or not 0 <= self.b <= 1:
             raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={self.k1}, b={self.b}.")
 
 
 @register_selector("bm25")
-class BM25Selector(Selector):
+class BM25Selector(PerTargetChoiceMixin, Selector):
     """Okapi BM25 over the pool, one query per target text (rank-bm25's scoring, vectorised).
 
     Example:
@@ -127,7 +140,7 @@ class BM25Selector(Selector):
         >>> from hf_cads import get_selector
         >>> pool = Dataset.from_dict({"text": ["solve 2 + 3", "write a poem", "solve 7 * 8"]})
         >>> target = Dataset.from_dict({"text": ["solve 4 + 4"]})
-        >>> list(get_selector("bm25").select(pool, target=target, k=2).indices)
+        >>> get_selector("bm25", show_progress=False).select(pool, target=target, k=2).indices.tolist()
         [0, 2]
     """
 
@@ -156,8 +169,8 @@ class BM25Selector(Selector):
         statistics, queries = prepared.state
         documents = self._documents(pool.select(rows))
         per_query = statistics.scores(documents, queries, self.config.k1, self.config.b)
-        scores = per_query.max(axis=0) if self.config.aggregate == "max" else per_query.mean(axis=0)
-        return ScoreOutput(scores, bm25_flops(len(documents), [len(q) for q in queries]))
+        scores, extras = aggregate_target_scores(per_query.T, self.config.aggregate)
+        return ScoreOutput(scores, bm25_flops(len(documents), [len(q) for q in queries]), extras)
 
     def estimate_flops(self, pool: Any, target: Any | None) -> float:
         return bm25_flops(len(pool), [len(q) for q in self._queries(target)])

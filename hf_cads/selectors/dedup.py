@@ -18,14 +18,20 @@ from typing import Any
 import numpy as np
 
 from ..data import column_values, get_texts
-from .config import SelectorConfig
+from .options import SelectorConfig
 from .result import spread_rows
 
 logger = logging.getLogger(__name__)
 
 
 def duplicate_rows(pool: Any, text_column: str | None) -> tuple[str | None, list[tuple[int, int]]]:
-    """The text column checked and every ``(first copy, repeat)`` pair of rows whose text repeats."""
+    """The text column checked and every ``(first copy, repeat)`` pair of rows whose text repeats.
+
+    Example:
+        >>> from datasets import Dataset
+        >>> duplicate_rows(Dataset.from_dict({"text": ["a", "b", "a"]}), None)
+        ('text', [(0, 2)])
+    """
     column = text_column or next((c for c in ("text", "messages") if c in pool.column_names), None)
     if column is None and {"prompt", "completion"} <= set(pool.column_names):
         column, values = "prompt+completion", get_texts(pool, role="pool")
@@ -85,7 +91,8 @@ def deduplicate_pool(pool: Any, text_column: str | None) -> Deduplication | None
     dropped = {row for _, row in repeats}
     kept = np.asarray([row for row in range(len(pool)) if row not in dropped], dtype=np.int64)
     logger.info(
-        "Dropped %d duplicated pool row(s) (same %r as an earlier row; first pairs %s); selecting from %d unique rows.",
+        "Dropped %d duplicated pool row(s) (same %r as an earlier row; first pairs %s); "
+        "selecting from %d unique rows.",
         len(repeats),
         column,
         repeats[:3],

@@ -12,6 +12,7 @@ from ..data import get_texts
 from ..flops import FlopProfile
 from .base import PreparedScoring, ScoreOutput, Selector, SelectorConfig
 from .registry import register_selector
+from .round_robin import PerTargetChoiceMixin, aggregate_target_scores
 from .scoring import TokenBatcher, forward_flops_of_plan
 
 
@@ -22,21 +23,22 @@ class EmbeddingSelectorConfig(SelectorConfig):
     Args:
         model_name_or_path: a sentence-transformers model (alias, folder or Hub id).
         aggregate: ``centroid`` compares each row with the mean target embedding; ``max`` takes
-            the best cosine over the target rows.
+            the best cosine over the target rows; ``round_robin`` lets each target row in turn
+            take its most similar remaining pool row (see :mod:`hf_cads.selectors.round_robin`).
     """
 
     model_name_or_path: str = "all-minilm-l6-v2"
-    aggregate: Literal["centroid", "max"] = "centroid"
+    aggregate: Literal["centroid", "max", "round_robin"] = "centroid"
     batch_size: int = 32
     max_length: int = 256
 
     def __post_init__(self) -> None:
-        if self.aggregate not in ("centroid", "max"):
-            raise ValueError(f"aggregate must be 'centroid' or 'max', got {self.aggregate!r}.")
+        if self.aggregate not in ("centroid", "max", "round_robin"):
+            raise ValueError(f"aggregate must be 'centroid', 'max' or 'round_robin', got {self.aggregate!r}.")
 
 
 @register_selector("embedding")
-class EmbeddingSelector(Selector):
+class EmbeddingSelector(PerTargetChoiceMixin, Selector):
     """Scores rows by cosine similarity of their embedding to the target's (a T5/MiniLM-style encoder).
 
     Pass ``model=`` a loaded ``SentenceTransformer`` to reuse one.
@@ -100,7 +102,7 @@ class EmbeddingSelector(Selector):
         return out, flops
 
     def prepare(self, pool: Any, target: Any | None) -> PreparedScoring:
-        """The target side, embedded once: the normalised centroid, or every target row for ``max``."""
+        """The target side, embedded once: the normalised centroid, or every target row otherwise."""
         column = self.config.target_text_column or self.config.text_column
         target_emb, flops = self._embed(get_texts(target, column, role="target"), "embedding target")
         if self.config.aggregate == "centroid":
@@ -113,8 +115,11 @@ class EmbeddingSelector(Selector):
     ) -> ScoreOutput:
         texts = get_texts(pool.select(rows), self.config.text_column, role="pool")
         pool_emb, flops = self._embed(texts, "embedding pool", progress)
-        scores = (pool_emb @ prepared.state.T).max(axis=1)
-        return ScoreOutput(scores.astype(np.float64), flops)
+        per_target = (pool_emb @ prepared.state.T).astype(np.float64)
+        scores, extras = aggregate_target_scores(
+            per_target, "max" if self.config.aggregate == "centroid" else self.config.aggregate
+        )
+        return ScoreOutput(scores, flops, extras)
 
     def estimate_flops(self, pool: Any, target: Any | None) -> float:
         batcher, profile = self._batcher(), self._profile()

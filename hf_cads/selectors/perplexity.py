@@ -8,7 +8,7 @@ from typing import Any, Literal
 from ..data import get_texts
 from .base import PreparedScoring, ScoreOutput, Selector, SelectorConfig
 from .registry import register_selector
-from .scoring import CausalLMScorer
+from .scoring import CausalLMSelectorMixin
 
 
 @dataclass
@@ -28,34 +28,6 @@ class PerplexitySelectorConfig(SelectorConfig):
     def __post_init__(self) -> None:
         if self.prefer not in ("low", "high"):
             raise ValueError(f"prefer must be 'low' or 'high', got {self.prefer!r}.")
-
-
-class CausalLMSelectorMixin:
-    """Lazy loading of the selection model, shared by the LM-based selectors."""
-
-    config: Any
-    model: Any
-    tokenizer: Any
-
-    def _load_model(self) -> tuple[Any, Any]:
-        if self.model is None:
-            from ..models import load_causal_lm, load_tokenizer
-
-            self.model, loaded_tokenizer = load_causal_lm(self.config.model_name_or_path)
-            self.tokenizer = self.tokenizer or loaded_tokenizer
-        if self.tokenizer is None:
-            from ..models import load_tokenizer
-
-            self.tokenizer = load_tokenizer(self.config.model_name_or_path)
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        return self.model, self.tokenizer
-
-    def _scorer(self) -> CausalLMScorer:
-        model, tokenizer = self._load_model()
-        return CausalLMScorer(
-            model, tokenizer, self.config.batch_size, self.config.max_length, self.config.show_progress
-        )
 
 
 @register_selector("perplexity")

@@ -13,7 +13,12 @@ from .registry import register_selector
 
 @dataclass
 class RandomSelectorConfig(SelectorConfig):
-    """Random selection needs only a seed."""
+    """Random selection needs only a seed.
+
+    Example:
+        >>> RandomSelectorConfig(seed=7).seed
+        7
+    """
 
 
 @register_selector("random")

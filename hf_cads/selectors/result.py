@@ -25,7 +25,13 @@ SCORE_COLUMN = "score"
 
 @dataclass
 class ScoreOutput:
-    """What :meth:`Selector.score` returns: one score per pool row and the FLOPs spent."""
+    """What :meth:`Selector.score` returns: one score per pool row and the FLOPs spent.
+
+    Example:
+        >>> import numpy as np
+        >>> ScoreOutput(np.array([0.2, 0.9]), flops=1e6, extras={"loss": np.array([2.1, 0.4])}).flops
+        1000000.0
+    """
 
     scores: np.ndarray
     flops: float
@@ -36,7 +42,12 @@ class ScoreOutput:
 class PreparedScoring:
     """What :meth:`Selector.prepare` computes once for the whole pool and target (e.g. BM25's IDF,
     the target embedding), and the FLOPs that cost. It is sent to every process, so keep it
-    picklable and small (no model objects)."""
+    picklable and small (no model objects).
+
+    Example:
+        >>> PreparedScoring(state={"idf": [1.2, 0.3]}, flops=0.0).state["idf"]
+        [1.2, 0.3]
+    """
 
     state: Any = None
     flops: float = 0.0
@@ -59,6 +70,14 @@ class SelectionResult:
 
     Share it on the Hub with :func:`hf_cads.hub.push_selection` (``push_selection(result, repo_id,
     parent=pool)``).
+
+    Example:
+        >>> from datasets import Dataset
+        >>> from hf_cads import get_selector
+        >>> pool = Dataset.from_dict({"text": ["a cat sat", "stock prices fell", "the cat ran"]})
+        >>> result = get_selector("random", seed=0, show_progress=False).select(pool, k=2)
+        >>> len(result), result.pool_size, result.dataset.column_names
+        (2, 3, ['text', 'score', 'pool_index'])
     """
 
     dataset: Any
@@ -76,7 +95,12 @@ class SelectionResult:
 
 
 def resolve_k(pool_size: int, k: int | None, fraction: float | None) -> int:
-    """Turn ``k`` or ``fraction`` into a row count, with errors that say what to pass instead."""
+    """Turn ``k`` or ``fraction`` into a row count, with errors that say what to pass instead.
+
+    Example:
+        >>> resolve_k(1000, None, 0.05), resolve_k(1000, 30, None)
+        (50, 30)
+    """
     if k is not None and fraction is not None:
         raise ValueError("Pass either k or fraction, not both.")
     if k is None and fraction is None:
@@ -97,7 +121,12 @@ def resolve_k(pool_size: int, k: int | None, fraction: float | None) -> int:
 
 
 def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` highest scores, ties broken by the lower index, returned ascending."""
+    """Indices of the ``k`` highest scores, ties broken by the lower index, returned ascending.
+
+    Example:
+        >>> top_k_indices(np.array([0.5, 0.9, 0.5, 0.1]), 2).tolist()
+        [0, 1]
+    """
     order = np.lexsort((np.arange(len(scores)), -np.asarray(scores, dtype=np.float64)))
     return np.sort(order[:k])
 

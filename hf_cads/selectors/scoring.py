@@ -33,6 +33,13 @@ class TokenBatcher:
 
     Sorting by length keeps padding (and so wasted FLOPs) low; rows come back with their
     original positions, so callers can scatter results back in pool order.
+
+    Example:
+        >>> from hf_cads.testing import tiny_tokenizer
+        >>> batcher = TokenBatcher(tiny_tokenizer(["a b c d e", "a b"], vocab_size=300), batch_size=2)
+        >>> ids = batcher.tokenize(["a b", "a b c d e"])
+        >>> [(batch.rows.tolist(), batch.shape) for batch in batcher.batches(ids)]
+        [([1, 0], (2, 5))]
     """
 
     def __init__(self, tokenizer: Any, batch_size: int = 8, max_length: int = 512, add_eos: bool = False) -> None:
@@ -85,6 +92,15 @@ class TokenBatcher:
 
 
 def forward_flops_of_plan(profile: FlopProfile, shapes: Sequence[tuple[int, int]]) -> float:
+    """Forward FLOPs of ``profile``'s model over padded batches of the given ``(rows, tokens)`` shapes.
+
+    Example:
+        >>> from hf_cads.flops import FlopProfile
+        >>> from hf_cads.testing import tiny_causal_lm
+        >>> profile = FlopProfile.from_model(tiny_causal_lm(vocab_size=64))
+        >>> forward_flops_of_plan(profile, [(2, 8)]) == profile.forward_flops(2, 8)
+        True
+    """
     return float(sum(profile.forward_flops(b, s) for b, s in shapes))
 
 
@@ -179,3 +195,42 @@ class CausalLMScorer:
             if own_bar:
                 bar.close()
         return out, flops
+
+
+class CausalLMSelectorMixin:
+    """Lazy loading of the selection model, shared by the LM-based selectors: a selector with
+    ``config.model_name_or_path`` / ``batch_size`` / ``max_length`` / ``show_progress`` and
+    ``model`` / ``tokenizer`` attributes gets ``_load_model()`` and a :class:`CausalLMScorer`.
+
+    Example:
+        >>> from hf_cads import get_selector
+        >>> from hf_cads.testing import tiny_causal_lm, tiny_tokenizer
+        >>> tokenizer = tiny_tokenizer(["the cat sat on the mat"], vocab_size=300)
+        >>> selector = get_selector("perplexity", model=tiny_causal_lm(tokenizer), tokenizer=tokenizer)
+        >>> isinstance(selector, CausalLMSelectorMixin), type(selector._scorer()).__name__
+        (True, 'CausalLMScorer')
+    """
+
+    config: Any
+    model: Any
+    tokenizer: Any
+
+    def _load_model(self) -> tuple[Any, Any]:
+        if self.model is None:
+            from ..models import load_causal_lm, load_tokenizer
+
+            self.model, loaded_tokenizer = load_causal_lm(self.config.model_name_or_path)
+            self.tokenizer = self.tokenizer or loaded_tokenizer
+        if self.tokenizer is None:
+            from ..models import load_tokenizer
+
+            self.tokenizer = load_tokenizer(self.config.model_name_or_path)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        return self.model, self.tokenizer
+
+    def _scorer(self) -> CausalLMScorer:
+        model, tokenizer = self._load_model()
+        return CausalLMScorer(
+            model, tokenizer, self.config.batch_size, self.config.max_length, self.config.show_progress
+        )

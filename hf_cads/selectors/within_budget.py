@@ -29,9 +29,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..flops.charges import SelectionCharge
 from ..cache import resolve_cache_dir
 from ..flops import FlopLedger, FlopProfile
+from ..flops.charges import SelectionCharge
 from .base import SelectionResult, Selector
 from .registry import get_selector, get_selector_class
 
@@ -52,6 +52,11 @@ def build_selector(
     ``selector_model`` is a model object for the selector. Otherwise a selector that may reuse the
     model being finetuned (``reuses_training_model``) gets ``training_model`` / ``training_tokenizer``
     unless its options name ``model_name_or_path``. With no model objects nothing is loaded here.
+
+    Example:
+        >>> selector = build_selector("bm25", {"aggregate": "max"}, seed=42)
+        >>> selector.config.seed, selector.config.aggregate
+        (42, 'max')
     """
     options = dict(options or {})
     options.setdefault("seed", seed)
@@ -120,12 +125,9 @@ def matmul_params(model: Any) -> int:
     return sum(layer.macs_per_token for layer in profile.linears if "lora_" not in layer.name)
 
 
-def selection_model_params(selector: Any) -> int:
+def selection_model_params(selector: Selector) -> int:
     """Matmul parameters of the model a selector scored with (0 for model-free selectors)."""
-    model = getattr(selector, "model", None)
-    if model is None or not getattr(selector, "uses_model", False):
-        return 0
-    return matmul_params(model)
+    return matmul_params(selector.model) if selector.uses_model else 0
 
 
 def select_within_budget(
@@ -193,9 +195,9 @@ ONE_PASS = "one pass"
 PER_TARGET = "per target"
 SCORED_ONCE = "scored once"
 MULTI_TARGET_PATHS = (ONE_PASS, PER_TARGET, SCORED_ONCE)
-"""How :func:`select_for_targets` selects for several targets: in ``one pass`` (a selector with
-``select_many`` and ``estimate_flops_split``, LESS: pool features once, target gradients per
-target), ``scored once`` (a selector that ignores the target: the first selection's scores are
+"""How :func:`select_for_targets` selects for several targets: in ``one pass`` (a selector that
+:attr:`~hf_cads.selectors.Selector.shares_work_across_targets`, LESS: pool features once, target
+gradients per target), ``scored once`` (a selector that ignores the target: the first selection's scores are
 read back from the score cache for the others) or ``per target`` (one selection per target)."""
 
 
@@ -223,7 +225,7 @@ class TargetSelections:
 
 def multi_target_path(selector: Selector) -> str:
     """Which of :data:`MULTI_TARGET_PATHS` :func:`select_for_targets` takes for ``selector``."""
-    if callable(getattr(selector, "select_many", None)) and callable(getattr(selector, "estimate_flops_split", None)):
+    if selector.shares_work_across_targets:
         return ONE_PASS
     return PER_TARGET if selector.requires_target else SCORED_ONCE
 
@@ -254,7 +256,8 @@ def select_for_targets(
     Example:
         >>> from datasets import Dataset
         >>> pool = Dataset.from_dict({"text": ["a cat sat", "stock prices fell", "the cat ran", "bonds rose"]})
-        >>> targets = {"cats": Dataset.from_dict({"text": ["my cat"]}), "money": Dataset.from_dict({"text": ["stock prices"]})}
+        >>> targets = {"cats": Dataset.from_dict({"text": ["my cat"]})}
+        >>> targets["money"] = Dataset.from_dict({"text": ["stock prices"]})
         >>> chosen = select_for_targets(build_selector("bm25", seed=0), pool, targets, FlopLedger(budget=1e6), k=1)
         >>> chosen.path, [result.indices.tolist() for result in chosen.results.values()]
         ('per target', [[0], [1]])
@@ -276,7 +279,7 @@ def select_for_targets(
     estimates: dict[str, float] = {}
     if path == ONE_PASS:
         fit(next(iter(targets.values())))
-        splits = {name: selector.estimate_flops_split(unique, target) for name, target in targets.items()}  # type: ignore[attr-defined]
+        splits = {name: selector.estimate_flops_split(unique, target) for name, target in targets.items()}
         shared = next(iter(splits.values()))["pool"]
         estimates = {
             name: split["target"] + (shared if number == 0 else 0.0)
@@ -295,9 +298,9 @@ def select_for_targets(
     total = float(sum(estimates.values()))
     if math.isfinite(available) and total >= available:
         raise ValueError(
-            f"flop_budget={ledger.budget:.4g} is smaller than the cost of the {selector.name!r} selector for {len(targets)} "
-            f"targets on this pool ({total:.4g} FLOPs: {detail}), leaving nothing for training. Raise flop_budget, select "
-            "for fewer targets, use a cheaper selector (random, bm25) or a smaller pool."
+            f"flop_budget={ledger.budget:.4g} is smaller than the cost of the {selector.name!r} selector for "
+            f"{len(targets)} targets on this pool ({total:.4g} FLOPs: {detail}), leaving nothing for training. "
+            "Raise flop_budget, select for fewer targets, use a cheaper selector (random, bm25) or a smaller pool."
         )
     logger.info(
         "Selecting with %s for %d targets (%s; estimated %.4g FLOPs in all)", selector.name, len(targets), path, total
@@ -306,7 +309,7 @@ def select_for_targets(
     results: dict[str, SelectionResult] = {}
     cache_folder = None
     if path == ONE_PASS:
-        results = selector.select_many(pool, dict(targets), k=k, fraction=fraction)  # type: ignore[attr-defined]
+        results = selector.select_many(pool, dict(targets), k=k, fraction=fraction)
         charges = {name: selection_charge(selector, results[name], estimates[name]) for name in targets}
     else:
         with _score_cache(selector, enabled=path == SCORED_ONCE) as cache_folder:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, TypeVar
 
 from transformers import TrainingArguments
 
@@ -11,11 +14,13 @@ from ..flops import validate_budget
 from ..selectors import get_selector_class
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BudgetFields:
     """The budget and selector options that :class:`BudgetedTrainingArguments` and
     :class:`~hf_cads.trainer.sft.BudgetedSFTConfig` share (a dataclass mixin: fields plus
-    :meth:`validate_budget_fields`, which the config's ``__post_init__`` calls).
+    :meth:`validate_budget_fields`, which the config's ``__post_init__`` calls). They are
+    keyword-only, so the parent's positional order holds: ``BudgetedTrainingArguments("out")``
+    sets ``output_dir`` as ``TrainingArguments("out")`` does.
 
     Args:
         flop_budget: total FLOPs for selection + training (e.g. ``3e15``). ``None`` records FLOPs
@@ -49,15 +54,7 @@ class BudgetFields:
         """Check and normalise the budget fields (called from ``__post_init__``)."""
         if self.flop_budget is not None:
             self.flop_budget = validate_budget(self.flop_budget)
-        if isinstance(self.selector_kwargs, str):
-            try:
-                self.selector_kwargs = json.loads(self.selector_kwargs) if self.selector_kwargs.strip() else {}
-            except json.JSONDecodeError as err:
-                raise ValueError(
-                    f"selector_kwargs must be a JSON object, got {self.selector_kwargs!r}: {err}."
-                ) from err
-        if self.selector_kwargs is not None and not isinstance(self.selector_kwargs, dict):
-            raise TypeError(f"selector_kwargs must be a dict, got {type(self.selector_kwargs).__name__}.")
+        self.selector_kwargs = json_object_option("selector_kwargs", self.selector_kwargs)
         if self.deduplicate is not None:
             self._fold_into_selector_kwargs("deduplicate", self.deduplicate, ("drop", "error"))
         if self.selector is not None:
@@ -83,16 +80,44 @@ class BudgetFields:
         self.selector_kwargs = options
 
 
+def json_object_option(name: str, value: Any) -> dict | None:
+    """A dict option that the command line gives as a JSON string: parsed, or one clear error.
+
+    Example:
+        >>> json_object_option("selector_kwargs", '{"aggregate": "max"}')
+        {'aggregate': 'max'}
+    """
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{name} must be a JSON object, got {value!r}: {err}.") from err
+    if value is not None and not isinstance(value, dict):
+        raise TypeError(f"{name} must be a dict, got {type(value).__name__}.")
+    return value
+
+
 @dataclass
 class BudgetedTrainingArguments(TrainingArguments, BudgetFields):
     """``TrainingArguments`` plus the compute budget and the data selector (the fields of
-    :class:`BudgetFields`) and how the trainer tokenises text.
+    :class:`BudgetFields`) and how the trainer loads and tokenises.
+
+    ``output_dir`` stays the first positional field; the fields added here and in
+    :class:`BudgetFields` come after the parent's.
 
     Args:
         max_seq_length: token limit when the trainer tokenises a text dataset.
         text_column: column holding the text (default ``text``, else chat ``messages``).
         train_on_prompt: also train on prompt, system and user tokens of chat and prompt-completion
             data (default ``False``: loss on the completion / assistant turns only, as TRL's SFT).
+        model_init_kwargs: ``from_pretrained`` options (``dtype``, ``attn_implementation``,
+            ``quantization_config``, ``device_map``, ``trust_remote_code``, ...) used when the trainer
+            is given ``model`` as a name or path, as ``trl.SFTConfig.model_init_kwargs``.
+
+    Example:
+        >>> args = BudgetedTrainingArguments("out", flop_budget=1e12, model_init_kwargs='{"dtype": "bfloat16"}')
+        >>> args.output_dir, args.flop_budget, args.model_init_kwargs
+        ('out', 1000000000000.0, {'dtype': 'bfloat16'})
     """
 
     max_seq_length: int = field(default=512, metadata={"help": "Token limit when tokenising text datasets."})
@@ -103,9 +128,47 @@ class BudgetedTrainingArguments(TrainingArguments, BudgetFields):
             "help": "Train on prompt tokens too (default: completion-only loss for chat / prompt-completion data)."
         },
     )
+    model_init_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": 'from_pretrained options for a model given by name, e.g. \'{"dtype": "bfloat16"}\'.'},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.validate_budget_fields()
+        self.model_init_kwargs = json_object_option("model_init_kwargs", self.model_init_kwargs)
         if self.max_seq_length < 2:
             raise ValueError(f"max_seq_length must be >= 2, got {self.max_seq_length}.")
+
+
+ArgumentsT = TypeVar("ArgumentsT", bound=TrainingArguments)
+
+
+def convert_training_arguments(args: TrainingArguments, target: type[ArgumentsT]) -> ArgumentsT:
+    """``args`` (any ``TrainingArguments``, e.g. a plain one or a ``trl.SFTConfig``) as an instance of
+    ``target``, carrying every field the two share, as ``SFTTrainer`` turns ``TrainingArguments`` into
+    an ``SFTConfig``; ``args`` itself when it already is one.
+
+    Example:
+        >>> from transformers import TrainingArguments
+        >>> converted = convert_training_arguments(TrainingArguments("out", max_steps=3), BudgetedTrainingArguments)
+        >>> type(converted).__name__, converted.output_dir, converted.max_steps, converted.flop_budget
+        ('BudgetedTrainingArguments', 'out', 3, None)
+    """
+    if isinstance(args, target):
+        return args
+    if not isinstance(args, TrainingArguments):
+        raise TypeError(f"args must be TrainingArguments or {target.__name__}, got {type(args).__name__}.")
+    wanted = {f.name for f in dataclasses.fields(target) if f.init}
+    values = {}
+    for f in dataclasses.fields(args):
+        if not f.init or f.name not in wanted:
+            continue
+        value = getattr(args, f.name)
+        # __post_init__ turned strings into enums; the target's __post_init__ expects what a user writes.
+        if isinstance(value, Enum):
+            value = value.value
+        elif isinstance(value, list) and value and isinstance(value[0], Enum):
+            value = [v.value for v in value]
+        values[f.name] = value
+    return target(**values)

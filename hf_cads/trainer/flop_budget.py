@@ -5,9 +5,14 @@ The mixin keeps one :class:`~hf_cads.flops.FlopLedger` (``self.flop_ledger``), s
 the budget leaves (:meth:`FlopBudgetMixin.plan_training`, a :class:`~hf_cads.flops.charges.TrainingPlan`),
 checks before every optimizer step that its exact cost (from the prefetched micro-batches, all
 processes summed) still fits and stops at the cap, charges training and evaluation FLOPs, writes the
-ledger into every checkpoint and restores it on resume, and after ``train()`` appends a run record
-when ``self.run_records`` names a file. The class using it calls :meth:`FlopBudgetMixin.init_budget_and_select`
-(or, without selection, :meth:`FlopBudgetMixin.init_budget`) in its ``__init__`` before ``Trainer.__init__``.
+ledger into every checkpoint and restores it on resume, saves a checkpoint and stops when a budgeted
+run gets SIGTERM / SIGINT (:mod:`~hf_cads.trainer.preemption`), and after ``train()`` appends a run
+record when ``self.run_records`` names a file. The class using it calls
+:meth:`FlopBudgetMixin.init_budget_and_select` (or, without selection, :meth:`FlopBudgetMixin.init_budget`)
+in its ``__init__`` before ``Trainer.__init__``.
+
+A model the FLOP model cannot read (no transformers ``config``, an unknown architecture) trains
+without a ledger when there is no budget: every override then defers to the parent trainer.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from ..flops.charges import TrainingPlan
 from ..flops import FlopLedger, FlopProfile
+from ..flops.charges import TrainingPlan
 from ..records import append_record, record_from_trainer, trainer_metrics
 from ..selectors import SelectionResult, build_selector, select_within_budget
 from .model_card import add_budget_section
+from .preemption import PreemptionGuard
+from .preparation import profile_for_budget
 
 logger = logging.getLogger(__name__)
 
@@ -91,30 +98,37 @@ def packed_sequence_lengths(batch: dict[str, Any]) -> list[int] | None:
     return [bounds[i + 1] - bounds[i] for i in range(len(starts))]
 
 
-def check_quantized_model_has_adapters(model: Any, peft_config: Any) -> None:
-    """Refuse a 4-/8-bit model with nothing to train: its quantised weights are frozen."""
-    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
-    if quantized and peft_config is None and not hasattr(model, "peft_config"):
-        raise ValueError(
-            "The model is loaded in 4-bit/8-bit (bitsandbytes): its quantised weights cannot be trained. "
-            "Pass peft_config=LoraConfig(...) (QLoRA: LoRA adapters on the frozen 4-bit model), or load the model unquantised."
-        )
-
-
 class FlopBudgetMixin:
-    """FLOP-budgeted training for a transformers.Trainer subclass (see the module docstring)."""
+    """FLOP-budgeted training for a transformers.Trainer subclass (see the module docstring).
+
+    Example:
+        >>> from transformers import Trainer
+        >>> class MyBudgetedTrainer(FlopBudgetMixin, Trainer):
+        ...     def __init__(self, model, args, train_dataset, **kwargs):
+        ...         self.init_budget(getattr(args, "flop_budget", None), model)
+        ...         super().__init__(model=model, args=args, train_dataset=train_dataset, **kwargs)
+    """
 
     flop_ledger: FlopLedger
-    flop_profile: FlopProfile
+    flop_profile: FlopProfile | None
     run_records: str | os.PathLike | None
     selection_result: SelectionResult | None
 
-    def init_budget(self, budget: float | None, model: Any, run_records: str | os.PathLike | None = None) -> None:
-        """Set up the ledger and the model's FLOP profile; call before Trainer.__init__."""
+    def init_budget(
+        self,
+        budget: float | None,
+        model: Any,
+        run_records: str | os.PathLike | None = None,
+        flop_profile: FlopProfile | None = None,
+    ) -> None:
+        """Set up the ledger and the FLOP profile (``flop_profile``, else read from ``model``; ``None``
+        for a model it cannot read when there is no budget); call before Trainer.__init__."""
         self.flop_ledger = FlopLedger(budget=budget)
-        self.flop_profile = FlopProfile.from_model(model)
+        self.flop_profile = profile_for_budget(model, needed=budget is not None, flop_profile=flop_profile)
         self.run_records = run_records
         self._pending_charges: list[float] = []
+        if not hasattr(self, "selection_result"):
+            self.selection_result = None
 
     def init_budget_and_select(
         self,
@@ -125,11 +139,12 @@ class FlopBudgetMixin:
         selection_target: Any = None,
         selector_model: Any = None,
         run_records: str | os.PathLike | None = None,
+        flop_profile: FlopProfile | None = None,
     ) -> Any:
         """:meth:`init_budget` with ``args.flop_budget``, then, when ``args.selector`` is set and there is a
         ``train_dataset``, :meth:`select_training_data` from it against ``selection_target``. Returns the
         rows to train on (``train_dataset`` itself without a selector); call before Trainer.__init__."""
-        self.init_budget(args.flop_budget, model, run_records)
+        self.init_budget(args.flop_budget, model, run_records, flop_profile)
         self.selection_result = None
         if train_dataset is not None and args.selector is not None:
             train_dataset = self.select_training_data(
@@ -189,6 +204,25 @@ class FlopBudgetMixin:
             )
         return self._micro_batch_flops(batch["input_ids"])
 
+    def train_token_lengths(self) -> list[int] | None:
+        """Token count of every training row (a ``datasets.Dataset`` or a map-style torch dataset of
+        rows with ``input_ids``); ``None`` when the rows cannot be counted before training (an
+        iterable dataset, rows without ``input_ids``)."""
+        dataset = self.train_dataset
+        if hasattr(dataset, "column_names"):
+            if "input_ids" not in (dataset.column_names or []):
+                return None
+            return [len(ids) for ids in dataset["input_ids"]]
+        if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+            return None
+        lengths = []
+        for index in range(len(dataset)):
+            row = dataset[index]
+            if not isinstance(row, dict) or "input_ids" not in row:
+                return None
+            lengths.append(len(row["input_ids"]))
+        return lengths
+
     def planned_batch_cost(self) -> Callable[[np.ndarray], float] | None:
         """How :meth:`expected_step_flops` prices a micro-batch of dataset rows: ``None`` (right-padded
         rows, the default) or, when ``self.padding_free`` (TRL), the rows concatenated into one."""
@@ -208,11 +242,12 @@ class FlopBudgetMixin:
             )
         return lambda chunk: cost(1, int(sum(sum(rows[i]) for i in chunk)), gradient_checkpointing=checkpointing)
 
-    def expected_step_flops(self, epochs: int = 3) -> float:
-        """Mean FLOPs of one optimizer step over simulated shuffled epochs (lengths from the data)."""
+    def expected_step_flops(self, epochs: int = 3, lengths: list[int] | None = None) -> float:
+        """Mean FLOPs of one optimizer step over simulated shuffled epochs (``lengths``, default
+        :meth:`train_token_lengths`)."""
         return mean_step_flops(
             self.flop_profile,
-            [len(ids) for ids in self.train_dataset["input_ids"]],
+            lengths if lengths is not None else self.train_token_lengths(),
             self.args.per_device_train_batch_size * max(1, self.args.world_size),
             self.args.gradient_accumulation_steps,
             seed=self.args.seed,
@@ -221,11 +256,27 @@ class FlopBudgetMixin:
             batch_cost=self.planned_batch_cost(),
         )
 
-    def plan_training(self) -> TrainingPlan:
+    def plan_training(self) -> TrainingPlan | None:
         """Size training to the FLOPs the ledger has left: sets args.max_steps and
-        flop_ledger.training; an error when not even one step fits."""
+        flop_ledger.training; an error when not even one step fits. Rows that cannot be counted
+        before training (an iterable dataset) keep the given ``max_steps``, the per-step cap still
+        stopping training at the budget; returns ``None`` then."""
+        lengths = self.train_token_lengths()
+        if lengths is None:
+            if self.args.max_steps > 0:
+                logger.info(
+                    "The training rows cannot be counted before training: max_steps=%d stays, and the FLOP cap "
+                    "stops training at the budget.",
+                    self.args.max_steps,
+                )
+                return None
+            raise ValueError(
+                "flop_budget sizes training from the token lengths of the training rows, but this train_dataset "
+                "has no countable input_ids (e.g. an IterableDataset). Set max_steps (the budget still caps "
+                "every step) or pass a datasets.Dataset."
+            )
         remaining = self.flop_ledger.remaining
-        per_step = self.expected_step_flops()
+        per_step = self.expected_step_flops(lengths=lengths)
         steps = int(remaining // per_step)
         if steps < 1:
             raise ValueError(
@@ -252,6 +303,8 @@ class FlopBudgetMixin:
 
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
         batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.flop_profile is None:
+            return batch_samples, num_items
         tokens = sum(
             int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in batch_samples
         )
@@ -272,6 +325,8 @@ class FlopBudgetMixin:
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
         loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.flop_profile is None:
+            return loss
         charge = (
             self._pending_charges.pop(0) if self._pending_charges else self._global_sum([self.batch_flops(inputs)])[0]
         )
@@ -280,6 +335,9 @@ class FlopBudgetMixin:
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Adds the ledger (selection/train FLOPs, share of budget used) to every log entry."""
+        if self.flop_profile is None:
+            super().log(logs, *args, **kwargs)
+            return
         logs["flops_selection"] = self.flop_ledger.entries["selection"]
         logs["flops_train"] = self.flop_ledger.entries["train"]
         if self.flop_ledger.budget is not None:
@@ -287,12 +345,16 @@ class FlopBudgetMixin:
         super().log(logs, *args, **kwargs)
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        if self.flop_profile is None or "input_ids" not in inputs:
+            return super().floating_point_ops(inputs)
         return int(self.batch_flops(inputs))
 
     def prediction_step(
         self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
     ) -> Any:
         output = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        if self.flop_profile is None or "input_ids" not in inputs:
+            return output
         ids = inputs["input_ids"]
         self.flop_ledger.charge(
             "eval", self._global_sum([self.flop_profile.forward_flops(int(ids.shape[0]), int(ids.shape[1]))])[0]
@@ -301,7 +363,8 @@ class FlopBudgetMixin:
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         """The base trainer's model card plus the compute-budget section: ledger by phase, selector and
-        a link to the selected subset once it was pushed (see :func:`hf_cads.trainer.model_card.add_budget_section`)."""
+        a link to the selected subset once it was pushed (see
+        :func:`hf_cads.trainer.model_card.add_budget_section`)."""
         super().create_model_card(*args, **kwargs)
         if self.is_world_process_zero():
             add_budget_section(self, os.path.join(self.args.output_dir, "README.md"))
@@ -319,8 +382,14 @@ class FlopBudgetMixin:
         super()._save_checkpoint(model, trial)
 
     def restore_ledger(self, checkpoint: str) -> None:
-        """Take over the ledger of a checkpoint written by this mixin (also ledgers of older versions)."""
+        """Take over the ledger of a checkpoint written by this mixin. Without a budget a checkpoint
+        without one (e.g. written by the parent trainer) resumes with the FLOPs before it unrecorded."""
         path = os.path.join(checkpoint, LEDGER_FILE)
+        if not os.path.exists(path) and self.flop_ledger.budget is None:
+            logger.warning(
+                "Checkpoint %r has no %s: the FLOPs spent before it are not recorded.", checkpoint, LEDGER_FILE
+            )
+            return
         if not os.path.exists(path):
             raise FileNotFoundError(
                 f"Checkpoint {checkpoint!r} has no {LEDGER_FILE}; it was not written by BudgetedTrainer, so the "
@@ -350,7 +419,13 @@ class FlopBudgetMixin:
             checkpoint = get_last_checkpoint(self.args.output_dir)
         if isinstance(checkpoint, str):
             self.restore_ledger(checkpoint)
-        output = super().train(resume_from_checkpoint=resume_from_checkpoint, *args, **kwargs)
+        guard = PreemptionGuard(self) if self.flop_ledger.budget is not None else None
+        if guard is None:
+            output = super().train(resume_from_checkpoint, *args, **kwargs)
+        else:
+            with guard:
+                output = super().train(resume_from_checkpoint, *args, **kwargs)
+            guard.finish()  # after a signal: says where to resume, then lets the signal take its course
         if self.run_records is not None and self.is_world_process_zero():
             append_record(
                 self.run_records,

@@ -18,7 +18,7 @@ BUDGET_SECTION_END = "<!-- hf_cads:budget-section:end -->"
 def add_budget_section(trainer: Any, card_path: str | os.PathLike) -> None:
     """Add (or replace) the compute-budget section of a ``BudgetedTrainer``'s model card.
 
-    Rendered from ``model_cards/budgeted_model.md``: the FLOP ledger by phase, the selector and
+    Rendered from ``hf_cads/card_templates/budgeted_model.md``: the FLOP ledger by phase, the selector and
     its configuration, and a link to the selected subset when it was pushed
     (``push_selection(trainer.selection_result, ...)``). The card's metadata gets the ``hf-cads`` tags, the
     subset under ``datasets`` and the ledger under ``hf_cads``.
@@ -60,7 +60,8 @@ def subset_link(result: Any) -> tuple[str | None, str]:
     if repo is None:
         return (
             None,
-            "not pushed to the Hub (share it with `hf_cads.push_selection(trainer.selection_result, ...)` or `hf-cads push`)",
+            "not pushed to the Hub (share it with `hf_cads.push_selection(trainer.selection_result, ...)` "
+            "or `hf-cads push`)",
         )
     config = hub.get("config_name", "default")
     return repo, f"[{repo}](https://huggingface.co/datasets/{repo})" + (
@@ -94,7 +95,8 @@ def training_lines(steps_taken: int, plan: Any) -> list[str]:
     lines = [f"optimizer steps taken: {steps_taken}"]
     if plan.planned_steps:
         lines.append(
-            f"steps planned from the budget: {plan.planned_steps} (~{format_flops(plan.expected_step_flops)} FLOPs each)"
+            f"steps planned from the budget: {plan.planned_steps} "
+            f"(~{format_flops(plan.expected_step_flops)} FLOPs each)"
         )
     if plan.tokens_trained:
         lines.append(f"tokens trained: {plan.tokens_trained}")
@@ -104,7 +106,7 @@ def training_lines(steps_taken: int, plan: Any) -> list[str]:
 
 
 def render_budget_section(trainer: Any, subset: str) -> str:
-    """The section's Markdown, from ``model_cards/budgeted_model.md``."""
+    """The section's Markdown, from ``hf_cads/card_templates/budgeted_model.md``."""
     import yaml
 
     ledger, result = trainer.flop_ledger, trainer.selection_result

@@ -24,23 +24,25 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from transformers import TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
 from ..flops import FlopProfile
 from ..selectors import get_selector_class
-from .arguments import BudgetFields
-from .flop_budget import FlopBudgetMixin, check_quantized_model_has_adapters
-from .trainer import BudgetedTrainer
+from .arguments import BudgetedTrainingArguments, BudgetFields, convert_training_arguments
+from .flop_budget import FlopBudgetMixin
+from .preparation import prepare_model, profile_for_budget
 
 
 @dataclass
 class BudgetedSFTConfig(SFTConfig, BudgetFields):
     """``trl.SFTConfig`` plus the budget and selector options of :class:`~hf_cads.trainer.arguments.BudgetFields`
     (``flop_budget``, ``selector``, ``selection_fraction`` / ``selection_k``, ``selector_kwargs``,
-    ``deduplicate``). Without ``flop_budget`` the trainer records FLOPs without a cap.
+    ``deduplicate``; keyword-only, so ``output_dir`` stays the first positional field). Without
+    ``flop_budget`` the trainer records FLOPs without a cap.
 
     Example:
-        >>> BudgetedSFTConfig(output_dir="out", flop_budget=1e12, use_cpu=True, report_to="none").flop_budget
+        >>> BudgetedSFTConfig("out", flop_budget=1e12, use_cpu=True, report_to="none").flop_budget
         1000000000000.0
     """
 
@@ -56,18 +58,71 @@ class BudgetedSFTConfig(SFTConfig, BudgetFields):
             )
 
 
+def sft_arguments(args: Any, model: Any = None) -> BudgetedSFTConfig:
+    """The :class:`BudgetedSFTConfig` a :class:`BudgetedSFTTrainer` runs with, as ``SFTTrainer`` reads
+    its ``args``: ``None`` gives ``<model name>-SFT`` as ``output_dir``; ``TrainingArguments`` or a
+    plain ``SFTConfig`` are converted field by field (no budget); ``BudgetedTrainingArguments`` go
+    through :func:`sft_config_from`.
+
+    Example:
+        >>> from transformers import TrainingArguments
+        >>> config = sft_arguments(TrainingArguments("out", max_steps=2, use_cpu=True, report_to="none"))
+        >>> type(config).__name__, config.max_steps, config.flop_budget
+        ('BudgetedSFTConfig', 2, None)
+    """
+    if args is None:
+        name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "")
+        return BudgetedSFTConfig(f"{str(name or 'model').rstrip('/').split('/')[-1]}-SFT")
+    if isinstance(args, BudgetedTrainingArguments):
+        return sft_config_from(args)
+    if not isinstance(args, TrainingArguments):
+        raise TypeError(f"args must be BudgetedSFTConfig, SFTConfig or TrainingArguments, got {type(args).__name__}.")
+    return convert_training_arguments(args, BudgetedSFTConfig)
+
+
 class BudgetedSFTTrainer(FlopBudgetMixin, SFTTrainer):
     """``trl.SFTTrainer`` with FLOP-budgeted data selection and training (see the module docstring).
 
-    Same constructor as ``SFTTrainer`` plus ``selection_target`` (validation examples of the target
-    task), ``selector_model`` and ``run_records`` as in :class:`~hf_cads.BudgetedTrainer`.
-    ``model`` may be a built-in alias (e.g. ``smollm2-135m-instruct``), folder or Hub id.
+    Same constructor as ``SFTTrainer`` (``model``, ``args``, ``data_collator``, ``train_dataset``,
+    ``eval_dataset``, ``processing_class`` positional, the rest by keyword, ``peft_config`` and
+    ``quantization_config`` included) plus ``selection_target`` (validation examples of the target
+    task), ``selector_model``, ``run_records`` and ``flop_profile`` as in
+    :class:`~hf_cads.BudgetedTrainer`. ``args`` may be a ``BudgetedSFTConfig``, a plain
+    ``SFTConfig`` or ``TrainingArguments`` (converted, as ``SFTTrainer`` does; no budget), or
+    ``BudgetedTrainingArguments`` (see :func:`sft_config_from`).
+
+    ``model`` may be a built-in alias (e.g. ``smollm2-135m-instruct``), folder or Hub id: it is
+    loaded here, before selection, with ``args.model_init_kwargs`` (``dtype``,
+    ``attn_implementation``, ``quantization_config``, ``device_map``, ``trust_remote_code``) and
+    TRL's defaults for them (``float32``, ``device_map=None`` on CPU), so the model that is trained
+    and priced is the one ``SFTTrainer`` would have loaded.
+
+    Differences from ``SFTTrainer``, on purpose: log entries also hold ``flops_selection``,
+    ``flops_train`` (and ``flops_budget_used``), checkpoints hold ``flop_ledger.json``; with a
+    budget, ``max_steps`` is sized from it, a step that would pass it is not taken, and
+    SIGTERM / SIGINT save a checkpoint before the process ends; with a selector, ``train_dataset``
+    is the selected subset.
+
+    Example:
+        >>> import tempfile
+        >>> from datasets import Dataset
+        >>> from hf_cads.testing import tiny_causal_lm, tiny_tokenizer
+        >>> texts = ["the cat sat on the mat", "a dog ran in the park"] * 4
+        >>> tokenizer = tiny_tokenizer(texts, vocab_size=300)
+        >>> args = BudgetedSFTConfig(tempfile.mkdtemp(), max_steps=2, per_device_train_batch_size=4, bf16=False,
+        ...                          use_cpu=True, report_to="none", save_strategy="no")
+        >>> data = Dataset.from_dict({"text": texts})
+        >>> model = tiny_causal_lm(tokenizer)
+        >>> trainer = BudgetedSFTTrainer(model, args, train_dataset=data, processing_class=tokenizer)
+        >>> trainer.train().global_step, trainer.flop_ledger.entries["train"] > 0  # doctest: +ELLIPSIS
+        {'train_runtime': ...}
+        (2, True)
     """
 
     def __init__(
         self,
         model: Any,
-        args: BudgetedSFTConfig | None = None,
+        args: TrainingArguments | None = None,
         data_collator: Any = None,
         train_dataset: Any = None,
         eval_dataset: Any = None,
@@ -77,31 +132,63 @@ class BudgetedSFTTrainer(FlopBudgetMixin, SFTTrainer):
         peft_config: Any = None,
         selector_model: Any = None,
         run_records: str | os.PathLike | None = None,
+        flop_profile: FlopProfile | None = None,
         **kwargs: Any,
     ) -> None:
-        if args is None:
-            args = BudgetedSFTConfig(output_dir="hf_cads_output")
-        if not isinstance(args, BudgetedSFTConfig):
-            raise TypeError(f"BudgetedSFTTrainer needs BudgetedSFTConfig, got {type(args).__name__}.")
-        # Loading by alias, the pad token and the vocabulary check are BudgetedTrainer's; the adapter
-        # is left to SFTTrainer (peft_config below), which also prepares quantised models for it.
-        model, processing_class = BudgetedTrainer._prepare_model(model, processing_class, None, args.seed)
-        check_quantized_model_has_adapters(model, peft_config)
-        train_dataset = self.init_budget_and_select(
-            args, model, processing_class, train_dataset, selection_target, selector_model, run_records
-        )
-        super().__init__(
-            model=model,
+        args = sft_arguments(args, model)
+        by_name = isinstance(model, str)
+        model_init_kwargs = dict(args.model_init_kwargs or {})
+        quantization_config = kwargs.pop("quantization_config", None)
+        if quantization_config is not None and by_name:
+            if "quantization_config" in model_init_kwargs:
+                raise ValueError(
+                    "quantization_config is set both as a trainer argument and in args.model_init_kwargs; "
+                    "set it in one place."
+                )
+            model_init_kwargs["quantization_config"] = quantization_config
+        elif quantization_config is not None:
+            kwargs["quantization_config"] = quantization_config  # SFTTrainer warns that it is ignored
+        # The adapter is left to SFTTrainer (peft_config below); the model is only checked here.
+        model, processing_class = prepare_model(
+            model,
+            processing_class,
+            peft_config,
+            seed=args.seed,
             args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            peft_config=peft_config,
-            **kwargs,
+            model_init_kwargs=model_init_kwargs,
+            add_adapter=False,
         )
+        train_dataset = self.init_budget_and_select(
+            args,
+            model,
+            processing_class,
+            train_dataset,
+            selection_target,
+            selector_model,
+            run_records,
+            flop_profile,
+        )
+        given_init_kwargs = args.model_init_kwargs
+        if by_name:
+            # Already used to load the model: SFTTrainer would warn that they are ignored.
+            args.model_init_kwargs = None
+        try:
+            super().__init__(
+                model=model,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                peft_config=peft_config,
+                **kwargs,
+            )
+        finally:
+            args.model_init_kwargs = given_init_kwargs
         # The adapter exists only now: which layers train decides the backward cost.
-        self.flop_profile = FlopProfile.from_model(self.model)
+        self.flop_profile = profile_for_budget(
+            self.model, needed=self.flop_ledger.budget is not None, flop_profile=flop_profile
+        )
         if train_dataset is not None and self.flop_ledger.budget is not None:
             self.plan_training()
 

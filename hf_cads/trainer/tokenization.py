@@ -1,4 +1,14 @@
-"""Turning a text or chat dataset into causal-LM training batches."""
+"""Turning a text or chat dataset into causal-LM training batches.
+
+Example:
+    >>> from datasets import Dataset
+    >>> from hf_cads.testing import tiny_tokenizer
+    >>> tokenizer = tiny_tokenizer(["2+2=4"], vocab_size=300)
+    >>> rows = tokenize_for_causal_lm(Dataset.from_dict({"text": ["2+2=4"]}), tokenizer, max_length=16)
+    >>> batch = CausalLMCollator(pad_token_id=tokenizer.pad_token_id)([rows[0]])
+    >>> sorted(batch), bool((batch["labels"] == batch["input_ids"]).all())
+    (['attention_mask', 'input_ids', 'labels'], True)
+"""
 
 from __future__ import annotations
 
@@ -11,9 +21,18 @@ from ..data import example_segments, get_texts
 logger = logging.getLogger(__name__)
 
 
+CAUSAL_LM_COLUMNS = frozenset({"input_ids", "labels"})
+
+
 @dataclass
 class CausalLMCollator:
-    """Right-pads ``input_ids`` and builds ``labels`` with padding masked out (-100)."""
+    """Right-pads ``input_ids`` and builds ``labels`` with padding masked out (-100): the rows'
+    own per-token ``labels`` where they have them, else the ``input_ids``.
+
+    Example:
+        >>> CausalLMCollator(pad_token_id=0)([{"input_ids": [5, 6, 7]}, {"input_ids": [8]}])["labels"].tolist()
+        [[5, 6, 7], [8, -100, -100]]
+    """
 
     pad_token_id: int
 
@@ -32,8 +51,50 @@ class CausalLMCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def is_causal_lm_rows(dataset: Any) -> bool:
+    """Whether ``dataset`` is a ``datasets.Dataset`` of causal-LM rows :class:`CausalLMCollator` pads
+    exactly: ``input_ids`` and optionally per-token ``labels``, nothing else (an ``attention_mask``
+    or other columns are left to the trainer's default collator).
+
+    Example:
+        >>> from datasets import Dataset
+        >>> is_causal_lm_rows(Dataset.from_dict({"input_ids": [[1, 2]], "labels": [[1, 2]]}))
+        True
+        >>> is_causal_lm_rows(Dataset.from_dict({"input_ids": [[1, 2]], "labels": [0]}))  # a class label
+        False
+    """
+    columns = set(getattr(dataset, "column_names", None) or [])
+    if "input_ids" not in columns or not columns <= CAUSAL_LM_COLUMNS:
+        return False
+    features = getattr(dataset, "features", None) or {}
+    return "labels" not in columns or type(features.get("labels")).__name__ in ("Sequence", "List", "LargeList")
+
+
+def has_text(dataset: Any, text_column: str | None = None) -> bool:
+    """Whether ``dataset`` is a ``datasets.Dataset`` of text the trainer tokenises: no ``input_ids``,
+    and ``text_column``, ``text``, chat ``messages`` or ``prompt`` + ``completion`` columns.
+
+    Example:
+        >>> from datasets import Dataset
+        >>> has_text(Dataset.from_dict({"text": ["a"]})), has_text(Dataset.from_dict({"x": [1.0]}))
+        (True, False)
+    """
+    columns = set(getattr(dataset, "column_names", None) or [])
+    if not columns or "input_ids" in columns or not hasattr(dataset, "select_columns"):
+        return False
+    if text_column is not None:
+        return True  # a missing column is then named by the tokenising step
+    return bool(columns & {"text", "messages"}) or {"prompt", "completion"} <= columns
+
+
 def has_completions(dataset: Any, text_column: str | None = None) -> bool:
-    """Whether the dataset is prompt-completion or chat data (trained on its completions only)."""
+    """Whether the dataset is prompt-completion or chat data (trained on its completions only).
+
+    Example:
+        >>> from datasets import Dataset
+        >>> has_completions(Dataset.from_dict({"prompt": ["2+2="], "completion": ["4"]}))
+        True
+    """
     columns = set(dataset.column_names)
     return text_column is None and (
         {"prompt", "completion"} <= columns or ("messages" in columns and "text" not in columns)
@@ -48,7 +109,8 @@ def tokenize_for_causal_lm(
     role: str = "train",
     train_on_prompt: bool = False,
 ) -> Any:
-    """Tokenise a text or chat dataset into ``input_ids`` (EOS appended, truncated to ``max_length``).
+    """Tokenise a text or chat dataset into ``input_ids`` (EOS appended, truncated to ``max_length``);
+    any other dataset (already tokenised, not text, not a ``datasets.Dataset``) is returned as it is.
 
     Prompt-completion and chat datasets (``prompt``/``completion`` columns, or ``messages`` without
     ``text``) also get ``labels``: ``-100`` on prompt, system and user tokens, as TRL's
@@ -62,7 +124,7 @@ def tokenize_for_causal_lm(
     """
     from datasets import Dataset
 
-    if "input_ids" in dataset.column_names:
+    if not has_text(dataset, text_column):
         return dataset
     if tokenizer is None:
         raise ValueError(
@@ -88,8 +150,8 @@ def tokenize_for_causal_lm(
         label_rows.append(labels)
     if empty:
         logger.warning(
-            "%d of %d %s rows have no completion token within max_seq_length=%d (the prompt fills it); they add no loss. "
-            "Raise max_seq_length or shorten the prompts.",
+            "%d of %d %s rows have no completion token within max_seq_length=%d (the prompt fills it); "
+            "they add no loss. Raise max_seq_length or shorten the prompts.",
             empty,
             len(dataset),
             role,
