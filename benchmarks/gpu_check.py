@@ -35,6 +35,14 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The shared data beside the checkout (the device machine copies it as shared/ inside the tree).
+for _data in (
+    Path(__file__).resolve().parents[1] / "shared" / "data",
+    Path(__file__).resolve().parents[2] / "shared" / "data",
+):
+    if _data.is_dir():
+        os.environ.setdefault("HF_CADS_DATA_DIR", str(_data))
+        break
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = "boolean_expressions"

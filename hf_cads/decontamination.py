@@ -65,7 +65,6 @@ _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 _CHUNK_ROWS = 4096  # rows hashed per numpy pass: enough to amortise numpy calls, little memory
 _FILTER_BITS = 24  # a 16 MiB membership bitmap in front of the sorted n-gram table
 _HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
-_HASH_SEED = 20260101
 _TEMPLATE_MIN_ROWS = 3  # text in 2 rows of a small test set may be one item asked twice
 
 MatchKind = Literal["exact", "ngram"]

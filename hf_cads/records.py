@@ -38,7 +38,7 @@ from typing import Any
 
 from .selectors import build_selector, get_selector_class
 from .selectors.options import family_options, result_options
-from .selectors.within_budget import matmul_params, selection_model_params  # noqa: F401  (re-exported: their former home)
+from .selectors.within_budget import matmul_params
 
 logger = logging.getLogger(__name__)
 

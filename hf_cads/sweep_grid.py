@@ -21,7 +21,7 @@ process writes records and the plot.
 
 Example:
     >>> from hf_cads.sweep_grid import run_sweep  # doctest: +SKIP
-    >>> summary = run_sweep("recipes/sweep.yaml")  # doctest: +SKIP
+    >>> summary = run_sweep(find_recipe("sweep"))  # doctest: +SKIP
     >>> summary.records_path, summary.ran, summary.skipped  # doctest: +SKIP
 """
 
@@ -160,7 +160,7 @@ def load_sweep(
     from .pipeline import read_yaml_file, recipe_from_dict, run_records_path
 
     path = Path(path)
-    data = read_yaml_file(path, "Sweep file", "pass a sweep YAML (see recipes/sweep.yaml).")
+    data = read_yaml_file(path, "Sweep file", "pass a sweep YAML (see hf-cads recipes --path sweep).")
     if not isinstance(data, dict) or SWEEP_SECTION not in data:
         raise ValueError(f"Sweep file {str(path)!r} must be a recipe mapping with a '{SWEEP_SECTION}:' section.")
     spec = SweepSpec.from_dict(data.pop(SWEEP_SECTION), str(path))

@@ -9,19 +9,16 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from importlib import resources
 from typing import Any
 
 import numpy as np
+
+from .package_data import CARD_TEMPLATES_FOLDER, package_file
 
 METADATA_KEY = "hf_cads"
 """The card-metadata key holding hf_cads's structured provenance."""
 _SECRET_KEY = re.compile(r"(^|_)(token|password|secret|api_key|apikey)$", re.IGNORECASE)
 _HF_TOKEN = re.compile(r"hf_[A-Za-z0-9]{20,}")
-
-
-CARD_TEMPLATES = "card_templates"
-"""The package-data folder of the card templates (``hf_cads/card_templates/``)."""
 
 
 def card_template(name: str) -> str:
@@ -31,10 +28,10 @@ def card_template(name: str) -> str:
         >>> card_template("selected_subset.md").startswith("---")
         True
     """
-    template = resources.files("hf_cads").joinpath(CARD_TEMPLATES, name)
+    template = package_file(CARD_TEMPLATES_FOLDER, name)
     if not template.is_file():
         raise FileNotFoundError(
-            f"Card template {name!r} is missing from hf_cads/{CARD_TEMPLATES}/; reinstall hf_cads "
+            f"Card template {name!r} is missing from hf_cads/{CARD_TEMPLATES_FOLDER}/; reinstall hf_cads "
             "(pip install --force-reinstall hf_cads)."
         )
     return template.read_text(encoding="utf-8")

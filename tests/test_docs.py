@@ -62,6 +62,12 @@ def page_id(page: Path) -> str:
 
 def run_blocks(blocks: list[Block], workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(workdir)
+    # A page may register its own selector: the registry is restored afterwards, so later tests
+    # iterating list_selectors() see only the package's own.
+    from hf_cads.selectors import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_ALIASES", dict(registry._ALIASES))
     # A real module, so that classes defined in a block (dataclasses, selectors) behave as in a script.
     page_module = types.ModuleType("docs_page")
     monkeypatch.setitem(sys.modules, page_module.__name__, page_module)

@@ -11,6 +11,13 @@
 The top layer of the package: nothing in ``hf_cads`` imports it. A verb's module is imported only
 when that verb runs, so ``hf-cads selectors`` does not load what ``hf-cads run`` needs. Adding a
 verb is one module here plus one line in :data:`COMMANDS`.
+
+Example:
+    >>> from hf_cads.commands import COMMANDS, main
+    >>> "run" in COMMANDS and "recipes" in COMMANDS
+    True
+    >>> main(["no-such-verb"])  # one error line and the usage, on stderr
+    2
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ from typing import Any
 
 from ..flops import LoraSpec
 from ..models import load_tokenizer
-from ..pipeline import decontaminate_run_data, default_recipe, load_run_data, parse_recipe
+from ..package_data import default_recipe, find_recipe
+from ..pipeline import decontaminate_run_data, load_run_data, parse_recipe
 from ..planner.cost_table import DEFAULT_ESTIMATE_SELECTORS, estimate_costs, load_model_config
 
 
@@ -32,7 +33,7 @@ def _uses_lora(run: Any) -> bool:
 def main(argv: Sequence[str]) -> int:
     """``hf-cads estimate [RECIPE] --budget 1e18``: selection and training FLOPs per selector, no weights loaded."""
     argv = list(argv)
-    recipe = Path(argv.pop(0)) if argv and not argv[0].startswith("-") else default_recipe()
+    recipe = find_recipe(argv.pop(0)) if argv and not argv[0].startswith("-") else default_recipe()
     parser = argparse.ArgumentParser(prog="hf-cads estimate", description=main.__doc__)
     parser.add_argument("--budget", type=float, help="FLOPs per finetune (default: the recipe's flop_budget)")
     parser.add_argument("--model", help="the trained model: alias, local folder or Hub id (default: the recipe's)")

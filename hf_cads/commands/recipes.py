@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from ..pipeline import recipe_summary, shipped_accelerate_configs, shipped_recipes
+from ..package_data import recipe_summary, shipped_accelerate_configs, shipped_recipes
 
 
 def main(argv: Sequence[str]) -> int:

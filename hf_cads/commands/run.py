@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..pipeline import default_recipe, find_recipe, format_report, parse_recipe, run_budgeted_finetune
+from ..package_data import default_recipe, find_recipe
+from ..pipeline import format_report, parse_recipe, run_budgeted_finetune
 
 
 def main(argv: Sequence[str]) -> int:

@@ -15,12 +15,11 @@ from ..decontamination import ContaminationReport
 from ..distributed import current_processes
 from ..flops import FlopLedger
 from ..models import load_causal_lm
+from ..package_data import default_recipe, find_recipe
 from ..pipeline import (
     Decontamination,
     RunConfig,
     decontaminate_run_data,
-    default_recipe,
-    find_recipe,
     load_run_data,
     model_load_options,
     on_loaded_pool,

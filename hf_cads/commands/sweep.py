@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from ..pipeline import find_recipe
+from ..package_data import find_recipe
 from ..sweep_grid import run_sweep
 
 

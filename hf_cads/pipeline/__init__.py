@@ -4,7 +4,7 @@ loss before/after and the ledger, and keeping the model and the subset it was tr
 A recipe YAML holds the fields of :class:`RunConfig` (TRL's ``ModelConfig`` plus the data options)
 and :class:`BudgetedTrainingArguments` side by side (flat, TRL style); :func:`parse_recipe` reads it
 with TRL's ``TrlParser`` and rejects unknown keys. The shipped recipes are package data
-(``hf_cads/recipes/``, listed by ``hf-cads recipes``).
+(:mod:`hf_cads.package_data`, listed by ``hf-cads recipes``).
 
 By job: :mod:`~hf_cads.pipeline.recipe` (recipes and :class:`RunConfig`),
 :mod:`~hf_cads.pipeline.inputs` (target, pool, decontamination, model loading),
@@ -12,7 +12,8 @@ By job: :mod:`~hf_cads.pipeline.recipe` (recipes and :class:`RunConfig`),
 :mod:`~hf_cads.pipeline.outputs` (model, tokenizer, card, subset; Hub pushes).
 
 Example:
-    >>> from hf_cads.pipeline import find_recipe, parse_recipe, run_budgeted_finetune
+    >>> from hf_cads.package_data import find_recipe
+    >>> from hf_cads.pipeline import parse_recipe, run_budgeted_finetune
     >>> run_config, training_args = parse_recipe(find_recipe("quickstart"))
     >>> report = run_budgeted_finetune(run_config, training_args)  # doctest: +SKIP
 """
@@ -43,23 +44,16 @@ from .outputs import SUBSET_FOLDER, keep_run_outputs, save_subset
 from .recipe import (
     DECONTAMINATE_MODES,
     MODEL_DTYPES,
-    QUICKSTART,
     TRAINERS,
     RunConfig,
-    default_recipe,
-    find_recipe,
     parse_recipe,
     read_yaml_file,
     recipe_from_dict,
-    recipe_summary,
-    shipped_accelerate_configs,
-    shipped_recipes,
 )
 
 __all__ = [
     "DECONTAMINATE_MODES",
     "MODEL_DTYPES",
-    "QUICKSTART",
     "SUBSET_FOLDER",
     "TRAINERS",
     "Decontamination",
@@ -67,11 +61,9 @@ __all__ = [
     "RunInputs",
     "build_trainer",
     "decontaminate_run_data",
-    "default_recipe",
     "evaluate_target",
     "exact_match_applies",
     "expected_run_key",
-    "find_recipe",
     "format_report",
     "keep_run_outputs",
     "load_run_data",
@@ -81,14 +73,11 @@ __all__ = [
     "parse_recipe",
     "read_yaml_file",
     "recipe_from_dict",
-    "recipe_summary",
     "resolve_trainer",
     "run_budgeted_finetune",
     "run_records_path",
     "run_setup",
     "save_subset",
     "sft_view",
-    "shipped_accelerate_configs",
-    "shipped_recipes",
     "target_loss",
 ]

@@ -2,8 +2,9 @@
 target loss (and exact match) before/after, the ledger, and a run record for the planner.
 
 Example:
+    >>> from hf_cads.package_data import find_recipe  # doctest: +SKIP
     >>> from hf_cads.pipeline import format_report, parse_recipe, run_budgeted_finetune  # doctest: +SKIP
-    >>> run_config, training_args = parse_recipe("recipes/quickstart.yaml")  # doctest: +SKIP
+    >>> run_config, training_args = parse_recipe(find_recipe("quickstart"))  # doctest: +SKIP
     >>> print(format_report(run_budgeted_finetune(run_config, training_args)))  # doctest: +SKIP
 """
 

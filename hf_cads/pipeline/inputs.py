@@ -2,8 +2,9 @@
 decontaminated against the test rows, and the model with the recipe's dtype / 4-bit options.
 
 Example:
+    >>> from hf_cads.package_data import find_recipe  # doctest: +SKIP
     >>> from hf_cads.pipeline import load_run_inputs, parse_recipe  # doctest: +SKIP
-    >>> run_config, training_args = parse_recipe("recipes/quickstart.yaml")  # doctest: +SKIP
+    >>> run_config, training_args = parse_recipe(find_recipe("quickstart"))  # doctest: +SKIP
     >>> inputs = load_run_inputs(run_config, training_args)  # doctest: +SKIP
     >>> len(inputs.pool), inputs.decontamination.summary()["pool_rows_dropped"]  # doctest: +SKIP
 """

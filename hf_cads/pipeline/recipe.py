@@ -2,12 +2,12 @@
 plus what to select from and for) and of :class:`~hf_cads.BudgetedTrainingArguments` side by side,
 flat as in TRL's scripts, merged with command-line flags by TRL's ``TrlParser``.
 
-The recipes shipped with hf_cads live in ``hf_cads/recipes/`` (package data): :func:`find_recipe`
-takes a path or a shipped recipe's name (``quickstart``, ``smollm2-135m/lora-bm25``), and
-:func:`shipped_recipes` lists them (``hf-cads recipes``).
+The recipes shipped with hf_cads are package data (:mod:`hf_cads.package_data`): ``find_recipe``
+takes a path or a shipped recipe's name (``quickstart``, ``smollm2-135m/lora-bm25``).
 
 Example:
-    >>> from hf_cads.pipeline import find_recipe, parse_recipe
+    >>> from hf_cads.package_data import find_recipe
+    >>> from hf_cads.pipeline import parse_recipe
     >>> run_config, training_args = parse_recipe(find_recipe("quickstart"), ["--flop_budget", "3e14"])
     >>> run_config.model_name_or_path, run_config.use_peft, training_args.flop_budget
     ('smollm2-135m-instruct', True, 300000000000000.0)
@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -34,84 +33,6 @@ logger = logging.getLogger(__name__)
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
 TRAINERS = ("sft", "causal-lm")
 DECONTAMINATE_MODES = ("drop", "report", "off")
-QUICKSTART = "quickstart"
-RECIPES_FOLDER = "recipes"
-ACCELERATE_CONFIGS_FOLDER = "accelerate_configs"
-RECIPE_SUFFIXES = (".yaml", ".yml")
-
-
-# -- shipped recipes ------------------------------------------------------------------------------
-def _shipped(folder: str) -> dict[str, Path]:
-    root = Path(str(resources.files("hf_cads").joinpath(folder)))
-    return {
-        path.relative_to(root).with_suffix("").as_posix(): path
-        for path in sorted(root.rglob("*"))
-        if path.suffix in RECIPE_SUFFIXES and path.is_file()
-    }
-
-
-def shipped_recipes() -> dict[str, Path]:
-    """Name -> file of the recipes in ``hf_cads/recipes/`` (names are paths without ``.yaml``).
-
-    Example:
-        >>> names = shipped_recipes()
-        >>> "quickstart" in names and "smollm2-135m/lora-bm25" in names
-        True
-    """
-    return _shipped(RECIPES_FOLDER)
-
-
-def shipped_accelerate_configs() -> dict[str, Path]:
-    """Name -> file of the ``accelerate launch --config_file`` configs in ``hf_cads/accelerate_configs/``.
-
-    Example:
-        >>> sorted(shipped_accelerate_configs())[:2]
-        ['deepspeed_zero3', 'fsdp']
-    """
-    return _shipped(ACCELERATE_CONFIGS_FOLDER)
-
-
-def find_recipe(name_or_path: str | os.PathLike, hint: str = "") -> Path:
-    """The recipe file ``name_or_path`` names: an existing file, else a shipped recipe's name
-    (``smollm2-135m/lora-bm25``, with or without ``.yaml``); ``hint`` ends the error otherwise.
-
-    Example:
-        >>> find_recipe("smollm2-135m/lora-bm25.yaml").name
-        'lora-bm25.yaml'
-    """
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path
-    name = str(name_or_path)
-    for suffix in RECIPE_SUFFIXES:
-        name = name.removesuffix(suffix)
-    shipped = shipped_recipes()
-    if name in shipped:
-        return shipped[name]
-    raise FileNotFoundError(
-        f"Recipe file {str(name_or_path)!r} does not exist and no shipped recipe has that name; pass a path or "
-        f"one of {sorted(shipped)} (hf-cads recipes lists them){'; ' + hint if hint else ''}"
-    )
-
-
-def default_recipe() -> Path:
-    """The recipe ``hf-cads run`` runs without an argument: the shipped ``quickstart``."""
-    return find_recipe(QUICKSTART)
-
-
-def recipe_summary(path: str | os.PathLike) -> str:
-    """The first comment line of a recipe (its one-line description), without the ``#``.
-
-    Example:
-        >>> recipe_summary(find_recipe("quickstart")).startswith("The default of `hf-cads run`")
-        True
-    """
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):
-            return line.lstrip("#").strip()
-        if line.strip():
-            break
-    return ""
 
 
 # -- the run's own options ------------------------------------------------------------------------
@@ -274,6 +195,7 @@ def parse_recipe(
     """Read a recipe YAML into ``(RunConfig, BudgetedTrainingArguments)``; ``overrides`` are CLI flags.
 
     Example:
+        >>> from hf_cads.package_data import find_recipe
         >>> run_config, args = parse_recipe(find_recipe("quickstart"), ["--selector", "random"])
         >>> args.selector, args.selector_kwargs  # the recipe's bm25 options stay with bm25
         ('random', None)
@@ -315,12 +237,6 @@ def recipe_from_dict(
     overrides = list(overrides or [])
     data = dict(data)
     parser = TrlParser((RunConfig, BudgetedTrainingArguments))
-    known = {action.dest for action in parser._actions}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(
-            f"Recipe {source!r} has unknown option(s) {unknown}; see `hf-cads run --help` for valid ones."
-        )
     selector = overridden_selector(overrides)
     if (
         selector is not None
@@ -336,6 +252,11 @@ def recipe_from_dict(
             data.pop("selector_kwargs"),
             selector,
         )
-    parser.set_defaults_with_config(**data)
+    # TrlParser returns the keys no dataclass field takes as ["--key", "value", ...].
+    unknown = sorted(flag.removeprefix("--") for flag in parser.set_defaults_with_config(**data)[::2])
+    if unknown:
+        raise ValueError(
+            f"Recipe {source!r} has unknown option(s) {unknown}; see `hf-cads run --help` for valid ones."
+        )
     run_config, training_args = parser.parse_args_into_dataclasses(args=overrides)
     return run_config, training_args

@@ -19,6 +19,12 @@ metric with no training and ``P_max`` the asymptote: above ``P0`` for metrics wh
 - draws it all: FLOPs on a log x axis, one colour per selector, scatter = runs, curves = fits,
   dashed = frontier.
 
+Before any run of your own, :mod:`~hf_cads.planner.cost_table` prices every selector and training
+row from the model's config alone (``hf-cads estimate``), :mod:`~hf_cads.planner.prior` supplies the
+curve shapes measured on 270 runs as a prior that your records update, and
+:mod:`~hf_cads.planner.pilots` proposes the pilot runs that most reduce the expected regret of the
+recommendation (``hf-cads plan --costs COSTS.json --propose N --pilot-budget B``).
+
 The fit is bounded least squares with ``0 <= P0 <= P_max`` (mirrored for losses:
 ``0 <= P_max <= P0``), ``P_max <= 1`` for fractions (accuracy, exact match; :func:`metric_ceiling`)
 and ``lambda > 0``. The analysis fitted with Levenberg–Marquardt, which takes
@@ -42,6 +48,7 @@ Example:
 """
 
 from ..records import NO_SELECTION
+from .cost_table import CostTable, SelectorCost, estimate_costs
 from .fit import (
     BENT_SHARE,
     EXPENSIVE_SELECTORS,
@@ -54,7 +61,10 @@ from .fit import (
     unbent_fit_reason,
 )
 from .frontier import pareto_frontier
+from .pilots import PilotDesign, PlanCandidate, propose_pilots
 from .plot import plot_plan
+from .prior import MeasuredPrior, Observation
+from .prior_plan import PriorPlan, plan_from_prior
 from .recommend import (
     BreakEven,
     PlanOption,
@@ -69,15 +79,23 @@ from .report import EXTRAPOLATION_WARNING, Plan, make_plan
 __all__ = [
     "BENT_SHARE",
     "BreakEven",
+    "CostTable",
     "EXPENSIVE_SELECTORS",
     "EXTRAPOLATION_WARNING",
+    "MeasuredPrior",
     "NO_SELECTION",
+    "Observation",
     "PerformanceFit",
+    "PilotDesign",
     "Plan",
+    "PlanCandidate",
     "PlanOption",
+    "PriorPlan",
     "Recommendation",
+    "SelectorCost",
     "affordable_k",
     "break_even_ratios",
+    "estimate_costs",
     "fit_performance_curve",
     "fit_selectors",
     "lower_is_better",
@@ -85,7 +103,9 @@ __all__ = [
     "metric_ceiling",
     "option_at_budget",
     "pareto_frontier",
+    "plan_from_prior",
     "plot_plan",
+    "propose_pilots",
     "recommend",
     "select_records",
     "unbent_fit_reason",

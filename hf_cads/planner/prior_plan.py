@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..records import RunRecord
+from .cost_table import largest_affordable_k
 from .fit import lower_is_better
 from .pilots import PilotDesign, PlanCandidate, propose_pilots, recommend_candidate
 from .prior import PRIOR_NOTE, MeasuredPrior, Observation
@@ -96,6 +97,22 @@ def candidates_from_costs(
     ]
 
 
+def largest_affordable(costs: Mapping[str, Any], selectors: Sequence[str], budget: float) -> list[PlanCandidate]:
+    """Per selector, the most rows ``budget`` trains on after its selection (none when not one row)."""
+    per_row, epochs, pool = (
+        float(costs["train_flops_per_row"]),
+        float(costs.get("epochs", 1.0)),
+        int(costs["pool_rows"]),
+    )
+    selection = {row["selector"]: float(row["selection_flops"]) for row in costs["rows"]}
+    out = []
+    for name in selectors:
+        k = largest_affordable_k(budget, selection[name], per_row, pool, epochs)
+        if k >= 1:
+            out.append(PlanCandidate(name, k / pool, selection[name] + epochs * per_row * k))
+    return out
+
+
 def observations_from_records(records: Sequence[RunRecord], metric: str) -> list[Observation]:
     """Your runs as the prior's observations: ``s * (P - P0)`` at ``k / pool``."""
     sign = -1.0 if lower_is_better(metric) else 1.0
@@ -130,7 +147,7 @@ def plan_from_prior(
         )
     observations = observations_from_records([r for r in records if r.selector in selectors], metric)
     posterior = prior.update(observations)
-    options = candidates_from_costs(costs, selectors, OPTION_SHARES)
+    options = candidates_from_costs(costs, selectors, OPTION_SHARES) + largest_affordable(costs, selectors, budget)
     chosen = recommend_candidate(posterior, options, budget)
     if chosen is None:
         cheapest = min(options, key=lambda o: o.flops)
@@ -153,6 +170,9 @@ def plan_from_prior(
         pool_rows=int(costs["pool_rows"]),
         observations=tuple(observations),
         cells=len(prior.cells),
-        options=tuple((o, posterior.predict(o.selector, o.share)) for o in affordable),
+        options=tuple(
+            (o, posterior.predict(o.selector, o.share))
+            for o in sorted(affordable, key=lambda o: (selectors.index(o.selector), o.share))
+        ),
         pilots=design,
     )

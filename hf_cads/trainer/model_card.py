@@ -52,7 +52,12 @@ def add_budget_section(trainer: Any, card_path: str | os.PathLike) -> None:
 
 
 def subset_link(result: Any) -> tuple[str | None, str]:
-    """``(repo id, Markdown text)`` of the selected subset: a link once it was pushed, else how to push it."""
+    """``(repo id, Markdown text)`` of the selected subset: a link once it was pushed, else how to push it.
+
+    Example:
+        >>> subset_link(None)
+        (None, '')
+    """
     if result is None:
         return None, ""
     hub = dict(result.extras.get("hub") or {})
@@ -70,7 +75,15 @@ def subset_link(result: Any) -> tuple[str | None, str]:
 
 
 def ledger_rows(ledger: Any) -> list[dict[str, str]]:
-    """One table row per phase plus the total, with the share of the budget (or of the spend)."""
+    """One table row per phase plus the total, with the share of the budget (or of the spend).
+
+    Example:
+        >>> from hf_cads.flops import FlopLedger
+        >>> ledger = FlopLedger(budget=1e12)
+        >>> ledger.charge("train", 5e11)
+        >>> ledger_rows(ledger)[-1]["share"]
+        '50%'
+    """
     breakdown = ledger.breakdown()
     denominator = ledger.budget or ledger.spent or 1.0
     rows = [
@@ -91,7 +104,13 @@ def ledger_rows(ledger: Any) -> list[dict[str, str]]:
 
 
 def training_lines(steps_taken: int, plan: Any) -> list[str]:
-    """What the :class:`~hf_cads.flops.charges.TrainingPlan` says, one sentence per fact."""
+    """What the :class:`~hf_cads.flops.charges.TrainingPlan` says, one sentence per fact.
+
+    Example:
+        >>> from hf_cads.flops.charges import TrainingPlan
+        >>> training_lines(4, TrainingPlan(tokens_trained=512))
+        ['optimizer steps taken: 4', 'tokens trained: 512']
+    """
     lines = [f"optimizer steps taken: {steps_taken}"]
     if plan.planned_steps:
         lines.append(
@@ -127,7 +146,13 @@ def render_budget_section(trainer: Any, subset: str) -> str:
 
 
 def replace_section(body: str, section: str) -> str:
-    """``body`` with its budget section (between the markers) replaced by ``section``, or appended."""
+    """``body`` with its budget section (between the markers) replaced by ``section``, or appended.
+
+    Example:
+        >>> once = replace_section("# Model", "budget: 1e12")
+        >>> replace_section(once, "budget: 2e12").count("budget:")
+        1
+    """
     if BUDGET_SECTION_START in body and BUDGET_SECTION_END in body:
         before, rest = body.split(BUDGET_SECTION_START, 1)
         body = before.rstrip("\n") + rest.split(BUDGET_SECTION_END, 1)[1]

@@ -32,7 +32,19 @@ PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class PreemptionCallback(TrainerCallback):
-    """Asks the trainer to save and stop at the end of the optimizer step in which a signal came."""
+    """Asks the trainer to save and stop at the end of the optimizer step in which a signal came
+    (added by :class:`PreemptionGuard` for the length of one ``train()`` call).
+
+    Example:
+        >>> from transformers import TrainerControl, TrainerState
+        >>> class Signalled:
+        ...     stopped_at_step = None
+        ...     def stop_agreed(self):
+        ...         return True
+        >>> control = PreemptionCallback(Signalled()).on_step_end(None, TrainerState(global_step=3), TrainerControl())
+        >>> control.should_save, control.should_training_stop
+        (True, True)
+    """
 
     def __init__(self, guard: PreemptionGuard) -> None:
         self.guard = guard

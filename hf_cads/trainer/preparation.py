@@ -65,14 +65,31 @@ def model_loading_options(model_init_kwargs: dict[str, Any] | None, args: Any = 
 
 def load_model_by_name(name_or_path: str, model_init_kwargs: dict[str, Any] | None, args: Any = None) -> tuple:
     """``(model, tokenizer)`` for a built-in alias, folder or Hub id, loaded with
-    :func:`model_loading_options` (see :func:`hf_cads.models.load_causal_lm`)."""
+    :func:`model_loading_options` (see :func:`hf_cads.models.load_causal_lm`).
+
+    Example:
+        >>> import tempfile
+        >>> from hf_cads.testing import tiny_causal_lm, tiny_tokenizer
+        >>> folder, tokenizer = tempfile.mkdtemp(), tiny_tokenizer(["a b c"], vocab_size=300)
+        >>> tiny_causal_lm(tokenizer).save_pretrained(folder); tokenizer.save_pretrained(folder)  # doctest: +ELLIPSIS
+        (...)
+        >>> model, _ = load_model_by_name(folder, {"dtype": "bfloat16"})
+        >>> model.dtype
+        torch.bfloat16
+    """
     from ..models import load_causal_lm
 
     return load_causal_lm(name_or_path, **model_loading_options(model_init_kwargs, args))
 
 
 def is_quantized(model: Any) -> bool:
-    """Whether ``model`` holds bitsandbytes 4-bit or 8-bit weights."""
+    """Whether ``model`` holds bitsandbytes 4-bit or 8-bit weights.
+
+    Example:
+        >>> import torch
+        >>> is_quantized(torch.nn.Linear(2, 2))
+        False
+    """
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 

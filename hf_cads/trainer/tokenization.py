@@ -118,9 +118,13 @@ def tokenize_for_causal_lm(
     reads every token, so the FLOPs charged are the same.
 
     Example:
-        >>> ds = Dataset.from_dict({"prompt": ["2+2="], "completion": ["4"]})  # doctest: +SKIP
-        >>> tokenize_for_causal_lm(ds, tokenizer, 64)[0]["labels"]  # doctest: +SKIP
-        [-100, -100, -100, 19, 2]
+        >>> from datasets import Dataset
+        >>> from hf_cads.testing import tiny_tokenizer
+        >>> tokenizer = tiny_tokenizer(["2+2=4"], vocab_size=300)
+        >>> rows = Dataset.from_dict({"prompt": ["2+2="], "completion": ["4"]})
+        >>> labels = tokenize_for_causal_lm(rows, tokenizer, 64)[0]["labels"]
+        >>> labels[0], labels[-1] == tokenizer.eos_token_id  # prompt masked, the completion and EOS trained
+        (-100, True)
     """
     from datasets import Dataset
 

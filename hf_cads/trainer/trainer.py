@@ -27,7 +27,7 @@ from transformers import Trainer, TrainingArguments
 from ..flops import FlopProfile
 from .arguments import BudgetedTrainingArguments, convert_training_arguments
 from .flop_budget import FlopBudgetMixin
-from .preparation import prepare_model
+from .preparation import prepare_model, profile_for_budget
 from .tokenization import CausalLMCollator, is_causal_lm_rows, tokenize_for_causal_lm
 
 logger = logging.getLogger(__name__)
@@ -162,7 +162,9 @@ class BudgetedTrainer(FlopBudgetMixin, Trainer):
         )
         if model is None and self.flop_profile is None:
             # Built by model_init: the profile comes from the model Trainer made.
-            self.init_budget(args.flop_budget, self.model, run_records, flop_profile)
+            self.flop_profile = profile_for_budget(
+                self.model, needed=self.flop_ledger.budget is not None, flop_profile=flop_profile
+            )
         if train_dataset is not None and self.flop_ledger.budget is not None:
             self.plan_training()
 

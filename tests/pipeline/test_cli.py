@@ -15,7 +15,8 @@ import yaml
 
 from hf_cads import list_selectors
 from hf_cads.cli import main
-from hf_cads.pipeline import find_recipe, parse_recipe
+from hf_cads.package_data import find_recipe
+from hf_cads.pipeline import parse_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = find_recipe("quickstart")
@@ -147,7 +148,16 @@ def test_select_with_another_selector_on_the_quickstart(selector, tmp_path, tiny
 @pytest.mark.parametrize("selector", list_selectors())
 def test_select_with_another_selector_on_the_real_quickstart(selector, tmp_path, capsys):
     """33.5 with the quickstart's own model (SmolLM2-135M), selection only."""
-    flags = ["--selector", selector, "--local-dir", str(tmp_path / "sel")]
+    flags = [
+        "--selector",
+        selector,
+        "--max_per_source",
+        "20",
+        "--eval_examples",
+        "8",
+        "--local-dir",
+        str(tmp_path / "sel"),
+    ]
     if selector == "cads":
         flags += ["--selector_kwargs", json.dumps({"train_budget": 1e12, "outer_steps": 3})]
     assert main(["select", *flags]) == 0, capsys.readouterr().err

@@ -13,15 +13,8 @@ import yaml
 
 from hf_cads import get_selector, list_selectors
 from hf_cads.cli import main
-from hf_cads.pipeline import (
-    RunConfig,
-    find_recipe,
-    model_load_options,
-    parse_recipe,
-    recipe_from_dict,
-    shipped_accelerate_configs,
-    shipped_recipes,
-)
+from hf_cads.package_data import find_recipe, shipped_accelerate_configs, shipped_recipes
+from hf_cads.pipeline import RunConfig, model_load_options, parse_recipe, recipe_from_dict
 from hf_cads.sweep_grid import load_sweep
 
 ROOT = Path(__file__).resolve().parents[2]

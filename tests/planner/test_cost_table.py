@@ -31,6 +31,8 @@ def test_meta_model_estimates_equal_what_each_selector_estimates_with_the_weight
     tiny_model_dir, tiny_lm, tokenizer, small_pool, bbh_target
 ):
     """Selection FLOPs from the config alone equal the selector's estimate (= its charge) on the loaded model."""
+    from peft import LoraConfig, get_peft_model
+
     from hf_cads.selectors.within_budget import build_selector
 
     pool, target = small_pool.select(range(40)), bbh_target[0]
@@ -49,12 +51,14 @@ def test_meta_model_estimates_equal_what_each_selector_estimates_with_the_weight
         max_seq_length=64,
         lora=LoraSpec(8, ("q_proj", "v_proj")),
     )
+    # A run hands its selectors the trained model with its adapters attached.
+    trained = get_peft_model(tiny_lm, LoraConfig(r=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     for name in ("bm25", "perplexity", "less"):
         selector = build_selector(
             name,
             {**options.get(name, {}), "show_progress": False},
             seed=0,
-            training_model=tiny_lm,
+            training_model=trained,
             training_tokenizer=tokenizer,
         )
         unique, _ = selector.unique_pool(pool)

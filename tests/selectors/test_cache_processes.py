@@ -21,6 +21,9 @@ from hf_cads.cache import ScoreCache
 from hf_cads.cli import main
 from hf_cads.selectors.less.feature_index import read_manifest
 
+# Real processes racing on one folder: minutes on a loaded 2-core machine, so in the slow set.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "scripts" / "slow_select.py"
 DELAY = 0.25  # seconds per scored batch: a few seconds of scoring per job
