@@ -474,7 +474,11 @@ def run_grid(
             )
             # An LM selector's named model is one already loaded: the selection model or the trained one.
             scorer = item.selector.kwargs.get("model_name_or_path")
-            inputs.selector_model = models.get(scorer)[0] if scorer in (setup.selection_model, train_model) else None
+            inputs.selector_model = (
+                models.get(scorer)[0]
+                if scorer is not None and scorer in (setup.selection_model, train_model)
+                else None
+            )
             try:
                 report = run_budgeted_finetune(item.run, item.args, inputs)
             except (ValueError, TypeError, RuntimeError, OSError) as err:

@@ -17,8 +17,8 @@ checks, for SmolLM2-135M and Gemma-3-270M:
     python benchmarks/gpu_check.py                      # on the GPU: writes results/gpu_check.{json,md}
     python benchmarks/gpu_check.py --device cpu --quick  # the dry run the test suite runs
 
-Budget: under 8 minutes on one H100. ``--quick`` shrinks every part (SmolLM2 only, 4 steps,
-64-row pool) so the whole path runs on a CPU in about a minute.
+Budget: under 8 minutes on one H100. ``--quick`` shrinks every part (SmolLM2 only, a few steps of
+128-token rows, a 32-row pool, one QLoRA finetune) so the whole path runs on a CPU in a few minutes.
 """
 
 from __future__ import annotations
@@ -47,6 +47,11 @@ for _data in (
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = "boolean_expressions"
 FLOP_TOLERANCE = 0.01
+# Selection + training FLOPs per finetune: about 40 steps of 4 x 512 tokens, so the budget, not the
+# epoch, ends each run. The --quick run: a few steps of 2 x 128 tokens.
+TRAIN_BUDGETS = {"smollm2-135m-instruct": 2e13, "gemma3-270m": 6e13}
+QUICK_BUDGET = 6e11
+MAX_LENGTH = {False: 512, True: 128}
 SCORE_TOLERANCE = 2e-2  # bf16 on the GPU vs fp32 on the CPU, relative to the score spread
 
 # Peak dense bf16 tensor FLOP/s (no sparsity) from the vendors' data sheets; MFU divides by these.
@@ -141,15 +146,14 @@ def finetune(alias: str, trainer_kind: str, qlora: bool, accel: Accelerator, poo
     from hf_cads import BudgetedSFTConfig, BudgetedSFTTrainer, BudgetedTrainer, BudgetedTrainingArguments
 
     model, tokenizer = load_model(alias, accel, qlora)
-    steps = 4 if quick else 40
     common = dict(
-        flop_budget=None,
+        flop_budget=QUICK_BUDGET if quick else TRAIN_BUDGETS[alias],
         selector="bm25",
         selection_fraction=0.25,
-        per_device_train_batch_size=4,
+        per_device_train_batch_size=2 if quick else 4,
         learning_rate=2e-4,
-        max_steps=steps,
-        logging_steps=steps,
+        num_train_epochs=1,
+        logging_steps=10,
         save_strategy="no",
         report_to=[],
         bf16=accel.is_cuda,
@@ -161,10 +165,10 @@ def finetune(alias: str, trainer_kind: str, qlora: bool, accel: Accelerator, poo
     )
     out_dir = tempfile.mkdtemp(prefix="gpu_check_")
     if trainer_kind == "sft":
-        args = BudgetedSFTConfig(output_dir=out_dir, packing=True, max_length=512, **common)
+        args = BudgetedSFTConfig(output_dir=out_dir, packing=True, max_length=MAX_LENGTH[quick], **common)
         trainer_class, train_data = BudgetedSFTTrainer, pool.select_columns(["messages"])
     else:
-        args = BudgetedTrainingArguments(output_dir=out_dir, max_seq_length=512, **common)
+        args = BudgetedTrainingArguments(output_dir=out_dir, max_seq_length=MAX_LENGTH[quick], **common)
         trainer_class, train_data = BudgetedTrainer, pool
     trainer = trainer_class(
         model=model,
@@ -227,6 +231,7 @@ def selector_throughput(accel: Accelerator, pool, validation, quick: bool) -> li
     rows = []
     for name, options in SELECTOR_OPTIONS.items():
         row: dict[str, Any] = {"selector": name, "rows": len(pool)}
+        options = {**options, "max_length": 128} if quick and "max_length" in options else options
         selector = get_selector(name, show_progress=False, **options, **selector_models(name, accel.device, accel))
         accel.reset_memory()
         with accel.timed(row):
@@ -244,7 +249,7 @@ def selector_throughput(accel: Accelerator, pool, validation, quick: bool) -> li
         encoder.encode(texts, batch_size=64)
     peer.update(rows_per_second=len(texts) / peer["seconds"], peak_memory_mb=accel.peak_memory_mb())
     rows.append(peer)
-    rows.append(per_row_backward_loop(accel, texts[: 32 if quick else 200]))
+    rows.append(per_row_backward_loop(accel, texts[: 8 if quick else 200]))
     return rows
 
 
@@ -331,7 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     accel = Accelerator(options.device)
     start = time.perf_counter()
-    pool, validation = load_inputs(64 if options.quick else 1000)
+    pool, validation = load_inputs(32 if options.quick else 1000)
     models = ["smollm2-135m-instruct"] if options.quick else ["smollm2-135m-instruct", "gemma3-270m"]
     finetunes = []
     for alias in models:

@@ -24,6 +24,7 @@ nothing. Writes ``benchmarks/results/pilot_design.{json,md}``.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -42,10 +43,16 @@ CHEAP = ("random", "bm25", "embedding")
 RANDOM_DRAWS = 20
 
 
-def held_out_cell(records: list[Any], model: str, target: str, metric: str) -> dict[str, Any]:
-    """The cell's options (seed-mean cost and relative gain) and each seed's run per option."""
+def held_out_cell(
+    records: list[Any], model: str, target: str, metric: str, selectors: Sequence[str]
+) -> dict[str, Any]:
+    """The cell's options of ``selectors`` (seed-mean cost and relative gain) and each seed's run per option."""
     sign = -1.0  # target loss: lower is better
-    group = [r for r in records if r.model == model and r.target == target and metric in r.metrics]
+    group = [
+        r
+        for r in records
+        if r.model == model and r.target == target and metric in r.metrics and r.selector in selectors
+    ]
     baseline = float(np.mean([r.baseline_metrics[metric] for r in group]))
     per_row = float(np.median([r.train_flops / r.k for r in group]))
     c_full = per_row * float(np.median([r.pool_size for r in group]))
@@ -109,7 +116,7 @@ def simulate(metric: str = "target_loss", draws: int = 6) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for held in full.cells:
         prior = full.without(held.model, held.target)
-        cell = held_out_cell(records, held.model, held.target, metric)
+        cell = held_out_cell(records, held.model, held.target, metric, full.selectors)
         candidates = [c for c in cell["candidates"].values() if c.selector in prior.selectors]
         for budget in BUDGETS:
             base = [regret_of(prior, cell, [], seed, budget) for seed in (0, 1, 2)]
@@ -188,6 +195,7 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "pilots": count,
                 "pilot_budget_multiple": pilot_budget,
                 "mean_regret": float(np.mean([r["regret"] for r in mine])),
+                "regret_standard_error": float(np.std([r["regret"] for r in mine], ddof=1) / np.sqrt(len(mine))),
                 "zero_regret_share": float(np.mean([r["regret"] <= 1e-12 for r in mine])),
                 "mean_pilot_flops_multiple": float(np.mean([r["pilot_flops_multiple"] for r in mine])),
                 "cases": len(mine),
@@ -205,10 +213,11 @@ def markdown(result: dict[str, Any], seconds: float) -> list[str]:
         f"measured model x target cells of the compute-optimal runs; final budgets K = {list(BUDGETS)} x C_full; "
         "regret in relative gain (0 = the best measured option within K, 1 = untrained -> the cell's best run), "
         "mean over cells, budgets and the 3 seeds of the pilot outcomes (random pilots: also over 20 draws). "
-        "Pilot FLOPs in multiples of the held-out cell's C_full (training on the whole pool once).",
+        "Pilot FLOPs in multiples of the held-out cell's C_full (training on the whole pool once). "
+        "The standard error is over the 18 (cell, budget) cases, each averaged over its seeds (and draws).",
         "",
     ]
-    header = ["strategy", "N pilots", "pilot budget B (x C_full)", "mean regret", "zero-regret share"]
+    header = ["strategy", "N pilots", "pilot budget B (x C_full)", "mean regret (± s.e.)", "zero-regret share"]
     lines += markdown_table(
         [*header, "pilot FLOPs (x C_full)"],
         [
@@ -216,7 +225,7 @@ def markdown(result: dict[str, Any], seconds: float) -> list[str]:
                 s["strategy"],
                 s["pilots"],
                 f"{s['pilot_budget_multiple']:g}",
-                f"{s['mean_regret']:.3f}",
+                f"{s['mean_regret']:.3f} ± {s['regret_standard_error']:.3f}",
                 f"{s['zero_regret_share']:.0%}",
                 f"{s['mean_pilot_flops_multiple']:.2f}",
             ]

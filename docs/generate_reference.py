@@ -188,9 +188,37 @@ def api_pages() -> dict[str, str]:
     return pages
 
 
-def on_files(files: Files, config: Any) -> Files:
+GENERATED: dict[str, str] = {}
+"""The pages this build generates, ``src_uri -> markdown`` (filled by :func:`on_config`)."""
+
+
+def api_nav_entries(nav: list[Any]) -> list[Any] | None:
+    """The list under "API" in mkdocs.yml's nav (``None`` when the nav has no such entry)."""
+    for entry in nav:
+        if isinstance(entry, dict):
+            for title, children in entry.items():
+                if title == "API" and isinstance(children, list):
+                    return children
+                if isinstance(children, list) and (found := api_nav_entries(children)) is not None:
+                    return found
+    return None
+
+
+def on_config(config: Any) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    generated = {"cli.md": cli_page(), **api_pages()}
-    for src_uri, content in generated.items():
+    GENERATED.clear()
+    GENERATED.update({"cli.md": cli_page(), **api_pages()})
+    # An API group the nav does not list yet (a new subpackage in hf_cads.__all__) is appended to it.
+    entries = api_nav_entries(config["nav"] or [])
+    if entries is not None:
+        listed = {path for entry in entries for path in (entry.values() if isinstance(entry, dict) else [entry])}
+        for src_uri, content in GENERATED.items():
+            if src_uri.startswith("api/") and src_uri not in listed:
+                entries.append({content.splitlines()[0].lstrip("# "): src_uri})
+    return config
+
+
+def on_files(files: Files, config: Any) -> Files:
+    for src_uri, content in GENERATED.items():
         files.append(File.generated(config, src_uri, content=content))
     return files

@@ -39,6 +39,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 FORMATS = ("text", "messages", "prompt-completion", "alpaca", "sharegpt", "preference")
+"""Row formats hf_cads reads (see the module docstring); ``format:`` in a source picks one."""
 FORMAT_COLUMNS = {
     "text": ("text",),
     "messages": ("messages",),
@@ -51,9 +52,11 @@ FORMAT_COLUMNS = {
 optional ``prompt``)."""
 DETECTION_ORDER = ("messages", "prompt-completion", "preference", "alpaca", "sharegpt", "text")
 CHAT_ROLES = ("system", "user", "assistant", "tool")
+"""Roles a chat turn may have (``messages`` rows)."""
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "tool": "tool"}
 """ShareGPT speaker -> chat role (the chat roles themselves are accepted too)."""
 SOURCE_COLUMN = "source"
+"""The pool column selections report their composition over (``columns: {source: ...}`` renames it)."""
 
 
 def detect_format(columns: list[str], mapping: Mapping[str, str] | None = None) -> str:

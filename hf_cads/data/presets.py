@@ -34,8 +34,11 @@ from .sources import hub_unreachable
 logger = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "HF_CADS_DATA_DIR"
+"""Environment variable naming a local copy of the preset data (then nothing is loaded from the Hub)."""
 POOL_PRESET = "shared-mix"
+"""The name of the built-in multi-source pool (``pool: shared-mix`` in a recipe)."""
 POOL_SOURCES = ("gsm8k", "code_alpaca", "alpaca_seed", "bbh")
+"""The sources of the ``shared-mix`` pool (the ``source`` column's values)."""
 BBH_TASKS = (
     "boolean_expressions",
     "causal_judgement",

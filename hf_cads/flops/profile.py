@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 SUBSET_CARD_TEMPLATE = "selected_subset.md"
 CARD_FILE = "README.md"
+"""File name of the dataset card in a selection folder or repository."""
 SUBSET_TAGS = ("hf-cads", "data-selection")
 LOCAL_SOURCE = "path/to/this/folder"
 _CONFIG_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")

@@ -313,6 +313,7 @@ def _outputs_line(outputs: dict[str, Any] | None) -> str:
 
 
 def format_report(report: dict[str, Any]) -> str:
+    """The text `hf-cads run` prints for a finished run: selection, metrics before and after, the ledger."""
     lines = [
         f"target: {report['target']}   model: {report['model']}   selector: {report['selector']}",
         f"pool: {report['pool_size']} rows -> selected {report['k']}  {report['selected_sources']}"

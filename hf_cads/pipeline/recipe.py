@@ -31,8 +31,11 @@ from ..trainer import BudgetedTrainingArguments
 logger = logging.getLogger(__name__)
 
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
+"""Weight dtypes a recipe's ``dtype`` may name (besides ``auto``)."""
 TRAINERS = ("sft", "causal-lm")
+"""Values of a recipe's ``trainer``: TRL's SFT trainer or the causal-LM ``Trainer``."""
 DECONTAMINATE_MODES = ("drop", "report", "off")
+"""Values of a recipe's ``decontaminate``: drop overlapping rows, only report them, or skip the check."""
 
 
 # -- the run's own options ------------------------------------------------------------------------

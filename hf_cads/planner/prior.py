@@ -18,11 +18,12 @@ mean of the cells' ``g`` and its interval the range over the cells (how much the
 disagree, not a confidence interval). **Updating with your records** (empirical Bayes over the
 cells): an observation is ``y = s * (P - P0)`` of one of your runs. Under cell ``c`` it is
 ``D * g_c(selector, x) + noise`` with your scale ``D`` unknown (log-normal prior fitted to the cells'
-scales) and noise ``sigma * D`` (``sigma``: the pooled seed spread of the cells, in units of
-``D``). Each cell's weight becomes its prior weight times the marginal likelihood of your
-observations (``D`` integrated over a grid), so cells whose curve shapes explain your runs dominate
-the prediction; with many runs of every selector the planner fits your records alone
-(:func:`hf_cads.planner.fit_selectors`).
+scales) and noise ``sigma * D``, where ``sigma`` adds in quadrature the pooled seed spread of the
+cells and their shape misfit (how far each cell's curves are from the closest other cell's, both in
+units of ``D``): your cell is likely none of the measured ones. Each cell's weight becomes its
+prior weight times the marginal likelihood of your observations (``D`` integrated over a grid), so
+cells whose curve shapes explain your runs dominate the prediction; with many runs of every
+selector the planner fits your records alone (:func:`hf_cads.planner.fit_selectors`).
 
 Example:
     >>> prior = MeasuredPrior.load("target_loss")
@@ -131,6 +132,13 @@ class MeasuredPrior:
         return sorted(set.intersection(*(set(c.curves) for c in self.cells)))
 
     @property
+    def spread(self) -> float:
+        """The likelihood's noise in units of ``D``: the seed noise and the shape misfit (how far a cell's
+        curves are from the closest other cell's, :func:`shape_misfit`) added in quadrature, so that a
+        new cell that is none of the measured ones does not make the posterior overconfident."""
+        return math.hypot(self.noise, shape_misfit(self.cells))
+
+    @property
     def cell_weights(self) -> np.ndarray:
         return (
             np.asarray(self.weights, dtype=np.float64)
@@ -158,7 +166,8 @@ class MeasuredPrior:
         values = self.gains(selector, share)
         weights = self.cell_weights
         carried = weights >= 0.01 * weights.max()
-        return float(weights @ values), float(values[carried].min()), float(values[carried].max())
+        mean = float(weights @ values)
+        return mean, min(mean, float(values[carried].min())), max(mean, float(values[carried].max()))
 
     def log_likelihoods(self, observations: Sequence[Observation]) -> np.ndarray:
         """Per cell: log marginal likelihood of ``observations`` with the scale ``D`` integrated out."""
@@ -172,7 +181,7 @@ class MeasuredPrior:
         prior_d = np.exp(-0.5 * np.linspace(-3, 3, 61) ** 2)
         prior_d /= prior_d.sum()
         d = np.exp(log_d)[None, :, None]  # 1 x grid x 1
-        sigma = self.noise * d
+        sigma = self.spread * d
         residual = y[None, None, :] - d * predicted[:, None, :]
         log_lik = (-0.5 * (residual / sigma) ** 2 - np.log(sigma) - 0.5 * math.log(2 * math.pi)).sum(axis=2)
         top = log_lik.max(axis=1, keepdims=True)
@@ -200,16 +209,48 @@ class MeasuredPrior:
         )
 
 
+def shape_misfit(cells: Sequence[PriorCell]) -> float:
+    """Root mean square, over the cells, of each cell's distance to its closest other cell: the
+    residual of its relative gains fitted as ``D`` x the other cell's (least squares, ``D >= 0``) at
+    its measured options (0 for fewer than 2 cells).
+
+    Example:
+        >>> cell = PriorCell("m", "t", 1.0, 0.0, {"bm25": ((0.1, 0.2), (0.5, 1.0))})
+        >>> shape_misfit([cell, PriorCell("n", "t", 1.0, 0.0, {"bm25": ((0.1, 0.2), (0.25, 0.5))})])
+        0.0
+    """
+    if len(cells) < 2:
+        return 0.0
+    selectors = sorted(set.intersection(*(set(c.curves) for c in cells)))
+    distances = []
+    for held in cells:
+        options = [(s, x) for s in selectors for x in held.curves[s][0]]
+        y = np.array([held.gain(s, x) for s, x in options])
+        best = math.inf
+        for other in cells:
+            if other is held:
+                continue
+            g = np.array([other.gain(s, x) for s, x in options])
+            scale = max(0.0, float(g @ y) / float(g @ g)) if float(g @ g) > 0 else 0.0
+            best = min(best, float(np.sqrt(np.mean((y - scale * g) ** 2))))
+        distances.append(best)
+    return float(np.sqrt(np.mean(np.square(distances))))
+
+
 # -- building the prior from run records --------------------------------------------------------------
 def normalised_cells(records: Sequence[RunRecord], metric: str) -> tuple[list[dict[str, Any]], float]:
     """``(cells, noise)``: every (model, target) of ``records`` that measured ``metric``, normalised
-    (module docstring), and the pooled standard deviation of single seeds around their seed means in
-    units of each cell's scale."""
+    (module docstring) over the selectors measured in every cell, and the pooled standard deviation
+    of single seeds around their seed means in units of each cell's scale."""
     sign = -1.0 if lower_is_better(metric) else 1.0
     groups: dict[tuple[str, str], list[RunRecord]] = {}
     for r in records:
         if metric in r.metrics and metric in r.baseline_metrics and r.k > 0:
             groups.setdefault((r.model, str(r.target)), []).append(r)
+    # Only selectors measured in every cell: a selector still being measured would shift the scales.
+    per_cell = [{r.selector for r in group} for group in groups.values()]
+    everywhere = set.intersection(*per_cell) if per_cell else set()
+    groups = {cell: [r for r in group if r.selector in everywhere] for cell, group in groups.items()}
     cells, pooled = [], []
     for (model, target), group in sorted(groups.items()):
         residuals: list[float] = []

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 
 INDEX_COLUMN = "pool_index"
+"""Column of a selected subset holding each row's index in the pool as given."""
 SCORE_COLUMN = "score"
+"""Column of a selected subset holding each row's selector score."""
 
 
 @dataclass

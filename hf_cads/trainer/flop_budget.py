@@ -36,6 +36,7 @@ from .preparation import profile_for_budget
 logger = logging.getLogger(__name__)
 
 LEDGER_FILE = "flop_ledger.json"
+"""File name of the FLOP ledger in every checkpoint (restored on resume)."""
 
 
 def mean_step_flops(

@@ -12,7 +12,9 @@ from ..templates import METADATA_KEY, check_no_secret, format_flops, plain_value
 MODEL_CARD_TEMPLATE = "budgeted_model.md"
 MODEL_TAGS = ("hf-cads", "budgeted-finetuning")
 BUDGET_SECTION_START = "<!-- hf_cads:budget-section:start -->"
+"""Marks the start of the compute-budget section in a model card (replaced on each call)."""
 BUDGET_SECTION_END = "<!-- hf_cads:budget-section:end -->"
+"""Marks the end of the compute-budget section in a model card."""
 
 
 def add_budget_section(trainer: Any, card_path: str | os.PathLike) -> None:
