@@ -5,7 +5,7 @@ checks, for SmolLM2-135M and Gemma-3-270M:
 
 - budgeted LoRA (bf16) and QLoRA (bitsandbytes nf4, bf16 compute) finetunes through
   ``BudgetedTrainer`` and ``BudgetedSFTTrainer`` (packing on): the FLOPs the ledger charged against
-  ``FlopCounterMode`` over the same training (eager attention; bitsandbytes' 4-bit matmuls are not
+  ``FlopCounterMode`` over the same training (eager attention, in-place ``addmm_`` counted too; bitsandbytes' 4-bit matmuls are not
   seen by the counter, so the QLoRA rows report the ratio without a pass/fail), the share of the
   budget used, tokens/s and model-FLOP utilisation against the card's peak dense bf16 FLOP/s;
 - selector throughput on the 1,000-row pool: embedding (beside ``SentenceTransformer.encode`` on
@@ -141,9 +141,9 @@ def load_model(alias: str, accel: Accelerator, qlora: bool):
 def finetune(alias: str, trainer_kind: str, qlora: bool, accel: Accelerator, pool, validation, quick: bool) -> dict:
     """One budgeted finetune; the ledger's training charge beside FlopCounterMode's count of it."""
     from peft import LoraConfig
-    from torch.utils.flop_counter import FlopCounterMode
 
     from hf_cads import BudgetedSFTConfig, BudgetedSFTTrainer, BudgetedTrainer, BudgetedTrainingArguments
+    from hf_cads.flops.profile import flop_counter
 
     model, tokenizer = load_model(alias, accel, qlora)
     common = dict(
@@ -180,7 +180,7 @@ def finetune(alias: str, trainer_kind: str, qlora: bool, accel: Accelerator, poo
     )
     row: dict[str, Any] = {"model": alias, "trainer": trainer_kind, "mode": "qlora" if qlora else "lora"}
     accel.reset_memory()
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()  # FlopCounterMode that also sees the in-place addmm_ of TRL's fused LM head
     with accel.timed(row, "train_seconds"), counter:
         trainer.train()
     ledger = trainer.flop_ledger

@@ -52,7 +52,8 @@ def question_answer_pairs(dataset: Any, tokenizer: Any = None) -> tuple[list[str
     if pairs is not None:
         return pairs
     raise ValueError(
-        f"Exact match needs question and answer columns ({' or '.join('/'.join(p) for p in QUESTION_ANSWER_COLUMNS)}), "
+        "Exact match needs question and answer columns "
+        f"({' or '.join('/'.join(p) for p in QUESTION_ANSWER_COLUMNS)}), "
         "or prompt/completion or messages; "
         f"the target test set has {dataset.column_names}. Set exact_match_max_new_tokens: 0 to skip exact match."
     )

@@ -131,7 +131,8 @@ class RunRecord:
             self.selection_split = {str(name): float(value) for name, value in self.selection_split.items()}
             if set(self.selection_split) != {"pool", "target"} or min(self.selection_split.values()) < 0:
                 raise ValueError(
-                    f"RunRecord.selection_split must be {{'pool': FLOPs, 'target': FLOPs}} (both >= 0), got {self.selection_split!r}."
+                    "RunRecord.selection_split must be {'pool': FLOPs, 'target': FLOPs} (both >= 0), "
+                    f"got {self.selection_split!r}."
                 )
         self.metrics = {str(name): float(value) for name, value in self.metrics.items()}
         self.baseline_metrics = {str(name): float(value) for name, value in self.baseline_metrics.items()}

@@ -58,7 +58,8 @@ class SelectorSpec:
                 raise ValueError(f"{source}: kwargs of selector {value['name']!r} must be a mapping, got {kwargs!r}.")
             return cls(str(value["name"]), dict(kwargs))
         raise ValueError(
-            f"{source}: a sweep selector is a name (bm25) or {{name: bm25, kwargs: {{aggregate: max}}}}, got {value!r}."
+            f"{source}: a sweep selector is a name (bm25) or {{name: bm25, kwargs: {{aggregate: max}}}}, "
+            f"got {value!r}."
         )
 
 

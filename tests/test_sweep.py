@@ -74,7 +74,8 @@ def test_sweep_on_a_tiny_model_records_every_run_plots_and_resumes(tmp_path, tin
     report = json.loads((tmp_path / "sweep" / "bm25-aggregate-max-f0.3-seed0" / "report.json").read_text())
     assert report["selector"] == "bm25"
 
-    # A second sweep skips everything recorded (no run starts, so no output folder is touched) and runs only the new seed.
+    # A second sweep skips everything recorded (no run starts, so no output folder is touched) and runs only
+    # the new seed.
     stamps = {path: path.stat().st_mtime_ns for path in (tmp_path / "sweep").rglob("report.json")}
     summary = run_sweep(sweep_file)
     assert (summary.ran, summary.skipped, summary.failed) == (0, 9, {})

@@ -77,12 +77,29 @@ class FlopProfile:
     per_sequence: tuple[LinearLayer, ...] = ()
     """Linears applied once per sequence rather than per token: a BERT/MPNet pooler on the first
     token, or a sentence-transformers ``Dense`` head on the pooled embedding (sentence-T5, GTR)."""
+    block_output_is_residual: bool = False
+    """Each block's last linear (``down_proj``) writes straight into the residual stream (a pre-norm
+    decoder without a norm after its MLP, e.g. Llama, unlike Gemma 2/3): the backward pass never
+    reads its output, so activation checkpointing's rerun stops before it."""
 
     # -- structure -----------------------------------------------------------------------------
     @functools.cached_property  # every forward_flops call reads it: summed once, not per batch
     def num_params(self) -> int:
         """Matmul parameters (embedding lookups excluded, an untied LM head included)."""
         return sum(layer.macs_per_token for layer in self.linears)
+
+    @functools.cached_property
+    def _rerun_params(self) -> int:
+        # torch's non-reentrant checkpoint stops the rerun once every tensor the backward needs is
+        # back, which leaves out the ops after the last of them: a residual-writing last linear.
+        last_of_block = {}
+        for layer in self.linears:
+            if _in_block(layer.name):
+                last_of_block[next(p for p in layer.name.split(".") if p.isdigit())] = layer.name
+        skipped = set(last_of_block.values()) if self.block_output_is_residual else set()
+        return sum(
+            layer.macs_per_token for layer in self.linears if _in_block(layer.name) and layer.name not in skipped
+        )
 
     @property
     def trainable_params(self) -> int:
@@ -104,13 +121,16 @@ class FlopProfile:
         attention = 4.0 * batch_size * seq_len * seq_len * self.attention_dim * self.num_layers
         return linear + attention
 
-    def backward_flops(self, batch_size: int, seq_len: int) -> float:
-        """FLOPs of the backward pass: input gradients where needed, weight gradients where trainable."""
+    def backward_flops(self, batch_size: int, seq_len: int, *, embeddings_need_grad: bool = False) -> float:
+        """FLOPs of the backward pass: input gradients where needed, weight gradients where trainable.
+        ``embeddings_need_grad``: the embedding output requires grad even though the embeddings are
+        frozen (as activation checkpointing sets it up), so the first block's input gradients are
+        computed too."""
         linear = 0.0
         for layers, rows in ((self.linears, batch_size * seq_len), (self.per_sequence, batch_size)):
             for layer in layers:
                 per_row = 0
-                if layer.input_needs_grad:
+                if layer.input_needs_grad or embeddings_need_grad:
                     per_row += layer.macs_per_token
                 if layer.trainable:
                     per_row += layer.macs_per_token
@@ -118,11 +138,54 @@ class FlopProfile:
         attention = 8.0 * batch_size * seq_len * seq_len * self.attention_dim * self.num_layers
         return linear + attention
 
+    def checkpoint_rerun_flops(self, batch_size: int, seq_len: int) -> float:
+        """FLOPs that activation checkpointing reruns in the backward pass: the forward through the
+        transformer blocks (the linears of numbered layers, and attention), without each block's last
+        linear when :attr:`block_output_is_residual`. The LM head and poolers sit outside the
+        checkpointed blocks.
+
+        Example:
+            >>> from transformers import LlamaConfig
+            >>> profile = FlopProfile.from_config(LlamaConfig(hidden_size=64, intermediate_size=128,
+            ...     num_hidden_layers=2, num_attention_heads=4, vocab_size=1000))
+            >>> head, down_proj = 2 * 8 * 64 * 1000, 2 * 2 * 8 * 128 * 64
+            >>> profile.forward_flops(1, 8) - profile.checkpoint_rerun_flops(1, 8) == head + down_proj
+            True
+        """
+        attention = 4.0 * batch_size * seq_len * seq_len * self.attention_dim * self.num_layers
+        return 2.0 * batch_size * seq_len * self._rerun_params + attention
+
     def train_step_flops(self, batch_size: int, seq_len: int, *, gradient_checkpointing: bool = False) -> float:
-        """FLOPs of forward + backward for one micro-batch (the optimizer update is negligible)."""
+        """FLOPs of forward + backward for one micro-batch (the optimizer update is negligible).
+
+        With ``gradient_checkpointing`` the backward pass first reruns the blocks' forward
+        (:meth:`checkpoint_rerun_flops`), and transformers makes the embedding output require grad
+        (``enable_input_require_grads``), so the first block's input gradients are computed as well.
+        """
         forward = self.forward_flops(batch_size, seq_len)
-        recompute = forward if gradient_checkpointing else 0.0
-        return forward + recompute + self.backward_flops(batch_size, seq_len)
+        if not gradient_checkpointing:
+            return forward + self.backward_flops(batch_size, seq_len)
+        recompute = self.checkpoint_rerun_flops(batch_size, seq_len)
+        return forward + recompute + self.backward_flops(batch_size, seq_len, embeddings_need_grad=True)
+
+    def lm_head_train_flops(self, positions: int, *, recomputed_in_backward: bool = False) -> float:
+        """Training FLOPs of the LM head over ``positions`` token positions: forward, input gradient and,
+        where trainable, weight gradient. ``recomputed_in_backward``: a chunked head that never keeps
+        the logits (TRL's fused LM head) computes them once more in the backward pass.
+
+        Example:
+            >>> from transformers import LlamaConfig
+            >>> profile = FlopProfile.from_config(LlamaConfig(hidden_size=64, intermediate_size=128,
+            ...     num_hidden_layers=2, num_attention_heads=4, vocab_size=1000), lora=LoraSpec(rank=4))
+            >>> profile.lm_head_train_flops(10) == 2 * 2 * 10 * 64 * 1000  # frozen: forward + input grad
+            True
+        """
+        passes_per_layer = (
+            (2 + int(layer.trainable) + int(recomputed_in_backward)) * layer.macs_per_token
+            for layer in self.linears
+            if "lm_head" in layer.name.split(".")
+        )
+        return 2.0 * positions * sum(passes_per_layer)
 
     def generation_flops(self, batch_size: int, prompt_len: int, new_tokens: int) -> float:
         """FLOPs of greedy generation with a KV cache, as ``model.generate`` runs it: one forward over
@@ -164,7 +227,13 @@ class FlopProfile:
             layers.append(LinearLayer("lm_head", d, c["vocab_size"]))
         if c["pooler"]:
             layers.append(LinearLayer("pooler.dense", d, d))
-        profile = cls(tuple(layers), c["num_layers"], q_out, name=c["name"])
+        profile = cls(
+            tuple(layers),
+            c["num_layers"],
+            q_out,
+            name=c["name"],
+            block_output_is_residual=c["block_output_is_residual"],
+        )
         return profile.with_lora(lora) if lora is not None else profile
 
     @classmethod
@@ -211,6 +280,7 @@ class FlopProfile:
             c["num_heads"] * c["head_dim"],
             name=c["name"],
             per_sequence=tuple(per_sequence),
+            block_output_is_residual=c["block_output_is_residual"],
         )
         return profile._skip_first_block_input_grads() if embeddings_frozen else profile
 
@@ -300,7 +370,7 @@ class FlopProfile:
         for layer in self.linears:
             parts = layer.name.split(".")
             digits = [p for p in parts if p.isdigit()]
-            reads_embeddings = bool(digits) and digits[0] == "0" and bool(first_inputs & set(parts))
+            reads_embeddings = _in_block(layer.name) and digits[0] == "0" and bool(first_inputs & set(parts))
             is_lora_b = "lora_B" in parts
             updated.append(
                 LinearLayer(
@@ -313,6 +383,14 @@ class FlopProfile:
             )
         return replace(self, linears=tuple(updated))
 
+
+def _in_block(name: str) -> bool:
+    """Whether a module name lies inside a numbered transformer block (``model.layers.3.mlp.up_proj``)."""
+    return any(part.isdigit() for part in name.split("."))
+
+
+POST_MLP_NORM_MODEL_TYPES = frozenset({"gemma2", "gemma3", "gemma3_text", "olmo2"})
+"""Decoders whose blocks normalise the MLP output before adding it to the residual stream."""
 
 T5_MODEL_TYPES = frozenset({"t5", "mt5", "umt5"})
 """Configs read as their encoder stack (``T5EncoderModel``), as sentence encoders use them."""
@@ -372,7 +450,31 @@ def _normalise_config(config: Any) -> dict[str, Any]:
         "gated_mlp": gated,
         "lm_head": not is_encoder,
         "pooler": False,
+        # Post-norm encoders and decoders that normalise the MLP output read it in the backward pass.
+        "block_output_is_residual": not is_encoder and model_type not in POST_MLP_NORM_MODEL_TYPES,
     }
+
+
+def flop_counter(display: bool = False) -> Any:
+    """A ``torch.utils.flop_counter.FlopCounterMode`` that also counts the in-place ``addmm_``, which the
+    stock one misses: TRL's fused LM head accumulates its backward matmuls with it (off CUDA), so
+    the stock count of an SFT step leaves them out.
+
+    Example:
+        >>> import torch
+        >>> accumulator = torch.zeros(8, 4)
+        >>> with flop_counter() as counter:
+        ...     _ = accumulator.addmm_(torch.ones(8, 16), torch.ones(16, 4))
+        >>> counter.get_total_flops() == 2 * 8 * 16 * 4
+        True
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def addmm_in_place(self_shape: Any, a_shape: Any, b_shape: Any, *args: Any, **kwargs: Any) -> int:
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+    return FlopCounterMode(display=display, custom_mapping={torch.ops.aten.addmm_: addmm_in_place})
 
 
 def bm25_flops(num_documents: int, query_terms: Iterable[int] | int) -> float:

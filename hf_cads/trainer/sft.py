@@ -6,7 +6,10 @@ leaves and stopped at the cap before any optimizer step that would pass it. Ever
 ``SFTTrainer``: dataset formats, ``completion_only_loss`` / ``assistant_only_loss``, ``packing`` and
 padding-free batches, ``peft_config``, ``max_length``. A padding-free (packed) batch is charged from
 the sequence lengths it really holds: under a flash-attention kernel attention costs the sum of
-``L_i^2`` over its sequences, under eager / SDPA the full square of the packed row.
+``L_i^2`` over its sequences, under eager / SDPA the full square of the packed row. The LM head is
+charged as TRL's fused head computes it (the positions it scores, its logits recomputed in the
+backward pass), and ``gradient_checkpointing`` (on by default in ``SFTConfig``) as the rerun of the
+blocks' forward, the head excluded.
 
 Example:
     >>> from hf_cads import BudgetedSFTConfig, BudgetedSFTTrainer  # doctest: +SKIP
@@ -191,6 +194,51 @@ class BudgetedSFTTrainer(FlopBudgetMixin, SFTTrainer):
         )
         if train_dataset is not None and self.flop_ledger.budget is not None:
             self.plan_training()
+
+    def batch_flops(self, batch: dict[str, Any]) -> float:
+        """:meth:`FlopBudgetMixin.batch_flops` with the LM head priced as TRL's fused head runs it: over
+        the positions it scores (every position but the last of each row; on a Triton device only
+        those with a label), and with the logits computed once more in the backward pass."""
+        flops = super().batch_flops(batch)
+        if not self._runs_fused_lm_head():
+            return flops
+        rows, length = (int(n) for n in batch["input_ids"].shape)
+        scored = rows * (length - 1)
+        labels = batch.get("labels")
+        if labels is not None and _fused_head_scores_labelled_only(self.model.get_output_embeddings().weight.device):
+            scored = int((labels[:, 1:] != -100).sum())
+        profile = self.flop_profile
+        return (
+            flops
+            - profile.lm_head_train_flops(rows * length)
+            + profile.lm_head_train_flops(scored, recomputed_in_backward=True)
+        )
+
+    def _runs_fused_lm_head(self) -> bool:
+        # SFTTrainer patches the forward of the (base) model with a fused-head forward taking
+        # `fused_lm_head`, and computes the training loss through it unless a custom loss needs the logits.
+        if self.compute_loss_func is not None or self.label_smoother is not None:
+            return False
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        function = getattr(vars(base).get("forward"), "__func__", None)
+        while function is not None:
+            code = getattr(function, "__code__", None)
+            if code is not None and "fused_lm_head" in code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]:
+                return True
+            function = getattr(function, "__wrapped__", None)
+        return False
+
+
+def _fused_head_scores_labelled_only(device: Any) -> bool:
+    """Whether TRL's fused LM head scores only the positions with a label on ``device`` (its Triton
+    path) rather than every position."""
+    try:
+        from trl.kernels.chunked_logprob import _use_triton
+    except ImportError:  # another TRL layout: its documented rule, Triton on CUDA / XPU
+        from transformers.utils import is_triton_available
+
+        return is_triton_available() and device.type in ("cuda", "xpu")
+    return bool(_use_triton(device))
 
 
 def sft_config_from(args: Any, **sft_options: Any) -> BudgetedSFTConfig:

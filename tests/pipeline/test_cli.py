@@ -149,10 +149,10 @@ def test_select_with_another_selector_on_the_quickstart(selector, tmp_path, tiny
 def test_select_with_another_selector_on_the_real_quickstart(selector, tmp_path, capsys):
     """33.5 with the quickstart's own model (SmolLM2-135M), selection only; the budget is raised so
     that the costly selectors (LESS, CADS) fit it (the quickstart's 1.2e13 is sized for bm25)."""
-    flags = ["--selector", selector, "--max_per_source", "20", "--eval_examples", "8", "--flop_budget", "1e15"]
+    flags = ["--selector", selector, "--max_per_source", "8", "--eval_examples", "8", "--flop_budget", "1e15"]
     flags += ["--local-dir", str(tmp_path / "sel")]
     if selector == "cads":
-        flags += ["--selector_kwargs", json.dumps({"train_budget": 4e12, "outer_steps": 2})]
+        flags += ["--selector_kwargs", json.dumps({"train_budget": 4e12, "outer_steps": 2, "batch_size": 2})]
     assert main(["select", *flags]) == 0, capsys.readouterr().err
     assert list((tmp_path / "sel").rglob("*.parquet"))
 

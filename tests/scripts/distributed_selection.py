@@ -81,7 +81,7 @@ def run_selections(
         warmups: list[int] = []
         if registry_name == "less":  # count this process's warmup runs (the main process alone should train)
             warmup = selector.warmup
-            selector.warmup = lambda *a, **kw: warmups.append(1) or warmup(*a, **kw)
+            selector.warmup = lambda *a, _warmup=warmup, _calls=warmups, **kw: _calls.append(1) or _warmup(*a, **kw)
         result = selector.select(pool, target=target, **size)
         out[name] = {
             "warmup_runs": len(warmups),

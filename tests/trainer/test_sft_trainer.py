@@ -3,10 +3,10 @@
 import pytest
 import torch
 from peft import LoraConfig
-from torch.utils.flop_counter import FlopCounterMode
 from trl import SFTTrainer
 
 from hf_cads import BudgetedSFTConfig, BudgetedSFTTrainer
+from hf_cads.flops.profile import flop_counter
 
 
 def make_config(tmp_path, **overrides):
@@ -103,8 +103,9 @@ def test_packed_padding_free_charge_matches_flop_counter(tmp_path, small_pool, t
     assert "attention_mask" not in batch and batch["input_ids"].shape[0] == 1
     assert int((batch["position_ids"][0] == 0).sum()) >= 4  # several sequences in one packed row
     trainer.model.train()
-    with FlopCounterMode(display=False) as counter:
-        trainer.model(**{k: v for k, v in batch.items() if k != "seq_lengths"}).loss.backward()
+    # The loss as training computes it (TRL's fused LM head), counted with its in-place addmm_.
+    with flop_counter() as counter:
+        trainer.compute_loss(trainer.model, dict(batch)).backward()
     assert trainer.batch_flops(batch) == pytest.approx(counter.get_total_flops(), rel=0.01)
 
 
@@ -132,6 +133,9 @@ def test_varlen_attention_is_charged_per_packed_sequence(tmp_path, small_pool, t
     trainer.model.config._attn_implementation = "flash_attention_2"  # priced only, never run here
     starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist() + [batch["input_ids"].shape[1]]
     expected = sum(trainer.flop_profile.train_step_flops(1, b - a) for a, b in zip(starts, starts[1:]))
+    # TRL's fused LM head scores every position but the last and recomputes its logits in the backward.
+    head = trainer.flop_profile.lm_head_train_flops
+    expected += head(starts[-1] - 1, recomputed_in_backward=True) - head(starts[-1])
     assert trainer.batch_flops(batch) == pytest.approx(expected, rel=1e-9)
     assert trainer.batch_flops(batch) < full_square
 
