@@ -5,8 +5,9 @@ checks, for SmolLM2-135M and Gemma-3-270M:
 
 - budgeted LoRA (bf16) and QLoRA (bitsandbytes nf4, bf16 compute) finetunes through
   ``BudgetedTrainer`` and ``BudgetedSFTTrainer`` (packing on): the FLOPs the ledger charged against
-  ``FlopCounterMode`` over the same training (eager attention, in-place ``addmm_`` counted too; bitsandbytes' 4-bit matmuls are not
-  seen by the counter, so the QLoRA rows report the ratio without a pass/fail), the share of the
+  ``FlopCounterMode`` over the same training (eager attention, in-place ``addmm_`` counted too;
+  bitsandbytes' 4-bit matmuls are not seen by the counter, so the QLoRA rows report the ratio
+  without a pass/fail), the share of the
   budget used, tokens/s and model-FLOP utilisation against the card's peak dense bf16 FLOP/s;
 - selector throughput on the 1,000-row pool: embedding (beside ``SentenceTransformer.encode`` on
   the same rows), perplexity, LESS (batched per-example gradients beside a per-row backward loop),
