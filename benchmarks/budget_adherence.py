@@ -51,7 +51,7 @@ def main() -> None:
                     selection_fraction=0.5,
                     per_device_train_batch_size=4,
                     gradient_accumulation_steps=accumulation,
-                    max_seq_length=128,
+                    max_length=128,
                     learning_rate=1e-3,
                     save_strategy="no",
                     report_to="none",

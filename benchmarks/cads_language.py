@@ -41,7 +41,7 @@ def train(model_factory, tokenizer, pool, validation, flop_budget, seed, selecto
             selector_kwargs=selector_kwargs,
             per_device_train_batch_size=8,
             learning_rate=3e-3,
-            max_seq_length=128,
+            max_length=128,
             lr_scheduler_type="constant",
             report_to="none",
             use_cpu=True,

@@ -266,7 +266,7 @@ def base_recipe(setup: Setup, target: str, train_model: str) -> dict[str, Any]:
         "lora_alpha": 2 * setup.lora_r,
         "flop_budget": None,
         "num_train_epochs": 1,
-        "max_seq_length": setup.max_seq_length,
+        "max_length": setup.max_seq_length,
         "per_device_train_batch_size": setup.train_batch_size,
         "per_device_eval_batch_size": setup.eval_batch_size,
         "learning_rate": setup.learning_rate,

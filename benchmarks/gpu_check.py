@@ -169,7 +169,7 @@ def finetune(alias: str, trainer_kind: str, qlora: bool, accel: Accelerator, poo
         args = BudgetedSFTConfig(output_dir=out_dir, packing=True, max_length=MAX_LENGTH[quick], **common)
         trainer_class, train_data = BudgetedSFTTrainer, pool.select_columns(["messages"])
     else:
-        args = BudgetedTrainingArguments(output_dir=out_dir, max_seq_length=MAX_LENGTH[quick], **common)
+        args = BudgetedTrainingArguments(output_dir=out_dir, max_length=MAX_LENGTH[quick], **common)
         trainer_class, train_data = BudgetedTrainer, pool
     trainer = trainer_class(
         model=model,

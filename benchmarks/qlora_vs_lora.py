@@ -52,7 +52,7 @@ def run_mode(mode: str, budget: float, seed: int) -> dict:
             flop_budget=budget,
             selector="bm25",
             selection_fraction=0.25,
-            max_seq_length=192,
+            max_length=192,
             per_device_train_batch_size=2,
             learning_rate=5e-4,
             lr_scheduler_type="constant",

@@ -275,7 +275,7 @@ def run_sweep_runs(
             item.run.pool,
             item.run.eval,
             item.run.decontaminate,
-            item.run.decontamination_ngram,
+            tuple(item.run.decontamination_options().values()),
             model_key,
         )
         try:

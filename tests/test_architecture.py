@@ -35,9 +35,7 @@ def test_layers_contract_is_kept():
 
 
 def copy_package(tmp_path: Path) -> Path:
-    shutil.copytree(
-        ROOT / "hf_cads", tmp_path / "hf_cads", ignore=shutil.ignore_patterns("__pycache__", "model_cards")
-    )
+    shutil.copytree(ROOT / "hf_cads", tmp_path / "hf_cads", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     return tmp_path
 

@@ -137,7 +137,7 @@ SELECTOR_CASES = {
     "bad option value": (
         lambda: get_selector("bm25", aggregate="median"),
         ValueError,
-        "aggregate must be 'mean' or 'max'",
+        "aggregate must be 'mean', 'max' or 'round_robin', got 'median'",
     ),
     "model for a model-free selector": (lambda: get_selector("bm25", model=object()), TypeError, "uses no model"),
     "model path that does not exist": (

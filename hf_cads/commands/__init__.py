@@ -67,9 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(usage())
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if verbose:  # hf_cads' quiet phases (e.g. hf_cads.data.quiet_loading) show their bars again
-        logging.getLogger("hf_cads").setLevel(logging.DEBUG)
+    # Other libraries' INFO lines (sentence-transformers' "Loading SentenceTransformer model ...") only with --verbose.
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    # --verbose: hf_cads' quiet phases (e.g. hf_cads.data.quiet_loading) show their bars again.
+    logging.getLogger("hf_cads").setLevel(logging.DEBUG if verbose else logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return int(command(name)(rest) or 0)

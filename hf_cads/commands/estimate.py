@@ -34,7 +34,12 @@ def main(argv: Sequence[str]) -> int:
     """``hf-cads estimate [RECIPE] --budget 1e18``: selection and training FLOPs per selector, no weights loaded."""
     argv = list(argv)
     recipe = find_recipe(argv.pop(0)) if argv and not argv[0].startswith("-") else default_recipe()
-    parser = argparse.ArgumentParser(prog="hf-cads estimate", description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="hf-cads estimate",
+        usage="%(prog)s [RECIPE] [--budget FLOPS] [options]",
+        description=main.__doc__,
+        epilog="RECIPE: a shipped recipe's name (hf-cads recipes lists them) or a YAML path; default: quickstart.",
+    )
     parser.add_argument("--budget", type=float, help="FLOPs per finetune (default: the recipe's flop_budget)")
     parser.add_argument("--model", help="the trained model: alias, local folder or Hub id (default: the recipe's)")
     parser.add_argument("--pool", help="the pool: a preset or your data file / folder (default: the recipe's)")
@@ -82,7 +87,7 @@ def main(argv: Sequence[str]) -> int:
         selectors=selectors,
         selector_options=selector_options,
         selection_model=selection_model,
-        max_seq_length=args.max_seq_length,
+        max_seq_length=args.max_length,
         batch_size=args.per_device_train_batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         epochs=float(args.num_train_epochs),

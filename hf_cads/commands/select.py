@@ -250,8 +250,8 @@ def decontaminate_targets(
         matches=[first_matches[row] for row in sorted(first_matches)],
         pool_size=len(pool),
         test_sizes={f"{name} eval": len(task.test) for name, task in tasks.items()},
-        ngram_size=run.decontamination_ngram,
         counts={f"{name} eval": len(found.pool_report.matches) for name, (_, _, found) in checked.items()},  # type: ignore[union-attr]
+        **run.decontamination_options(),
     )
     found_per_target = {
         name: Decontamination(merged, found.target_report, merged.keep_rows, run.decontaminate)  # type: ignore[union-attr]

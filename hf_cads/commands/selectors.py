@@ -9,6 +9,7 @@ from ..selectors import get_selector_class, list_selectors
 
 def main(argv: Sequence[str]) -> int:
     for name in list_selectors():
-        doc = next(iter((get_selector_class(name).__doc__ or "").strip().splitlines()), "")
-        print(f"{name:<12} {doc}")
+        # The docstring's whole first paragraph: its first line alone can stop mid-sentence.
+        summary = " ".join((get_selector_class(name).__doc__ or "").strip().split("\n\n")[0].split())
+        print(f"{name:<12} {summary}")
     return 0

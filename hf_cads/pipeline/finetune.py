@@ -26,7 +26,7 @@ from ..trainer import BudgetedSFTTrainer, BudgetedTrainer, BudgetedTrainingArgum
 from ..trainer.tokenization import has_completions, tokenize_for_causal_lm
 from .inputs import RunInputs, load_run_inputs, on_loaded_pool
 from .outputs import keep_run_outputs
-from .recipe import RunConfig
+from .recipe import DECONTAMINATION_KEYS, RunConfig
 
 
 def target_loss(
@@ -56,12 +56,10 @@ def evaluate_target(
 ) -> tuple[dict[str, float], float]:
     """``{"target_loss": ..., "exact_match": ...}`` on the test rows (exact match only where
     :func:`exact_match_applies`) and the FLOPs that cost."""
-    scorer = CausalLMScorer(
-        model, tokenizer, args.per_device_eval_batch_size, args.max_seq_length, show_progress=False
-    )
+    scorer = CausalLMScorer(model, tokenizer, args.per_device_eval_batch_size, args.max_length, show_progress=False)
     if has_completions(test) and not args.train_on_prompt:
         # Chat / prompt-completion targets: the loss of the completion tokens, tokenised exactly as in training.
-        encoded = tokenize_for_causal_lm(test, tokenizer, args.max_seq_length, role="eval")
+        encoded = tokenize_for_causal_lm(test, tokenizer, args.max_length, role="eval")
         losses, flops = scorer.losses(
             None, desc="target loss", token_ids=encoded["input_ids"], labels=encoded["labels"]
         )
@@ -76,7 +74,7 @@ def evaluate_target(
             test,
             max_new_tokens=run.exact_match_max_new_tokens,
             batch_size=args.per_device_eval_batch_size,
-            max_length=args.max_seq_length,
+            max_length=args.max_length,
         )
         flops += result.flops
         metrics["exact_match"] = result.accuracy
@@ -96,7 +94,8 @@ def run_setup(run: RunConfig, args: BudgetedTrainingArguments) -> dict[str, Any]
         # A full finetune keeps the key it had as ``lora_r: 0``.
         "lora_r": run.lora_r if run.use_peft else 0,
         "num_train_epochs": args.num_train_epochs,
-        "max_seq_length": args.max_seq_length,
+        # The setting is max_length; the record keeps the 0.1 key, so recorded runs keep their key.
+        "max_seq_length": args.max_length,
         "learning_rate": args.learning_rate,
         "per_device_train_batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
@@ -106,6 +105,7 @@ def run_setup(run: RunConfig, args: BudgetedTrainingArguments) -> dict[str, Any]
         **({"eval": run.eval} if run.eval is not None else {}),
         **({"selection_text": run.selection_text} if run.selection_text != "example" else {}),
         **({"decontaminate": run.decontaminate} if run.decontaminate != "drop" else {}),
+        **({} if run.decontaminate == "off" else _changed_decontamination_options(run)),
         **({"train_on_prompt": True} if args.train_on_prompt else {}),
         **({"load_in_4bit": run.bnb_4bit_quant_type} if run.load_in_4bit else {}),
         **({"load_in_8bit": True} if run.load_in_8bit else {}),
@@ -116,6 +116,14 @@ def run_setup(run: RunConfig, args: BudgetedTrainingArguments) -> dict[str, Any]
         ),
         **({"trainer": run.trainer} if run.trainer else {}),
         **({"packing": True} if run.packing else {}),
+    }
+
+
+def _changed_decontamination_options(run: RunConfig) -> dict[str, Any]:
+    # Different options drop different rows: a different experiment. Defaults stay out of the key.
+    default = RunConfig()
+    return {
+        key: getattr(run, key) for key in DECONTAMINATION_KEYS.values() if getattr(run, key) != getattr(default, key)
     }
 
 
@@ -207,7 +215,7 @@ def run_budgeted_finetune(
     from trl import get_peft_config
 
     peft_config = get_peft_config(run)
-    baseline_key = (args.per_device_eval_batch_size, args.max_seq_length, run.exact_match_max_new_tokens)
+    baseline_key = (args.per_device_eval_batch_size, args.max_length, run.exact_match_max_new_tokens)
     if baseline_key not in inputs.baselines:
         # The untrained model scores the same in every run that shares these inputs: measure it once.
         inputs.baselines[baseline_key] = evaluate_target(model, tokenizer, test, run, args)

@@ -83,6 +83,9 @@ class Decontamination:
         return {
             "mode": self.mode,
             "ngram_size": self.pool_report.ngram_size,
+            "min_overlap": self.pool_report.min_overlap,
+            "template_rows": self.pool_report.template_rows,
+            "template_share": self.pool_report.template_share,
             "pool_rows_overlapping": len(self.pool_report.matches),
             "pool_rows_dropped": self.dropped,
             "target_rows_overlapping": len(self.target_report.matches),
@@ -105,8 +108,9 @@ def decontaminate_run_data(run: RunConfig, data: TaskData) -> tuple[Any, Any, De
     if run.decontaminate == "off":
         return data.validation, data.pool, None
     tests = {"eval": data.test}
-    pool_report = find_contamination(data.pool, tests, ngram_size=run.decontamination_ngram)
-    target_report = find_contamination(data.validation, tests, ngram_size=run.decontamination_ngram)
+    options = run.decontamination_options()
+    pool_report = find_contamination(data.pool, tests, **options)
+    target_report = find_contamination(data.validation, tests, **options)
     for name, report in (("pool", pool_report), ("target", target_report)):
         if report.matches:
             logger.warning("%s: %s", name, report.format())

@@ -24,7 +24,13 @@ from typing import Any
 from trl import ModelConfig
 
 from ..data import POOL_SOURCES
-from ..decontamination import DEFAULT_NGRAM_SIZE
+from ..decontamination import (
+    DEFAULT_MIN_OVERLAP,
+    DEFAULT_NGRAM_SIZE,
+    DEFAULT_TEMPLATE_ROWS,
+    DEFAULT_TEMPLATE_SHARE,
+    find_contamination,
+)
 from ..lora import DEFAULT_LORA_R, DEFAULT_LORA_TARGET_MODULES
 from ..trainer import BudgetedTrainingArguments
 
@@ -36,6 +42,15 @@ TRAINERS = ("sft", "causal-lm")
 """Values of a recipe's ``trainer``: TRL's SFT trainer or the causal-LM ``Trainer``."""
 DECONTAMINATE_MODES = ("drop", "report", "off")
 """Values of a recipe's ``decontaminate``: drop overlapping rows, only report them, or skip the check."""
+RENAMED_KEYS = {"max_seq_length": "max_length", "text_column": "dataset_text_field"}
+"""Recipe keys of hf_cads 0.1 and the name (TRL's) each has since 0.2."""
+DECONTAMINATION_KEYS = {
+    "ngram_size": "decontamination_ngram",
+    "min_overlap": "decontamination_min_overlap",
+    "template_rows": "decontamination_template_rows",
+    "template_share": "decontamination_template_share",
+}
+"""The options of :func:`~hf_cads.decontamination.find_contamination` and the recipe key of each."""
 
 
 # -- the run's own options ------------------------------------------------------------------------
@@ -62,7 +77,12 @@ class RunConfig(ModelConfig):
         selection_text: what selectors score: ``example`` (prompt + response) or ``prompt`` (the
             prompt / messages before the first assistant turn).
         decontaminate: pool and target rows that overlap test rows: ``drop`` (default), ``report``
-            (list them, keep them) or ``off``; ``decontamination_ngram`` is the shared word-run length.
+            (list them, keep them) or ``off``. A row overlaps a test row when it equals it or holds at
+            least ``decontamination_min_overlap`` (default 0.25) of the test row's distinctive
+            ``decontamination_ngram``-word n-grams (default 8); an n-gram found in at least
+            ``decontamination_template_rows`` test rows (default 5) or in a
+            ``decontamination_template_share`` of them (default 0.05) is template text and never
+            counts (``null`` turns that limit off). See :mod:`hf_cads.decontamination`.
         max_per_source: rows kept per source (seeded), to bound CPU time.
         max_pool_chars: drop pool rows longer than this many characters.
         eval_examples: target test rows used for the before/after loss (and exact match).
@@ -75,7 +95,7 @@ class RunConfig(ModelConfig):
         trainer: ``sft`` (:class:`~hf_cads.BudgetedSFTTrainer`) or ``causal-lm``
             (:class:`~hf_cads.BudgetedTrainer` on the ``text`` column). ``None``: ``sft`` when
             ``packing`` is set or the pool has no ``text`` column, else ``causal-lm``.
-        packing: pack rows into ``max_seq_length`` sequences, padding-free (``sft`` only).
+        packing: pack rows into ``max_length`` sequences, padding-free (``sft`` only).
         save_subset: write the selected rows (parquet + dataset card) to ``<output_dir>/selected_subset``.
         push_subset_to: dataset repo to push the selected subset to (the model card then links it).
 
@@ -111,7 +131,16 @@ class RunConfig(ModelConfig):
     )
     selection_text: str = field(default="example", metadata={"help": "What selectors score: example or prompt."})
     decontaminate: str = field(default="drop", metadata={"help": "drop, report or off."})
-    decontamination_ngram: int = field(default=DEFAULT_NGRAM_SIZE, metadata={"help": "Shared word-run length."})
+    decontamination_ngram: int = field(default=DEFAULT_NGRAM_SIZE, metadata={"help": "Words per n-gram."})
+    decontamination_min_overlap: float = field(
+        default=DEFAULT_MIN_OVERLAP, metadata={"help": "Share of a test row's distinctive n-grams that matches it."}
+    )
+    decontamination_template_rows: int | None = field(
+        default=DEFAULT_TEMPLATE_ROWS, metadata={"help": "An n-gram in this many test rows is template text."}
+    )
+    decontamination_template_share: float | None = field(
+        default=DEFAULT_TEMPLATE_SHARE, metadata={"help": "An n-gram in this share of test rows is template text."}
+    )
     max_per_source: int | None = field(default=200, metadata={"help": "Rows kept per pool source."})
     max_pool_chars: int | None = field(default=1200, metadata={"help": "Drop pool rows longer than this."})
     eval_examples: int = field(default=32, metadata={"help": "Target test rows evaluated."})
@@ -139,6 +168,12 @@ class RunConfig(ModelConfig):
                 f"decontaminate must be one of {list(DECONTAMINATE_MODES)} (or true/false), got "
                 f"{self.decontaminate!r}."
             )
+        try:
+            # A one-row check: find_contamination refuses bad options first, its message naming the option.
+            find_contamination(["a"], {"eval": ["a"]}, **self.decontamination_options())
+        except ValueError as err:
+            key = DECONTAMINATION_KEYS.get(str(err).split(" ", 1)[0], "decontamination")
+            raise ValueError(f"{key}: {err}") from err
         if self.selection_text not in ("example", "prompt"):
             raise ValueError(
                 f"selection_text must be 'example' (prompt + response) or 'prompt', got {self.selection_text!r}."
@@ -170,6 +205,15 @@ class RunConfig(ModelConfig):
                 "load_in_4bit / load_in_8bit (QLoRA) train LoRA adapters on frozen quantised weights; "
                 "set use_peft: true."
             )
+
+    def decontamination_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~hf_cads.decontamination.find_contamination` this run sets.
+
+        Example:
+            >>> RunConfig(decontamination_min_overlap=0.5).decontamination_options()["min_overlap"]
+            0.5
+        """
+        return {option: getattr(self, key) for option, key in DECONTAMINATION_KEYS.items()}
 
     @property
     def quantized(self) -> bool:
@@ -239,6 +283,13 @@ def recipe_from_dict(
 
     overrides = list(overrides or [])
     data = dict(data)
+    flags = {flag.removeprefix("--").split("=", 1)[0] for flag in overrides if flag.startswith("--")}
+    for old, new in RENAMED_KEYS.items():
+        if old in data or old in flags:
+            where = f"Recipe {source!r}" if old in data else "The command line"
+            raise ValueError(
+                f"{where} sets {old}, which was renamed to {new} (TRL's name) in hf_cads 0.2; write {new} instead."
+            )
     parser = TrlParser((RunConfig, BudgetedTrainingArguments))
     selector = overridden_selector(overrides)
     if (

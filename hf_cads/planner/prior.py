@@ -248,9 +248,16 @@ def normalised_cells(records: Sequence[RunRecord], metric: str) -> tuple[list[di
         if metric in r.metrics and metric in r.baseline_metrics and r.k > 0:
             groups.setdefault((r.model, str(r.target)), []).append(r)
     # Only selectors measured in every cell: a selector still being measured would shift the scales.
-    per_cell = [{r.selector for r in group} for group in groups.values()]
+    # Configurations are told apart by label (embedding with max vs round-robin aggregation are two
+    # options); the prior names each by its selector, so one label per selector is kept.
+    per_cell = [{r.label or r.selector for r in group} for group in groups.values()]
     everywhere = set.intersection(*per_cell) if per_cell else set()
-    groups = {cell: [r for r in group if r.selector in everywhere] for cell, group in groups.items()}
+    groups = {cell: [r for r in group if (r.label or r.selector) in everywhere] for cell, group in groups.items()}
+    selectors = [r.selector for r in records if (r.label or r.selector) in everywhere]
+    if len({(r.selector, r.label) for r in records if (r.label or r.selector) in everywhere}) != len(set(selectors)):
+        raise ValueError(
+            f"The records measure several configurations of one selector in every cell: {sorted(everywhere)}."
+        )
     cells, pooled = [], []
     for (model, target), group in sorted(groups.items()):
         residuals: list[float] = []

@@ -106,8 +106,9 @@ class BudgetedTrainingArguments(TrainingArguments, BudgetFields):
     :class:`BudgetFields` come after the parent's.
 
     Args:
-        max_seq_length: token limit when the trainer tokenises a text dataset.
-        text_column: column holding the text (default ``text``, else chat ``messages``).
+        max_length: token limit when the trainer tokenises a text dataset (TRL's name; default 512).
+        dataset_text_field: column holding the text, as in ``trl.SFTConfig`` (``None``: ``text``, else
+            chat ``messages``, else ``prompt`` + ``completion``).
         train_on_prompt: also train on prompt, system and user tokens of chat and prompt-completion
             data (default ``False``: loss on the completion / assistant turns only, as TRL's SFT).
         model_init_kwargs: ``from_pretrained`` options (``dtype``, ``attn_implementation``,
@@ -120,8 +121,10 @@ class BudgetedTrainingArguments(TrainingArguments, BudgetFields):
         ('out', 1000000000000.0, {'dtype': 'bfloat16'})
     """
 
-    max_seq_length: int = field(default=512, metadata={"help": "Token limit when tokenising text datasets."})
-    text_column: str | None = field(default=None, metadata={"help": "Text column (default: text, else messages)."})
+    max_length: int = field(default=512, metadata={"help": "Token limit when tokenising text datasets."})
+    dataset_text_field: str | None = field(
+        default=None, metadata={"help": "Text column (default: text, else messages, else prompt + completion)."}
+    )
     train_on_prompt: bool = field(
         default=False,
         metadata={
@@ -137,8 +140,8 @@ class BudgetedTrainingArguments(TrainingArguments, BudgetFields):
         super().__post_init__()
         self.validate_budget_fields()
         self.model_init_kwargs = json_object_option("model_init_kwargs", self.model_init_kwargs)
-        if self.max_seq_length < 2:
-            raise ValueError(f"max_seq_length must be >= 2, got {self.max_seq_length}.")
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {self.max_length}.")
 
 
 ArgumentsT = TypeVar("ArgumentsT", bound=TrainingArguments)

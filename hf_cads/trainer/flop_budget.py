@@ -283,7 +283,7 @@ class FlopBudgetMixin:
             raise ValueError(
                 f"After selection ({self.flop_ledger.entries['selection']:.4g} FLOPs) only {remaining:.4g} of the "
                 f"{self.flop_ledger.budget:.4g} FLOP budget remain, less than one training step (~{per_step:.4g} "
-                "FLOPs). Raise flop_budget or lower the batch size / max_seq_length."
+                "FLOPs). Raise flop_budget or lower the batch size / max_length."
             )
         # One step of slack: the hard cap in get_batch_samples ends training exactly at the budget,
         # and a few cheaper-than-average steps should not end it early.

@@ -243,24 +243,24 @@ def _fused_head_scores_labelled_only(device: Any) -> bool:
 
 def sft_config_from(args: Any, **sft_options: Any) -> BudgetedSFTConfig:
     """The :class:`BudgetedSFTConfig` with the settings of ``args`` (a ``BudgetedTrainingArguments``,
-    e.g. from a recipe): ``max_seq_length`` becomes ``max_length``, ``text_column`` the
-    ``dataset_text_field``; ``sft_options`` set SFT-only fields (``packing``, ...).
+    e.g. from a recipe): the fields the two share by name (``max_length`` included), TRL's
+    ``dataset_text_field`` (``text`` where ``args`` leaves it ``None``), ``bf16`` and checkpointing
+    as ``args`` set them; ``sft_options`` set SFT-only fields (``packing``, ...).
 
     Example:
         >>> from hf_cads import BudgetedTrainingArguments
-        >>> args = BudgetedTrainingArguments(output_dir="out", flop_budget=1e12, max_seq_length=128, use_cpu=True)
+        >>> args = BudgetedTrainingArguments(output_dir="out", flop_budget=1e12, max_length=128, use_cpu=True)
         >>> config = sft_config_from(args, packing=True)
         >>> config.max_length, config.packing, config.flop_budget
         (128, True, 1000000000000.0)
     """
     sft_fields = {f.name for f in dataclasses.fields(BudgetedSFTConfig) if f.init}
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init and f.name in sft_fields}
-    # Set explicitly below, or by Trainer from the values it derives them from.
-    for derived in ("max_length", "dataset_text_field", "bf16", "gradient_checkpointing"):
+    # Set below as args has them: SFTConfig's own defaults for these differ from TrainingArguments'.
+    for derived in ("bf16", "gradient_checkpointing"):
         values.pop(derived, None)
     values.update(
-        max_length=args.max_seq_length,
-        dataset_text_field=args.text_column or "text",
+        dataset_text_field=args.dataset_text_field or "text",
         bf16=bool(args.bf16),
         activation_checkpointing=bool(args.gradient_checkpointing),
         **sft_options,

@@ -154,8 +154,8 @@ def tokenize_for_causal_lm(
         label_rows.append(labels)
     if empty:
         logger.warning(
-            "%d of %d %s rows have no completion token within max_seq_length=%d (the prompt fills it); "
-            "they add no loss. Raise max_seq_length or shorten the prompts.",
+            "%d of %d %s rows have no completion token within max_length=%d (the prompt fills it); "
+            "they add no loss. Raise max_length or shorten the prompts.",
             empty,
             len(dataset),
             role,

@@ -61,8 +61,8 @@ class BudgetedTrainer(FlopBudgetMixin, Trainer):
     Differences from ``Trainer``, on purpose:
 
     - a ``datasets.Dataset`` of text (``text``, chat ``messages`` or ``prompt`` / ``completion``
-      columns, no ``input_ids``) is tokenised for causal-LM training (``max_seq_length``,
-      ``text_column``, ``train_on_prompt``), where ``Trainer`` would fail on it;
+      columns, no ``input_ids``) is tokenised for causal-LM training (``max_length``,
+      ``dataset_text_field``, ``train_on_prompt``), where ``Trainer`` would fail on it;
     - without ``data_collator``, rows holding only ``input_ids`` (and per-token ``labels``) are
       right-padded by :class:`~hf_cads.trainer.tokenization.CausalLMCollator`, which also builds
       ``labels`` (``Trainer``'s default collator gives no labels, so the model returns no loss);
@@ -181,8 +181,8 @@ class BudgetedTrainer(FlopBudgetMixin, Trainer):
             return tokenize_for_causal_lm(
                 dataset,
                 tokenizer,
-                args.max_seq_length,
-                args.text_column,
+                args.max_length,
+                args.dataset_text_field,
                 role=role,
                 train_on_prompt=args.train_on_prompt,
             )

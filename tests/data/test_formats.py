@@ -140,7 +140,7 @@ def write_recipe(tmp_path, model_dir, **options):
         output_dir=str(tmp_path / "out"),
         flop_budget=2e10,
         eval_examples=4,
-        max_seq_length=64,
+        max_length=64,
         selection_fraction=0.5,
         decontaminate="off",
         **options,

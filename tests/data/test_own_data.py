@@ -155,7 +155,7 @@ def write_recipe(tmp_path, model_dir, **options):
         output_dir=str(tmp_path / "out"),
         flop_budget=2e10,
         eval_examples=6,
-        max_seq_length=96,
+        max_length=96,
         logging_steps=2,
         selection_fraction=0.25,
     )
@@ -360,7 +360,7 @@ def test_run_own_chat_pool_and_prompt_completion_target_on_smollm2(tmp_path):
             "6",
             "--selection_fraction",
             "0.5",
-            "--max_seq_length",
+            "--max_length",
             "128",
         ],
         capture_output=True,

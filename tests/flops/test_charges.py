@@ -90,7 +90,7 @@ def test_budgeted_trainer_plans_training_into_the_ledger_and_the_checkpoint(
         selector="random",
         selection_fraction=0.25,
         per_device_train_batch_size=4,
-        max_seq_length=64,
+        max_length=64,
         report_to="none",
         use_cpu=True,
         save_strategy="steps",
@@ -121,7 +121,7 @@ def test_cads_in_budgeted_trainer_takes_its_training_budget_from_flop_budget(
         selector="cads-s",
         per_device_train_batch_size=4,
         selector_kwargs={"outer_steps": 3, "max_length": 96, "show_progress": False},  # no train_budget
-        max_seq_length=96,
+        max_length=96,
         report_to="none",
         use_cpu=True,
         save_strategy="no",

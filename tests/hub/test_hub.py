@@ -244,7 +244,7 @@ def test_model_card_gets_the_budget_section(small_pool, bbh_target, tokenizer, t
         selector="bm25",
         selection_fraction=0.1,
         per_device_train_batch_size=4,
-        max_seq_length=48,
+        max_length=48,
         report_to="none",
         save_strategy="no",
         use_cpu=True,

@@ -30,7 +30,7 @@ def write_recipe(tmp_path, **options):
     return path
 
 
-TINY_RUN = dict(flop_budget=3e10, max_per_source=30, eval_examples=8, max_seq_length=96, logging_steps=2)
+TINY_RUN = dict(flop_budget=3e10, max_per_source=30, eval_examples=8, max_length=96, logging_steps=2)
 
 
 def reproduce_target_loss(model, recipe, out):
@@ -169,7 +169,9 @@ def test_cli_overrides_and_selector_listing(tmp_path, capsys):
     assert args.flop_budget == 5e12 and args.selector == "embedding" and run_config.target == "boolean_expressions"
     assert args.selector_kwargs is None  # the quickstart's options are bm25's
     assert main(["selectors"]) == 0
-    assert "bm25" in capsys.readouterr().out
+    listing = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("bm25 ") for line in listing)
+    assert all(line.endswith(".") for line in listing), listing  # whole sentences, not a docstring's first line
 
 
 def test_quickstart_recipe_parses():

@@ -186,7 +186,7 @@ def test_sft_recipe_picks_the_sft_trainer():
     assert (run.trainer, run.packing) == ("sft", True)
     config = sft_config_from(args, packing=run.packing)
     assert (config.max_length, config.packing, config.flop_budget, config.selector) == (
-        args.max_seq_length,
+        args.max_length,
         True,
         args.flop_budget,
         "bm25",

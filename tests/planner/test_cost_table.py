@@ -162,7 +162,7 @@ def test_estimate_equals_a_real_smollm2_runs_ledger(tmp_path, capsys):
         "model_name_or_path: smollm2-135m-instruct\ntarget: boolean_expressions\n"
         f"pool: {pool}\neval_examples: 2\nlora_r: 8\nlora_alpha: 16\n"
         f"output_dir: {tmp_path / 'run'}\nselector: perplexity\nselection_fraction: 1.0\n"
-        "max_seq_length: 64\nper_device_train_batch_size: 1\nper_device_eval_batch_size: 2\n"
+        "max_length: 64\nper_device_train_batch_size: 1\nper_device_eval_batch_size: 2\n"
         "num_train_epochs: 1\nsave_strategy: 'no'\nreport_to: none\nuse_cpu: true\nseed: 0\n"
         f"run_records: {tmp_path / 'runs.jsonl'}\n"
     )

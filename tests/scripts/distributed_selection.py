@@ -124,7 +124,7 @@ def run_training(model_dir: str, output_dir: str) -> dict:
         save_strategy="no",
         report_to="none",
         use_cpu=True,
-        max_seq_length=96,
+        max_length=96,
         seed=0,
         disable_tqdm=True,
     )

@@ -57,7 +57,7 @@ def build_trainer(output_dir: str, pause: float = 0.0) -> BudgetedTrainer:
         save_strategy="no",
         report_to="none",
         use_cpu=True,
-        max_seq_length=32,
+        max_length=32,
         seed=0,
         disable_tqdm=True,
     )

@@ -145,7 +145,7 @@ def test_budgeted_trainer_records_a_cached_selection(tmp_path, small_pool, bbh_t
             selector_kwargs={"cache_dir": str(tmp_path / "cache")},
             report_to="none",
             use_cpu=True,
-            max_seq_length=64,
+            max_length=64,
             save_strategy="no",
         )
         return BudgetedTrainer(

@@ -47,7 +47,7 @@ def write_recipe(folder, model_dir, selector, selector_kwargs):
     recipe.update(
         model_name_or_path=str(model_dir),
         output_dir=str(folder / "out"),
-        max_seq_length=64,
+        max_length=64,
         selector=selector,
         selector_kwargs=dict(selector_kwargs, show_progress=False),
         selection_k=12,

@@ -111,7 +111,7 @@ def test_budgeted_trainer_runs_cads_and_charges_it(tmp_path, small_pool, bbh_tar
         selector="cads-s",
         per_device_train_batch_size=4,
         selector_kwargs={"train_budget": 2e10, "outer_steps": 3, "max_length": 96, "show_progress": False},
-        max_seq_length=96,
+        max_length=96,
         report_to="none",
         use_cpu=True,
         save_strategy="no",

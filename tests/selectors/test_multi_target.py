@@ -69,7 +69,7 @@ def write_recipe(tmp_path, model_dir, **options):
         model_name_or_path=str(model_dir),
         output_dir=str(tmp_path / "out"),
         eval_examples=4,
-        max_seq_length=64,
+        max_length=64,
         selector="less",
         selector_kwargs=LESS_OPTIONS,
         selection_k=12,

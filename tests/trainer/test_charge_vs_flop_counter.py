@@ -66,7 +66,7 @@ def test_sft_charge_equals_flop_counter(tmp_path, small_pool, tokenizer, tiny_lm
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
 def test_trainer_charge_equals_flop_counter(tmp_path, small_pool, tokenizer, tiny_lm, checkpointing):
-    args = BudgetedTrainingArguments(**common_options(tmp_path, checkpointing), max_seq_length=128)
+    args = BudgetedTrainingArguments(**common_options(tmp_path, checkpointing), max_length=128)
     trainer = BudgetedTrainer(
         model=tiny_lm, args=args, train_dataset=small_pool, processing_class=tokenizer, peft_config=lora()
     )

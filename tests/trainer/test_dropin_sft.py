@@ -477,7 +477,7 @@ def test_budgeted_training_arguments_are_translated(tmp_path, model, sft_tokeniz
     from hf_cads import BudgetedTrainingArguments
 
     args = BudgetedTrainingArguments(
-        str(tmp_path / "out"), max_steps=2, max_seq_length=10, use_cpu=True, report_to="none", flop_budget=1e12
+        str(tmp_path / "out"), max_steps=2, max_length=10, use_cpu=True, report_to="none", flop_budget=1e12
     )
     trainer = BudgetedSFTTrainer(model=model, args=args, train_dataset=text_rows(), processing_class=sft_tokenizer)
     assert isinstance(trainer.args, BudgetedSFTConfig) and trainer.args.max_length == 10

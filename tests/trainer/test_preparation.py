@@ -100,7 +100,7 @@ def test_a_bf16_model_trains_under_a_budget_on_cpu(tmp_path, small_tokenizer):
     per_step = FlopProfile.from_model(model).train_step_flops(4, 8)
     trainer = BudgetedTrainer(
         model,
-        BudgetedTrainingArguments(**common(tmp_path, max_steps=-1), flop_budget=40 * per_step, max_seq_length=8),
+        BudgetedTrainingArguments(**common(tmp_path, max_steps=-1), flop_budget=40 * per_step, max_length=8),
         train_dataset=rows,
         processing_class=small_tokenizer,
     )

@@ -46,7 +46,7 @@ def test_4bit_lora_training_stops_at_the_cap(tmp_path, tiny_model_dir, small_poo
         selection_fraction=0.5,
         per_device_train_batch_size=4,
         learning_rate=1e-3,
-        max_seq_length=96,
+        max_length=96,
         save_strategy="no",
         report_to="none",
         use_cpu=True,

@@ -115,7 +115,7 @@ def budgeted_trainer(output_dir, cache_dir, small_pool, bbh_target, tokenizer, b
         save_steps=3,
         report_to="none",
         use_cpu=True,
-        max_seq_length=96,
+        max_length=96,
         seed=0,
         disable_tqdm=True,
     )

@@ -14,7 +14,7 @@ def make_args(tmp_path, **overrides):
         save_strategy="no",
         report_to="none",
         use_cpu=True,
-        max_seq_length=96,
+        max_length=96,
         seed=0,
         disable_tqdm=True,
     )
