@@ -25,7 +25,7 @@ def training_args(tmp_path, **overrides):
         save_strategy="no",
         report_to="none",
         use_cpu=True,
-        max_seq_length=64,
+        max_length=64,
         disable_tqdm=True,
     )
     options.update(overrides)
@@ -188,7 +188,7 @@ def test_bad_budget_in_arguments(tmp_path, budget):
         ({"selector": "nope", "selection_fraction": 0.1}, "registered selectors"),
         ({"selector": "bm25"}, "needs selection_fraction or selection_k"),
         ({"selector_kwargs": "{not json"}, "selector_kwargs must be a JSON object"),
-        ({"max_seq_length": 1}, "max_seq_length must be >= 2"),
+        ({"max_length": 1}, "max_length must be >= 2"),
     ],
 )
 def test_bad_training_arguments(tmp_path, options, message):

@@ -170,7 +170,8 @@ class RunConfig(ModelConfig):
             )
         try:
             # A one-row check: find_contamination refuses bad options first, its message naming the option.
-            find_contamination(["a"], {"eval": ["a"]}, **self.decontamination_options())
+            probe = " ".join(f"word{i}" for i in range(32))  # longer than any n-gram size, so the check runs
+            find_contamination([probe], {"eval": [probe]}, **self.decontamination_options())
         except ValueError as err:
             key = DECONTAMINATION_KEYS.get(str(err).split(" ", 1)[0], "decontamination")
             raise ValueError(f"{key}: {err}") from err
