@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import RESULTS, markdown_table, write_json, write_markdown
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The shared data beside the checkout (the device machine copies it as shared/ inside the tree).
@@ -45,7 +47,6 @@ for _data in (
         os.environ.setdefault("HF_CADS_DATA_DIR", str(_data))
         break
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = "boolean_expressions"
 FLOP_TOLERANCE = 0.01
 # Selection + training FLOPs per finetune: about 40 steps of 4 x 512 tokens, so the budget, not the
@@ -314,10 +315,8 @@ def to_markdown(report: dict) -> str:
         if not rows:
             continue
         columns = list(dict.fromkeys(k for row in rows for k in row))
-        lines += [f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        for row in rows:
-            lines.append("| " + " | ".join(format_cell(row.get(c)) for c in columns) + " |")
-        lines.append("")
+        cells = ([format_cell(row.get(c)) for c in columns] for row in rows)
+        lines += [f"## {title}", "", *markdown_table(columns, cells), ""]
     return "\n".join(lines)
 
 
@@ -356,11 +355,11 @@ def main(argv: list[str] | None = None) -> dict:
         "agreement": cpu_agreement(accel, pool, validation) if accel.is_cuda else [],
     }
     report["seconds"] = time.perf_counter() - start
-    options.out.mkdir(parents=True, exist_ok=True)
     stem = "gpu_check" if not options.quick else "gpu_check_dry_run"
-    (options.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    (options.out / f"{stem}.md").write_text(to_markdown(report))
-    print(to_markdown(report))
+    write_json(stem, report, options.out)
+    text = to_markdown(report)
+    write_markdown(stem, text, options.out)
+    print(text)
     return report
 
 
