@@ -31,6 +31,7 @@ CASES = {
         True,
     ),
     "cads": (dict(train_budget=2e10, max_length=64, outer_steps=3, num_sampling_points=3), True),
+    "rds": ({"max_length": 64}, True),
 }
 SEEDED = ("random", "less", "cads")  # selectors whose choice depends on the seed
 
