@@ -409,6 +409,7 @@ class Selector(ABC):
                     progress.update(max(0, len(rows) - (progress.n - before)))
                     if cache is not None:
                         cache.save_shard(index, rows, output.scores, output.flops, output.extras)
+                        _stop_if_terminated()
                     done[index] = (output, False)
             return done
 
@@ -462,8 +463,10 @@ def _exit_cleanly_on_sigterm(cache_folder: Any) -> Iterator[None]:
         return
 
     def terminate(signum: int, frame: Any) -> None:
+        _TERMINATED.set()
         raise SystemExit(128 + signum)
 
+    _TERMINATED.clear()
     signal.signal(signal.SIGTERM, terminate)
     try:
         yield
@@ -477,6 +480,18 @@ def _exit_cleanly_on_sigterm(cache_folder: Any) -> Iterator[None]:
         raise
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _TERMINATED.clear()
+
+
+# Set by the SIGTERM handler. The SystemExit it raises is lost when the signal lands inside a
+# finalizer (`__del__` exceptions are only printed), so the shard loop also stops on this flag.
+_TERMINATED = threading.Event()
+
+
+def _stop_if_terminated() -> None:
+    """Raise the SIGTERM exit after a stored shard when a handler's SystemExit was swallowed."""
+    if _TERMINATED.is_set():
+        raise SystemExit(128 + signal.SIGTERM)
 
 
 def check_shard_output(selector: Selector, output: ScoreOutput, rows: range) -> ScoreOutput:
