@@ -1,5 +1,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
+# Absolute, so tests that run commands from a temporary folder find the presets too.
+DATA_DIR ?= $(abspath ../shared/data)
 
 .PHONY: install lint demo test test-fast
 
@@ -17,12 +19,12 @@ lint:
 	$(PYTHON) -m ruff format --check .
 
 demo: install
-	HF_HUB_OFFLINE=1 HF_CADS_DATA_DIR=../shared/data hf-cads run
+	HF_HUB_OFFLINE=1 HF_CADS_DATA_DIR=$(DATA_DIR) hf-cads run
 
 # The determinism tests run first at one thread, then the whole suite at the machine's default.
 test: install lint
-	HF_HUB_OFFLINE=1 HF_CADS_DATA_DIR=../shared/data OMP_NUM_THREADS=1 HF_CADS_TEST_THREADS=1 $(PYTHON) -m pytest -q tests/test_determinism.py
-	HF_HUB_OFFLINE=1 HF_CADS_DATA_DIR=../shared/data $(PYTHON) -m pytest -q -m "slow or not slow"
+	HF_HUB_OFFLINE=1 HF_CADS_DATA_DIR=$(DATA_DIR) OMP_NUM_THREADS=1 HF_CADS_TEST_THREADS=1 $(PYTHON) -m pytest -q tests/test_determinism.py
+	HF_HUB_OFFLINE=1 HF_CADS_DATA_DIR=$(DATA_DIR) $(PYTHON) -m pytest -q -m "slow or not slow"
 
 test-fast:
-	HF_HUB_OFFLINE=1 HF_CADS_DATA_DIR=../shared/data $(PYTHON) -m pytest -q
+	HF_HUB_OFFLINE=1 HF_CADS_DATA_DIR=$(DATA_DIR) $(PYTHON) -m pytest -q
