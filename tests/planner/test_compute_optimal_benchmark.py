@@ -38,9 +38,13 @@ def test_every_selector_runs_records_and_the_planner_reads_the_frontier(
         output_dir=tmp_path / "out",
     )
     summary = compute_optimal.run_benchmark(setup)
-    assert summary["timing"]["failed"] == {} and summary["timing"]["ran"] == 14
+    # Entries scoring with the training model are skipped where it is also the selection model (here).
+    entries = [name for name in compute_optimal.SELECTORS if name not in compute_optimal.OWN_MODEL_SELECTORS]
+    expected_runs = len(entries) * len(setup.fractions)
+    assert summary["timing"]["failed"] == {} and summary["timing"]["ran"] == expected_runs
     records = read_records(setup.records_path)
-    assert sorted({r.selector for r in records}) == sorted(compute_optimal.SELECTORS) and len(records) == 14
+    selectors = {compute_optimal.DESIGN_VARIANTS.get(name, (name,))[0] for name in entries}
+    assert {r.selector for r in records} == selectors and len(records) == expected_runs
     pool_size = records[0].pool_size
     for r in records:
         assert r.k == round(r.selection_fraction * pool_size) and r.total_flops == r.selection_flops + r.train_flops
@@ -48,8 +52,8 @@ def test_every_selector_runs_records_and_the_planner_reads_the_frontier(
         assert "target_loss" in r.metrics and "exact_match" in r.metrics and 0 <= r.metrics["exact_match"] <= 1
         assert r.baseline_metrics.keys() == r.metrics.keys()
     # Size-independent scores are computed once; the run that reused them is still charged their cost.
-    for name in ("perplexity", "less", "bm25", "embedding"):
-        small, large = sorted((r for r in records if r.selector == name), key=lambda r: r.k)
+    for label in {r.label for r in records if r.selector in ("perplexity", "less", "bm25", "embedding", "rds")}:
+        small, large = sorted((r for r in records if r.label == label), key=lambda r: r.k)
         assert small.selection_flops == pytest.approx(large.selection_flops, rel=1e-9)
     # CADS selects for the training budget of its subset size: twice the rows, about twice the budget.
     budgets = sorted(r.selector_config["train_budget"] for r in records if r.selector == "cads-e")
@@ -59,7 +63,12 @@ def test_every_selector_runs_records_and_the_planner_reads_the_frontier(
             assert 0.5 < r.train_flops / r.selector_config["train_budget"] < 2.0
 
     loss = next(a for a in summary["analyses"] if a["metric"] == "target_loss")
-    assert loss["runs"] == 14 and loss["frontier"] and len(loss["regret"]) == 3 and loss["bootstrap_unit"] == "runs"
+    assert (
+        loss["runs"] == expected_runs
+        and loss["frontier"]
+        and len(loss["regret"]) == 3
+        and loss["bootstrap_unit"] == "runs"
+    )
     frontier_flops = [p["total_flops"] for p in loss["frontier"]]
     assert frontier_flops == sorted(frontier_flops)
     for row in loss["regret"]:
@@ -79,7 +88,7 @@ def test_every_selector_runs_records_and_the_planner_reads_the_frontier(
     # Resuming: a second call finds every run recorded and runs nothing.
     again = compute_optimal.run_benchmark(setup, selectors=["random", "cads-s"])
     assert (again["timing"]["ran"], again["timing"]["skipped"]) == (0, 4)
-    assert len(read_records(setup.records_path)) == 14
+    assert len(read_records(setup.records_path)) == expected_runs
     with pytest.raises(ValueError, match="Unknown selector"):
         compute_optimal.run_benchmark(setup, selectors=["nope"])
 
