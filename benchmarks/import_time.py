@@ -16,7 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-RECORDS = Path(__file__).parent / "results" / "compute_optimal_full.jsonl"
+RECORDS = Path(__file__).parent / "results" / "compute_optimal_full_runs.jsonl"
+ONE_CELL = ["--model", "smollm2-135m-instruct", "--target", "gsm8k"]
+"""The records hold six (model, target) cells; `plan` fits one."""
 
 
 def median_seconds(command: list[str], repeats: int) -> float:
@@ -38,7 +40,14 @@ def main() -> None:
         'python -c "import hf_cads"': [sys.executable, "-c", "import hf_cads"],
         "hf-cads --help": [*cli, "--help"],
         "hf-cads selectors": [*cli, "selectors"],
-        f"hf-cads plan {RECORDS.name} --budget 1e15": [*cli, "plan", str(RECORDS), "--budget", "1e15"],
+        f"hf-cads plan {RECORDS.name} --budget 1e15 {' '.join(ONE_CELL)}": [
+            *cli,
+            "plan",
+            str(RECORDS),
+            "--budget",
+            "1e15",
+            *ONE_CELL,
+        ],
     }
     baseline = None
     print(f"| command | median s ({options.repeats} runs) | x import datasets |")

@@ -16,7 +16,12 @@ Example:
 """
 
 from ._lazy import lazy_exports
+from ._quiet import hold_kernel_warnings
 from ._version import __version__
+
+# Importing transformers (peft -> bitsandbytes) warns about a missing 4-bit CPU kernel on every run;
+# that line is held back until 4-bit loading is asked for (hf_cads._quiet).
+hold_kernel_warnings()
 
 _EXPORTS = {
     "SelectionCharge": ".flops.charges",

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ._extras import require_extra
+from ._quiet import quiet_loading, release_kernel_warnings
 
 DEFAULT_CAUSAL_LM = "smollm2-135m-instruct"
 DEFAULT_ENCODER = "all-minilm-l6-v2"
@@ -142,8 +143,11 @@ def bitsandbytes_version() -> str | None:
 
 
 def check_bitsandbytes() -> None:
-    """Refuse 4-bit loading where bitsandbytes is missing or too old for its CPU backend."""
+    """Refuse 4-bit loading where bitsandbytes is missing or too old for its CPU backend. 4-bit is
+    asked for: the kernel warnings held back at import (:mod:`hf_cads._quiet`) are printed now."""
     from packaging.version import Version
+
+    release_kernel_warnings()
 
     found = bitsandbytes_version()
     if found is None:
@@ -199,11 +203,15 @@ def load_causal_lm(
         options["dtype"] = dtype
     if quantization_config is not None:
         options["quantization_config"] = quantization_config
+        release_kernel_warnings()  # 4-bit/8-bit asked for: the held kernel warnings are news now
     if where.gguf_file:
         require_extra("gguf", "offline-models", f"the packaged model {name_or_path!r}")
+        import transformers.modeling_gguf_pytorch_utils  # noqa: F401  (so quiet_loading hides its bar)
+
         options["gguf_file"] = where.gguf_file
     try:
-        model = AutoModelForCausalLM.from_pretrained(where.path, **options)
+        with quiet_loading():  # no "Loading weights" / GGUF de-quantizing bars unless --verbose
+            model = AutoModelForCausalLM.from_pretrained(where.path, **options)
     except (OSError, ValueError) as err:
         raise _wrap_load_error(name_or_path, err) from err
     if where.gguf_file:

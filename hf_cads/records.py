@@ -401,7 +401,8 @@ def read_records(path: str | os.PathLike) -> list[RunRecord]:
     """All records in a JSON-lines file, in file order.
 
     A malformed *last* line (a run killed mid-write) is skipped with a warning; a malformed line
-    elsewhere is an error naming the line.
+    elsewhere is an error naming the line. A file whose first line is not a record (a CSV, a JSON
+    array, a pretty-printed JSON document, a data file) is an error saying the file is the wrong kind.
     """
     path = Path(path)
     if not path.is_file():
@@ -419,6 +420,12 @@ def read_records(path: str | os.PathLike) -> list[RunRecord]:
                 raise ValueError(f"expected a JSON object, got {type(data).__name__}")
             records.append(RunRecord.from_dict(data))
         except (ValueError, TypeError) as err:
+            if position == 0 and _not_a_records_file([text for _, text in numbered]):
+                raise ValueError(
+                    f"{path} is not a file of run records (JSON lines, one record object per line; line {number} "
+                    f"is {_snippet(line)}): pass the runs.jsonl that `hf-cads run`, `hf-cads sweep` or "
+                    "benchmarks/compute_optimal.py writes (<output_dir>/runs.jsonl)."
+                ) from err
             if position == len(numbered) - 1:
                 logger.warning(
                     "Skipping the malformed last line %d of %s (an interrupted write?): %s", number, path, err
@@ -426,6 +433,33 @@ def read_records(path: str | os.PathLike) -> list[RunRecord]:
                 continue
             raise ValueError(f"{path}:{number} is not a valid run record ({err}); fix or delete that line.") from err
     return records
+
+
+def _not_a_records_file(lines: list[str]) -> bool:
+    """Whether a file whose first line is not a record is another kind of file, not a damaged runs
+    file: the second line is not a record either, and the first is not a lone record cut off
+    mid-write (the start of a JSON object that does not parse)."""
+    if len(lines) == 1:
+        text = lines[0].strip()
+        if text.startswith("{"):
+            try:
+                json.loads(text)
+            except ValueError:
+                return False  # an interrupted write: skipped with a warning
+        return True
+    try:
+        data = json.loads(lines[1])
+        if not isinstance(data, dict):
+            return True
+        RunRecord.from_dict(data)
+    except (ValueError, TypeError):
+        return True
+    return False
+
+
+def _snippet(line: str, width: int = 40) -> str:
+    text = line.strip()
+    return repr(text if len(text) <= width else text[: width - 3] + "...")
 
 
 def recorded_keys(path: str | os.PathLike) -> set[str]:

@@ -32,7 +32,7 @@ COMMANDS: dict[str, str] = {
     "run": "select + budgeted finetune from a recipe path or name (default: quickstart)",
     "selectors": "list the registered selectors",
     "plan": "which selector and how much data for a FLOP budget (from run records)",
-    "estimate": "selection and training FLOPs per selector before any run (configs only, no weights)",
+    "estimate": "selection and training FLOPs per selector before any run (no LM weights loaded)",
     "sweep": "run selectors x fractions x seeds from a sweep YAML, record and plot",
     "select": "run a recipe's selector only; write the subset + dataset card to --local-dir",
     "push": "upload a selection folder (from `hf-cads select`) to a Hub dataset repo",

@@ -1,7 +1,9 @@
 """``hf-cads estimate [RECIPE] [--model M --pool P --target T] --budget K``: every selector's cost before a run.
 
-Reads the model's config and tokenizer only (the model is built on the meta device: no weights),
-loads and tokenises the pool and target as ``hf-cads run`` would, and prints per selector the
+Reads the language models' configs and tokenizers only (they are built on the meta device: no
+weights); the embedding selector's row loads its small sentence encoder (MiniLM by default), whose
+modules its charge is counted from. Loads and tokenises the pool and target as ``hf-cads run``
+would, and prints per selector the
 selection FLOPs (the estimate the selector charges), the largest affordable ``k`` and fraction
 under ``K``, the selection share of ``K`` and the training / selection model size ratio, with the
 training FLOPs per row and per epoch of the pool.
@@ -31,7 +33,9 @@ def _uses_lora(run: Any) -> bool:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``hf-cads estimate [RECIPE] --budget 1e18``: selection and training FLOPs per selector, no weights loaded."""
+    """``hf-cads estimate [RECIPE] --budget 1e18``: selection and training FLOPs per selector. The
+    language models' configs and tokenizers only are read (no LM weights); the embedding selector's
+    row loads its small sentence encoder (MiniLM by default) to count its charge."""
     argv = list(argv)
     recipe = find_recipe(argv.pop(0)) if argv and not argv[0].startswith("-") else default_recipe()
     parser = argparse.ArgumentParser(

@@ -22,12 +22,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._quiet import quiet_loading
 from .rendering import column_values, format_qa
 from .sources import hub_unreachable
 
@@ -142,34 +142,6 @@ def _local_folder(root: Path, preset: str, spec: HubDataset) -> Path:
             f"{spec.repo_id} from the Hub."
         )
     return folder
-
-
-@contextmanager
-def quiet_loading() -> Iterator[None]:
-    """Hide ``datasets``' per-file progress bars while loading presets (many small files), unless the
-    ``hf_cads`` logger is at DEBUG (``hf-cads --verbose``) or ``HF_DATASETS_DISABLE_PROGRESS_BARS``
-    says otherwise.
-
-    Example:
-        >>> import datasets
-        >>> with quiet_loading():
-        ...     datasets.are_progress_bars_disabled()
-        True
-    """
-    import datasets
-
-    if (
-        logging.getLogger("hf_cads").isEnabledFor(logging.DEBUG)
-        or datasets.are_progress_bars_disabled()
-        or "HF_DATASETS_DISABLE_PROGRESS_BARS" in os.environ
-    ):
-        yield
-        return
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        datasets.enable_progress_bars()
 
 
 def _load_hub(preset: str, spec: HubDataset, **fill: str) -> Any:

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._quiet import quiet_loading
 from .._version import __version__
 from ..templates import METADATA_KEY, check_no_secret
 from .cards import _CONFIG_NAME, CARD_FILE, SUBSET_TAGS, merge_card_metadata, render_subset_card, selection_provenance
@@ -90,9 +91,10 @@ def save_selection(
         shard.unlink()
     (folder / data_dir).mkdir(parents=True, exist_ok=True)
     num_shards = max(1, math.ceil(size / convert_file_size_to_int(max_shard_size)))
-    for index in range(num_shards):
-        part = dataset.shard(num_shards=num_shards, index=index, contiguous=True)
-        part.to_parquet(str(folder / data_dir / f"{split}-{index:05d}-of-{num_shards:05d}.parquet"))
+    with quiet_loading():  # no "Flattening the indices" / "Creating parquet" bars unless --verbose
+        for index in range(num_shards):
+            part = dataset.shard(num_shards=num_shards, index=index, contiguous=True)
+            part.to_parquet(str(folder / data_dir / f"{split}-{index:05d}-of-{num_shards:05d}.parquet"))
     card.save(card_path)
     result.extras["hub"] = {"repo_id": repo_id, "config_name": config_name, "local_dir": str(folder), "pushed": False}
     logger.info("Wrote %d selected rows (%d shard(s)) and the dataset card to %s", len(dataset), num_shards, folder)

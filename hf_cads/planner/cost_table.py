@@ -1,7 +1,8 @@
 """Costs before the first run: what each selector and each trained row cost, from configs alone.
 
 The model is built from its config on PyTorch's ``meta`` device (shapes, no weights, no memory), so
-an 8B model's cost table takes seconds and no download beyond ``config.json`` and the tokenizer.
+an 8B model's cost table takes seconds and no download beyond ``config.json`` and the tokenizer
+(the embedding selector's row is the exception: it loads its small sentence encoder).
 Selection FLOPs are each selector's own :meth:`~hf_cads.selectors.Selector.estimate_flops` on the
 meta model (the number :func:`~hf_cads.selectors.select_within_budget` charges: on the pool with
 repeated rows dropped); training FLOPs are the trainer's expected cost of shuffled, padded

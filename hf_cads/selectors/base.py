@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .._quiet import quiet_loading
 from .._version import __version__
 from ..cache import ScoreCache, model_identity, resolve_cache_dir
 from ..distributed import Processes, current_processes
@@ -520,12 +521,13 @@ def build_result(
     """Attach scores and original indices to the chosen rows, keeping pool order."""
     indices = np.sort(np.unique(indices))
     chosen_scores = scores[indices]
-    dataset = pool.select(indices.tolist())
-    for column in (SCORE_COLUMN, INDEX_COLUMN):
-        if column in dataset.column_names:
-            dataset = dataset.remove_columns(column)
-    dataset = dataset.add_column(SCORE_COLUMN, chosen_scores.tolist())
-    dataset = dataset.add_column(INDEX_COLUMN, indices.tolist())
+    with quiet_loading():  # add_column flattens the selection's indices: no bar for that unless --verbose
+        dataset = pool.select(indices.tolist())
+        for column in (SCORE_COLUMN, INDEX_COLUMN):
+            if column in dataset.column_names:
+                dataset = dataset.remove_columns(column)
+        dataset = dataset.add_column(SCORE_COLUMN, chosen_scores.tolist())
+        dataset = dataset.add_column(INDEX_COLUMN, indices.tolist())
     return SelectionResult(
         dataset=dataset,
         indices=indices,

@@ -304,6 +304,24 @@ def test_records_file_round_trip_keys_and_damaged_lines(tmp_path, caplog):
         read_records(tmp_path / "missing.jsonl")
 
 
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("runs.csv", "selector,k,target_loss\nbm25,10,1.2\nrandom,10,1.4\n"),
+        ("runs.json", '[{"selector": "bm25", "k": 10}, {"selector": "random", "k": 10}]\n'),
+        ("pretty.json", '[\n  {"selector": "bm25", "k": 10}\n]\n'),
+        ("pool.jsonl", '{"text": "solve 2 + 3"}\n{"text": "sort this list"}\n'),
+    ],
+)
+def test_plan_on_a_file_that_is_not_run_records_says_so_in_one_line(tmp_path, capsys, name, content):
+    path = tmp_path / name
+    path.write_text(content)
+    assert main(["plan", str(path), "--budget", "1e14"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "fix or delete" not in err
+    assert f"{name} is not a file of run records" in err and "runs.jsonl" in err and "hf-cads run" in err
+
+
 def test_plan_command_prints_table_and_writes_plot(tmp_path, capsys):
     path = tmp_path / "runs.jsonl"
     records = synthetic_records(np.random.default_rng(4))
