@@ -31,7 +31,15 @@ import numpy as np
 from _common import RESULTS, make_parser, markdown_table, write_json, write_markdown
 
 from hf_cads.planner.pilots import PlanCandidate, propose_pilots, recommend_candidate
-from hf_cads.planner.prior import PRIOR_FILE, MeasuredPrior, Observation, build_prior, write_prior
+from hf_cads.planner.prior import (
+    PRIOR_FILE,
+    MeasuredPrior,
+    Observation,
+    build_prior,
+    record_option,
+    shipped_prior_options,
+    write_prior,
+)
 from hf_cads.records import read_records
 
 RECORDS = RESULTS / "compute_optimal_full_runs.jsonl"
@@ -111,7 +119,9 @@ def grid_pilots(candidates: list[PlanCandidate], count: int, pilot_budget: float
 
 
 def simulate(metric: str = "target_loss", draws: int = 6) -> dict[str, Any]:
-    records = read_records(RECORDS)
+    # The configurations of the shipped prior only: the records also hold newer selectors and options.
+    options = set(shipped_prior_options())
+    records = [r for r in read_records(RECORDS) if record_option(r) in options]
     full = MeasuredPrior.from_dict(build_prior(records, [metric]), metric)
     rows: list[dict[str, Any]] = []
     for held in full.cells:

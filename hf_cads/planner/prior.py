@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,11 +238,24 @@ def shape_misfit(cells: Sequence[PriorCell]) -> float:
 
 
 # -- building the prior from run records --------------------------------------------------------------
-def normalised_cells(records: Sequence[RunRecord], metric: str) -> tuple[list[dict[str, Any]], float]:
-    """``(cells, noise)``: every (model, target) of ``records`` that measured ``metric``, normalised
+def record_option(record: RunRecord) -> str:
+    """The configuration a record measured: its label (``embedding[aggregate=max]``) or its selector."""
+    return record.label or record.selector
+
+
+def normalised_cells(
+    records: Sequence[RunRecord], metric: str, options: Collection[str] | None = None
+) -> tuple[list[dict[str, Any]], float, list[str]]:
+    """``(cells, noise, used)``: every (model, target) of ``records`` that measured ``metric``, normalised
     (module docstring) over the selectors measured in every cell, and the pooled standard deviation
-    of single seeds around their seed means in units of each cell's scale."""
+    of single seeds around their seed means in units of each cell's scale, and the configurations
+    (:func:`record_option`) used. ``options`` keeps only the records of those configurations."""
     sign = -1.0 if lower_is_better(metric) else 1.0
+    if options is not None:
+        missing = sorted(set(options) - {record_option(r) for r in records})
+        if missing:
+            raise ValueError(f"The records measure none of the prior options {missing}; pick options they hold.")
+        records = [r for r in records if record_option(r) in set(options)]
     groups: dict[tuple[str, str], list[RunRecord]] = {}
     for r in records:
         if metric in r.metrics and metric in r.baseline_metrics and r.k > 0:
@@ -250,13 +263,18 @@ def normalised_cells(records: Sequence[RunRecord], metric: str) -> tuple[list[di
     # Only selectors measured in every cell: a selector still being measured would shift the scales.
     # Configurations are told apart by label (embedding with max vs round-robin aggregation are two
     # options); the prior names each by its selector, so one label per selector is kept.
-    per_cell = [{r.label or r.selector for r in group} for group in groups.values()]
+    per_cell = [{record_option(r) for r in group} for group in groups.values()]
     everywhere = set.intersection(*per_cell) if per_cell else set()
-    groups = {cell: [r for r in group if (r.label or r.selector) in everywhere] for cell, group in groups.items()}
-    selectors = [r.selector for r in records if (r.label or r.selector) in everywhere]
-    if len({(r.selector, r.label) for r in records if (r.label or r.selector) in everywhere}) != len(set(selectors)):
+    groups = {cell: [r for r in group if record_option(r) in everywhere] for cell, group in groups.items()}
+    by_selector: dict[str, set[str]] = {}
+    for r in records:
+        if record_option(r) in everywhere:
+            by_selector.setdefault(r.selector, set()).add(record_option(r))
+    several = sorted(option for found in by_selector.values() if len(found) > 1 for option in found)
+    if several:
         raise ValueError(
-            f"The records measure several configurations of one selector in every cell: {sorted(everywhere)}."
+            f"The records measure several configurations of one selector in every cell: {several}; "
+            "pass options= with one label per selector."
         )
     cells, pooled = [], []
     for (model, target), group in sorted(groups.items()):
@@ -296,11 +314,16 @@ def normalised_cells(records: Sequence[RunRecord], metric: str) -> tuple[list[di
         )
         pooled += residuals
     noise = float(np.sqrt(np.mean(np.square(pooled)))) if pooled else 0.1
-    return cells, noise
+    return cells, noise, sorted(everywhere)
 
 
-def build_prior(records: Sequence[RunRecord], metrics: Sequence[str] = ("target_loss", "exact_match")) -> dict:
-    """The prior's JSON document from run records (several (model, target) cells per metric).
+def build_prior(
+    records: Sequence[RunRecord],
+    metrics: Sequence[str] = ("target_loss", "exact_match"),
+    options: Collection[str] | None = None,
+) -> dict:
+    """The prior's JSON document from run records (several (model, target) cells per metric), of the
+    configurations ``options`` (labels, one per selector; default: every one measured in all cells).
 
     Example:
         >>> from hf_cads.planner.synthetic import synthetic_records
@@ -310,9 +333,10 @@ def build_prior(records: Sequence[RunRecord], metrics: Sequence[str] = ("target_
     """
     out: dict[str, Any] = {"method": __doc__.split("\n\n")[0], "metrics": {}}
     for metric in metrics:
-        cells, noise = normalised_cells(records, metric)
+        cells, noise, used = normalised_cells(records, metric, options)
         if len(cells) < 2:
             continue
+        out["options"] = sorted(set(out.get("options", [])) | set(used))
         scales = np.log([c["scale"] for c in cells])
         out["metrics"][metric] = {
             "cells": cells,
@@ -325,11 +349,19 @@ def build_prior(records: Sequence[RunRecord], metrics: Sequence[str] = ("target_
     return out
 
 
-def write_prior(records_path: str | Path, path: str | Path = PRIOR_FILE) -> Path:
-    """Build the prior from a run-record file and write it (the shipped one: :data:`PRIOR_FILE`)."""
+def shipped_prior_options() -> list[str]:
+    """The configurations (record labels) the shipped prior was built from: each selector's default."""
+    return list(json.loads(PRIOR_FILE.read_text(encoding="utf-8"))["options"])
+
+
+def write_prior(
+    records_path: str | Path, path: str | Path = PRIOR_FILE, options: Collection[str] | None = None
+) -> Path:
+    """Build the prior from a run-record file and write it (the shipped one: :data:`PRIOR_FILE`), of
+    the configurations ``options`` (default: those of the shipped prior)."""
     from ..records import read_records
 
-    data = build_prior(read_records(records_path))
+    data = build_prior(read_records(records_path), options=shipped_prior_options() if options is None else options)
     data["source"] = Path(records_path).name
     Path(path).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     return Path(path)

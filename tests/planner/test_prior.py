@@ -37,9 +37,9 @@ def flat(value, prefix=""):
 
 def test_the_shipped_prior_is_the_one_the_recorded_runs_give():
     shipped = json.loads(PRIOR_FILE.read_text())
-    # The records file grows as new selectors are measured; the shipped prior holds the five measured everywhere.
-    measured = set(shipped["metrics"]["target_loss"]["cells"][0]["curves"])
-    rebuilt = build_prior([r for r in read_records(RECORDS) if r.selector in measured])
+    # The records file grows as new selectors and configurations are measured; the shipped prior names its own.
+    rebuilt = build_prior(read_records(RECORDS), options=shipped["options"])
+    assert rebuilt["options"] == shipped["options"] and len({o.split("[")[0] for o in shipped["options"]}) == 5
     assert flat(shipped["metrics"]) == pytest.approx(flat(json.loads(json.dumps(rebuilt["metrics"]))), rel=1e-9)
     loss, em = MeasuredPrior.load("target_loss"), MeasuredPrior.load("exact_match")
     assert (
@@ -53,6 +53,22 @@ def test_the_shipped_prior_is_the_one_the_recorded_runs_give():
         ) == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="no metric 'bleu'"):
         MeasuredPrior.load("bleu")
+
+
+def test_two_configurations_of_one_selector_in_every_cell_need_options():
+    import dataclasses
+
+    from hf_cads.planner.synthetic import synthetic_records
+
+    records = synthetic_records(seeds=(0,), model="a") + synthetic_records(seeds=(0,), model="b")
+    relabelled = [dataclasses.replace(r, label="bm25[aggregate=round_robin]") for r in records if r.selector == "bm25"]
+    with pytest.raises(ValueError, match=r"several configurations of one selector.*pass options="):
+        build_prior(records + relabelled, ["target_loss"])
+    kept = build_prior(records + relabelled, ["target_loss"], options=["bm25[aggregate=round_robin]", "random"])
+    assert kept["options"] == ["bm25[aggregate=round_robin]", "random"]
+    assert set(kept["metrics"]["target_loss"]["cells"][0]["curves"]) == {"bm25", "random"}
+    with pytest.raises(ValueError, match=r"none of the prior options \['less'\]"):
+        build_prior(records, ["target_loss"], options=["less", "random"])
 
 
 def test_records_shaped_like_one_cell_give_that_cell_the_weight():
