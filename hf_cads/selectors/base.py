@@ -1,18 +1,4 @@
-"""The selector contract shared by every data selector: config, result and the ``select`` flow.
-
-A selector turns a candidate ``pool`` (a :class:`datasets.Dataset`) and a ``target`` (validation
-examples of the task one finetunes for) into a :class:`SelectionResult`: the chosen rows, their
-scores and the FLOPs actually spent scoring. Subclasses implement :meth:`Selector.score` (one
-number per pool row, higher = keep) and :meth:`Selector.estimate_flops` (the cost before any work,
-so a budget can be checked up front); the top-k choice and all input validation live here.
-
-Selectors whose rows are scored independently (BM25, embedding, perplexity, random) set
-``shardable = True`` and implement :meth:`Selector.prepare` (pool- and target-wide state, computed
-once) and :meth:`Selector.score_rows` (the scores of a contiguous range of rows) instead of
-``score``. :meth:`Selector.select` then scores the pool in shards of ``shard_size`` rows, spreads
-them over the processes of a distributed launch (the chosen subset is the same as with one
-process), and with ``cache_dir`` stores every shard so reruns reuse and killed runs resume them.
-"""
+"""The selector contract shared by every data selector: config, result and the ``select`` flow."""
 
 from __future__ import annotations
 
@@ -67,7 +53,20 @@ def validate_dataset(dataset: Any, role: str) -> None:
 
 
 class Selector(ABC):
-    """Base class of all selectors. See the module docstring for the contract.
+    """Base class of all selectors.
+
+    A selector turns a candidate ``pool`` (a :class:`datasets.Dataset`) and a ``target`` (validation
+    examples of the task one finetunes for) into a :class:`SelectionResult`: the chosen rows, their
+    scores and the FLOPs actually spent scoring. Subclasses implement :meth:`Selector.score` (one
+    number per pool row, higher = keep) and :meth:`Selector.estimate_flops` (the cost before any work,
+    so a budget can be checked up front); the top-k choice and all input validation live here.
+
+    Selectors whose rows are scored independently (BM25, embedding, perplexity, random) set
+    ``shardable = True`` and implement :meth:`Selector.prepare` (pool- and target-wide state, computed
+    once) and :meth:`Selector.score_rows` (the scores of a contiguous range of rows) instead of
+    ``score``. :meth:`Selector.select` then scores the pool in shards of ``shard_size`` rows, spreads
+    them over the processes of a distributed launch (the chosen subset is the same as with one
+    process), and with ``cache_dir`` stores every shard so reruns reuse and killed runs resume them.
 
     Example:
         >>> from datasets import Dataset

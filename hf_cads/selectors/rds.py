@@ -134,7 +134,11 @@ def position_weighted_mean(hidden: Any, attention_mask: Any) -> Any:
 @register_selector("rds")
 class RDSSelector(PerTargetChoiceMixin, CausalLMSelectorMixin, Selector):
     """RDS+ (Ivison et al., 2025): keep the pool rows whose pooled hidden states are closest to the
-    target rows'. See the module docstring for the method and its cost.
+    target rows'. A row is the position-weighted mean (token ``i`` of ``L`` weighs ``i``) of one
+    hidden layer (``layer``, default the last), or of several concatenated and randomly projected to
+    ``projection_dim`` (CRDS-R), unit-normalised and compared by cosine with every target row;
+    ``aggregate`` (round-robin by default) turns the similarities into a subset. It costs one forward
+    pass per pool and target row without the LM head, about perplexity's cost minus the head.
 
     Example:
         >>> from hf_cads import get_selector

@@ -1,19 +1,5 @@
 """The FLOP-budget behaviour of :class:`~hf_cads.BudgetedTrainer`, as a mixin any ``transformers.Trainer``
-subclass can take (e.g. a TRL trainer): ``class MyTrainer(FlopBudgetMixin, SFTTrainer)``.
-
-The mixin keeps one :class:`~hf_cads.flops.FlopLedger` (``self.flop_ledger``), sizes training to what
-the budget leaves (:meth:`FlopBudgetMixin.plan_training`, a :class:`~hf_cads.flops.charges.TrainingPlan`),
-checks before every optimizer step that its exact cost (from the prefetched micro-batches, all
-processes summed) still fits and stops at the cap, charges training and evaluation FLOPs, writes the
-ledger into every checkpoint and restores it on resume, saves a checkpoint and stops when a budgeted
-run gets SIGTERM / SIGINT (:mod:`~hf_cads.trainer.preemption`), and after ``train()`` appends a run
-record when ``self.run_records`` names a file. The class using it calls
-:meth:`FlopBudgetMixin.init_budget_and_select` (or, without selection, :meth:`FlopBudgetMixin.init_budget`)
-in its ``__init__`` before ``Trainer.__init__``.
-
-A model the FLOP model cannot read (no transformers ``config``, an unknown architecture) trains
-without a ledger when there is no budget: every override then defers to the parent trainer.
-"""
+subclass can take (e.g. a TRL trainer): ``class MyTrainer(FlopBudgetMixin, SFTTrainer)``."""
 
 from __future__ import annotations
 
@@ -100,7 +86,20 @@ def packed_sequence_lengths(batch: dict[str, Any]) -> list[int] | None:
 
 
 class FlopBudgetMixin:
-    """FLOP-budgeted training for a transformers.Trainer subclass (see the module docstring).
+    """FLOP-budgeted training for a ``transformers.Trainer`` subclass.
+
+    The mixin keeps one :class:`~hf_cads.flops.FlopLedger` (``self.flop_ledger``), sizes training to what
+    the budget leaves (:meth:`FlopBudgetMixin.plan_training`, a :class:`~hf_cads.flops.charges.TrainingPlan`),
+    checks before every optimizer step that its exact cost (from the prefetched micro-batches, all
+    processes summed) still fits and stops at the cap, charges training and evaluation FLOPs, writes the
+    ledger into every checkpoint and restores it on resume, saves a checkpoint and stops when a budgeted
+    run gets SIGTERM / SIGINT (:mod:`~hf_cads.trainer.preemption`), and after ``train()`` appends a run
+    record when ``self.run_records`` names a file. The class using it calls
+    :meth:`FlopBudgetMixin.init_budget_and_select` (or, without selection, :meth:`FlopBudgetMixin.init_budget`)
+    in its ``__init__`` before ``Trainer.__init__``.
+
+    A model the FLOP model cannot read (no transformers ``config``, an unknown architecture) trains
+    without a ledger when there is no budget: every override then defers to the parent trainer.
 
     Example:
         >>> from transformers import Trainer

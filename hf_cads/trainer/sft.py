@@ -1,16 +1,5 @@
 """``BudgetedSFTTrainer``: TRL's ``SFTTrainer`` with the FLOP budget of :class:`~hf_cads.BudgetedTrainer`.
 
-Selection runs on the raw ``train_dataset`` (text, chat ``messages`` or prompt-completion rows) and
-is charged to the ledger before TRL prepares the data; training is then sized to what the budget
-leaves and stopped at the cap before any optimizer step that would pass it. Everything else is
-``SFTTrainer``: dataset formats, ``completion_only_loss`` / ``assistant_only_loss``, ``packing`` and
-padding-free batches, ``peft_config``, ``max_length``. A padding-free (packed) batch is charged from
-the sequence lengths it really holds: under a flash-attention kernel attention costs the sum of
-``L_i^2`` over its sequences, under eager / SDPA the full square of the packed row. The LM head is
-charged as TRL's fused head computes it (the positions it scores, its logits recomputed in the
-backward pass), and ``gradient_checkpointing`` (on by default in ``SFTConfig``) as the rerun of the
-blocks' forward, the head excluded.
-
 Example:
     >>> from hf_cads import BudgetedSFTConfig, BudgetedSFTTrainer  # doctest: +SKIP
     >>> args = BudgetedSFTConfig(output_dir="out", flop_budget=2e14, selector="bm25", selection_fraction=0.1,
@@ -84,7 +73,18 @@ def sft_arguments(args: Any, model: Any = None) -> BudgetedSFTConfig:
 
 
 class BudgetedSFTTrainer(FlopBudgetMixin, SFTTrainer):
-    """``trl.SFTTrainer`` with FLOP-budgeted data selection and training (see the module docstring).
+    """``trl.SFTTrainer`` with FLOP-budgeted data selection and training.
+
+    Selection runs on the raw ``train_dataset`` (text, chat ``messages`` or prompt-completion rows) and
+    is charged to the ledger before TRL prepares the data; training is then sized to what the budget
+    leaves and stopped at the cap before any optimizer step that would pass it. Everything else is
+    ``SFTTrainer``: dataset formats, ``completion_only_loss`` / ``assistant_only_loss``, ``packing`` and
+    padding-free batches, ``peft_config``, ``max_length``. A padding-free (packed) batch is charged from
+    the sequence lengths it really holds: under a flash-attention kernel attention costs the sum of
+    ``L_i^2`` over its sequences, under eager / SDPA the full square of the packed row. The LM head is
+    charged as TRL's fused head computes it (the positions it scores, its logits recomputed in the
+    backward pass), and ``gradient_checkpointing`` (on by default in ``SFTConfig``) as the rerun of the
+    blocks' forward, the head excluded.
 
     Same constructor as ``SFTTrainer`` (``model``, ``args``, ``data_collator``, ``train_dataset``,
     ``eval_dataset``, ``processing_class`` positional, the rest by keyword, ``peft_config`` and

@@ -95,7 +95,11 @@ class LESSInputs:
 @register_selector("less")
 class LESSSelector(PerTargetChoiceMixin, LESSFeatures, Selector):
     """LESS (Xia et al., 2024): keep the pool rows whose Adam update direction best aligns with the
-    target's gradients. See the module docstring for the method and its cost.
+    target's gradients. A seeded LoRA warmup on ``warmup_fraction`` of the pool keeps one checkpoint
+    per epoch; every pool row's Adam step direction and every target row's gradient (LoRA weights
+    only) are projected to ``projection_dim`` dimensions and compared by cosine, checkpoints weighted
+    by their learning rate. It costs the warmup plus a forward and backward pass per row and
+    checkpoint, predicted by :meth:`estimate_flops` before any work.
 
     The selection model is never modified: a model passed in (plain or already LoRA-wrapped, as
     BudgetedTrainer passes it) is deep-copied, any adapters are merged, and fresh seeded LoRA
