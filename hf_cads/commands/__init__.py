@@ -28,6 +28,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from .._quiet import hide_upstream_warnings
+
 COMMANDS: dict[str, str] = {
     "run": "select + budgeted finetune from a recipe path or name (default: quickstart)",
     "selectors": "list the registered selectors",
@@ -73,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # --verbose: hf_cads' quiet phases (e.g. hf_cads.data.quiet_loading) show their bars again.
     logging.getLogger("hf_cads").setLevel(logging.DEBUG if verbose else logging.INFO)
+    hide_upstream_warnings()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return int(command(name)(rest) or 0)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
+from ..models import BUILTIN_HUB_IDS
 from ..templates import METADATA_KEY, check_no_secret, format_flops, plain_values, redact, render_template
 
 MODEL_CARD_TEMPLATE = "budgeted_model.md"
@@ -33,6 +34,9 @@ def add_budget_section(trainer: Any, card_path: str | os.PathLike) -> None:
     subset_repo, subset = subset_link(result)
     body = replace_section(card.text, render_budget_section(trainer, subset))
     data = card.data
+    # transformers writes the built-in alias (the model's config name); the Hub links a Hub id.
+    if isinstance(data.get("base_model"), str) and data.get("base_model", "").lower() in BUILTIN_HUB_IDS:
+        data.base_model = BUILTIN_HUB_IDS[data.base_model.lower()]
     data.tags = sorted(set(data.tags or []) | set(MODEL_TAGS))
     if subset_repo:
         data.datasets = sorted(set(data.datasets or []) | {subset_repo})

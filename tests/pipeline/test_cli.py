@@ -235,3 +235,8 @@ def test_qlora_recipe_runs_on_cpu(tmp_path):
     budget = parse_recipe(recipe)[1].flop_budget
     assert report["train_steps"] > 0 and report["train_loss"] == report["train_loss"]  # not NaN
     assert 0.8 * budget <= report["ledger"]["selection"] + report["ledger"]["train"] <= budget
+    # The saved adapter and its card name the Hub model the built-in alias is a build of.
+    hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == hub_id
+    card = (out / "README.md").read_text()
+    assert f"base_model: {hub_id}" in card and "site-packages" not in card
