@@ -147,8 +147,18 @@ class Setup:
     def run_dir(self) -> Path:
         return self.output_dir / self.name
 
+    def entries_for(self, train_model: str) -> list[str]:
+        """The design entries run for ``train_model``: an own-model entry only where that model is not
+        the selection model (there it would repeat the plain entry)."""
+        return [
+            name
+            for name in self.selectors
+            if not (name in OWN_MODEL_SELECTORS and (self.selection_model or train_model) == train_model)
+        ]
+
     def planned_runs(self) -> int:
-        return len(self.models) * len(self.targets) * len(self.seeds) * len(self.selectors) * len(self.fractions)
+        entries = sum(len(self.entries_for(model)) for model in self.models)
+        return entries * len(self.targets) * len(self.seeds) * len(self.fractions)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -363,9 +373,7 @@ def block_runs(
 
     base = base_recipe(setup, target, train_model)
     runs, cads_budgets = [], {}
-    for name in selectors or setup.selectors:
-        if name in OWN_MODEL_SELECTORS and (setup.selection_model or train_model) == train_model:
-            continue
+    for name in [n for n in selectors or setup.selectors if n in setup.entries_for(train_model)]:
         for fraction in sorted(fractions or setup.fractions):
             kwargs = selector_options(setup, name, train_model)
             if name.startswith("cads"):
@@ -598,16 +606,31 @@ def run_benchmark(
 
 
 # -- analysis ------------------------------------------------------------------------------------
+def design_entry(setup: Setup, record: Any) -> str:
+    """The design entry a run record belongs to (``embedding-rr``, ``rds-own``, or the selector's own
+    name): of the entries running its selector for its model, the one whose options the record's
+    configuration holds, the most specific first. A record of no entry keeps its selector name."""
+    config = record.selector_config or {}
+    matches = []
+    for name in setup.entries_for(record.model):
+        if DESIGN_VARIANTS.get(name, (name,))[0] != record.selector:
+            continue
+        options = selector_options(setup, name, record.model)
+        if all(config.get(key, value) == value for key, value in options.items()):
+            matches.append((-len(options), setup.selectors.index(name), name))
+    return min(matches)[2] if matches else str(record.selector)
+
+
 def labelled_records(setup: Setup, pool_size: int | None = None) -> list[Any]:
     """This setup's run records (of the pool of ``pool_size`` rows, when given), each labelled by its
-    selector name: a selector's runs at all fractions form one curve (CADS's ``train_budget`` option
-    differs per fraction by design)."""
+    design entry (:func:`design_entry`): an entry's runs at all fractions form one curve (CADS's
+    ``train_budget`` option differs per fraction by design)."""
     from hf_cads.records import read_records
 
     if not setup.records_path.is_file():
         return []
     return [
-        dataclasses.replace(r, label=r.selector)
+        dataclasses.replace(r, label=design_entry(setup, r))
         for r in read_records(setup.records_path)
         if r.model in setup.models and (pool_size is None or r.pool_size == pool_size)
     ]

@@ -223,3 +223,20 @@ def test_the_crossover_table_marks_a_ratio_from_an_unsaturated_fit(compute_optim
     }
     table = "\n".join(compute_optimal.summary_tables({"analyses": [analysis]}))
     assert "(unsaturated fit)" in table and "fit measured" in table
+
+
+def test_records_of_a_design_variant_form_their_own_curve(compute_optimal):
+    setup = compute_optimal.FULL
+    records = compute_optimal.labelled_records(setup)
+    assert {"embedding-rr", "rds-own", "rds"} <= {r.label for r in records} <= set(setup.selectors)
+    for r in records:
+        config = r.selector_config
+        if r.selector == "embedding":
+            assert config["aggregate"] == ("round_robin" if r.label == "embedding-rr" else "max")
+        if r.selector == "rds":
+            own = config["model_name_or_path"] == r.model != setup.selection_model
+            assert (r.label == "rds-own") == own
+    # rds-own scores with the trained model, so for the selection model itself it is plain rds and not run.
+    assert "rds-own" not in setup.entries_for(setup.selection_model)
+    per_block = len(setup.targets) * len(setup.seeds) * len(setup.fractions)
+    assert setup.planned_runs() == per_block * (2 * len(setup.selectors) - 1)
