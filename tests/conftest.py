@@ -1,3 +1,4 @@
+import logging
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -82,3 +83,12 @@ def benchmark_script():
     for name in loaded:
         sys.modules.pop(name, None)
     sys.path.remove(str(folder))
+
+
+@pytest.fixture
+def package_logger():
+    """The ``hf_cads`` logger, its level restored after the test (``hf-cads --verbose`` sets it to DEBUG)."""
+    logger = logging.getLogger("hf_cads")
+    level = logger.level
+    yield logger
+    logger.setLevel(level)

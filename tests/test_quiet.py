@@ -18,14 +18,6 @@ SUBSET_BARS = ("Flattening the indices", "Creating parquet from Arrow format")
 MODEL_BARS = ("Converting and de-quantizing GGUF tensors", "Loading weights")
 
 
-@pytest.fixture
-def package_logger():
-    logger = logging.getLogger("hf_cads")
-    level = logger.level
-    yield logger
-    logger.setLevel(level)
-
-
 def select_and_write(pool, target, folder):
     result = get_selector("bm25", show_progress=True).select(pool, target=target, fraction=0.5)
     push_selection(result, "me/quiet", parent=pool, target=target, local_dir=folder)

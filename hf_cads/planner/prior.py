@@ -252,10 +252,11 @@ def normalised_cells(
     (:func:`record_option`) used. ``options`` keeps only the records of those configurations."""
     sign = -1.0 if lower_is_better(metric) else 1.0
     if options is not None:
-        missing = sorted(set(options) - {record_option(r) for r in records})
+        wanted = set(options)
+        missing = sorted(wanted - {record_option(r) for r in records})
         if missing:
             raise ValueError(f"The records measure none of the prior options {missing}; pick options they hold.")
-        records = [r for r in records if record_option(r) in set(options)]
+        records = [r for r in records if record_option(r) in wanted]
     groups: dict[tuple[str, str], list[RunRecord]] = {}
     for r in records:
         if metric in r.metrics and metric in r.baseline_metrics and r.k > 0:

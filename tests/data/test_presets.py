@@ -91,14 +91,6 @@ def test_loading_the_bbh_tasks_shows_no_progress_bars(monkeypatch, tmp_path, cap
     assert "Generating train split" not in printed.out
 
 
-@pytest.fixture
-def package_logger():
-    logger = logging.getLogger("hf_cads")
-    level = logger.level
-    yield logger
-    logger.setLevel(level)
-
-
 def test_verbose_brings_the_progress_bars_back(monkeypatch, tmp_path, capfd, package_logger):
     from hf_cads.commands import main
 
