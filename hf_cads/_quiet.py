@@ -4,7 +4,9 @@ the run are hidden unless the ``hf_cads`` logger is at DEBUG (``hf-cads --verbos
 - :func:`quiet_loading` hides the bars of short, many-part steps: ``datasets``' per-file bars while
   presets load, its "Flattening the indices" / "Creating parquet" bars while a subset is written, and
   ``transformers``' "Loading weights" / GGUF "Converting and de-quantizing" bars while a model loads.
-  The long phases (scoring, training, evaluation) keep their one bar each: they run outside it.
+  The long phases (scoring, training) keep their one bar each: they run outside it. Evaluation's
+  length depends on the user's test set, so its bars appear only once it has run
+  :data:`LATE_BAR_SECONDS` (:func:`late_bar_delay`).
 - :func:`hold_kernel_warnings` (called by ``import hf_cads``) holds back the bitsandbytes / kernels
   warnings that importing ``transformers`` (through peft) prints on a machine without the
   ``kernels-community`` 4-bit CPU kernel; :func:`release_kernel_warnings` prints them once 4-bit
@@ -58,6 +60,21 @@ def hide_upstream_warnings() -> None:
         return
     for category, message in UPSTREAM_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+
+
+# How long a usually short step (evaluating the target) runs before its progress bar appears.
+LATE_BAR_SECONDS = 5.0
+
+
+def late_bar_delay() -> float:
+    """Seconds before the bar of a usually short step appears (tqdm's ``delay``): :data:`LATE_BAR_SECONDS`,
+    or 0 with ``hf-cads --verbose``.
+
+    Example:
+        >>> late_bar_delay() == (0.0 if verbose() else LATE_BAR_SECONDS)
+        True
+    """
+    return 0.0 if verbose() else LATE_BAR_SECONDS
 
 
 def verbose() -> bool:

@@ -85,13 +85,15 @@ def exact_match(
     batch_size: int = 8,
     max_length: int = 512,
     show_progress: bool = False,
+    progress_delay: float = 0.0,
 ) -> ExactMatchResult:
     """Greedy-decode an answer to every row of ``dataset`` and compare it with the reference.
 
     A prediction is correct when its first line (stripped, final full stop dropped) equals the
     reference answer exactly. Decoding stops after ``longest answer + 1`` tokens (at most
     ``max_new_tokens``) or when every row of a batch has produced EOS. Prompts longer than
-    ``max_length`` keep their end (the question's last part and ``A:``).
+    ``max_length`` keep their end (the question's last part and ``A:``). With ``show_progress``, a bar
+    appears once decoding has run ``progress_delay`` seconds.
 
     Raises:
         ValueError: the dataset has no question/answer columns, or an answer needs
@@ -138,7 +140,9 @@ def exact_match(
     try:
         with (
             torch.no_grad(),
-            tqdm(total=len(prompts), desc="exact match", unit="row", disable=not show_progress) as bar,
+            tqdm(
+                total=len(prompts), desc="exact match", unit="row", disable=not show_progress, delay=progress_delay
+            ) as bar,
         ):
             for rows in batcher.plan(prompts):
                 # Left padding: every prompt ends where generation starts.

@@ -17,6 +17,7 @@ import os
 import time
 from typing import Any
 
+from .._quiet import late_bar_delay
 from ..data import get_texts, source_composition
 from ..evaluation import answers_fit, exact_match, question_answer_pairs
 from ..flops import FlopLedger, FlopProfile
@@ -55,8 +56,12 @@ def evaluate_target(
     model: Any, tokenizer: Any, test: Any, run: RunConfig, args: BudgetedTrainingArguments
 ) -> tuple[dict[str, float], float]:
     """``{"target_loss": ..., "exact_match": ...}`` on the test rows (exact match only where
-    :func:`exact_match_applies`) and the FLOPs that cost."""
-    scorer = CausalLMScorer(model, tokenizer, args.per_device_eval_batch_size, args.max_length, show_progress=False)
+    :func:`exact_match_applies`) and the FLOPs that cost. A large test set shows a progress bar once it
+    has run a few seconds (:func:`hf_cads._quiet.late_bar_delay`); a short one stays quiet."""
+    delay = late_bar_delay()
+    scorer = CausalLMScorer(
+        model, tokenizer, args.per_device_eval_batch_size, args.max_length, show_progress=True, progress_delay=delay
+    )
     if has_completions(test) and not args.train_on_prompt:
         # Chat / prompt-completion targets: the loss of the completion tokens, tokenised exactly as in training.
         encoded = tokenize_for_causal_lm(test, tokenizer, args.max_length, role="eval")
@@ -75,6 +80,8 @@ def evaluate_target(
             max_new_tokens=run.exact_match_max_new_tokens,
             batch_size=args.per_device_eval_batch_size,
             max_length=args.max_length,
+            show_progress=True,
+            progress_delay=delay,
         )
         flops += result.flops
         metrics["exact_match"] = result.accuracy

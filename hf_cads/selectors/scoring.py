@@ -136,12 +136,20 @@ class CausalLMScorer:
     """
 
     def __init__(
-        self, model: Any, tokenizer: Any, batch_size: int = 8, max_length: int = 512, show_progress: bool = True
+        self,
+        model: Any,
+        tokenizer: Any,
+        batch_size: int = 8,
+        max_length: int = 512,
+        show_progress: bool = True,
+        progress_delay: float = 0.0,
     ):
         self.model = model
         self.batcher = TokenBatcher(tokenizer, batch_size=batch_size, max_length=max_length)
         self.profile = FlopProfile.from_model(model)
         self.show_progress = show_progress
+        # tqdm's ``delay``: a bar that appears only once the work has run this many seconds.
+        self.progress_delay = progress_delay
 
     def estimate_flops(self, texts: Sequence[str]) -> float:
         return forward_flops_of_plan(self.profile, self.batcher.padded_shapes(self.batcher.tokenize(texts)))
@@ -171,7 +179,15 @@ class CausalLMScorer:
         batches = list(self.batcher.batches(token_ids))
         own_bar = progress is None
         bar = (
-            tqdm(total=len(token_ids), desc=desc, unit="row", disable=not self.show_progress) if own_bar else progress
+            tqdm(
+                total=len(token_ids),
+                desc=desc,
+                unit="row",
+                disable=not self.show_progress,
+                delay=self.progress_delay,
+            )
+            if own_bar
+            else progress
         )
         try:
             with torch.no_grad():
