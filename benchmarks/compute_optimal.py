@@ -938,8 +938,50 @@ def _ratio(value: float) -> str:
     return "never (< 1e9x)" if math.isinf(value) else f"{value:.3g}x"
 
 
+def glance_table(summary: dict[str, Any]) -> list[str]:
+    """Every selector's seed-mean target loss (and exact match) at each subset fraction, one row per
+    (training model, target, selector), with the seeds each mean is over and the selection FLOPs."""
+    by_cell: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for a in summary["analyses"]:
+        if a.get("points"):
+            by_cell.setdefault((a["model"], a["target"]), {})[a["metric"]] = a
+    fractions = sorted({p["fraction"] for a in summary["analyses"] for p in a.get("points", [])})
+    lines = [
+        "## Seed means at a glance",
+        "",
+        "Target test loss / exact match (where the target has it), mean over the seeds recorded (n: the "
+        "fewest seeds of the row's fractions), per subset fraction; selection FLOPs are the selector's on the "
+        "whole pool for the target.",
+        "",
+        "| model | target | selector | "
+        + " | ".join(f"{f:g} of the pool" for f in fractions)
+        + " | n | selection FLOPs |",
+        "|---|---|---|" + "---|" * (len(fractions) + 2),
+    ]
+    for (model, target), metrics in by_cell.items():
+        loss = metrics.get("target_loss") or next(iter(metrics.values()))
+        accuracy = metrics.get("exact_match") if loss["metric"] == "target_loss" else None
+        for label in sorted({p["selector"] for p in loss["points"]}):
+            mine = {p["fraction"]: p for p in loss["points"] if p["selector"] == label}
+            hits = {p["fraction"]: p for p in (accuracy or {}).get("points", []) if p["selector"] == label}
+            cells = []
+            for fraction in fractions:
+                point = mine.get(fraction)
+                cell = f"{point['value']:.3f}" if point else "-"
+                if point and fraction in hits:
+                    cell += f" / {hits[fraction]['value']:.2f}"
+                cells.append(cell)
+            seeds = min(p["seeds"] for p in mine.values())
+            flops = max(p["selection_flops"] for p in mine.values())
+            lines.append(
+                f"| {short_name(model)} | {target} | {label} | " + " | ".join(cells) + f" | {seeds} | {flops:.2g} |"
+            )
+    return lines + [""]
+
+
 def summary_tables(summary: dict[str, Any]) -> list[str]:
-    """The headline tables: frontier selector and planner regret per budget, crossover ratios."""
+    """The headline tables: frontier selector and planner regret per budget, crossover ratios, and
+    the seed means at a glance."""
     from hf_cads.planner import BENT_SHARE, EXTRAPOLATION_WARNING
 
     lines = [
@@ -1004,7 +1046,7 @@ def summary_tables(summary: dict[str, Any]) -> list[str]:
                 f"| {short_name(a['model'])} | {a['target']} | {a['metric']} | {label} | {ratio} | "
                 f"{_interval(c.get('ratio_95'))} | {joins} | {measured} | {_fmt(c['paper_ratio'])}x |"
             )
-    return lines
+    return lines + ([""] + glance_table(summary) if any(a.get("points") for a in summary["analyses"]) else [])
 
 
 def markdown(setup: Setup, summary: dict[str, Any]) -> str:

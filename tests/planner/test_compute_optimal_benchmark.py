@@ -82,6 +82,17 @@ def test_every_selector_runs_records_and_the_planner_reads_the_frontier(
     assert (setup.results_dir / "co_test_boolean_expressions_exact_match.png").is_file()
     text = (setup.results_dir / "co_test.md").read_text()
     assert "Frontier selectors per budget" in text and "Extrapolated crossover" in text and "| cads-s |" in text
+    # The at-a-glance row of a selector: its seed-mean loss / exact match at each fraction.
+    accuracy = next(a for a in summary["analyses"] if a["metric"] == "exact_match")
+    cells = [
+        f"{p['value']:.3f} / {q['value']:.2f}"
+        for p, q in zip(
+            (p for p in loss["points"] if p["selector"] == "random"),
+            (q for q in accuracy["points"] if q["selector"] == "random"),
+        )
+    ]
+    glance = text.split("## Seed means at a glance")[1]
+    assert f"| boolean_expressions | random | {' | '.join(cells)} | 1 | 0 |" in glance
     saved = json.loads((setup.results_dir / "co_test.json").read_text())
     assert saved["machine"]["cores"] and saved["timing"]["cpu_seconds"] > 0
 
