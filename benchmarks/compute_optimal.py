@@ -1038,13 +1038,14 @@ def summary_tables(summary: dict[str, Any]) -> list[str]:
         for label, c in a["crossover"].items():
             joins = " / ".join("yes" if c["joins"][f"{r:g}"] else "no" for r in CROSSOVER_RATIOS)
             ratio = _ratio(c["ratio"])
+            paper = "-" if c["paper_ratio"] is None else f"{_fmt(c['paper_ratio'])}x"
             measured = f"{c['gain_measured']:.2f}" if "gain_measured" in c else "-"
             if "saturated" in c and not c["saturated"]:
                 ratio += " (unsaturated fit)"
                 measured += f" (P_max {c['asymptote']:.3g})"
             lines.append(
                 f"| {short_name(a['model'])} | {a['target']} | {a['metric']} | {label} | {ratio} | "
-                f"{_interval(c.get('ratio_95'))} | {joins} | {measured} | {_fmt(c['paper_ratio'])}x |"
+                f"{_interval(c.get('ratio_95'))} | {joins} | {measured} | {paper} |"
             )
     return lines + ([""] + glance_table(summary) if any(a.get("points") for a in summary["analyses"]) else [])
 

@@ -230,10 +230,12 @@ def test_the_crossover_table_marks_a_ratio_from_an_unsaturated_fit(compute_optim
         "target": "t",
         "metric": "target_loss",
         "regret": [],
-        "crossover": {"perplexity": straight},
+        "crossover": {"perplexity": straight, "rds": dict(straight, paper_ratio=None)},
     }
     table = "\n".join(compute_optimal.summary_tables({"analyses": [analysis]}))
     assert "(unsaturated fit)" in table and "fit measured" in table
+    rows = {line.split(" | ")[3]: line for line in table.splitlines() if line.startswith("| m | t |")}
+    assert rows["perplexity"].endswith("| 5x |") and rows["rds"].endswith("| - |")  # rds has no paper figure
 
 
 def test_records_of_a_design_variant_form_their_own_curve(compute_optimal):
