@@ -1004,12 +1004,17 @@ def summary_tables(summary: dict[str, Any]) -> list[str]:
             continue
         for row in a["regret"]:
             planner = f"{row['planner_selector']} | {row['planner_k']}" if row.get("planner_selector") else "- | -"
+            spread = (
+                "(1 seed)"
+                if row.get("best_seeds") == 1 and not row["best_interval"]
+                else _interval(row["best_interval"])
+            )
             if (row.get("planner_extrapolation") or 0) > EXTRAPOLATION_WARNING:
                 planner += f" ({row['planner_extrapolation']:.1f}x the largest measured k)"
             lines.append(
                 f"| {short_name(a['model'])} | {a['target']} | {a['metric']} | {row['budget_multiple']:g} | "
                 f"{row['budget']:.3g} | {_fmt(row['best_selector'])} | {_fmt(row['best_k'])} | "
-                f"{_fmt(row['best_value'])} {_interval(row['best_interval'])} | {planner} | "
+                f"{_fmt(row['best_value'])} {spread} | {planner} | "
                 f"{_fmt(row.get('regret'), 3)} |"
             )
     lines += [

@@ -217,7 +217,11 @@ def regret_table(
             "best_selector": best["selector"] if best else None,
             "best_k": best["k"] if best else None,
             "best_value": best["value"] if best else None,
-            "best_interval": [best["low"], best["high"]] if best else None,
+            # One seed has no interval; the untrained model's value is exact.
+            "best_interval": (
+                [best["low"], best["high"]] if best and (best["seeds"] > 1 or best["selector"] == UNTRAINED) else None
+            ),
+            "best_seeds": best["seeds"] if best else None,
         }
         try:
             rec = recommend(budget, fits, confidence=0.95) if fits else None

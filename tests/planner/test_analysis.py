@@ -43,6 +43,15 @@ def test_analysis_bootstrap_frontier_regret_and_crossover_on_synthetic_records()
             measured = max(r.k for r in records if r.label == row["planner_selector"])
             assert row["planner_extrapolation"] == pytest.approx(row["planner_k"] / measured)
 
+    # A one-seed frontier point has no interval (not a zero-width one).
+    one_seed = analysis.seed_means(synthetic_records(seeds=(0,)), "target_loss")
+    assert all(
+        row["best_interval"] is None and row["best_seeds"] == 1
+        for row in analysis.regret_table(fits, one_seed, False, c_full)
+        if row["best_value"] is not None
+    )
+    assert all(row["best_interval"] and row["best_seeds"] == 3 for row in rows if row["best_value"] is not None)
+
     # Crossover: the dearer the selection, the larger the train / selection size ratio needed; flags are
     # monotone in the ratio; a free selection with the fastest curve is on the frontier from 1x.
     ratios = {}

@@ -229,11 +229,15 @@ def test_the_crossover_table_marks_a_ratio_from_an_unsaturated_fit(compute_optim
         "model": "m",
         "target": "t",
         "metric": "target_loss",
-        "regret": [],
+        "regret": [
+            {"budget_multiple": 0.1, "budget": 1e12, "best_selector": "bm25", "best_k": 50, "best_value": 4.0}
+            | {"best_interval": None, "best_seeds": 1}
+        ],
         "crossover": {"perplexity": straight, "rds": dict(straight, paper_ratio=None)},
     }
     table = "\n".join(compute_optimal.summary_tables({"analyses": [analysis]}))
     assert "(unsaturated fit)" in table and "fit measured" in table
+    assert "| bm25 | 50 | 4 (1 seed) |" in table  # one seed: no interval, rather than [4, 4]
     rows = {line.split(" | ")[3]: line for line in table.splitlines() if line.startswith("| m | t |")}
     assert rows["perplexity"].endswith("| 5x |") and rows["rds"].endswith("| - |")  # rds has no paper figure
 
